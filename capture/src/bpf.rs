@@ -1,0 +1,297 @@
+//! The classic BPF program attached to the capture socket: the kernel copies to ipvsca only
+//! the packets that can change the table, so ordinary traffic costs one filter run and no
+//! copy.
+//!
+//! Passed, truncated to [`SNAP_LEN`] bytes:
+//! - IPv4 ICMP echo requests (announcements are a subset; userspace applies the rules);
+//! - TCP connection requests (SYN without ACK), with or without TOA: they open a flow's
+//!   handshake (see `table`);
+//! - TCP segments whose option list, walked as the spec says (EOL ends, NOP skips, a
+//!   length below 2 or past the header ends), holds an option of an accepted kind;
+//! - IPv6 packets with extension headers before TCP (rare; userspace walks them).
+//!
+//! Dropped early: packets the host sends (`PACKET_OUTGOING`) or that are not for it
+//! (`PACKET_OTHERHOST`), later IPv4 fragments, everything else. The program is written for
+//! an `AF_PACKET`/`SOCK_DGRAM` socket, where offset 0 is the network header and the
+//! protocol comes from the `skb`. Owns program generation only; attaching is in `sys`.
+
+use crate::wire::toa::ToaKinds;
+
+/// Bytes of a passed packet copied to userspace: the longest IPv4 or IPv6 header plus the
+/// longest TCP header fit with room to spare.
+pub const SNAP_LEN: u32 = 512;
+
+/// With more accepted kinds than this, the option walk would not fit the 8-bit jump
+/// offsets of classic BPF; the program then passes every TCP segment that has options.
+pub const MAX_FILTERED_KINDS: usize = 32;
+
+/// The longest option list (40 bytes) has at most 40 options.
+const OPTION_STEPS: usize = 40;
+
+/// One classic BPF instruction, laid out as the kernel's `struct sock_filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    /// Opcode.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Constant operand.
+    pub k: u32,
+}
+
+// Opcode parts, from <linux/filter.h> and <linux/bpf_common.h>.
+const LD: u16 = 0x00;
+const LDX: u16 = 0x01;
+const ST: u16 = 0x02;
+const ALU: u16 = 0x04;
+const JMP: u16 = 0x05;
+const RET: u16 = 0x06;
+const MISC: u16 = 0x07;
+const W: u16 = 0x00;
+const H: u16 = 0x08;
+const B: u16 = 0x10;
+const ABS: u16 = 0x20;
+const IND: u16 = 0x40;
+const MEM: u16 = 0x60;
+const MSH: u16 = 0xa0;
+const IMM: u16 = 0x00;
+const ADD: u16 = 0x00;
+const AND: u16 = 0x50;
+const LSH: u16 = 0x60;
+const RSH: u16 = 0x70;
+const JA: u16 = 0x00;
+const JEQ: u16 = 0x10;
+const JGT: u16 = 0x20;
+const JGE: u16 = 0x30;
+const JSET: u16 = 0x40;
+const K: u16 = 0x00;
+const X: u16 = 0x08;
+const TAX: u16 = 0x00;
+const TXA: u16 = 0x80;
+
+const SKF_AD_OFF: u32 = 0xffff_f000;
+const SKF_AD_PROTOCOL: u32 = 0;
+const SKF_AD_PKTTYPE: u32 = 4;
+const PACKET_OTHERHOST: u32 = 3;
+const PACKET_OUTGOING: u32 = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Next,
+    Label(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    code: u16,
+    k: u32,
+    jt: Target,
+    jf: Target,
+}
+
+/// A tiny assembler: forward jumps to labels, resolved and range-checked at the end.
+#[derive(Default)]
+struct Asm {
+    code: Vec<Pending>,
+    labels: Vec<Option<usize>>,
+}
+
+impl Asm {
+    fn label(&mut self) -> usize {
+        self.labels.push(None);
+        self.labels.len() - 1
+    }
+
+    fn bind(&mut self, label: usize) {
+        self.labels[label] = Some(self.code.len());
+    }
+
+    fn op(&mut self, code: u16, k: u32) {
+        self.code.push(Pending { code, k, jt: Target::Next, jf: Target::Next });
+    }
+
+    fn jump(&mut self, code: u16, k: u32, jt: Target, jf: Target) {
+        self.code.push(Pending { code, k, jt, jf });
+    }
+
+    fn ja(&mut self, label: usize) {
+        self.code.push(Pending { code: JMP | JA, k: 0, jt: Target::Label(label), jf: Target::Next });
+    }
+
+    fn assemble(self) -> Vec<Insn> {
+        let offset = |at: usize, t: Target| -> usize {
+            match t {
+                Target::Next => 0,
+                Target::Label(l) => {
+                    let dest = self.labels[l].expect("every label is bound");
+                    assert!(dest > at, "classic BPF jumps only forward");
+                    dest - at - 1
+                }
+            }
+        };
+        self.code
+            .iter()
+            .enumerate()
+            .map(|(at, p)| {
+                if p.code == JMP | JA {
+                    let k = offset(at, p.jt);
+                    return Insn { code: p.code, jt: 0, jf: 0, k: k as u32 };
+                }
+                let (jt, jf) = (offset(at, p.jt), offset(at, p.jf));
+                Insn {
+                    code: p.code,
+                    jt: u8::try_from(jt).expect("jump fits in 8 bits"),
+                    jf: u8::try_from(jf).expect("jump fits in 8 bits"),
+                    k: p.k,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The filter program for the given accepted TOA kinds.
+pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
+    use Target::{Label as L, Next};
+    let mut a = Asm::default();
+    let (accept, reject, v4, v6, icmp4, tcp) = (a.label(), a.label(), a.label(), a.label(), a.label(), a.label());
+    let (tcp4, v6_tcp) = (a.label(), a.label());
+
+    a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
+    a.jump(JMP | JEQ | K, PACKET_OUTGOING, L(reject), Next);
+    a.jump(JMP | JEQ | K, PACKET_OTHERHOST, L(reject), Next);
+    a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
+    a.jump(JMP | JEQ | K, 0x0800, L(v4), Next);
+    a.jump(JMP | JEQ | K, 0x86dd, L(v6), L(reject));
+
+    a.bind(v4);
+    a.op(LD | H | ABS, 6);
+    a.jump(JMP | JSET | K, 0x1fff, L(reject), Next);
+    a.op(LDX | B | MSH, 0);
+    a.op(LD | B | ABS, 9);
+    a.jump(JMP | JEQ | K, 6, L(tcp4), Next);
+    a.jump(JMP | JEQ | K, 1, L(icmp4), L(reject));
+    a.bind(icmp4);
+    a.op(LD | B | IND, 0);
+    a.jump(JMP | JEQ | K, 8, L(accept), L(reject));
+    a.bind(tcp4);
+    a.ja(tcp);
+
+    a.bind(v6);
+    a.op(LD | B | ABS, 6);
+    a.jump(JMP | JEQ | K, 6, L(v6_tcp), Next);
+    for ext in [0, 43, 44, 51, 60] {
+        a.jump(JMP | JEQ | K, ext, L(accept), Next);
+    }
+    a.ja(reject);
+    a.bind(v6_tcp);
+    a.op(LDX | W | IMM, 40);
+    a.ja(tcp);
+
+    a.bind(accept);
+    a.op(RET | K, SNAP_LEN);
+    a.bind(reject);
+    a.op(RET | K, 0);
+
+    // X = offset of the TCP header.
+    a.bind(tcp);
+    let (tcp_accept, tcp_reject, not_request, has_options) = (a.label(), a.label(), a.label(), a.label());
+    a.op(LD | B | IND, 13);
+    a.op(ALU | AND | K, 0x12);
+    a.jump(JMP | JEQ | K, 0x02, Next, L(not_request));
+    a.ja(tcp_accept);
+    a.bind(not_request);
+    a.op(LD | B | IND, 12);
+    a.op(ALU | RSH | K, 4);
+    a.op(ALU | LSH | K, 2);
+    a.jump(JMP | JGT | K, 20, L(has_options), Next);
+    a.ja(tcp_reject);
+    a.bind(has_options);
+    if kinds.iter().count() > MAX_FILTERED_KINDS {
+        a.ja(tcp_accept);
+    } else {
+        option_walk(&mut a, kinds, tcp_accept, tcp_reject);
+    }
+    a.bind(tcp_accept);
+    a.op(RET | K, SNAP_LEN);
+    a.bind(tcp_reject);
+    a.op(RET | K, 0);
+    a.assemble()
+}
+
+/// A = TCP header length (> 20), X = TCP header offset. Walks the options unrolled, one
+/// step per possible option, each step with its own nearby returns so that every
+/// conditional jump stays within 8 bits.
+fn option_walk(a: &mut Asm, kinds: &ToaKinds, accept: usize, reject: usize) {
+    use Target::{Label as L, Next};
+    a.op(ALU | ADD | X, 0);
+    a.op(ST, 0); // M[0] = end of the options
+    a.op(MISC | TXA, 0);
+    a.op(ALU | ADD | K, 20);
+    a.op(MISC | TAX, 0); // X = first option
+    for _ in 0..OPTION_STEPS {
+        let (nop, step_reject, step_accept, next) = (a.label(), a.label(), a.label(), a.label());
+        a.op(LD | MEM, 0);
+        a.jump(JMP | JGT | X, 0, Next, L(step_reject)); // end > cursor, else the list is over
+        a.op(LD | B | IND, 0);
+        a.jump(JMP | JEQ | K, 0, L(step_reject), Next);
+        a.jump(JMP | JEQ | K, 1, L(nop), Next);
+        for kind in kinds.iter() {
+            a.jump(JMP | JEQ | K, u32::from(kind), L(step_accept), Next);
+        }
+        a.op(LD | B | IND, 1);
+        a.jump(JMP | JGE | K, 2, Next, L(step_reject));
+        a.op(ALU | ADD | X, 0);
+        a.op(MISC | TAX, 0);
+        a.ja(next);
+        a.bind(nop);
+        a.op(MISC | TXA, 0);
+        a.op(ALU | ADD | K, 1);
+        a.op(MISC | TAX, 0);
+        a.ja(next);
+        a.bind(step_reject);
+        a.ja(reject);
+        a.bind(step_accept);
+        a.ja(accept);
+        a.bind(next);
+    }
+    a.ja(reject);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_fits_the_kernel_limit_for_every_kind_count() {
+        for n in [0usize, 1, 2, 16, MAX_FILTERED_KINDS, MAX_FILTERED_KINDS + 1, 254] {
+            let kinds = ToaKinds::from_kinds((2..=255u8).take(n));
+            let program = capture_filter(&kinds);
+            assert!(program.len() <= 4096, "{n} kinds: {} instructions", program.len());
+        }
+    }
+
+    #[test]
+    fn every_accepted_kind_is_compared() {
+        let program = capture_filter(&ToaKinds::from_kinds([200, 254, 77]));
+        for kind in [200, 254, 77] {
+            let compares = program.iter().filter(|i| i.code == JMP | JEQ | K && i.k == kind).count();
+            assert_eq!(compares, OPTION_STEPS, "kind {kind}");
+        }
+    }
+
+    #[test]
+    fn program_ends_in_returns_and_jumps_stay_inside() {
+        let program = capture_filter(&ToaKinds::default());
+        assert_eq!(program.last().unwrap().code, RET | K);
+        for (at, i) in program.iter().enumerate() {
+            let class = i.code & 0x07;
+            if class == JMP {
+                let far = if i.code == JMP | JA { i.k as usize } else { usize::from(i.jt.max(i.jf)) };
+                assert!(at + far + 1 < program.len(), "jump at {at} leaves the program");
+            }
+        }
+    }
+}

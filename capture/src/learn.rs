@@ -1,0 +1,159 @@
+//! Turns captured packets into table changes: inspects each one, applies the trust list,
+//! counts what it saw, and reports the mappings that were created or changed.
+//!
+//! Shared by the file reader and the live capture so both follow the same rules. Never
+//! allocates or logs per packet: outcomes are counters and a returned event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::clock::Millis;
+use crate::counter_set;
+use crate::counters::Counter;
+use crate::flow::{FlowKey, Proto, Via};
+use crate::inspect::{LinkType, Observation, inspect_frame, inspect_network};
+use crate::table::{Announced, Learned, MappingTable};
+use crate::trust::Trust;
+use crate::wire::Malformed;
+use crate::wire::toa::ToaKinds;
+
+counter_set! {
+    /// What the capture saw.
+    pub struct CaptureCounters => CaptureStats {
+        /// Packets handed to the parser.
+        packets,
+        /// TOA options found (from any source).
+        toa_found,
+        /// ICMP announcements found (from any source).
+        announcements_found,
+        /// Connection requests without TOA (they open a flow's handshake).
+        connection_requests,
+        /// Packets that could not be read; counted by reason in [`Learner::malformed_by_reason`].
+        malformed,
+        /// TOAs and announcements dropped because their source is outside `--trust`.
+        untrusted,
+        /// Packets the kernel dropped before the capture read them (`PACKET_STATISTICS`).
+        kernel_drops,
+    }
+}
+
+/// A mapping that was created or whose client changed: one line of `ipvsca capture`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MappingEvent {
+    /// Protocol of the flow.
+    pub proto: Proto,
+    /// The balancer's local address.
+    pub lb: SocketAddr,
+    /// The real server's address.
+    pub rs: SocketAddr,
+    /// The client now mapped.
+    pub client: SocketAddr,
+    /// How it was learned.
+    pub via: Via,
+}
+
+/// Rules the capture applies to every packet.
+#[derive(Debug, Clone, Default)]
+pub struct LearnConfig {
+    /// Option kinds accepted as TOA and in announcements.
+    pub kinds: ToaKinds,
+    /// Sources that may create mappings.
+    pub trust: Trust,
+}
+
+/// Applies captured packets to a table.
+#[derive(Debug)]
+pub struct Learner {
+    config: LearnConfig,
+    table: Arc<MappingTable>,
+    counters: CaptureCounters,
+    malformed_by_reason: [Counter; Malformed::COUNT],
+}
+
+impl Learner {
+    /// A learner feeding `table`.
+    pub fn new(config: LearnConfig, table: Arc<MappingTable>) -> Self {
+        Learner { config, table, counters: CaptureCounters::default(), malformed_by_reason: Default::default() }
+    }
+
+    /// The table this learner feeds.
+    pub fn table(&self) -> &Arc<MappingTable> {
+        &self.table
+    }
+
+    /// The rules in force.
+    pub fn config(&self) -> &LearnConfig {
+        &self.config
+    }
+
+    /// Learns from a frame captured with the given link type.
+    pub fn observe_frame(&self, frame: &[u8], link: LinkType, now: Millis) -> Option<MappingEvent> {
+        self.apply(inspect_frame(frame, link, &self.config.kinds), now)
+    }
+
+    /// Learns from a network-layer packet whose protocol the link layer gave as `ethertype`.
+    pub fn observe_network(&self, ethertype: u16, packet: &[u8], now: Millis) -> Option<MappingEvent> {
+        self.apply(inspect_network(ethertype, packet, &self.config.kinds), now)
+    }
+
+    /// Counts packets the kernel dropped before they could be read.
+    pub fn count_kernel_drops(&self, n: u64) {
+        self.counters.kernel_drops.add(n);
+    }
+
+    fn apply(&self, observed: Result<Observation, Malformed>, now: Millis) -> Option<MappingEvent> {
+        self.counters.packets.inc();
+        let (key, client, via, announced) = match observed {
+            Err(reason) => {
+                self.counters.malformed.inc();
+                self.malformed_by_reason[reason.index()].inc();
+                return None;
+            }
+            Ok(Observation::Nothing) => return None,
+            Ok(Observation::ConnectionRequest { key }) => {
+                self.counters.connection_requests.inc();
+                if self.config.trust.allows(key.lb.ip()) {
+                    self.table.connection_requested(&key);
+                }
+                return None;
+            }
+            Ok(Observation::Toa { key, client, connection_request }) => {
+                self.counters.toa_found.inc();
+                let announced = if connection_request { Announced::NewFlow } else { Announced::InFlow };
+                (key, client, Via::Toa, announced)
+            }
+            Ok(Observation::Announcement { key, client }) => {
+                self.counters.announcements_found.inc();
+                (key, client, Via::Icmp, Announced::NewFlow)
+            }
+        };
+        if !self.config.trust.allows(key.lb.ip()) {
+            self.counters.untrusted.inc();
+            return None;
+        }
+        match self.table.learn(key, client, via, announced, now) {
+            Learned::Created | Learned::Replaced { .. } => Some(event(key, client, via)),
+            Learned::Refreshed | Learned::Kept => None,
+        }
+    }
+
+    /// The capture's counters.
+    pub fn stats(&self) -> CaptureStats {
+        self.counters.snapshot()
+    }
+
+    /// Malformed packets by reason, reasons with a zero count left out.
+    pub fn malformed_by_reason(&self) -> Vec<(&'static str, u64)> {
+        Malformed::ALL
+            .iter()
+            .map(|r| (r.label(), self.malformed_by_reason[r.index()].get()))
+            .filter(|&(_, n)| n > 0)
+            .collect()
+    }
+}
+
+fn event(key: FlowKey, client: SocketAddr, via: Via) -> MappingEvent {
+    MappingEvent { proto: key.proto, lb: key.lb, rs: key.rs, client, via }
+}

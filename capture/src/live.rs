@@ -1,0 +1,203 @@
+//! The live capture: packet sockets on every interface of the network namespace (or the
+//! named ones), drained by a capture thread and, synchronously, by anyone who needs the
+//! table to be current.
+//!
+//! Race-free lookups: the kernel queues a packet on a packet socket before TCP sees it, so
+//! when `accept` returns, the TOA that created the connection is already queued. A caller
+//! that misses in the table calls [`LiveCapture::drain`]; when it returns, every packet
+//! queued before the call has been learned. Owns the sockets, the drain lock and the
+//! periodic sweep; must never block a drain on anything but another drain.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+use std::os::fd::AsFd;
+
+use crate::bpf::{SNAP_LEN, capture_filter};
+use crate::clock::monotonic_millis;
+use crate::learn::{Learner, MappingEvent};
+use crate::sys::packet_socket::{PacketSocket, interface_index};
+
+/// Receive buffer asked for each socket: room for a burst of tens of thousands of passed
+/// packets (each costs its truncated length plus the kernel's per-skb overhead).
+pub const RECEIVE_BUFFER: usize = 32 << 20;
+
+/// The most packets one drain reads, so that a flood cannot hold a caller forever.
+pub const MAX_DRAIN: usize = 1 << 16;
+
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the capture could not start or went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// An interface named with `--iface` does not exist in this network namespace.
+    #[error("no interface {name:?} in this network namespace: {source}")]
+    NoInterface {
+        /// The name given.
+        name: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The process may not open packet sockets.
+    #[error("the capture needs CAP_NET_RAW in this network namespace (run as root or grant the capability): {0}")]
+    Permission(io::Error),
+    /// Another failure of the capture's sockets.
+    #[error("packet capture: {0}")]
+    Socket(io::Error),
+}
+
+/// Where mappings created or changed by the live capture are reported.
+pub type EventSink = Box<dyn FnMut(MappingEvent) + Send>;
+
+struct DrainState {
+    buf: Vec<u8>,
+    on_event: Option<EventSink>,
+}
+
+/// The running capture of one network namespace.
+pub struct LiveCapture {
+    sockets: Vec<(String, PacketSocket)>,
+    learner: Arc<Learner>,
+    drain: Mutex<DrainState>,
+    stop: EventFd,
+}
+
+impl std::fmt::Debug for LiveCapture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCapture").field("interfaces", &self.interfaces()).finish_non_exhaustive()
+    }
+}
+
+impl LiveCapture {
+    /// Opens the capture on `ifaces` (every interface when empty) in the calling thread's
+    /// network namespace, feeding `learner`.
+    pub fn open(ifaces: &[String], learner: Arc<Learner>) -> Result<Self, CaptureError> {
+        let filter = capture_filter(&learner.config().kinds);
+        let open = |index| {
+            PacketSocket::open(index, &filter, RECEIVE_BUFFER).map_err(|e| match e.kind() {
+                io::ErrorKind::PermissionDenied => CaptureError::Permission(e),
+                _ => CaptureError::Socket(e),
+            })
+        };
+        let mut sockets = Vec::new();
+        if ifaces.is_empty() {
+            sockets.push(("all interfaces".to_owned(), open(0)?));
+        }
+        for name in ifaces {
+            let index =
+                interface_index(name).map_err(|source| CaptureError::NoInterface { name: name.clone(), source })?;
+            sockets.push((name.clone(), open(index)?));
+        }
+        let stop = EventFd::new().map_err(|e| CaptureError::Socket(e.into()))?;
+        Ok(LiveCapture {
+            sockets,
+            learner,
+            drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None }),
+            stop,
+        })
+    }
+
+    /// Reports every mapping the capture creates or changes to `sink`, from whichever
+    /// thread drains.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        self.lock().on_event = Some(sink);
+    }
+
+    /// The learner (and through it the table and counters) this capture feeds.
+    pub fn learner(&self) -> &Arc<Learner> {
+        &self.learner
+    }
+
+    /// What the capture listens on, for the start-up log.
+    pub fn interfaces(&self) -> Vec<&str> {
+        self.sockets.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, DrainState> {
+        self.drain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Learns every packet queued so far; returns how many were read. When it returns,
+    /// every packet queued before the call began has been applied to the table.
+    pub fn drain(&self) -> usize {
+        let mut state = self.lock();
+        let DrainState { buf, on_event } = &mut *state;
+        let now = monotonic_millis();
+        let mut read = 0;
+        for (name, socket) in &self.sockets {
+            while read < MAX_DRAIN {
+                match socket.recv(buf) {
+                    Ok(Some((len, ethertype))) => {
+                        read += 1;
+                        let event = self.learner.observe_network(ethertype, &buf[..len], now);
+                        if let (Some(event), Some(sink)) = (event, on_event.as_mut()) {
+                            sink(event);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(interface = %name, error = %e, "capture socket read failed");
+                        break;
+                    }
+                }
+            }
+        }
+        read
+    }
+
+    /// Runs the capture in the calling thread until [`LiveCapture::stop`]: drains what
+    /// arrives, sweeps idle mappings and collects the kernel's drop counts every second.
+    pub fn run(&self) -> Result<(), CaptureError> {
+        let mut last_housekeeping = Instant::now();
+        loop {
+            let mut fds: Vec<PollFd> =
+                self.sockets.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+            fds.push(PollFd::new(self.stop.as_fd(), PollFlags::POLLIN));
+            match poll(&mut fds, PollTimeout::from(1000u16)) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(CaptureError::Socket(e.into())),
+            }
+            if fds.last().and_then(|f| f.any()).unwrap_or(false) {
+                return Ok(());
+            }
+            let errors: Vec<bool> =
+                fds.iter().map(|f| f.revents().is_some_and(|r| r.intersects(PollFlags::POLLERR))).collect();
+            drop(fds);
+            for ((name, socket), failed) in self.sockets.iter().zip(errors) {
+                if let Some(e) = failed.then(|| socket.take_error()).flatten() {
+                    tracing::warn!(interface = %name, error = %e, "capture socket reported an error");
+                }
+            }
+            self.drain();
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                last_housekeeping = Instant::now();
+                self.housekeeping();
+            }
+        }
+    }
+
+    fn housekeeping(&self) {
+        self.learner.table().expire(monotonic_millis());
+        for (name, socket) in &self.sockets {
+            match socket.take_stats() {
+                Ok(stats) if stats.drops > 0 => {
+                    self.learner.count_kernel_drops(u64::from(stats.drops));
+                    tracing::warn!(interface = %name, drops = stats.drops,
+                        "the kernel dropped packets before the capture read them; mappings may be missing");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(interface = %name, error = %e, "reading capture statistics failed"),
+            }
+        }
+    }
+
+    /// Makes [`LiveCapture::run`] return; callable from any thread.
+    pub fn stop(&self) {
+        let _ = self.stop.write(1);
+    }
+}

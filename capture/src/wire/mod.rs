@@ -1,0 +1,183 @@
+//! Zero-copy views of the packets a balancer sends to a real server, in the style of
+//! smoltcp's `wire`: `new_checked` validates everything the getters rely on, and getters
+//! never panic on any input.
+//!
+//! This module owns byte-level formats only. It must never allocate, log, or touch the
+//! mapping table: the hot path of the capture runs every packet through it.
+//!
+//! Hand-written rather than taken from a packet crate because the rules are the kernel
+//! module's, not the RFCs' (the option walk, the announcement's exact conditions), and
+//! every rule must be citable against `shared/spec/ip_vs_ca.md` and counted when broken.
+
+pub mod announce;
+pub mod checksum;
+pub mod ethernet;
+pub mod ipv4;
+pub mod ipv6;
+pub mod sll;
+pub mod tcp;
+pub mod tcp_options;
+pub mod toa;
+
+/// Why a packet could not be read. Every variant is counted by the capture and the
+/// packet is dropped; none of them is an error of ipvsca itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Malformed {
+    /// The frame is shorter than its link-layer header (Ethernet, 802.1Q tag, Linux SLL).
+    #[error("frame shorter than its link-layer header")]
+    TruncatedLink,
+    /// The IP version nibble does not match the protocol the link layer announced.
+    #[error("IP version does not match the link-layer protocol")]
+    BadIpVersion,
+    /// Fewer bytes than the IPv4 header needs.
+    #[error("IPv4 header truncated")]
+    TruncatedIpv4,
+    /// IPv4 IHL below 5 words.
+    #[error("IPv4 header length below 20 bytes")]
+    BadIpv4HeaderLength,
+    /// IPv4 total length smaller than its own header.
+    #[error("IPv4 total length smaller than the header")]
+    BadIpv4TotalLength,
+    /// IPv4 header checksum does not verify; the kernel would drop the packet.
+    #[error("IPv4 header checksum mismatch")]
+    BadIpv4Checksum,
+    /// Fewer bytes than the IPv6 fixed header needs.
+    #[error("IPv6 header truncated")]
+    TruncatedIpv6,
+    /// An IPv6 extension header runs past the packet, or there are too many of them.
+    #[error("IPv6 extension header chain truncated or too long")]
+    BadIpv6Extension,
+    /// Fewer bytes than the TCP header (with its options) needs.
+    #[error("TCP header truncated")]
+    TruncatedTcp,
+    /// TCP data offset below 5 words.
+    #[error("TCP data offset below 20 bytes")]
+    BadTcpDataOffset,
+    /// A TCP option with a length below 2 or running past the header ended the walk.
+    #[error("TCP option with a length below 2 or past the header")]
+    BadTcpOption,
+    /// An ip_vs_ca announcement (identifier and magic match) that breaks another rule.
+    #[error("ip_vs_ca announcement rejected: {0}")]
+    BadAnnouncement(AnnounceDefect),
+}
+
+/// The rule of the announcement format (spec: "UDP (and TCP) by ICMP echo announcement")
+/// that a packet carrying the announcement identifier and magic broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum AnnounceDefect {
+    /// IPv4 total length is not exactly 42, or the header has options.
+    #[error("IPv4 total length is not 42 or the header has options")]
+    Length,
+    /// ICMP code is not 0.
+    #[error("ICMP code is not 0")]
+    Code,
+    /// ICMP sequence is not 0.
+    #[error("ICMP sequence is not 0")]
+    Sequence,
+    /// Protocol byte is neither 6 (TCP) nor 17 (UDP).
+    #[error("protocol is neither TCP nor UDP")]
+    Protocol,
+    /// TOA kind byte is not one of the accepted kinds.
+    #[error("TOA kind is not an accepted kind")]
+    ToaKind,
+    /// TOA length byte is not 8.
+    #[error("TOA length is not 8")]
+    ToaLength,
+}
+
+impl Malformed {
+    /// Every reason, in the order of [`Malformed::index`]; used to size per-reason counters.
+    pub const COUNT: usize = 17;
+
+    /// Every reason, in index order.
+    pub const ALL: [Malformed; Malformed::COUNT] = {
+        use AnnounceDefect as D;
+        use Malformed as M;
+        [
+            M::TruncatedLink,
+            M::BadIpVersion,
+            M::TruncatedIpv4,
+            M::BadIpv4HeaderLength,
+            M::BadIpv4TotalLength,
+            M::BadIpv4Checksum,
+            M::TruncatedIpv6,
+            M::BadIpv6Extension,
+            M::TruncatedTcp,
+            M::BadTcpDataOffset,
+            M::BadTcpOption,
+            M::BadAnnouncement(D::Length),
+            M::BadAnnouncement(D::Code),
+            M::BadAnnouncement(D::Sequence),
+            M::BadAnnouncement(D::Protocol),
+            M::BadAnnouncement(D::ToaKind),
+            M::BadAnnouncement(D::ToaLength),
+        ]
+    };
+
+    /// A dense index for per-reason counters.
+    pub fn index(self) -> usize {
+        match self {
+            Malformed::TruncatedLink => 0,
+            Malformed::BadIpVersion => 1,
+            Malformed::TruncatedIpv4 => 2,
+            Malformed::BadIpv4HeaderLength => 3,
+            Malformed::BadIpv4TotalLength => 4,
+            Malformed::BadIpv4Checksum => 5,
+            Malformed::TruncatedIpv6 => 6,
+            Malformed::BadIpv6Extension => 7,
+            Malformed::TruncatedTcp => 8,
+            Malformed::BadTcpDataOffset => 9,
+            Malformed::BadTcpOption => 10,
+            Malformed::BadAnnouncement(AnnounceDefect::Length) => 11,
+            Malformed::BadAnnouncement(AnnounceDefect::Code) => 12,
+            Malformed::BadAnnouncement(AnnounceDefect::Sequence) => 13,
+            Malformed::BadAnnouncement(AnnounceDefect::Protocol) => 14,
+            Malformed::BadAnnouncement(AnnounceDefect::ToaKind) => 15,
+            Malformed::BadAnnouncement(AnnounceDefect::ToaLength) => 16,
+        }
+    }
+
+    /// A short stable name for logs and metrics labels.
+    pub fn label(self) -> &'static str {
+        const LABELS: [&str; Malformed::COUNT] = [
+            "truncated_link",
+            "bad_ip_version",
+            "truncated_ipv4",
+            "bad_ipv4_header_length",
+            "bad_ipv4_total_length",
+            "bad_ipv4_checksum",
+            "truncated_ipv6",
+            "bad_ipv6_extension",
+            "truncated_tcp",
+            "bad_tcp_data_offset",
+            "bad_tcp_option",
+            "announce_length",
+            "announce_code",
+            "announce_sequence",
+            "announce_protocol",
+            "announce_toa_kind",
+            "announce_toa_length",
+        ];
+        LABELS[self.index()]
+    }
+}
+
+/// Reads a big-endian `u16` at `at`; callers have checked the bounds in `new_checked`.
+#[inline]
+pub(crate) fn be16(buf: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([buf[at], buf[at + 1]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_reasons_are_listed_in_index_order_with_distinct_labels() {
+        let mut labels = std::collections::HashSet::new();
+        for (i, r) in Malformed::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i, "{r:?}");
+            assert!(labels.insert(r.label()));
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! `ipvsca capture`: shows what the capture learns, from a pcap/pcapng file or live.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use capture::cli::CaptureArgs;
+use capture::{Learner, LiveCapture, report};
+use nix::sys::signal::{SigSet, Signal};
+
+/// Print every mapping created or changed, from a capture file or live.
+///
+/// With --read, replays a pcap or pcapng file (Ethernet, Linux cooked v1/v2 or raw IP) in
+/// packet order on its own timestamps and exits 0 once the whole file was read. Without
+/// it, captures live on the network namespace's interfaces until SIGINT or SIGTERM. A
+/// summary of counters goes to stderr at the end.
+#[derive(Debug, clap::Args)]
+pub struct CaptureCommand {
+    /// Read packets from this pcap or pcapng file instead of capturing live.
+    #[arg(long, value_name = "FILE", conflicts_with = "ifaces")]
+    read: Option<PathBuf>,
+
+    /// One JSON object a line: {"proto","lb","rs","client","via"}.
+    #[arg(long)]
+    json: bool,
+
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+/// Runs the subcommand.
+pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
+    cmd.capture.log_start();
+    let learner = Arc::new(Learner::new(cmd.capture.learn_config(), Arc::new(cmd.capture.table())));
+    let json = cmd.json;
+    let result = match &cmd.read {
+        Some(path) => {
+            let mut out = std::io::stdout().lock();
+            let mut write_error = None;
+            let replayed = capture::pcapfile::replay(path, &learner, |event| {
+                if write_error.is_none() {
+                    write_error = report::write_event(&mut out, &event, json).err();
+                }
+            });
+            out.flush().ok();
+            match write_error {
+                Some(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+                None => replayed.map(drop).map_err(anyhow::Error::new),
+            }
+        }
+        None => run_live(&cmd.capture.ifaces, learner.clone(), json),
+    };
+    report::write_summary(&mut std::io::stderr().lock(), &learner).ok();
+    result
+}
+
+fn run_live(ifaces: &[String], learner: Arc<Learner>, json: bool) -> anyhow::Result<()> {
+    // Block the stop signals before any thread starts, so only the waiting thread takes them.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.thread_block().context("blocking SIGINT and SIGTERM")?;
+
+    let capture = Arc::new(LiveCapture::open(ifaces, learner)?);
+    capture.set_event_sink(Box::new(move |event| {
+        let mut out = std::io::stdout().lock();
+        if report::write_event(&mut out, &event, json).and_then(|_| out.flush()).is_err() {
+            tracing::warn!("stdout is closed; mappings are no longer printed");
+        }
+    }));
+    tracing::info!(interfaces = ?capture.interfaces(), "capturing");
+    let stopper = capture.clone();
+    std::thread::Builder::new()
+        .name("ipvsca-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = stop_signals.wait() {
+                tracing::info!(%signal, "stopping");
+            }
+            stopper.stop();
+        })
+        .context("starting the signal thread")?;
+    capture.run()?;
+    Ok(())
+}

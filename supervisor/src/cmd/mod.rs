@@ -1,0 +1,3 @@
+//! One module per `ipvsca` subcommand.
+
+pub mod capture;

@@ -1,0 +1,208 @@
+//! Builds the frames a balancer sends, with the `etherparse` packet builder: an encoder
+//! written by others, so the capture's parser is checked against an independent
+//! implementation. TOA options and announcement payloads come from the capture's own
+//! emitters (their round trip is unit-tested there).
+//!
+//! Owns frame construction for tests, test pcaps and the raw-frame speaker; never sends.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use capture::wire::announce::{self, Announcement, IdentifierOrder};
+use capture::wire::toa::emit_toa_v4;
+use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder, TcpHeader};
+
+/// TCP flag FIN.
+pub const FIN: u8 = 0x01;
+/// TCP flag SYN.
+pub const SYN: u8 = 0x02;
+/// TCP flag RST.
+pub const RST: u8 = 0x04;
+/// TCP flag PSH.
+pub const PSH: u8 = 0x08;
+/// TCP flag ACK.
+pub const ACK: u8 = 0x10;
+
+/// The link layer of a frame: Ethernet addresses and an optional 802.1Q tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// VLAN identifier of a single 802.1Q tag.
+    pub vlan: Option<u16>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Link { src_mac: [0x02, 0, 0, 0, 0, 0x05], dst_mac: [0x02, 0, 0, 0, 0, 0x09], vlan: None }
+    }
+}
+
+/// One TCP segment from `src` to `dst`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Source (for a balancer: its local address).
+    pub src: SocketAddr,
+    /// Destination (the real server).
+    pub dst: SocketAddr,
+    /// Flag bits ([`SYN`], [`ACK`], ...).
+    pub flags: u8,
+    /// Sequence number.
+    pub seq: u32,
+    /// Acknowledgment number (sent only with [`ACK`]).
+    pub ack: u32,
+    /// Raw option bytes (padded to whole words with EOL).
+    pub options: Vec<u8>,
+    /// Data.
+    pub payload: Vec<u8>,
+    /// Raw IPv4 option bytes (IPv4 only; a multiple of 4).
+    pub ip_options: Vec<u8>,
+}
+
+impl Segment {
+    /// A segment with no options, data or IP options.
+    pub fn new(src: SocketAddr, dst: SocketAddr, flags: u8, seq: u32, ack: u32) -> Self {
+        Segment { src, dst, flags, seq, ack, options: Vec::new(), payload: Vec::new(), ip_options: Vec::new() }
+    }
+
+    /// Sets the raw option bytes.
+    pub fn options(mut self, options: &[u8]) -> Self {
+        self.options = options.to_vec();
+        self
+    }
+
+    /// Sets the data.
+    pub fn payload(mut self, payload: &[u8]) -> Self {
+        self.payload = payload.to_vec();
+        self
+    }
+
+    /// Sets raw IPv4 options.
+    pub fn ip_options(mut self, ip_options: &[u8]) -> Self {
+        self.ip_options = ip_options.to_vec();
+        self
+    }
+
+    /// The Ethernet frame carrying this segment, checksums computed.
+    pub fn frame(&self, link: &Link) -> Vec<u8> {
+        let mut tcp = TcpHeader::new(self.src.port(), self.dst.port(), self.seq, 64240);
+        tcp.fin = self.flags & FIN != 0;
+        tcp.syn = self.flags & SYN != 0;
+        tcp.rst = self.flags & RST != 0;
+        tcp.psh = self.flags & PSH != 0;
+        tcp.ack = self.flags & ACK != 0;
+        tcp.acknowledgment_number = if tcp.ack { self.ack } else { 0 };
+        let mut options = self.options.clone();
+        options.resize(options.len().div_ceil(4) * 4, 0);
+        tcp.set_options_raw(&options).expect("at most 40 option bytes");
+        let ip = ip_headers(self.src.ip(), self.dst.ip(), &self.ip_options);
+        let builder = with_ip(link, ip).tcp_header(tcp);
+        let mut out = Vec::with_capacity(builder.size(self.payload.len()));
+        builder.write(&mut out, &self.payload).expect("frame fits");
+        out
+    }
+}
+
+/// The frame up to its IP header: Ethernet, an 802.1Q tag if the link has one, then `ip`.
+fn with_ip(link: &Link, ip: IpHeaders) -> etherparse::PacketBuilderStep<IpHeaders> {
+    let eth = PacketBuilder::ethernet2(link.src_mac, link.dst_mac);
+    match link.vlan {
+        Some(id) => eth.single_vlan(etherparse::VlanId::try_new(id).expect("12-bit VLAN id")).ip(ip),
+        None => eth.ip(ip),
+    }
+}
+
+fn ip_headers(src: IpAddr, dst: IpAddr, ip_options: &[u8]) -> IpHeaders {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, s.octets(), d.octets()).expect("empty");
+            h.options =
+                etherparse::Ipv4Options::try_from(ip_options).expect("IPv4 options: a multiple of 4, at most 40 bytes");
+            IpHeaders::Ipv4(h, Ipv4Extensions::default())
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let h = Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: 0,
+                next_header: etherparse::IpNumber::TCP,
+                hop_limit: 64,
+                source: s.octets(),
+                destination: d.octets(),
+            };
+            IpHeaders::Ipv6(h, Ipv6Extensions::default())
+        }
+        _ => panic!("source and destination of one family"),
+    }
+}
+
+/// The 8-byte IPv4 TOA option of `kind` for `client`.
+pub fn toa(kind: u8, client: SocketAddrV4) -> [u8; 8] {
+    emit_toa_v4(kind, client)
+}
+
+/// Options a Linux client puts on a SYN: MSS, SACK permitted, timestamps, NOP, window scale.
+pub fn syn_options() -> Vec<u8> {
+    vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]
+}
+
+/// Options on a later segment: NOP, NOP, timestamps.
+pub fn timestamp_options() -> Vec<u8> {
+    vec![1, 1, 8, 10, 0, 0, 0, 2, 0, 0, 0, 1]
+}
+
+/// An ICMP echo request from `lb` to `rs` carrying the ip_vs_ca announcement `a`.
+pub fn announcement_frame(
+    link: &Link,
+    lb: Ipv4Addr,
+    rs: Ipv4Addr,
+    a: &Announcement,
+    kind: u8,
+    order: IdentifierOrder,
+) -> Vec<u8> {
+    let message = announce::emit(a, kind, order);
+    icmp_frame(link, lb, rs, &message, &[])
+}
+
+/// An IPv4 frame carrying the raw ICMP `message` (its checksum as given).
+pub fn icmp_frame(link: &Link, src: Ipv4Addr, dst: Ipv4Addr, message: &[u8], ip_options: &[u8]) -> Vec<u8> {
+    let mut h = Ipv4Header::new(0, 64, etherparse::IpNumber::ICMP, src.octets(), dst.octets()).expect("empty");
+    h.options = etherparse::Ipv4Options::try_from(ip_options).expect("IPv4 options: a multiple of 4, at most 40 bytes");
+    let builder = with_ip(link, IpHeaders::Ipv4(h, Ipv4Extensions::default()));
+    let mut out = Vec::new();
+    builder.write(&mut out, etherparse::IpNumber::ICMP, message).expect("frame fits");
+    out
+}
+
+/// A UDP datagram from `src` to `dst`.
+pub fn udp_frame(link: &Link, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ip = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => IpHeaders::Ipv4(
+            Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, s.octets(), d.octets()).expect("empty"),
+            Ipv4Extensions::default(),
+        ),
+        _ => panic!("IPv4 only"),
+    };
+    with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
+    out
+}
+
+/// Drops the Ethernet header (and tag) of a frame built here: the bare IP packet.
+pub fn ip_packet(frame: &[u8]) -> &[u8] {
+    let tagged = u16::from_be_bytes([frame[12], frame[13]]) == 0x8100;
+    &frame[if tagged { 18 } else { 14 }..]
+}
+
+/// Replaces the Ethernet header of `frame` by a Linux cooked v1 header (`tcpdump -i any`).
+pub fn to_linux_sll(frame: &[u8]) -> Vec<u8> {
+    let tagged = u16::from_be_bytes([frame[12], frame[13]]) == 0x8100;
+    let ethertype = if tagged { [frame[16], frame[17]] } else { [frame[12], frame[13]] };
+    let mut out = vec![0, 0, 0, 1, 0, 6];
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&ethertype);
+    out.extend_from_slice(ip_packet(frame));
+    out
+}

@@ -1,0 +1,10 @@
+//! Test tools for ipvsca's integration tests: frames a balancer sends, test capture files,
+//! network namespaces, a raw-frame balancer speaker, and the paths of the built binaries.
+
+pub mod bins;
+pub mod corpus;
+pub mod frames;
+pub mod netns;
+pub mod pcap;
+pub mod rawsock;
+pub mod speaker;

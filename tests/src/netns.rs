@@ -1,0 +1,147 @@
+//! Network namespaces and veth pairs for integration tests, made with iproute2 and removed
+//! when their guard drops, also when a test fails.
+//!
+//! Owns namespace lifetime and entering them from a thread. Names carry the test process id
+//! so parallel tests never collide, and leftovers of killed runs are removed on first use.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::process::{Command, Output};
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sched::{CloneFlags, setns};
+
+const PREFIX: &str = "ipvsca-t";
+
+/// True when the test can make namespaces; otherwise prints why it is skipped, so a skip is
+/// never silent. Every test that needs namespaces starts with `if !netns::can_run("name") { return; }`.
+pub fn can_run(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP {test}: needs root to create network namespaces (CI runs as root)");
+        return false;
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("SKIP {test}: iproute2's `ip` is not installed (apt-get install iproute2)");
+        return false;
+    }
+    true
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates a namespace whose name contains `tag`, with loopback up.
+    pub fn new(tag: &str) -> io::Result<Netns> {
+        static CLEAN: Once = Once::new();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        CLEAN.call_once(remove_leftovers);
+        let name = format!("{PREFIX}-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name, for `ip netns exec`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME args...`; the error carries ip's message.
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs a sysctl inside the namespace (`ip netns exec NAME sysctl -qw key=value`).
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        run(self.command("sysctl").args(["-qw", &format!("{key}={value}")])).map(drop)
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Moves the calling thread into the namespace: sockets it creates afterwards live
+    /// there, whichever thread uses them later. Call it on a thread made for the purpose.
+    pub fn enter(&self) -> io::Result<()> {
+        let file = File::open(format!("/run/netns/{}", self.name))?;
+        setns(file, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+    }
+
+    /// Runs `f` on a new thread inside the namespace and returns its result.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.enter().expect("entering the test namespace");
+                f()
+            })
+            .join()
+            .expect("thread inside the namespace panicked")
+        })
+    }
+
+    /// The MAC address of interface `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> io::Result<[u8; 6]> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        let text = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .ok_or_else(|| io::Error::other(format!("no MAC address for {dev} in `{}`", out.trim())))?;
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).map_err(io::Error::other)?;
+        }
+        Ok(mac)
+    }
+
+    /// Adds a permanent neighbour entry, so the kernel never needs ARP for `ip`.
+    pub fn neighbour(&self, ip: Ipv4Addr, mac: [u8; 6], dev: &str) -> io::Result<()> {
+        let lladdr = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        self.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &lladdr, "dev", dev, "nud", "permanent"]).map(drop)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Joins `a` (interface `a_dev`) and `b` (interface `b_dev`) with a veth pair, both up.
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> io::Result<()> {
+    a.ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", b.name()])?;
+    a.ip(&["link", "set", a_dev, "up"])?;
+    b.ip(&["link", "set", b_dev, "up"])?;
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> io::Result<String> {
+    let Output { status, stdout, stderr } = cmd.output()?;
+    if !status.success() {
+        return Err(io::Error::other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Removes namespaces left by test processes that no longer exist.
+fn remove_leftovers() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else { return };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(&format!("{PREFIX}-")) else { continue };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! A raw-frame balancer speaker: plays the FULLNAT balancer's side of TCP handshakes towards
+//! a real server, from balancer local addresses the speaker's own namespace does not own,
+//! and puts the TOA where a given balancer build puts it. Also injects arbitrary frames.
+//!
+//! Owns the handshake state machine; runs in whichever namespace opened its socket. Every
+//! run is bounded by a deadline and stops by itself.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+use crate::frames::{self, ACK, Link, PSH, SYN, Segment};
+use crate::rawsock::RawSocket;
+
+/// Where the speaker puts the TOA of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToaOn {
+    /// On the SYN (yubo's ip_vs_ca, LVS 2012).
+    Syn,
+    /// On the third-handshake ACK (taobao's toa, DPVS).
+    HandshakeAck,
+    /// On the first data segment after a plain ACK.
+    FirstData,
+    /// Nowhere: the server must see the balancer's address.
+    Nowhere,
+}
+
+/// One balanced connection: the balancer local address, the real server, the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// Balancer local address (source of the frames).
+    pub lb: SocketAddrV4,
+    /// Real server address.
+    pub rs: SocketAddrV4,
+    /// The client the balancer announces.
+    pub client: SocketAddrV4,
+}
+
+/// What a run of handshakes achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandshakeReport {
+    /// Connections whose SYN-ACK arrived and were acknowledged.
+    pub completed: usize,
+    /// SYNs sent again after a second without answer.
+    pub syn_retransmits: usize,
+    /// Handshake ACKs sent again for a repeated SYN-ACK (the server missed the first).
+    pub ack_repeats: usize,
+}
+
+/// The speaker, with its socket on the balancer side of a veth pair.
+#[derive(Debug)]
+pub struct Speaker {
+    socket: RawSocket,
+    link: Link,
+    kind: u8,
+}
+
+#[derive(Debug)]
+struct Pending {
+    index: usize,
+    sent: Instant,
+    done: bool,
+}
+
+impl Speaker {
+    /// Opens the speaker on `dev` of the calling thread's namespace. `link` gives the
+    /// frames' MAC addresses (source: `dev`, destination: the server's interface); `kind`
+    /// is the TOA kind it sends.
+    pub fn open(dev: &str, link: Link, kind: u8) -> io::Result<Self> {
+        Ok(Speaker { socket: RawSocket::open(dev)?, link, kind })
+    }
+
+    /// Sends one frame as it is.
+    pub fn inject(&self, frame: &[u8]) -> io::Result<()> {
+        self.socket.send(frame)
+    }
+
+    /// The link the speaker's frames use.
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn isn(index: usize) -> u32 {
+        0x1000_0000u32.wrapping_add((index as u32).wrapping_mul(7919))
+    }
+}
+
+/// A speaker configured for one run of handshakes.
+#[derive(Debug)]
+pub struct HandshakeRun<'a> {
+    speaker: &'a Speaker,
+    toa_on: ToaOn,
+}
+
+impl Speaker {
+    /// Opens every flow with a full handshake, at most `window` at a time, TOA placed as
+    /// `toa_on` says, until all are acknowledged or `deadline` passes. Repeated SYN-ACKs (the
+    /// server's accept queue was full) are answered again; unanswered SYNs are resent after
+    /// a second.
+    pub fn handshake(
+        &self,
+        flows: &[Flow],
+        toa_on: ToaOn,
+        window: usize,
+        deadline: Duration,
+    ) -> io::Result<HandshakeReport> {
+        HandshakeRun { speaker: self, toa_on }.run(flows, window, deadline)
+    }
+}
+
+impl HandshakeRun<'_> {
+    fn send_syn(&self, flow: &Flow, index: usize) -> io::Result<()> {
+        let mut options = frames::syn_options();
+        if self.toa_on == ToaOn::Syn {
+            options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
+        }
+        let seg = Segment::new(flow.lb.into(), flow.rs.into(), SYN, Speaker::isn(index), 0).options(&options);
+        self.speaker.socket.send(&seg.frame(&self.speaker.link))
+    }
+
+    fn send_handshake_end(&self, flow: &Flow, index: usize, server_isn: u32) -> io::Result<()> {
+        let (seq, ack) = (Speaker::isn(index).wrapping_add(1), server_isn.wrapping_add(1));
+        let mut options = frames::timestamp_options();
+        if self.toa_on == ToaOn::HandshakeAck {
+            options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
+        }
+        let seg = Segment::new(flow.lb.into(), flow.rs.into(), ACK, seq, ack).options(&options);
+        self.speaker.socket.send(&seg.frame(&self.speaker.link))?;
+        if self.toa_on == ToaOn::FirstData {
+            let mut options = frames::timestamp_options();
+            options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
+            let data =
+                Segment::new(flow.lb.into(), flow.rs.into(), PSH | ACK, seq, ack).options(&options).payload(b"x");
+            self.speaker.socket.send(&data.frame(&self.speaker.link))?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, flows: &[Flow], window: usize, deadline: Duration) -> io::Result<HandshakeReport> {
+        let end = Instant::now() + deadline;
+        let mut report = HandshakeReport::default();
+        let mut by_lb: HashMap<SocketAddrV4, Pending> = HashMap::with_capacity(flows.len());
+        let (mut next, mut in_flight) = (0usize, 0usize);
+        let mut buf = vec![0u8; 2048];
+        let mut last_retransmit_scan = Instant::now();
+        while report.completed < flows.len() && Instant::now() < end {
+            while in_flight < window && next < flows.len() {
+                self.send_syn(&flows[next], next)?;
+                by_lb.insert(flows[next].lb, Pending { index: next, sent: Instant::now(), done: false });
+                next += 1;
+                in_flight += 1;
+            }
+            let Some(n) = self.speaker.socket.recv(&mut buf, Duration::from_millis(20))? else { continue };
+            if let Some((lb, server_isn)) = syn_ack_to(&buf[..n]) {
+                if let Some(p) = by_lb.get_mut(&lb) {
+                    let flow = &flows[p.index];
+                    self.send_handshake_end(flow, p.index, server_isn)?;
+                    if p.done {
+                        report.ack_repeats += 1;
+                    } else {
+                        p.done = true;
+                        report.completed += 1;
+                        in_flight -= 1;
+                    }
+                }
+            }
+            if last_retransmit_scan.elapsed() > Duration::from_millis(200) {
+                last_retransmit_scan = Instant::now();
+                for p in by_lb.values_mut().filter(|p| !p.done && p.sent.elapsed() > Duration::from_secs(1)) {
+                    self.send_syn(&flows[p.index], p.index)?;
+                    p.sent = Instant::now();
+                    report.syn_retransmits += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// If `frame` is a SYN-ACK, the balancer address it is sent to and the server's ISN.
+fn syn_ack_to(frame: &[u8]) -> Option<(SocketAddrV4, u32)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+    if !(tcp.syn() && tcp.ack()) {
+        return None;
+    }
+    let dst = Ipv4Addr::from(ip.header().destination());
+    Some((SocketAddrV4::new(dst, tcp.destination_port()), tcp.sequence_number()))
+}
+
+/// `count` flows from balancer addresses `10.1.0.{first_lb_host}..` (ports from
+/// `first_port`), all to `rs`, each with a distinct client in 198.51.100.0/24 and
+/// 203.0.113.0/24 whose port equals the balancer port: a flow's client is derivable from
+/// what the server sees.
+pub fn flows(count: usize, lb_hosts: &[Ipv4Addr], first_port: u16, rs: SocketAddrV4) -> Vec<Flow> {
+    (0..count)
+        .map(|i| {
+            let lb_ip = lb_hosts[i % lb_hosts.len()];
+            let port = first_port + (i / lb_hosts.len()) as u16;
+            let client_ip = if i % 2 == 0 {
+                Ipv4Addr::new(198, 51, 100, (i % 250) as u8 + 1)
+            } else {
+                Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1)
+            };
+            Flow { lb: SocketAddrV4::new(lb_ip, port), rs, client: SocketAddrV4::new(client_ip, port) }
+        })
+        .collect()
+}
+
+/// The client a flow list announces for the balancer address `lb`.
+pub fn client_for(flows: &[Flow], lb: SocketAddr) -> Option<SocketAddrV4> {
+    flows.iter().find(|f| SocketAddr::V4(f.lb) == lb).map(|f| f.client)
+}
