@@ -149,7 +149,16 @@ pub fn syn_options() -> Vec<u8> {
 
 /// Options on a later segment: NOP, NOP, timestamps.
 pub fn timestamp_options() -> Vec<u8> {
-    vec![1, 1, 8, 10, 0, 0, 0, 2, 0, 0, 0, 1]
+    timestamps(2, 1)
+}
+
+/// NOP, NOP, and a timestamp option with `value` and `echo` (the peer's last value, which
+/// Linux checks on the handshake ACK).
+pub fn timestamps(value: u32, echo: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&value.to_be_bytes());
+    o.extend_from_slice(&echo.to_be_bytes());
+    o
 }
 
 /// An ICMP echo request from `lb` to `rs` carrying the ip_vs_ca announcement `a`.

@@ -8,3 +8,4 @@ pub mod netns;
 pub mod pcap;
 pub mod rawsock;
 pub mod speaker;
+pub mod topology;

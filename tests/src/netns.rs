@@ -58,11 +58,6 @@ impl Netns {
         run(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
-    /// Runs a sysctl inside the namespace (`ip netns exec NAME sysctl -qw key=value`).
-    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        run(self.command("sysctl").args(["-qw", &format!("{key}={value}")])).map(drop)
-    }
-
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -121,16 +121,16 @@ impl HandshakeRun<'_> {
         self.speaker.socket.send(&seg.frame(&self.speaker.link))
     }
 
-    fn send_handshake_end(&self, flow: &Flow, index: usize, server_isn: u32) -> io::Result<()> {
-        let (seq, ack) = (Speaker::isn(index).wrapping_add(1), server_isn.wrapping_add(1));
-        let mut options = frames::timestamp_options();
+    fn send_handshake_end(&self, flow: &Flow, index: usize, syn_ack: &SynAck) -> io::Result<()> {
+        let (seq, ack) = (Speaker::isn(index).wrapping_add(1), syn_ack.isn.wrapping_add(1));
+        let mut options = frames::timestamps(2, syn_ack.tsval);
         if self.toa_on == ToaOn::HandshakeAck {
             options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
         }
         let seg = Segment::new(flow.lb.into(), flow.rs.into(), ACK, seq, ack).options(&options);
         self.speaker.socket.send(&seg.frame(&self.speaker.link))?;
         if self.toa_on == ToaOn::FirstData {
-            let mut options = frames::timestamp_options();
+            let mut options = frames::timestamps(3, syn_ack.tsval);
             options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
             let data =
                 Segment::new(flow.lb.into(), flow.rs.into(), PSH | ACK, seq, ack).options(&options).payload(b"x");
@@ -154,10 +154,10 @@ impl HandshakeRun<'_> {
                 in_flight += 1;
             }
             let Some(n) = self.speaker.socket.recv(&mut buf, Duration::from_millis(20))? else { continue };
-            if let Some((lb, server_isn)) = syn_ack_to(&buf[..n]) {
-                if let Some(p) = by_lb.get_mut(&lb) {
+            if let Some(syn_ack) = SynAck::parse(&buf[..n]) {
+                if let Some(p) = by_lb.get_mut(&syn_ack.to) {
                     let flow = &flows[p.index];
-                    self.send_handshake_end(flow, p.index, server_isn)?;
+                    self.send_handshake_end(flow, p.index, &syn_ack)?;
                     if p.done {
                         report.ack_repeats += 1;
                     } else {
@@ -180,16 +180,35 @@ impl HandshakeRun<'_> {
     }
 }
 
-/// If `frame` is a SYN-ACK, the balancer address it is sent to and the server's ISN.
-fn syn_ack_to(frame: &[u8]) -> Option<(SocketAddrV4, u32)> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
-    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
-    if !(tcp.syn() && tcp.ack()) {
-        return None;
+/// What the speaker needs of the server's SYN-ACK.
+#[derive(Debug, Clone, Copy)]
+struct SynAck {
+    /// The balancer address it is sent to.
+    to: SocketAddrV4,
+    /// The server's initial sequence number.
+    isn: u32,
+    /// The server's timestamp value, to echo (0 without timestamps).
+    tsval: u32,
+}
+
+impl SynAck {
+    fn parse(frame: &[u8]) -> Option<SynAck> {
+        let packet = SlicedPacket::from_ethernet(frame).ok()?;
+        let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+        let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+        if !(tcp.syn() && tcp.ack()) {
+            return None;
+        }
+        let tsval = tcp
+            .options_iterator()
+            .find_map(|o| match o {
+                Ok(etherparse::TcpOptionElement::Timestamp(value, _)) => Some(value),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let dst = Ipv4Addr::from(ip.header().destination());
+        Some(SynAck { to: SocketAddrV4::new(dst, tcp.destination_port()), isn: tcp.sequence_number(), tsval })
     }
-    let dst = Ipv4Addr::from(ip.header().destination());
-    Some((SocketAddrV4::new(dst, tcp.destination_port()), tcp.sequence_number()))
 }
 
 /// `count` flows from balancer addresses `10.1.0.{first_lb_host}..` (ports from
