@@ -5,7 +5,7 @@
 //! so parallel tests never collide, and leftovers of killed runs are removed on first use.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::Once;
@@ -18,15 +18,17 @@ const PREFIX: &str = "ipvsca-t";
 /// True when the test can make namespaces; otherwise prints why it is skipped, so a skip is
 /// never silent. Every test that needs namespaces starts with `if !netns::can_run("name") { return; }`.
 pub fn can_run(test: &str) -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP {test}: needs root to create network namespaces (CI runs as root)");
-        return false;
-    }
-    if Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIP {test}: iproute2's `ip` is not installed (apt-get install iproute2)");
-        return false;
-    }
-    true
+    let reason = if !nix::unistd::geteuid().is_root() {
+        "needs root to create network namespaces (CI runs as root)"
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        "iproute2's `ip` is not installed (apt-get install iproute2)"
+    } else {
+        return true;
+    };
+    // Written to the stderr handle, not with eprintln!, so the test harness does not
+    // capture it: the skip shows in every run.
+    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
+    false
 }
 
 /// A network namespace, deleted on drop.
