@@ -44,6 +44,9 @@ pub enum Observation {
     ConnectionRequest {
         /// The flow of the new connection.
         key: FlowKey,
+        /// The option list ended on a broken length before any TOA. Linux still accepts
+        /// such a SYN ("silly options"), so the connection begins all the same.
+        bad_options: Option<Malformed>,
     },
     /// An ip_vs_ca ICMP announcement.
     Announcement {
@@ -122,17 +125,34 @@ fn inspect_tcp(src: IpAddr, dst: IpAddr, segment: &[u8], kinds: &ToaKinds) -> Re
         rs: SocketAddr::new(dst, tcp.dst_port()),
     };
     let connection_request = tcp.is_connection_request();
-    Ok(match find_toa(tcp.options(), kinds)? {
-        Some(client) => Observation::Toa { key, client, connection_request },
-        None if connection_request => Observation::ConnectionRequest { key },
-        None => Observation::Nothing,
+    Ok(match find_toa(tcp.options(), kinds) {
+        Ok(Some(client)) => Observation::Toa { key, client, connection_request },
+        Ok(None) if connection_request => Observation::ConnectionRequest { key, bad_options: None },
+        Err(bad) if connection_request => Observation::ConnectionRequest { key, bad_options: Some(bad) },
+        Ok(None) => Observation::Nothing,
+        Err(bad) => return Err(bad),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ipv4::tests::packet;
+    use crate::wire::tcp::tests::header;
     use proptest::prelude::*;
+
+    #[test]
+    fn syn_with_a_broken_option_still_begins_a_connection() {
+        // MSS, then an option of length 1: Linux stops parsing and accepts the SYN.
+        let ip = packet(PROTO_TCP, &[], &header(0x02, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
+        let got = inspect_network(ETHERTYPE_IPV4, &ip, &ToaKinds::default()).unwrap();
+        assert!(
+            matches!(got, Observation::ConnectionRequest { bad_options: Some(Malformed::BadTcpOption), .. }),
+            "{got:?}"
+        );
+        let ack = packet(PROTO_TCP, &[], &header(0x10, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ack, &ToaKinds::default()), Err(Malformed::BadTcpOption));
+    }
 
     proptest! {
         #[test]

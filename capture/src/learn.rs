@@ -107,12 +107,14 @@ impl Learner {
         self.counters.packets.inc();
         let (key, client, via, announced) = match observed {
             Err(reason) => {
-                self.counters.malformed.inc();
-                self.malformed_by_reason[reason.index()].inc();
+                self.count_malformed(reason);
                 return None;
             }
             Ok(Observation::Nothing) => return None,
-            Ok(Observation::ConnectionRequest { key }) => {
+            Ok(Observation::ConnectionRequest { key, bad_options }) => {
+                if let Some(reason) = bad_options {
+                    self.count_malformed(reason);
+                }
                 self.counters.connection_requests.inc();
                 if self.config.trust.allows(key.lb.ip()) {
                     self.table.connection_requested(&key);
@@ -137,6 +139,11 @@ impl Learner {
             Learned::Created | Learned::Replaced { .. } => Some(event(key, client, via)),
             Learned::Refreshed | Learned::Kept => None,
         }
+    }
+
+    fn count_malformed(&self, reason: Malformed) {
+        self.counters.malformed.inc();
+        self.malformed_by_reason[reason.index()].inc();
     }
 
     /// The capture's counters.

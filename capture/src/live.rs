@@ -25,7 +25,8 @@ use crate::sys::packet_socket::{PacketSocket, interface_index};
 /// packets (each costs its truncated length plus the kernel's per-skb overhead).
 pub const RECEIVE_BUFFER: usize = 32 << 20;
 
-/// The most packets one drain reads, so that a flood cannot hold a caller forever.
+/// The most packets one drain reads from one socket, so that a flood cannot hold a caller
+/// forever; when it is reached the drain says so and the capture thread carries on.
 pub const MAX_DRAIN: usize = 1 << 16;
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
@@ -34,13 +35,18 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// An interface named with `--iface` does not exist in this network namespace.
-    #[error("no interface {name:?} in this network namespace: {source}")]
+    #[error("no interface {name:?} in this network namespace: {error}")]
     NoInterface {
         /// The name given.
         name: String,
         /// What the system said.
-        source: io::Error,
+        error: io::Error,
     },
+    /// The kernel ran out of socket memory for the capture's filter.
+    #[error(
+        "the kernel refused the capture socket or its filter for lack of memory; with many --toa-kind values, net.core.optmem_max may be too small: {0}"
+    )]
+    NoMemory(io::Error),
     /// The process may not open packet sockets.
     #[error("the capture needs CAP_NET_RAW in this network namespace (run as root or grant the capability): {0}")]
     Permission(io::Error),
@@ -49,12 +55,15 @@ pub enum CaptureError {
     Socket(io::Error),
 }
 
-/// Where mappings created or changed by the live capture are reported.
-pub type EventSink = Box<dyn FnMut(MappingEvent) + Send>;
+/// Where mappings created or changed by the live capture are reported, in packet order.
+/// A channel: sending never blocks a drain, whatever the receiver does with the events.
+pub type EventSink = std::sync::mpsc::Sender<MappingEvent>;
 
 struct DrainState {
     buf: Vec<u8>,
     on_event: Option<EventSink>,
+    /// Which socket a drain reads first: rotated so that none can starve the others.
+    first: usize,
 }
 
 /// The running capture of one network namespace.
@@ -79,6 +88,7 @@ impl LiveCapture {
         let open = |index| {
             PacketSocket::open(index, &filter, RECEIVE_BUFFER).map_err(|e| match e.kind() {
                 io::ErrorKind::PermissionDenied => CaptureError::Permission(e),
+                io::ErrorKind::OutOfMemory => CaptureError::NoMemory(e),
                 _ => CaptureError::Socket(e),
             })
         };
@@ -88,22 +98,28 @@ impl LiveCapture {
         }
         for name in ifaces {
             let index =
-                interface_index(name).map_err(|source| CaptureError::NoInterface { name: name.clone(), source })?;
+                interface_index(name).map_err(|error| CaptureError::NoInterface { name: name.clone(), error })?;
             sockets.push((name.clone(), open(index)?));
         }
         let stop = EventFd::new().map_err(|e| CaptureError::Socket(e.into()))?;
         Ok(LiveCapture {
             sockets,
             learner,
-            drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None }),
+            drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None, first: 0 }),
             stop,
         })
     }
 
-    /// Reports every mapping the capture creates or changes to `sink`, from whichever
-    /// thread drains.
+    /// Reports every mapping the capture creates or changes to `sink`, in packet order,
+    /// from whichever thread drains.
     pub fn set_event_sink(&self, sink: EventSink) {
         self.lock().on_event = Some(sink);
+    }
+
+    /// Stops reporting events; the receiver sees the end of the channel once it has read
+    /// every event sent before.
+    pub fn close_event_sink(&self) {
+        self.lock().on_event = None;
     }
 
     /// The learner (and through it the table and counters) this capture feeds.
@@ -121,20 +137,30 @@ impl LiveCapture {
     }
 
     /// Learns every packet queued so far; returns how many were read. When it returns,
-    /// every packet queued before the call began has been applied to the table.
+    /// every packet queued before the call began has been applied to the table, unless a
+    /// socket held more than [`MAX_DRAIN`] packets (logged).
     pub fn drain(&self) -> usize {
         let mut state = self.lock();
-        let DrainState { buf, on_event } = &mut *state;
+        let DrainState { buf, on_event, first } = &mut *state;
         let now = monotonic_millis();
         let mut read = 0;
-        for (name, socket) in &self.sockets {
-            while read < MAX_DRAIN {
+        let n = self.sockets.len();
+        *first = (*first + 1) % n;
+        for i in 0..n {
+            let (name, socket) = &self.sockets[(*first + i) % n];
+            let mut from_this = 0;
+            loop {
+                if from_this == MAX_DRAIN {
+                    tracing::warn!(interface = %name, "capture drain stopped after {MAX_DRAIN} packets; lookups may miss");
+                    break;
+                }
                 match socket.recv(buf) {
                     Ok(Some((len, ethertype))) => {
-                        read += 1;
+                        from_this += 1;
                         let event = self.learner.observe_network(ethertype, &buf[..len], now);
-                        if let (Some(event), Some(sink)) = (event, on_event.as_mut()) {
-                            sink(event);
+                        if let (Some(event), Some(sink)) = (event, on_event.as_ref()) {
+                            // A closed receiver only means nobody prints the events any more.
+                            let _ = sink.send(event);
                         }
                     }
                     Ok(None) => break,
@@ -145,6 +171,7 @@ impl LiveCapture {
                     }
                 }
             }
+            read += from_this;
         }
         read
     }

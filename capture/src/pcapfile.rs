@@ -27,12 +27,12 @@ const SWEEP_EVERY: Millis = 1_000;
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file starts with neither a pcap nor a pcapng magic number.
     #[error("{path} is not a pcap or pcapng file")]
@@ -41,14 +41,14 @@ pub enum FileError {
         path: PathBuf,
     },
     /// The file is damaged.
-    #[error("{path}: damaged after {packets} packets: {source}")]
+    #[error("{path}: damaged after {packets} packets: {error}")]
     Format {
         /// The file.
         path: PathBuf,
         /// Packets replayed before the damage.
         packets: u64,
         /// What the reader found.
-        source: PcapError,
+        error: PcapError,
     },
     /// The file ends in the middle of a record.
     #[error("{path}: truncated after {packets} packets (the capture was cut off while writing)")]
@@ -71,12 +71,12 @@ pub enum FileError {
 /// Replays every packet of `path`; `on_event` gets each mapping created or changed.
 /// Returns the number of packets read.
 pub fn replay(path: &Path, learner: &Learner, mut on_event: impl FnMut(MappingEvent)) -> Result<u64, FileError> {
-    let io = |source| FileError::Io { path: path.to_owned(), source };
+    let io = |error| FileError::Io { path: path.to_owned(), error };
     let mut file = BufReader::new(File::open(path).map_err(io)?);
     let mut magic = [0u8; 4];
     file.read_exact(&mut magic).map_err(|_| FileError::NotPcap { path: path.to_owned() })?;
     let file = std::io::Cursor::new(magic).chain(file);
-    let mut replay = Replay { path, learner, packets: 0, last_sweep: None };
+    let mut replay = Replay { path, learner, packets: 0, last_sweep: None, last_time: 0, skipped: 0 };
     match u32::from_le_bytes(magic) {
         0x0a0d0d0a => replay.pcapng(file, &mut on_event),
         0xa1b2c3d4 | 0xd4c3b2a1 | 0xa1b23c4d | 0x4d3cb2a1 => replay.pcap(file, &mut on_event),
@@ -89,6 +89,8 @@ struct Replay<'a> {
     learner: &'a Learner,
     packets: u64,
     last_sweep: Option<Millis>,
+    last_time: Millis,
+    skipped: u64,
 }
 
 impl Replay<'_> {
@@ -134,10 +136,24 @@ impl Replay<'_> {
             let Some(&(datalink, resolution)) = interfaces.get(interface as usize) else {
                 return Err(self.damaged(PcapError::InvalidInterfaceId(interface)));
             };
-            let link = self.link_type(datalink)?;
+            // A file may mix interfaces; packets of one the capture cannot read are skipped.
+            let Ok(link) = self.link_type(datalink) else {
+                self.skipped += 1;
+                continue;
+            };
             // A simple packet block has no timestamp: it happens at the last time seen.
-            let now = raw_ts.map_or(self.last_sweep.unwrap_or(0), |ts| pcapng_millis(ts, resolution));
+            let now = raw_ts.map_or(self.last_time, |ts| pcapng_millis(ts, resolution));
             self.packet(&data, link, now, on_event);
+        }
+        if self.skipped > 0 {
+            tracing::warn!(
+                packets = self.skipped,
+                "skipped packets of interfaces with a link type the capture cannot read"
+            );
+            if self.packets == 0 {
+                let link = interfaces.first().map_or(DataLink::Unknown(0), |i| i.0);
+                return Err(FileError::UnsupportedLink { path: self.path.to_owned(), link });
+            }
         }
         Ok(self.packets)
     }
@@ -149,6 +165,7 @@ impl Replay<'_> {
             self.last_sweep = Some(now);
         }
         self.packets += 1;
+        self.last_time = now;
         if let Some(event) = self.learner.observe_frame(data, link, now) {
             on_event(event);
         }
@@ -171,7 +188,7 @@ impl Replay<'_> {
             PcapError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 FileError::Truncated { path, packets }
             }
-            source => FileError::Format { path, packets, source },
+            error => FileError::Format { path, packets, error },
         }
     }
 }

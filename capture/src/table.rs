@@ -1,10 +1,15 @@
 //! The mapping table: `(proto, lb ip:port, rs ip:port) -> client ip:port`, and its reverse
 //! `(proto, client ip:port, rs ip:port) -> lb ip:port` for the tx direction.
 //!
-//! Owns the replacement rules and expiry. Lookups (the supervisor's hot path) take only a
-//! shard read lock and refresh an atomic; every change to the table is serialised by one
-//! writer lock so the two indexes never disagree. A lookup never returns an entry that has
+//! Owns the replacement rules and expiry. Lookups (the supervisor's hot path) take only
+//! shard read locks and refresh an atomic; every change to the table is serialised by one
+//! writer lock so the indexes never disagree. A lookup never returns an entry that has
 //! outlived its timeout, whether or not the sweep has removed it yet.
+//!
+//! Two secondary indexes serve sockets that do not know their full local address: a UDP
+//! socket bound to the wildcard address (rx: any real-server address with the socket's
+//! port) and an unbound socket that connects or sends (tx: any real-server address).
+//! Guards of two maps are never held at once.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -119,24 +124,23 @@ impl Mapping {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ReverseKey {
-    proto: Proto,
-    client: SocketAddr,
-    rs: SocketAddr,
-}
+/// The flows mapped to one client: the tx index.
+type ClientKey = (Proto, SocketAddr);
+/// The real-server addresses a balancer address talks to on one port: the wildcard rx index.
+type LbPortKey = (Proto, SocketAddr, u16);
 
-impl ReverseKey {
-    fn of(key: &FlowKey, client: SocketAddr) -> Self {
-        ReverseKey { proto: key.proto, client, rs: key.rs }
-    }
+/// Whether a socket's local address `local` (its IP and port possibly unspecified) can be
+/// the real-server address `rs`.
+fn local_matches(local: SocketAddr, rs: SocketAddr) -> bool {
+    (local.ip().is_unspecified() || local.ip() == rs.ip()) && (local.port() == 0 || local.port() == rs.port())
 }
 
 /// The table shared by the capture (writer) and the supervisor (reader).
 #[derive(Debug)]
 pub struct MappingTable {
     forward: DashMap<FlowKey, Mapping>,
-    reverse: DashMap<ReverseKey, SocketAddr>,
+    by_client: DashMap<ClientKey, Vec<FlowKey>>,
+    by_lb_port: DashMap<LbPortKey, Vec<std::net::IpAddr>>,
     writer: Mutex<()>,
     tcp_timeout_ms: AtomicU64,
     udp_timeout_ms: AtomicU64,
@@ -154,7 +158,8 @@ impl MappingTable {
     pub fn new(tcp_timeout: Duration, udp_timeout: Duration) -> Self {
         MappingTable {
             forward: DashMap::new(),
-            reverse: DashMap::new(),
+            by_client: DashMap::new(),
+            by_lb_port: DashMap::new(),
             writer: Mutex::new(()),
             tcp_timeout_ms: AtomicU64::new(duration_millis(tcp_timeout)),
             udp_timeout_ms: AtomicU64::new(duration_millis(udp_timeout)),
@@ -187,7 +192,7 @@ impl MappingTable {
     pub fn learn(&self, key: FlowKey, client: SocketAddr, via: Via, announced: Announced, now: Millis) -> Learned {
         let timeout = self.timeout_ms(key.proto);
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (learned, stale_client) = match self.forward.entry(key) {
+        let (learned, old_client) = match self.forward.entry(key) {
             Entry::Vacant(v) => {
                 v.insert(Mapping::new(client, via, now));
                 (Learned::Created, None)
@@ -212,11 +217,16 @@ impl MappingTable {
                 }
             }
         };
-        if let Some(old) = stale_client {
-            self.reverse.remove_if(&ReverseKey::of(&key, old), |_, lb| *lb == key.lb);
+        if let Some(old) = old_client {
+            self.unindex_client(&key, old);
         }
-        if matches!(learned, Learned::Created | Learned::Replaced { .. }) {
-            self.reverse.insert(ReverseKey::of(&key, client), key.lb);
+        match learned {
+            Learned::Created if old_client.is_none() => {
+                self.index_client(&key, client);
+                self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+            }
+            Learned::Created | Learned::Replaced { .. } => self.index_client(&key, client),
+            Learned::Refreshed | Learned::Kept => {}
         }
         let counter = match learned {
             Learned::Created => &self.counters.created,
@@ -247,20 +257,70 @@ impl MappingTable {
         found
     }
 
-    /// tx: the balancer address to send to instead of `client`, from `rs`.
-    pub fn lb_of(&self, proto: Proto, client: SocketAddr, rs: SocketAddr, now: Millis) -> Option<SocketAddr> {
-        // Copy the address out before touching `forward`: never hold guards of both maps.
-        let lb = self.reverse.get(&ReverseKey { proto, client, rs }).map(|lb| *lb);
-        let timeout = self.timeout_ms(proto);
-        let found = lb.filter(|&lb| {
-            self.forward
-                .get(&FlowKey { proto, lb, rs })
-                .filter(|m| m.client == client && m.is_live(now, timeout))
-                .map(|m| m.touch(now))
-                .is_some()
-        });
+    /// rx for a socket whose local address may have an unspecified IP (a UDP socket bound
+    /// to the wildcard address): the client behind `lb` as seen on `local`. With several
+    /// candidate real-server addresses, the most recently used live one wins.
+    pub fn client_for_local(&self, proto: Proto, lb: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
+        if !local.ip().is_unspecified() {
+            return self.client_of(&FlowKey { proto, lb, rs: local }, now);
+        }
+        let ips = self.by_lb_port.get(&(proto, lb, local.port())).map(|ips| ips.clone()).unwrap_or_default();
+        let keys = ips.into_iter().map(|ip| FlowKey { proto, lb, rs: SocketAddr::new(ip, local.port()) });
+        let found = self.most_recent(keys, now).map(|(_, client)| client);
         self.count_lookup(found.is_some());
         found
+    }
+
+    /// tx: the balancer address to send to instead of `client`, from a socket whose local
+    /// address is `local` (IP and port possibly unspecified: an unbound socket).
+    pub fn lb_for_local(&self, proto: Proto, client: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
+        let keys = self.by_client.get(&(proto, client)).map(|keys| keys.clone()).unwrap_or_default();
+        let keys = keys.into_iter().filter(|k| local_matches(local, k.rs));
+        let found = self.most_recent(keys, now).filter(|&(_, c)| c == client).map(|(key, _)| key.lb);
+        self.count_lookup(found.is_some());
+        found
+    }
+
+    /// Among `keys`, the live mapping used last; refreshes it.
+    fn most_recent(&self, keys: impl Iterator<Item = FlowKey>, now: Millis) -> Option<(FlowKey, SocketAddr)> {
+        let mut best: Option<(Millis, FlowKey, SocketAddr)> = None;
+        for key in keys {
+            let timeout = self.timeout_ms(key.proto);
+            if let Some(m) = self.forward.get(&key).filter(|m| m.is_live(now, timeout)) {
+                let used = m.last_used.load(Ordering::Relaxed);
+                if best.is_none_or(|(b, _, _)| used > b) {
+                    best = Some((used, key, m.client));
+                }
+            }
+        }
+        let (_, key, client) = best?;
+        if let Some(m) = self.forward.get(&key) {
+            m.touch(now);
+        }
+        Some((key, client))
+    }
+
+    fn index_client(&self, key: &FlowKey, client: SocketAddr) {
+        let mut keys = self.by_client.entry((key.proto, client)).or_default();
+        if !keys.contains(key) {
+            keys.push(*key);
+        }
+    }
+
+    fn unindex_client(&self, key: &FlowKey, client: SocketAddr) {
+        let ck = (key.proto, client);
+        if let Some(mut keys) = self.by_client.get_mut(&ck) {
+            keys.retain(|k| k != key);
+        }
+        self.by_client.remove_if(&ck, |_, keys| keys.is_empty());
+    }
+
+    fn unindex_lb_port(&self, key: &FlowKey) {
+        let lk = (key.proto, key.lb, key.rs.port());
+        if let Some(mut ips) = self.by_lb_port.get_mut(&lk) {
+            ips.retain(|ip| *ip != key.rs.ip());
+        }
+        self.by_lb_port.remove_if(&lk, |_, ips| ips.is_empty());
     }
 
     fn count_lookup(&self, hit: bool) {
@@ -292,7 +352,8 @@ impl MappingTable {
             let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let gone = self.forward.remove_if(&key, |k, m| !m.is_live(now, timeout(k.proto)));
             if let Some((key, m)) = gone {
-                self.reverse.remove_if(&ReverseKey::of(&key, m.client), |_, lb| *lb == key.lb);
+                self.unindex_client(&key, m.client);
+                self.unindex_lb_port(&key);
                 removed += 1;
             }
         }
@@ -345,7 +406,7 @@ mod tests {
         assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0), Learned::Created);
         assert_eq!(t.client_of(&key(40001, 80), 5), Some(addr(A)));
         assert_eq!(t.client_of(&key(40001, 81), 5), None);
-        assert_eq!(t.lb_of(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 5), Some(addr("10.1.0.5:40001")));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 5), Some(addr("10.1.0.5:40001")));
         let s = t.stats();
         assert_eq!((s.created, s.lookups_hit, s.lookups_miss), (1, 2, 1));
     }
@@ -357,9 +418,10 @@ mod tests {
         let got = t.learn(key(40001, 80), addr(B), Via::Toa, Announced::NewFlow, 10);
         assert_eq!(got, Learned::Replaced { previous: addr(A) });
         assert_eq!(t.client_of(&key(40001, 80), 11), Some(addr(B)));
+        assert_eq!(t.by_client.len(), 1, "the old client's index entry is gone");
         let rs = addr("10.1.0.9:80");
-        assert_eq!(t.lb_of(Proto::Tcp, addr(A), rs, 11), None);
-        assert_eq!(t.lb_of(Proto::Tcp, addr(B), rs, 11), Some(addr("10.1.0.5:40001")));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 11), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), rs, 11), Some(addr("10.1.0.5:40001")));
     }
 
     #[test]
@@ -390,6 +452,30 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_local_addresses_find_the_flow_by_port() {
+        let t = MappingTable::default();
+        let udp = |lb: u16, rs: &str| FlowKey { proto: Proto::Udp, lb: addr(&format!("10.1.0.5:{lb}")), rs: addr(rs) };
+        t.learn(udp(50001, "10.1.0.9:53"), addr(A), Via::Icmp, Announced::NewFlow, 0);
+        t.learn(udp(50001, "10.1.0.10:53"), addr(B), Via::Icmp, Announced::NewFlow, 5);
+        let lb = addr("10.1.0.5:50001");
+        // A socket bound to 0.0.0.0:53 sees both real-server addresses: the latest used wins.
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 6), Some(addr(B)));
+        assert_eq!(t.client_of(&udp(50001, "10.1.0.9:53"), 7), Some(addr(A)));
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 8), Some(addr(A)));
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:54"), 8), None);
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("10.1.0.10:53"), 9), Some(addr(B)));
+        // tx from a wildcard or unbound socket.
+        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("0.0.0.0:53"), 10), Some(lb));
+        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("0.0.0.0:0"), 10), Some(lb));
+        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("10.1.0.9:53"), 10), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), addr("0.0.0.0:0"), 10), None);
+        // Expiry removes the index entries too.
+        assert_eq!(t.expire(1_000_000), 2);
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 1_000_000), None);
+        assert!(t.by_lb_port.is_empty() && t.by_client.is_empty());
+    }
+
+    #[test]
     fn same_lb_port_towards_two_rs_ports_is_two_flows() {
         let t = MappingTable::default();
         t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
@@ -413,7 +499,7 @@ mod tests {
         assert_eq!(t.expire(610_001), 1);
         assert!(t.is_empty());
         assert_eq!(t.stats().expired, 2);
-        assert_eq!(t.lb_of(Proto::Udp, addr(B), udp.rs, 610_001), None);
+        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), udp.rs, 610_001), None);
     }
 
     #[test]
@@ -421,7 +507,7 @@ mod tests {
         let t = MappingTable::default();
         t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 0);
         assert_eq!(t.learn(key(40001, 80), addr(B), Via::Toa, Announced::InFlow, 100_000), Learned::Created);
-        assert_eq!(t.lb_of(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 100_001), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 100_001), None);
         assert_eq!(t.stats().expired, 1);
     }
 
@@ -436,29 +522,54 @@ mod tests {
 
     #[test]
     fn lookups_run_while_the_table_is_written_and_swept() {
-        let t = std::sync::Arc::new(MappingTable::default());
+        // 1 s timeout, writers replacing clients, a sweeper removing what went idle, and
+        // readers checking that a lookup only ever returns a client of its own flow.
+        let t = std::sync::Arc::new(MappingTable::new(Duration::from_secs(1), Duration::from_secs(1)));
+        let client_for = |port: u16, generation: u64| addr(&format!("198.51.100.{}:{port}", generation % 2 + 1));
+        const ROUNDS: u64 = 20_000;
         std::thread::scope(|s| {
+            for writer in 0..2u64 {
+                let t = t.clone();
+                s.spawn(move || {
+                    for i in 0..ROUNDS {
+                        let port = (i % 200) as u16 + 1;
+                        let now = i * 10 + writer;
+                        t.learn(key(port, 80), client_for(port, i / 200), Via::Toa, Announced::NewFlow, now);
+                    }
+                });
+            }
+            let sweeper = t.clone();
+            s.spawn(move || {
+                for now in (0..ROUNDS * 10).step_by(5_000) {
+                    sweeper.expire(now + 1_500);
+                }
+            });
             for _ in 0..2 {
                 let t = t.clone();
                 s.spawn(move || {
-                    for now in 0..20_000u64 {
-                        let port = (now % 500) as u16;
-                        t.learn(key(port, 80), addr(A), Via::Toa, Announced::NewFlow, now * 10);
-                        if now % 1000 == 0 {
-                            t.expire(now * 10);
+                    for i in 0..ROUNDS {
+                        let port = (i % 200) as u16 + 1;
+                        if let Some(c) = t.client_of(&key(port, 80), i * 10) {
+                            assert_eq!(c.port(), port, "a client of another flow");
+                            if let Some(lb) = t.lb_for_local(Proto::Tcp, c, addr("10.1.0.9:80"), i * 10) {
+                                assert_eq!(lb.port(), port, "a balancer of another flow");
+                            }
                         }
                     }
                 });
             }
-            let t = t.clone();
-            s.spawn(move || {
-                for i in 0..20_000u64 {
-                    if let Some(c) = t.client_of(&key((i % 500) as u16, 80), 0) {
-                        assert_eq!(c, addr(A));
-                    }
-                }
-            });
         });
-        assert_eq!(t.len(), 500);
+        assert!(t.stats().expired > 0, "the sweep removed entries while lookups ran");
+        // Quiet now: every index agrees with the forward map.
+        let now = ROUNDS * 10;
+        for (k, m) in t.entries() {
+            if m.last_used + 1_000 > now {
+                assert_eq!(t.lb_for_local(Proto::Tcp, m.client, k.rs, now), Some(k.lb));
+            }
+        }
+        let indexed: usize = t.by_client.iter().map(|e| e.value().len()).sum();
+        assert_eq!(indexed, t.len());
+        let by_port: usize = t.by_lb_port.iter().map(|e| e.value().len()).sum();
+        assert_eq!(by_port, t.len());
     }
 }

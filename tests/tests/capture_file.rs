@@ -110,8 +110,10 @@ fn toa_kind_flag_replaces_the_default_kinds() {
     );
     assert_eq!(stdout_lines(&both).len(), 2);
 
-    let refused = ipvsca(&["capture", "--read", "x.pcap", "--toa-kind", "1"]);
-    assert!(!refused.status.success(), "kind 1 is NOP and cannot be a TOA");
+    let file = dir.path().join("kinds.pcap");
+    let refused = ipvsca(&["capture", "--read", file.to_str().unwrap(), "--toa-kind", "1"]);
+    assert_eq!(refused.status.code(), Some(2), "kind 1 is NOP and cannot be a TOA: a usage error");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--toa-kind"));
 }
 
 #[test]

@@ -63,12 +63,20 @@ fn run_live(ifaces: &[String], learner: Arc<Learner>, json: bool) -> anyhow::Res
     stop_signals.thread_block().context("blocking SIGINT and SIGTERM")?;
 
     let capture = Arc::new(LiveCapture::open(ifaces, learner)?);
-    capture.set_event_sink(Box::new(move |event| {
-        let mut out = std::io::stdout().lock();
-        if report::write_event(&mut out, &event, json).and_then(|_| out.flush()).is_err() {
-            tracing::warn!("stdout is closed; mappings are no longer printed");
-        }
-    }));
+    let (events, printed) = std::sync::mpsc::channel();
+    capture.set_event_sink(events);
+    let printer = std::thread::Builder::new()
+        .name("ipvsca-print".into())
+        .spawn(move || {
+            let mut out = std::io::stdout().lock();
+            for event in printed {
+                if report::write_event(&mut out, &event, json).and_then(|_| out.flush()).is_err() {
+                    tracing::warn!("stdout is closed; mappings are no longer printed");
+                    break;
+                }
+            }
+        })
+        .context("starting the printer thread")?;
     tracing::info!(interfaces = ?capture.interfaces(), "capturing");
     let stopper = capture.clone();
     std::thread::Builder::new()
@@ -80,6 +88,8 @@ fn run_live(ifaces: &[String], learner: Arc<Learner>, json: bool) -> anyhow::Res
             stopper.stop();
         })
         .context("starting the signal thread")?;
-    capture.run()?;
-    Ok(())
+    let result = capture.run();
+    capture.close_event_sink();
+    let _ = printer.join();
+    Ok(result?)
 }

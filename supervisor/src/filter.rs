@@ -1,0 +1,150 @@
+//! The seccomp filter the service runs under, built with libseccomp in the launcher's parent
+//! and exported as classic BPF, which the child loads with a raw `seccomp(2)` call (seccomp
+//! spec, section 3: the crate's context is not `Send`, and allocating after `fork` can
+//! deadlock).
+//!
+//! Trapped (`SECCOMP_RET_USER_NOTIF`), filtered in BPF so plain `send`/`recv`/`accept(fd,
+//! NULL, NULL)` never leave the kernel (seccomp spec, rule 1):
+//! - `getpeername`, `connect`: always;
+//! - `accept`, `accept4`: when the address buffer (argument 1) is not NULL;
+//! - `recvfrom`, `sendto`: when the address argument (4) is not NULL;
+//! - i386 `socketcall` for the same six sub-calls, whatever their arguments (they are in
+//!   memory, out of BPF's reach; the supervisor lets the NULL ones continue).
+//!
+//! `io_uring_setup` fails with `ENOSYS` unless allowed: io_uring's accept, connect and
+//! send/recv bypass seccomp (rule 8), and runtimes that probe it fall back to plain calls.
+//! x86-64, x32 and i386 are all in the filter, so the bad-architecture action (a kill) can
+//! never apply to a program that runs on this kernel. Owns building the program only.
+
+use std::io::{Read, Seek, SeekFrom};
+
+use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall};
+
+use crate::abi::Syscall;
+
+/// What to do with `io_uring_setup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IoUring {
+    /// Fail with `ENOSYS`, so programs use the calls ipvsca sees.
+    #[default]
+    Deny,
+    /// Allow: io_uring operations are then not rewritten.
+    Allow,
+}
+
+/// Why the filter could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// libseccomp refused a rule or the export.
+    #[error("building the seccomp filter with libseccomp: {0}")]
+    Seccomp(#[from] libseccomp::error::SeccompError),
+    /// The exported program could not be read back.
+    #[error("reading the exported seccomp filter: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One classic BPF instruction, as `struct sock_filter`.
+pub type Insn = libc::sock_filter;
+
+/// Builds the filter program.
+pub fn build(io_uring: IoUring) -> Result<Vec<Insn>, FilterError> {
+    let bytes = export(|f| context(io_uring)?.export_bpf(f).map_err(FilterError::from))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| Insn {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect())
+}
+
+/// The filter in libseccomp's readable pseudo code, for tests and debugging.
+pub fn pseudo_code(io_uring: IoUring) -> Result<String, FilterError> {
+    let bytes = export(|f| context(io_uring)?.export_pfc(f).map_err(FilterError::from))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// libseccomp takes rules in native (x86-64) syscall numbers and translates them by name
+/// for each architecture of the filter, i386's socket calls into both their direct numbers
+/// and `socketcall`. Its `socketcall` translation keeps the argument tests, which there
+/// apply to the wrong registers, so the unconditional `socketcall` rules are added first:
+/// the union of the two is unconditional per sub-call.
+fn context(io_uring: IoUring) -> Result<ScmpFilterContext, FilterError> {
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow)?;
+    ctx.add_arch(ScmpArch::X86)?;
+    ctx.add_arch(ScmpArch::X32)?;
+    // The child sets no_new_privs itself before loading the program.
+    ctx.set_ctl_nnp(false)?;
+    let socketcall = ScmpSyscall::from_name("socketcall")?;
+    for s in Syscall::ALL {
+        let call = [ScmpArgCompare::new(0, ScmpCompareOp::Equal, s.socketcall().0)];
+        ctx.add_rule_conditional(ScmpAction::Notify, socketcall, &call)?;
+    }
+    let not_null = |arg| [ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, 0)];
+    for s in Syscall::ALL {
+        let sys = ScmpSyscall::from_name(s.name())?;
+        match s {
+            Syscall::GetPeerName | Syscall::Connect => ctx.add_rule(ScmpAction::Notify, sys)?,
+            Syscall::Accept | Syscall::Accept4 => ctx.add_rule_conditional(ScmpAction::Notify, sys, &not_null(1))?,
+            Syscall::RecvFrom | Syscall::SendTo => ctx.add_rule_conditional(ScmpAction::Notify, sys, &not_null(4))?,
+        };
+    }
+    if io_uring == IoUring::Deny {
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), ScmpSyscall::from_name("io_uring_setup")?)?;
+    }
+    Ok(ctx)
+}
+
+fn export(write: impl FnOnce(&std::fs::File) -> Result<(), FilterError>) -> Result<Vec<u8>, FilterError> {
+    let mut file = tempfile_in_memory()?;
+    write(&file)?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn tempfile_in_memory() -> std::io::Result<std::fs::File> {
+    let fd = nix::sys::memfd::memfd_create(c"ipvsca-filter", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    Ok(std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_builds_and_ends_in_a_return() {
+        for io_uring in [IoUring::Deny, IoUring::Allow] {
+            let program = build(io_uring).unwrap();
+            assert!(program.len() > 20 && program.len() < 4096, "{} instructions", program.len());
+            assert_eq!(program.last().unwrap().code & 0x07, 0x06, "BPF_RET");
+        }
+    }
+
+    #[test]
+    fn deny_adds_the_io_uring_rule() {
+        assert!(build(IoUring::Deny).unwrap().len() > build(IoUring::Allow).unwrap().len());
+        assert!(pseudo_code(IoUring::Deny).unwrap().contains("ERRNO(38)"));
+    }
+
+    /// The i386 part of the pseudo code: `socketcall` traps each sub-call unconditionally,
+    /// and the direct calls test the right argument.
+    #[test]
+    fn i386_socketcall_is_trapped_whatever_its_arguments() {
+        let pfc = pseudo_code(IoUring::Deny).unwrap();
+        let x86 = pfc.split("# filter for arch x86 (").nth(1).unwrap().split("# filter for arch").next().unwrap();
+        let socketcall = x86.split("if ($syscall == 102)").nth(1).unwrap().split("# default action").next().unwrap();
+        for call in [3, 5, 7, 11, 12, 18] {
+            let test = format!("if ($a0 == {call})\n      action 0x7fc00000;");
+            assert!(socketcall.contains(&test), "sub-call {call} not trapped unconditionally:\n{socketcall}");
+        }
+        for (nr, arg) in [(364, "$a1"), (371, "$a4"), (369, "$a4")] {
+            let rule = x86.split(&format!("if ($syscall == {nr})")).nth(1).unwrap();
+            assert!(rule.trim_start().starts_with(&format!("if ({arg} == 0)")), "syscall {nr}:\n{rule}");
+        }
+        assert!(x86.contains("if ($syscall == 368)\n    action 0x7fc00000;"), "getpeername");
+    }
+}

@@ -1,0 +1,14 @@
+//! The supervisor of ipvsca: answers the seccomp user notifications of a service's
+//! `accept`, `accept4`, `getpeername`, `recvfrom`, `sendto` and `connect` by running each
+//! call on a copy of the service's socket and rewriting the address, balancer to client on
+//! the way in and client to balancer on the way out, as the ip_vs_ca module did
+//! (`shared/spec/ip_vs_ca.md`), following the rules of `shared/spec/seccomp-notify.md`.
+
+pub mod abi;
+pub mod filter;
+pub mod resolve;
+pub mod sockaddr;
+pub mod stash;
+pub mod stats;
+pub mod sys;
+pub mod target;

@@ -1,0 +1,58 @@
+//! The lookups of the rewrite: who is the client behind a balancer address (rx), and which
+//! balancer address stands for a client (tx).
+//!
+//! On an rx miss for a source the capture trusts, the capture is drained first: the kernel
+//! queues a packet on the capture socket before TCP sees it, so after a drain every TOA
+//! that created a connection already accepted is in the table (see `capture::live`). tx
+//! lookups do not drain: a client is known from the rx side before anyone sends to it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use capture::clock::monotonic_millis;
+use capture::trust::Trust;
+use capture::{LiveCapture, MappingTable, Proto};
+
+use crate::stats::SupervisorCounters;
+
+/// The table, and the capture that fills it.
+#[derive(Debug)]
+pub struct Resolver {
+    table: Arc<MappingTable>,
+    capture: Option<Arc<LiveCapture>>,
+    trust: Trust,
+    counters: Arc<SupervisorCounters>,
+}
+
+impl Resolver {
+    /// Looks up in `table`, draining `capture` (if any) on a miss for a trusted source.
+    pub fn new(
+        table: Arc<MappingTable>,
+        capture: Option<Arc<LiveCapture>>,
+        trust: Trust,
+        counters: Arc<SupervisorCounters>,
+    ) -> Self {
+        Resolver { table, capture, trust, counters }
+    }
+
+    /// rx: the client behind `peer`, seen on a socket whose local address is `local`.
+    pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        if let Some(client) = self.table.client_for_local(proto, peer, local, monotonic_millis()) {
+            return Some(client);
+        }
+        let capture = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()))?;
+        capture.drain();
+        self.counters.drains.inc();
+        let found = self.table.client_for_local(proto, peer, local, monotonic_millis());
+        if found.is_none() {
+            self.counters.unmapped.inc();
+        }
+        found
+    }
+
+    /// tx: the balancer address standing for `client`, for a socket whose local address is
+    /// `local` (unspecified parts match any real-server address).
+    pub fn balancer(&self, proto: Proto, client: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
+        self.table.lb_for_local(proto, client, local, monotonic_millis())
+    }
+}

@@ -1,0 +1,53 @@
+//! What the supervisor did: cheap atomics bumped on the hot path, read by `ipvsca stats`
+//! (step 4) and the launcher's exit summary.
+
+use capture::counter_set;
+
+counter_set! {
+    /// Supervisor counters.
+    pub struct SupervisorCounters => SupervisorStats {
+        /// Trapped calls received.
+        notifications,
+        /// ... of which `accept`.
+        accept,
+        /// ... of which `accept4`.
+        accept4,
+        /// ... of which `getpeername`.
+        getpeername,
+        /// ... of which `recvfrom`.
+        recvfrom,
+        /// ... of which `sendto`.
+        sendto,
+        /// ... of which `connect`.
+        connect,
+        /// ... of which i386 `socketcall`.
+        socketcall,
+        /// Addresses shown as the client instead of the balancer (rx).
+        rewrites_rx,
+        /// Destinations sent to the balancer instead of the client (tx).
+        rewrites_tx,
+        /// Calls let through unchanged (`CONTINUE`): nothing to rewrite.
+        continued,
+        /// rx lookups of an inet peer that found no mapping, even after a drain.
+        unmapped,
+        /// Capture drains before declaring a miss.
+        drains,
+        /// Mapped clients the socket's address family cannot show (an IPv6 client on an
+        /// `AF_INET` socket); the balancer's address is shown.
+        unrepresentable,
+        /// Answers the kernel refused because the caller was interrupted by a signal.
+        interrupted,
+        /// Connections accepted for an interrupted call, kept for the next `accept`.
+        stashed_connections,
+        /// Datagrams received for an interrupted call, kept for the next `recvfrom`.
+        stashed_datagrams,
+        /// Stashed connections and datagrams handed to a later call.
+        stash_delivered,
+        /// Stashed connections and datagrams nobody asked for within a minute, dropped.
+        stash_expired,
+        /// Worker threads started for blocking calls.
+        workers_started,
+        /// Calls answered with an error because the supervisor itself failed (logged).
+        supervisor_errors,
+    }
+}

@@ -1,0 +1,56 @@
+//! Another process's memory through `process_vm_readv`/`process_vm_writev`, which honour
+//! page protections: a bad pointer from the traced process is `EFAULT`, as the kernel would
+//! report it (seccomp spec, rule 10).
+
+use nix::errno::Errno;
+
+use super::check;
+
+/// Reads `buf.len()` bytes at `addr` of thread `tid`; a short read is `EFAULT`.
+pub fn read(tid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+    // SAFETY: `local` describes `buf`, writable for its length; the remote range is only
+    // dereferenced by the kernel, which checks it against the target's mappings.
+    let n = check(unsafe { libc::process_vm_readv(tid as libc::pid_t, &local, 1, &remote, 1, 0) } as libc::c_long)
+        .map_err(efault_unless_gone)?;
+    if n as usize == buf.len() { Ok(()) } else { Err(Errno::EFAULT) }
+}
+
+/// Writes `data` at `addr` of thread `tid`; a short write is `EFAULT`.
+pub fn write(tid: u32, addr: u64, data: &[u8]) -> Result<(), Errno> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
+    // SAFETY: `local` describes `data`, readable for its length (the kernel only reads
+    // it); the remote range is checked by the kernel against the target's mappings.
+    let n = check(unsafe { libc::process_vm_writev(tid as libc::pid_t, &local, 1, &remote, 1, 0) } as libc::c_long)
+        .map_err(efault_unless_gone)?;
+    if n as usize == data.len() { Ok(()) } else { Err(Errno::EFAULT) }
+}
+
+/// `ESRCH` (the thread is gone) and `EPERM` stay as they are; every other failure of a
+/// remote range is the caller's bad pointer.
+fn efault_unless_gone(e: Errno) -> Errno {
+    match e {
+        Errno::ESRCH | Errno::EPERM | Errno::ENOMEM => e,
+        _ => Errno::EFAULT,
+    }
+}
+
+/// Reads a native-endian `u32` (a `socklen_t`) at `addr` of thread `tid`.
+pub fn read_u32(tid: u32, addr: u64) -> Result<u32, Errno> {
+    let mut b = [0u8; 4];
+    read(tid, addr, &mut b)?;
+    Ok(u32::from_ne_bytes(b))
+}
+
+/// Writes a native-endian `u32` at `addr` of thread `tid`.
+pub fn write_u32(tid: u32, addr: u64, value: u32) -> Result<(), Errno> {
+    write(tid, addr, &value.to_ne_bytes())
+}

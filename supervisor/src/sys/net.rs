@@ -1,0 +1,200 @@
+//! Socket calls made by the supervisor on its copies of the traced process's sockets, and
+//! the raw socket address buffer they fill. Results and errors are exactly the kernel's:
+//! the emulation passes them on.
+
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use super::check;
+
+/// A socket address as the kernel hands it out: `sockaddr_storage` and its length. The
+/// length may be shorter than the storage (a truncated or unnamed address) or longer than
+/// what fits (never, from the kernel).
+#[derive(Clone, Copy)]
+pub struct RawSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for RawSockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSockAddr").field("family", &self.family()).field("len", &self.len).finish()
+    }
+}
+
+impl RawSockAddr {
+    /// An empty address (length 0).
+    pub fn empty() -> Self {
+        // SAFETY: an all-zero sockaddr_storage is valid.
+        RawSockAddr { storage: unsafe { zeroed() }, len: 0 }
+    }
+
+    /// Builds an address from bytes (at most `sockaddr_storage`'s size are kept).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut a = RawSockAddr::empty();
+        let n = bytes.len().min(size_of::<libc::sockaddr_storage>());
+        a.bytes_mut()[..n].copy_from_slice(&bytes[..n]);
+        a.len = n as libc::socklen_t;
+        a
+    }
+
+    /// The address family, or `AF_UNSPEC` if the address is shorter than its family field.
+    pub fn family(&self) -> libc::sa_family_t {
+        if (self.len as usize) < size_of::<libc::sa_family_t>() { libc::AF_UNSPEC as _ } else { self.storage.ss_family }
+    }
+
+    /// The length the kernel reported.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// True for an empty address.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address bytes, `len()` of them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.all_bytes()[..(self.len as usize).min(size_of::<libc::sockaddr_storage>())]
+    }
+
+    fn all_bytes(&self) -> &[u8] {
+        // SAFETY: sockaddr_storage is plain old data; viewing it as bytes is valid.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&self.storage as *const libc::sockaddr_storage).cast(),
+                size_of::<libc::sockaddr_storage>(),
+            )
+        }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: sockaddr_storage is plain old data; any bytes written are a valid value.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                (&mut self.storage as *mut libc::sockaddr_storage).cast(),
+                size_of::<libc::sockaddr_storage>(),
+            )
+        }
+    }
+
+    fn ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+}
+
+type NameCall = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn name(fd: BorrowedFd<'_>, call: NameCall) -> Result<RawSockAddr, Errno> {
+    let mut a = RawSockAddr::empty();
+    a.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer is a live sockaddr_storage and `len` its size.
+    check(unsafe { call(fd.as_raw_fd(), (&mut a.storage as *mut libc::sockaddr_storage).cast(), &mut a.len) }
+        as libc::c_long)?;
+    Ok(a)
+}
+
+/// `getpeername(2)`.
+pub fn peer_name(fd: BorrowedFd<'_>) -> Result<RawSockAddr, Errno> {
+    name(fd, libc::getpeername)
+}
+
+/// `getsockname(2)`.
+pub fn sock_name(fd: BorrowedFd<'_>) -> Result<RawSockAddr, Errno> {
+    name(fd, libc::getsockname)
+}
+
+/// `accept4(2)` with `flags` (`SOCK_NONBLOCK`, `SOCK_CLOEXEC`): the new socket and its peer.
+pub fn accept(fd: BorrowedFd<'_>, flags: libc::c_int) -> Result<(OwnedFd, RawSockAddr), Errno> {
+    let mut a = RawSockAddr::empty();
+    a.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the buffer is a live sockaddr_storage and `len` its size.
+    let new = check(unsafe {
+        libc::accept4(fd.as_raw_fd(), (&mut a.storage as *mut libc::sockaddr_storage).cast(), &mut a.len, flags)
+    } as libc::c_long)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok((unsafe { OwnedFd::from_raw_fd(new as RawFd) }, a))
+}
+
+/// `recvfrom(2)` into `buf`: the length (the datagram's full length with `MSG_TRUNC`) and
+/// the source address.
+pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8], flags: libc::c_int) -> Result<(usize, RawSockAddr), Errno> {
+    let mut a = RawSockAddr::empty();
+    a.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is writable for its length, the address buffer is a live
+    // sockaddr_storage and `len` its size.
+    let n = check(unsafe {
+        libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags,
+            (&mut a.storage as *mut libc::sockaddr_storage).cast(),
+            &mut a.len,
+        )
+    } as libc::c_long)?;
+    Ok((n as usize, a))
+}
+
+/// `sendto(2)` of `data` to `to`.
+pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], flags: libc::c_int, to: &RawSockAddr) -> Result<usize, Errno> {
+    // SAFETY: `data` is readable for its length; `to` points to `to.len` valid bytes.
+    let n = check(unsafe { libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), flags, to.ptr(), to.len) }
+        as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// `connect(2)` to `to`.
+pub fn connect(fd: BorrowedFd<'_>, to: &RawSockAddr) -> Result<(), Errno> {
+    // SAFETY: `to` points to `to.len` valid bytes.
+    check(unsafe { libc::connect(fd.as_raw_fd(), to.ptr(), to.len) } as libc::c_long).map(drop)
+}
+
+/// An `int` socket option.
+pub fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> Result<libc::c_int, Errno> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` is writable for `len` bytes.
+    check(unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len) }
+        as libc::c_long)?;
+    Ok(v)
+}
+
+/// A `struct timeval` socket option (`SO_RCVTIMEO`, `SO_SNDTIMEO`); `None` for no timeout.
+pub fn sockopt_timeout(fd: BorrowedFd<'_>, name: libc::c_int) -> Result<Option<Duration>, Errno> {
+    // SAFETY: an all-zero timeval is valid.
+    let mut tv: libc::timeval = unsafe { zeroed() };
+    let mut len = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` is writable for `len` bytes.
+    check(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, name, (&mut tv as *mut libc::timeval).cast(), &mut len)
+    } as libc::c_long)?;
+    let d = Duration::new(tv.tv_sec.max(0) as u64, (tv.tv_usec.max(0) as u32) * 1000);
+    Ok((!d.is_zero()).then_some(d))
+}
+
+/// The file status flags (`O_NONBLOCK`...), shared by every descriptor of the file.
+pub fn status_flags(fd: BorrowedFd<'_>) -> Result<libc::c_int, Errno> {
+    // SAFETY: F_GETFL takes no argument.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) } as libc::c_long).map(|f| f as libc::c_int)
+}
+
+/// Sets or clears `O_NONBLOCK` on a file only the supervisor holds yet.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<(), Errno> {
+    let flags = status_flags(fd)?;
+    let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    // SAFETY: F_SETFL takes an int.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) } as libc::c_long).map(drop)
+}
+
+/// The inode of a socket: the identity of its open file, the same in every process.
+pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    // SAFETY: an all-zero stat is valid.
+    let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: `st` is writable.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } as libc::c_long)?;
+    Ok(st.st_ino)
+}
