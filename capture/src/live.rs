@@ -101,7 +101,8 @@ impl LiveCapture {
                 interface_index(name).map_err(|error| CaptureError::NoInterface { name: name.clone(), error })?;
             sockets.push((name.clone(), open(index)?));
         }
-        let stop = EventFd::new().map_err(|e| CaptureError::Socket(e.into()))?;
+        let stop = EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
+            .map_err(|e| CaptureError::Socket(e.into()))?;
         Ok(LiveCapture {
             sockets,
             learner,

@@ -5,8 +5,11 @@
 //! (`shared/spec/ip_vs_ca.md`), following the rules of `shared/spec/seccomp-notify.md`.
 
 pub mod abi;
+pub mod connected;
+pub mod emulate;
 pub mod filter;
 pub mod resolve;
+pub mod server;
 pub mod sockaddr;
 pub mod stash;
 pub mod stats;

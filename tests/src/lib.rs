@@ -2,10 +2,12 @@
 //! network namespaces, a raw-frame balancer speaker, and the paths of the built binaries.
 
 pub mod bins;
+pub mod calls;
 pub mod corpus;
 pub mod frames;
 pub mod netns;
 pub mod pcap;
 pub mod rawsock;
+pub mod service;
 pub mod speaker;
 pub mod topology;

@@ -93,6 +93,8 @@ impl Speaker {
 pub struct HandshakeRun<'a> {
     speaker: &'a Speaker,
     toa_on: ToaOn,
+    /// Sent on each connection once it is open (the TOA rides on it with `FirstData`).
+    data: Option<&'a [u8]>,
 }
 
 impl Speaker {
@@ -107,7 +109,56 @@ impl Speaker {
         window: usize,
         deadline: Duration,
     ) -> io::Result<HandshakeReport> {
-        HandshakeRun { speaker: self, toa_on }.run(flows, window, deadline)
+        HandshakeRun { speaker: self, toa_on, data: None }.run(flows, window, deadline)
+    }
+
+    /// As [`Speaker::handshake`], then sends `data` (a request) on every connection.
+    pub fn handshake_with_data(
+        &self,
+        flows: &[Flow],
+        toa_on: ToaOn,
+        data: &[u8],
+        window: usize,
+        deadline: Duration,
+    ) -> io::Result<HandshakeReport> {
+        HandshakeRun { speaker: self, toa_on, data: Some(data) }.run(flows, window, deadline)
+    }
+
+    /// Sends a UDP datagram from `from` to `to`.
+    pub fn send_udp(&self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
+        self.socket.send(&frames::udp_frame(&self.link, from.into(), to.into(), payload))
+    }
+
+    /// Sends an ip_vs_ca announcement from `lb` to `rs`.
+    pub fn announce(&self, lb: Ipv4Addr, rs: Ipv4Addr, a: &capture::wire::announce::Announcement) -> io::Result<()> {
+        let frame = frames::announcement_frame(
+            &self.link,
+            lb,
+            rs,
+            a,
+            self.kind,
+            capture::wire::announce::IdentifierOrder::LittleEndian,
+        );
+        self.socket.send(&frame)
+    }
+
+    /// Every frame the real server sends for `duration`; TCP SYNs among them are answered
+    /// with a reset when `reset_syns` (a balancer that refuses the connection).
+    pub fn listen(&self, duration: Duration, reset_syns: bool) -> io::Result<Vec<Vec<u8>>> {
+        let end = Instant::now() + duration;
+        let mut frames_seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Some(n) = self.socket.recv(&mut buf, left.min(Duration::from_millis(50)))? else { continue };
+            let frame = buf[..n].to_vec();
+            if reset_syns {
+                if let Some(rst) = reset_for_syn(&frame, &self.link) {
+                    self.socket.send(&rst)?;
+                }
+            }
+            frames_seen.push(frame);
+        }
+        Ok(frames_seen)
     }
 }
 
@@ -129,11 +180,14 @@ impl HandshakeRun<'_> {
         }
         let seg = Segment::new(flow.lb.into(), flow.rs.into(), ACK, seq, ack).options(&options);
         self.speaker.socket.send(&seg.frame(&self.speaker.link))?;
-        if self.toa_on == ToaOn::FirstData {
+        if self.toa_on == ToaOn::FirstData || self.data.is_some() {
             let mut options = frames::timestamps(3, syn_ack.tsval);
-            options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
+            if self.toa_on == ToaOn::FirstData {
+                options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
+            }
+            let payload = self.data.unwrap_or(b"x");
             let data =
-                Segment::new(flow.lb.into(), flow.rs.into(), PSH | ACK, seq, ack).options(&options).payload(b"x");
+                Segment::new(flow.lb.into(), flow.rs.into(), PSH | ACK, seq, ack).options(&options).payload(payload);
             self.speaker.socket.send(&data.frame(&self.speaker.link))?;
         }
         Ok(())
@@ -209,6 +263,20 @@ impl SynAck {
         let dst = Ipv4Addr::from(ip.header().destination());
         Some(SynAck { to: SocketAddrV4::new(dst, tcp.destination_port()), isn: tcp.sequence_number(), tsval })
     }
+}
+
+/// A RST|ACK answering `frame` if it is a TCP SYN (without ACK) from the real server.
+fn reset_for_syn(frame: &[u8], link: &Link) -> Option<Vec<u8>> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+    if !tcp.syn() || tcp.ack() {
+        return None;
+    }
+    let from = SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), tcp.destination_port());
+    let to = SocketAddrV4::new(Ipv4Addr::from(ip.header().source()), tcp.source_port());
+    let rst = Segment::new(from.into(), to.into(), frames::RST | ACK, 0, tcp.sequence_number().wrapping_add(1));
+    Some(rst.frame(link))
 }
 
 /// `count` flows from balancer addresses `10.1.0.{first_lb_host}..` (ports from

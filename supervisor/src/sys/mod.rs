@@ -8,6 +8,7 @@ pub mod net;
 pub mod pidfd;
 pub mod sched;
 pub mod seccomp;
+pub mod signal;
 
 use nix::errno::Errno;
 

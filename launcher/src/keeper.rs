@@ -1,0 +1,139 @@
+//! The keeper: the parent of the service, outside its filter. A child subreaper, so every
+//! process of the service (a daemonising server's too) stays its descendant. It reaps them,
+//! passes on the signals the launcher forwards (to the service, or once the service has
+//! exited, to what is left of it), and exits with the service's status once the last
+//! process is gone.
+//!
+//! If the launcher (the supervisor) dies, the kernel would answer every trapped call of the
+//! service with `ENOSYS` (seccomp spec, rule 7): the keeper sees its lifeline close and
+//! kills the whole service with SIGKILL instead, so it never runs on half-working.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::sys;
+
+/// Signals the launcher forwards to the service.
+pub const FORWARDED: [Signal; 6] =
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// `si_code` of a signal the kernel generated (a terminal's Ctrl-C reaches the whole
+/// foreground process group, the service included: not forwarded again).
+pub const SI_KERNEL: i32 = 0x80;
+
+/// Becomes the keeper: forks the service (`start` runs in the child and never returns;
+/// the keeper drops it, and what it owns, once the service is forked), then keeps it.
+/// Never returns.
+pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid)) -> ! {
+    let _ = nix::sys::prctl::set_name(c"ipvsca-keeper");
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    if sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).is_err() {
+        sys::exit_now(1);
+    }
+    let Ok(signals) = SignalFd::with_flags(
+        &mask,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    ) else {
+        sys::exit_now(1)
+    };
+    let me = nix::unistd::getpid();
+    let service = match sys::fork() {
+        Ok(ForkResult::Child) => {
+            start(me);
+            sys::exit_now(1)
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(start);
+            child
+        }
+        Err(_) => sys::exit_now(1),
+    };
+    let mut status: Option<i32> = None;
+    loop {
+        let mut fds =
+            [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN), PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(1000u16));
+        if fds[0].any().unwrap_or(false) {
+            let mut b = [0u8; 1];
+            if matches!(nix::unistd::read(&lifeline, &mut b), Ok(0) | Err(_)) {
+                kill_descendants(me);
+                sys::exit_now(137);
+            }
+        }
+        while let Ok(Some(info)) = signals.read_signal() {
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            if signal == Signal::SIGCHLD || info.ssi_code == SI_KERNEL {
+                continue;
+            }
+            if status.is_none() {
+                let _ = kill(service, signal);
+            } else {
+                for child in children(me) {
+                    let _ = kill(child, signal);
+                }
+            }
+        }
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(WaitStatus::Exited(pid, code)) if pid == service => status = Some(code),
+                Ok(WaitStatus::Signaled(pid, sig, _)) if pid == service => status = Some(128 + sig as i32),
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(_) => sys::exit_now(status.unwrap_or(1)),
+            }
+        }
+    }
+}
+
+/// `pid -> parent` for every process visible in /proc.
+fn parents() -> Vec<(Pid, Pid)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        Some((Pid::from_raw(pid), Pid::from_raw(ppid)))
+    })
+    .collect()
+}
+
+fn children(of: Pid) -> Vec<Pid> {
+    parents().into_iter().filter(|&(_, parent)| parent == of).map(|(pid, _)| pid).collect()
+}
+
+/// SIGKILLs every descendant, again until none is left (a process may fork meanwhile).
+fn kill_descendants(root: Pid) {
+    for _ in 0..100 {
+        let all = parents();
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let parent = tree[i];
+            tree.extend(all.iter().filter(|&&(_, p)| p == parent).map(|&(pid, _)| pid));
+            i += 1;
+        }
+        if tree.len() == 1 {
+            return;
+        }
+        for &pid in &tree[1..] {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
+            waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))
+        {}
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

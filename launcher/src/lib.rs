@@ -1,0 +1,10 @@
+//! `ipvsca-run`'s machinery: checking the kernel, and starting a service under the seccomp
+//! filter with a keeper beside it. The binary (`main.rs`) parses flags and wires this to
+//! the supervisor and the capture.
+
+pub mod keeper;
+pub mod preflight;
+pub mod spawn;
+mod sys;
+
+pub use sys::wait_signal;

@@ -1,0 +1,296 @@
+//! Starting the service under the filter. Three processes:
+//!
+//! - the launcher (the supervisor and capture, and what operators see as `ipvsca-run`);
+//! - the keeper, its child, not under the filter: a subreaper, so every process of the
+//!   service stays its descendant even when one daemonises; it reaps them, passes on the
+//!   signals the launcher forwards, exits with the service's status when the last one is
+//!   gone, and kills them all if the launcher dies (see `keeper`);
+//! - the service, the keeper's child: sets no_new_privs, loads the filter with
+//!   `SECCOMP_FILTER_FLAG_NEW_LISTENER`, passes the listener to the launcher over a socket
+//!   pair, waits for the launcher's go, and execs PROGRAM with environment, working
+//!   directory and standard streams untouched.
+//!
+//! Both forks happen while the launcher has a single thread. Owns this choreography.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::keeper;
+use crate::sys;
+
+/// What the service reports to the launcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Stage {
+    /// The filter is loaded; the listener comes with this message.
+    Ready = 0,
+    /// `PR_SET_NO_NEW_PRIVS` failed.
+    NoNewPrivs = 1,
+    /// Loading the filter failed.
+    Seccomp = 2,
+    /// `execve` failed.
+    Exec = 3,
+}
+
+/// Why the service could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// PROGRAM is not in PATH (exit 127, like a shell).
+    #[error("{0}: command not found")]
+    NotFound(String),
+    /// PROGRAM exists but cannot be executed (exit 126, like a shell).
+    #[error("{0}: permission denied")]
+    NotExecutable(String),
+    /// Another seccomp notifier already supervises this process tree.
+    #[error(
+        "another seccomp user-notification supervisor already watches this process (LXD/Incus syscall interception, sysbox, or another ipvsca-run): the kernel allows one per process tree, so ipvsca cannot work here"
+    )]
+    NotifierBusy,
+    /// The filter could not be loaded for another reason.
+    #[error("loading the seccomp filter failed: {0}")]
+    Seccomp(Errno),
+    /// no_new_privs could not be set.
+    #[error("setting no_new_privs failed: {0}")]
+    NoNewPrivs(Errno),
+    /// `execve` failed after the filter was loaded.
+    #[error("{program}: {errno}")]
+    Exec {
+        /// The program.
+        program: String,
+        /// Why.
+        errno: Errno,
+    },
+    /// The service or keeper died before reporting.
+    #[error("the service process ended before it loaded the filter")]
+    Vanished,
+    /// A system call of the launcher failed.
+    #[error("{what}: {errno}")]
+    System {
+        /// What was being done.
+        what: &'static str,
+        /// Why.
+        errno: Errno,
+    },
+}
+
+impl LaunchError {
+    /// The exit status a shell would give for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LaunchError::NotFound(_) => 127,
+            LaunchError::NotExecutable(_) => 126,
+            LaunchError::Exec { errno: Errno::ENOENT, .. } => 127,
+            LaunchError::Exec { .. } => 126,
+            _ => 1,
+        }
+    }
+}
+
+fn system(what: &'static str) -> impl FnOnce(Errno) -> LaunchError {
+    move |errno| LaunchError::System { what, errno }
+}
+
+/// Finds PROGRAM as a shell would: as a path if it contains a slash, else in `PATH`.
+pub fn resolve_program(name: &OsStr) -> Result<PathBuf, LaunchError> {
+    let shown = name.to_string_lossy().into_owned();
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if name.as_bytes().contains(&b'/') {
+        let p = PathBuf::from(name);
+        return match p.metadata() {
+            Err(_) => Err(LaunchError::NotFound(shown)),
+            Ok(_) if executable(&p) => Ok(p),
+            Ok(_) => Err(LaunchError::NotExecutable(shown)),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    let mut found_not_executable = false;
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+        found_not_executable |= candidate.exists();
+    }
+    Err(if found_not_executable { LaunchError::NotExecutable(shown) } else { LaunchError::NotFound(shown) })
+}
+
+/// A service whose filter is loaded, waiting for [`Launched::go`].
+#[derive(Debug)]
+pub struct Launched {
+    /// The keeper.
+    pub keeper: Pid,
+    /// The service's first process.
+    pub service: Pid,
+    channel: OwnedFd,
+    /// The keeper sees end-of-file on the other end when the launcher dies.
+    _lifeline: OwnedFd,
+    program: String,
+}
+
+/// Forks the keeper and the service, and waits until the service has loaded `filter`;
+/// returns them and the filter's listener. Must be called while the process has a single
+/// thread.
+pub fn launch(
+    program: &Path,
+    argv: &[OsString],
+    filter: &[libc::sock_filter],
+) -> Result<(Launched, OwnedFd), LaunchError> {
+    let c_program = CString::new(program.as_os_str().as_bytes())
+        .map_err(|_| LaunchError::NotFound(program.display().to_string()))?;
+    let c_argv: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| LaunchError::NotFound(program.display().to_string()))?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(system("creating the launcher's socket pair"))?;
+    let (life_read, life_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(system("creating the keeper's lifeline"))?;
+    match sys::fork().map_err(system("forking the keeper"))? {
+        ForkResult::Child => {
+            drop(ours);
+            drop(life_write);
+            // The closure owns the service's end of the channel: the keeper drops it once the
+            // service is forked, so the launcher sees end-of-file when the service execs.
+            keeper::run(life_read, move |keeper| {
+                service_child(&theirs, keeper, &c_program, &c_argv, filter);
+            })
+        }
+        ForkResult::Parent { child: keeper } => {
+            drop(theirs);
+            drop(life_read);
+            let (stage, errno, service, fd) = receive(&ours)?;
+            let fail = match stage {
+                Some(Stage::Ready) => None,
+                Some(Stage::NoNewPrivs) => Some(LaunchError::NoNewPrivs(errno)),
+                Some(Stage::Seccomp) if errno == Errno::EBUSY => Some(LaunchError::NotifierBusy),
+                Some(Stage::Seccomp) => Some(LaunchError::Seccomp(errno)),
+                Some(Stage::Exec) | None => Some(LaunchError::Vanished),
+            };
+            if let Some(e) = fail {
+                let _ = nix::sys::wait::waitpid(keeper, None);
+                return Err(e);
+            }
+            let listener = fd.ok_or(LaunchError::Vanished)?;
+            let launched = Launched {
+                keeper,
+                service,
+                channel: ours,
+                _lifeline: life_write,
+                program: program.display().to_string(),
+            };
+            Ok((launched, listener))
+        }
+    }
+}
+
+impl Launched {
+    /// Lets the service exec PROGRAM; returns once the exec succeeded.
+    pub fn go(&self) -> Result<(), LaunchError> {
+        nix::unistd::write(&self.channel, b"g").map_err(system("telling the service to start"))?;
+        match receive(&self.channel) {
+            Err(LaunchError::Vanished) => Ok(()), // the channel closed on exec
+            Err(e) => Err(e),
+            Ok((Some(Stage::Exec), errno, _, _)) => Err(LaunchError::Exec { program: self.program.clone(), errno }),
+            Ok(_) => Err(LaunchError::Vanished),
+        }
+    }
+}
+
+/// One message of the service: stage, errno, pid, and the listener with `Ready`.
+fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, Option<OwnedFd>), LaunchError> {
+    let mut buf = [0u8; 12];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = loop {
+        match recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(Errno::EINTR) => continue,
+            other => break other.map_err(system("reading the service's report"))?,
+        }
+    };
+    if msg.bytes == 0 {
+        return Err(LaunchError::Vanished);
+    }
+    let mut fd = None;
+    for cmsg in msg.cmsgs().map_err(system("reading the service's report"))? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: SCM_RIGHTS just installed `raw` in this process; nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                fd.get_or_insert(owned);
+            }
+        }
+    }
+    let word = |i: usize| u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let stage = match word(0) {
+        0 => Some(Stage::Ready),
+        1 => Some(Stage::NoNewPrivs),
+        2 => Some(Stage::Seccomp),
+        3 => Some(Stage::Exec),
+        _ => None,
+    };
+    Ok((stage, Errno::from_raw(word(1) as i32), Pid::from_raw(word(2) as i32), fd))
+}
+
+fn report(channel: &OwnedFd, stage: Stage, errno: Errno, fd: Option<RawFd>) {
+    let mut buf = [0u8; 12];
+    buf[0..4].copy_from_slice(&(stage as u32).to_ne_bytes());
+    buf[4..8].copy_from_slice(&(errno as i32 as u32).to_ne_bytes());
+    buf[8..12].copy_from_slice(&(nix::unistd::getpid().as_raw() as u32).to_ne_bytes());
+    let iov = [IoSlice::new(&buf)];
+    let fds = fd.map(|f| [f]);
+    let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
+    let _ = sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None);
+}
+
+/// The service's side, in the keeper's forked child: never returns.
+fn service_child(
+    channel: &OwnedFd,
+    keeper: Pid,
+    program: &CString,
+    argv: &[CString],
+    filter: &[libc::sock_filter],
+) -> ! {
+    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
+    // The launcher's Rust runtime ignores SIGPIPE, and the keeper blocks signals: the
+    // service starts with neither, as it would without ipvsca.
+    // SAFETY: setting the default disposition installs no handler.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // If the keeper dies, so does the service (the keeper kills the rest of the tree).
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != keeper {
+        sys::exit_now(1);
+    }
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        report(channel, Stage::NoNewPrivs, e, None);
+        sys::exit_now(1);
+    }
+    let listener = match sys::load_filter(filter) {
+        Ok(fd) => fd,
+        Err(e) => {
+            report(channel, Stage::Seccomp, e, None);
+            sys::exit_now(1);
+        }
+    };
+    report(channel, Stage::Ready, Errno::UnknownErrno, Some(listener.as_raw_fd()));
+    drop(listener);
+    let mut go = [0u8; 1];
+    match nix::unistd::read(channel, &mut go) {
+        Ok(1) => {}
+        _ => sys::exit_now(1),
+    }
+    let errno = nix::unistd::execv(program, argv).unwrap_err();
+    report(channel, Stage::Exec, errno, None);
+    sys::exit_now(if errno == Errno::ENOENT { 127 } else { 126 });
+}

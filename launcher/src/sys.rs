@@ -1,0 +1,61 @@
+//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`. Everything
+//! else goes through nix's safe wrappers.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::unistd::ForkResult;
+
+/// Forks. Called only while the process has a single thread (before the supervisor starts
+/// any), so the child may allocate and take locks freely.
+pub fn fork() -> Result<ForkResult, Errno> {
+    // SAFETY: the launcher forks before starting any thread (see the callers), so no lock
+    // can be held by a thread that does not exist in the child.
+    unsafe { nix::unistd::fork() }
+}
+
+/// Loads `program` as a seccomp filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the
+/// listener. The caller has set no_new_privs.
+pub fn load_filter(program: &[libc::sock_filter]) -> Result<OwnedFd, Errno> {
+    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points to `program`, alive for the call; seccomp only reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Ends the process at once, without running exit handlers or flushing buffers that a
+/// forked child shares with its parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for one of the signals in `set` (blocked in every thread); returns it and its
+/// `si_code` (`SI_KERNEL` for a terminal's Ctrl-C, `SI_USER` for `kill`).
+pub fn wait_signal(set: &nix::sys::signal::SigSet) -> Result<(libc::c_int, libc::c_int), Errno> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is valid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sigset: &libc::sigset_t = set.as_ref();
+        // SAFETY: `sigset` and `info` are live for the call.
+        let sig = unsafe { libc::sigwaitinfo(sigset, &mut info) };
+        if sig >= 0 {
+            return Ok((sig, info.si_code));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}

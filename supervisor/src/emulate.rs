@@ -1,0 +1,680 @@
+//! Each trapped call, run by the supervisor on its copy of the caller's socket, with the
+//! address rewritten and every result and error exactly as the kernel would give them.
+//!
+//! The shape of every handler (seccomp spec, rule 4): decide from what the caller's memory
+//! and socket say (reads only; when nothing needs rewriting, or the call would fail before
+//! doing anything, answer `CONTINUE` and let the kernel run it, which is exact by
+//! construction), then check the notification is still pending, then act and answer. What
+//! the supervisor took for a call that was interrupted before its answer (a connection, a
+//! datagram) goes to the stash for the next call on that socket (rule 2).
+//!
+//! A handler runs either on the receiving thread, where it must never block, or on a
+//! worker for the calling thread, where it may; a blocking call on the receiving thread is
+//! handed to a worker before anything is taken. Owns the calls' semantics; never decides
+//! threads or lifetimes (see `server`).
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use capture::Proto;
+use nix::errno::Errno;
+use tracing::warn;
+
+use crate::abi::{Call, Syscall};
+use crate::connected::Connected;
+use crate::resolve::Resolver;
+use crate::sockaddr;
+use crate::stash::{Datagram, Stash};
+use crate::stats::SupervisorCounters;
+use crate::sys::net::{self, RawSockAddr};
+use crate::sys::seccomp::{Listener, Notification};
+use crate::sys::{mem, sched};
+use crate::target::Targets;
+
+/// The largest datagram UDP carries (IPv6 without jumbograms): the supervisor always
+/// receives whole datagrams, so a stashed one can be handed on unchanged.
+const DATAGRAM_MAX: usize = 65_535;
+/// The most bytes one emulated `sendto` on a stream socket (TCP Fast Open) sends; the
+/// caller sees a short write, as TCP allows.
+const STREAM_SEND_MAX: usize = 1 << 20;
+/// `sizeof(struct sockaddr_storage)`: the longest address a caller may pass.
+const SOCKADDR_MAX: i32 = 128;
+
+thread_local! {
+    static DATAGRAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; DATAGRAM_MAX]);
+}
+
+/// Behaviour switches of the emulation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// ip_vs_ca's old `recvfrom` mode: a caller passing `*addrlen == 32` gets the
+    /// balancer's then the client's `sockaddr_in`.
+    pub recvfrom_append: bool,
+    /// Answer an emulated `accept` with the caller and the answering thread both on the
+    /// answering thread's CPU (see [`Emulator::reply_with_fd`]).
+    pub pin_accepts: bool,
+}
+
+/// What became of a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Answered, or dropped because its caller went away.
+    Done,
+    /// It would block: give it to a worker for its thread (nothing was taken).
+    ToWorker,
+}
+
+/// Where a handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The receiving thread: never block.
+    Receiver,
+    /// A worker for the calling thread: may block; `EINTR` means the supervisor
+    /// interrupted it because the call may be gone.
+    Worker,
+}
+
+/// Everything a handler needs.
+#[derive(Debug)]
+pub struct Emulator<'a> {
+    /// The listener to answer on.
+    pub listener: &'a Listener,
+    /// pidfds of the callers.
+    pub targets: &'a Targets,
+    /// Table lookups.
+    pub resolver: &'a Resolver,
+    /// What interrupted calls left behind.
+    pub stash: &'a Stash,
+    /// Sockets connected to a balancer in a client's stead.
+    pub connected: &'a Connected,
+    /// Counters.
+    pub counters: &'a SupervisorCounters,
+    /// Switches.
+    pub options: Options,
+}
+
+impl Emulator<'_> {
+    /// Handles one decoded call.
+    pub fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
+        match call.syscall {
+            Syscall::GetPeerName => self.getpeername(n, call),
+            Syscall::Accept | Syscall::Accept4 => self.accept(n, call, place),
+            Syscall::RecvFrom => self.recvfrom(n, call, place),
+            Syscall::SendTo => self.sendto(n, call, place),
+            Syscall::Connect => self.connect(n, call, place),
+        }
+    }
+
+    // --- answers -------------------------------------------------------------------
+
+    /// Lets the kernel run the call unchanged.
+    pub fn cont(&self, n: &Notification) -> Handled {
+        self.counters.continued.inc();
+        self.answered(self.listener.reply_continue(n.id));
+        Handled::Done
+    }
+
+    fn reply(&self, n: &Notification, val: i64) -> Handled {
+        self.answered(self.listener.reply(n.id, val));
+        Handled::Done
+    }
+
+    fn reply_error(&self, n: &Notification, e: Errno) -> Handled {
+        self.answered(self.listener.reply_error(n.id, e));
+        Handled::Done
+    }
+
+    fn answered(&self, r: Result<(), Errno>) {
+        match r {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => self.counters.interrupted.inc(),
+            Err(e) => self.supervisor_error("answering a notification", e),
+        }
+    }
+
+    fn supervisor_error(&self, what: &str, e: Errno) {
+        self.counters.supervisor_errors.inc();
+        warn!(error = %e, "{what} failed");
+    }
+
+    /// The caller is still blocked in this very call: what was read from its memory came
+    /// from the right process, and what is written next reaches it.
+    fn still_pending(&self, n: &Notification) -> bool {
+        self.listener.id_valid(n.id).is_ok()
+    }
+
+    /// A copy of the caller's descriptor `fd`; `None` when the kernel should handle the
+    /// call itself (a bad descriptor gets the kernel's own `EBADF`) or the caller is gone.
+    fn copy(&self, n: &Notification, fd: RawFd) -> Result<OwnedFd, Handled> {
+        match self.targets.fd(n.tid, fd) {
+            Ok(copy) => Ok(copy),
+            Err(Errno::ESRCH) => Err(Handled::Done),
+            Err(Errno::EBADF) => Err(self.cont(n)),
+            Err(e) => {
+                self.supervisor_error("copying a descriptor of the service (pidfd_getfd)", e);
+                Err(self.cont(n))
+            }
+        }
+    }
+
+    // --- rx ------------------------------------------------------------------------
+
+    /// The address to show instead of `peer` on a socket whose own address is `local`, if
+    /// the balancer at `peer` announced a client.
+    ///
+    /// `socket` is given for a socket the service may have connected itself: its peer may
+    /// be a balancer ipvsca connected it to instead of a client (see `connected`).
+    fn rx_rewrite(
+        &self,
+        proto: Proto,
+        socket: Option<BorrowedFd<'_>>,
+        peer: &RawSockAddr,
+        local: &RawSockAddr,
+    ) -> Option<RawSockAddr> {
+        let peer_inet = sockaddr::kernel_inet(peer)?;
+        let local_inet = sockaddr::kernel_inet(local)?;
+        let connected = socket.and_then(|s| self.connected.client(|| net::inode(s).ok(), peer_inet));
+        let client = connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet))?;
+        let rewritten = sockaddr::replace(peer, client);
+        if rewritten.is_none() {
+            self.counters.unrepresentable.inc();
+        }
+        rewritten
+    }
+
+    fn getpeername(&self, n: &Notification, c: &Call) -> Handled {
+        let (fd, addr, addrlen) = (c.int(0), c.args[1], c.args[2]);
+        let copy = match self.copy(n, fd) {
+            Ok(copy) => copy,
+            Err(done) => return done,
+        };
+        let fd = copy.as_fd();
+        let (Ok(peer), Ok(local), Some(proto)) = (net::peer_name(fd), net::sock_name(fd), inet_proto(fd)) else {
+            return self.cont(n);
+        };
+        let Some(shown) = self.rx_rewrite(proto, Some(fd), &peer, &local) else { return self.cont(n) };
+        let Ok(len) = mem::read_u32(n.tid, addrlen) else { return self.cont(n) };
+        if !self.still_pending(n) {
+            return Handled::Done;
+        }
+        match write_addr(n.tid, addr, addrlen, len, shown.as_bytes()) {
+            Ok(()) => {
+                self.counters.rewrites_rx.inc();
+                self.reply(n, 0)
+            }
+            Err(e) => self.reply_error(n, e),
+        }
+    }
+
+    fn accept(&self, n: &Notification, c: &Call, place: Place) -> Handled {
+        let (fd, addr, addrlen) = (c.int(0), c.args[1], c.args[2]);
+        let flags = if c.syscall == Syscall::Accept4 { c.int(3) } else { 0 };
+        // NULL address (possible through socketcall) or flags the kernel refuses: nothing
+        // to rewrite, or its own EINVAL.
+        if addr == 0 || flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
+            return self.cont(n);
+        }
+        let listener = match self.copy(n, fd) {
+            Ok(copy) => copy,
+            Err(done) => return done,
+        };
+        let lfd = listener.as_fd();
+        let listening = net::sockopt_int(lfd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).is_ok_and(|v| v != 0);
+        if !listening || inet_proto(lfd).is_none() {
+            return self.cont(n);
+        }
+        let Ok(status) = net::status_flags(lfd) else { return self.cont(n) };
+        let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+        let stashed = self.take_stashed_connection(lfd, nonblock);
+        let (socket, peer) = match stashed {
+            Some(kept) => kept,
+            None => {
+                if status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
+                    return Handled::ToWorker;
+                }
+                let accept_flags = libc::SOCK_CLOEXEC | (flags & libc::SOCK_NONBLOCK);
+                loop {
+                    match may_block(place, || net::accept(lfd, accept_flags)) {
+                        Ok(accepted) => break accepted,
+                        Err(Errno::EINTR) if place == Place::Worker => {
+                            if !self.still_pending(n) {
+                                return Handled::Done;
+                            }
+                        }
+                        Err(e) => return self.reply_error(n, e),
+                    }
+                }
+            }
+        };
+        // From here on the supervisor holds a connection: it reaches the caller, the
+        // stash, or is closed exactly where the kernel would close it.
+        let shown = match net::sock_name(socket.as_fd()) {
+            Ok(local) => self.rx_rewrite(Proto::Tcp, None, &peer, &local),
+            Err(_) => None,
+        };
+        let rewritten = shown.is_some();
+        let shown = shown.unwrap_or(peer);
+        // The kernel reads *addrlen only after accepting; a bad pointer then loses the
+        // connection with EFAULT, and so does this.
+        let len = match mem::read_u32(n.tid, addrlen) {
+            Ok(len) => len,
+            Err(e) => return self.reply_error(n, e),
+        };
+        if !self.still_pending(n) {
+            self.stash_connection(lfd, socket, peer);
+            return Handled::Done;
+        }
+        if let Err(e) = write_addr(n.tid, addr, addrlen, len, shown.as_bytes()) {
+            return self.reply_error(n, e);
+        }
+        match self.reply_with_fd(n, socket.as_fd(), flags & libc::SOCK_CLOEXEC != 0) {
+            Ok(_) => {
+                if rewritten {
+                    self.counters.rewrites_rx.inc();
+                }
+                Handled::Done
+            }
+            Err(Errno::ENOENT) => {
+                self.counters.interrupted.inc();
+                self.stash_connection(lfd, socket, peer);
+                Handled::Done
+            }
+            Err(e) => {
+                // The caller's descriptor table is full (EMFILE) or similar: the kernel would
+                // have refused before accepting, so the connection waits for the next call.
+                self.stash_connection(lfd, socket, peer);
+                self.reply_error(n, e)
+            }
+        }
+    }
+
+    /// Installs `socket` in the caller and completes its call. With `pin_accepts`, the
+    /// caller and this thread are held on this thread's CPU for the exchange:
+    /// `SECCOMP_ADDFD` wakes the caller with a plain wake-up (no `SYNC_WAKE_UP`), and a
+    /// caller woken on another, idle vCPU makes the exchange a cross-CPU round trip
+    /// (seccomp spec, section 1). Both affinities are restored right after.
+    fn reply_with_fd(&self, n: &Notification, socket: BorrowedFd<'_>, cloexec: bool) -> Result<RawFd, Errno> {
+        let pin = if self.options.pin_accepts { CpuPin::hold(n.tid) } else { None };
+        let result = self.listener.reply_with_fd(n.id, socket, cloexec);
+        drop(pin);
+        result
+    }
+
+    fn take_stashed_connection(&self, listener: BorrowedFd<'_>, nonblock: bool) -> Option<(OwnedFd, RawSockAddr)> {
+        if self.stash.is_empty() {
+            return None;
+        }
+        let (socket, peer) = self.stash.take_connection(net::inode(listener).ok()?)?;
+        // It was accepted for a call that may have asked otherwise.
+        if let Err(e) = net::set_nonblocking(socket.as_fd(), nonblock) {
+            self.supervisor_error("setting O_NONBLOCK on a stashed connection", e);
+        }
+        self.counters.stash_delivered.inc();
+        Some((socket, peer))
+    }
+
+    fn stash_connection(&self, listener: BorrowedFd<'_>, socket: OwnedFd, peer: RawSockAddr) {
+        match net::inode(listener) {
+            Ok(inode) => {
+                self.stash.put_connection(inode, socket, peer);
+                self.counters.stashed_connections.inc();
+            }
+            Err(e) => self.supervisor_error("identifying a listener to keep a connection for it", e),
+        }
+    }
+
+    fn recvfrom(&self, n: &Notification, c: &Call, place: Place) -> Handled {
+        let (fd, buf, len, flags, addr, addrlen) =
+            (c.int(0), c.args[1], c.args[2] as usize, c.int(3), c.args[4], c.args[5]);
+        if addr == 0 || flags & libc::MSG_ERRQUEUE != 0 {
+            return self.cont(n);
+        }
+        let socket = match self.copy(n, fd) {
+            Ok(copy) => copy,
+            Err(done) => return done,
+        };
+        let sfd = socket.as_fd();
+        // Stream sockets leave the address empty: the kernel's answer needs no rewrite.
+        if inet_proto(sfd) != Some(Proto::Udp) {
+            return self.cont(n);
+        }
+        let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
+        let blocking = flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        let peek = flags & libc::MSG_PEEK != 0;
+        let stashed = if self.stash.is_empty() {
+            None
+        } else {
+            net::inode(sfd).ok().and_then(|inode| self.stash.take_datagram(inode, peek))
+        };
+        if stashed.is_some() {
+            self.counters.stash_delivered.inc();
+        }
+        DATAGRAM_BUF.with_borrow_mut(|scratch| {
+            let (data, from): (&[u8], RawSockAddr) = match &stashed {
+                Some(d) => (&d.data, d.from),
+                None => {
+                    if blocking && place == Place::Receiver {
+                        return Handled::ToWorker;
+                    }
+                    let recv_flags = if place == Place::Receiver { flags | libc::MSG_DONTWAIT } else { flags };
+                    // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
+                    let got = loop {
+                        match may_block(place, || net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)) {
+                            Ok(got) => break got,
+                            Err(Errno::EINTR) if place == Place::Worker => {
+                                if !self.still_pending(n) {
+                                    return Handled::Done;
+                                }
+                            }
+                            Err(e) => return self.reply_error(n, e),
+                        }
+                    };
+                    (&scratch[..got.0], got.1)
+                }
+            };
+            self.deliver_datagram(n, sfd, DatagramCall { buf, len, flags, addr, addrlen }, data, &from, peek)
+        })
+    }
+
+    fn deliver_datagram(
+        &self,
+        n: &Notification,
+        socket: BorrowedFd<'_>,
+        call: DatagramCall,
+        data: &[u8],
+        from: &RawSockAddr,
+        peek: bool,
+    ) -> Handled {
+        let shown =
+            net::sock_name(socket).ok().and_then(|local| self.rx_rewrite(Proto::Udp, Some(socket), from, &local));
+        let keep = |this: &Self| {
+            if !peek {
+                if let Ok(inode) = net::inode(socket) {
+                    this.stash.put_datagram(inode, Datagram { data: data.to_vec(), from: *from });
+                    this.counters.stashed_datagrams.inc();
+                }
+            }
+        };
+        let ulen = match mem::read_u32(n.tid, call.addrlen) {
+            Ok(len) => len,
+            Err(e) => return self.reply_error(n, e),
+        };
+        // The module's append mode: the balancer, then the client, for a caller asking 32.
+        let address: Vec<u8> = match &shown {
+            Some(client) if self.options.recvfrom_append && ulen == 32 && from.len() == 16 => {
+                [from.as_bytes(), client.as_bytes()].concat()
+            }
+            Some(client) => client.as_bytes().to_vec(),
+            None => from.as_bytes().to_vec(),
+        };
+        if !self.still_pending(n) {
+            keep(self);
+            return Handled::Done;
+        }
+        let copied = data.len().min(call.len);
+        if let Err(e) = mem::write(n.tid, call.buf, &data[..copied]) {
+            return self.reply_error(n, e);
+        }
+        if let Err(e) = write_addr(n.tid, call.addr, call.addrlen, ulen, &address) {
+            return self.reply_error(n, e);
+        }
+        let ret = if call.flags & libc::MSG_TRUNC != 0 { data.len() } else { copied };
+        match self.listener.reply(n.id, ret as i64) {
+            Ok(()) => {
+                if shown.is_some() {
+                    self.counters.rewrites_rx.inc();
+                }
+            }
+            Err(Errno::ENOENT) => {
+                self.counters.interrupted.inc();
+                keep(self);
+            }
+            Err(e) => self.supervisor_error("answering recvfrom", e),
+        }
+        Handled::Done
+    }
+
+    // --- tx ------------------------------------------------------------------------
+
+    /// For `connect`/`sendto` to `dest` on `socket` of `proto`: the balancer's address in
+    /// the caller's family, if `dest` is a mapped client.
+    fn tx_rewrite(&self, socket: BorrowedFd<'_>, proto: Proto, dest: &RawSockAddr) -> Option<TxRewrite> {
+        let client = sockaddr::user_inet(dest)?;
+        let local = net::sock_name(socket).ok().and_then(|l| sockaddr::kernel_inet(&l))?;
+        let lb = self.resolver.balancer(proto, client, local)?;
+        let Some(to) = sockaddr::replace(dest, lb) else {
+            self.counters.unrepresentable.inc();
+            return None;
+        };
+        Some(TxRewrite { to, lb, client })
+    }
+
+    /// A socket now connected to `rewrite.lb` in place of the client it asked for.
+    fn remember_connected(&self, socket: BorrowedFd<'_>, rewrite: &TxRewrite) {
+        if let Ok(inode) = net::inode(socket) {
+            self.connected.remember(inode, rewrite.lb, rewrite.client);
+        }
+    }
+
+    /// Reads a destination address the caller passed; `None` for what the kernel itself
+    /// would refuse (it then does, after `CONTINUE`).
+    fn read_dest(&self, n: &Notification, addr: u64, len: i32) -> Option<RawSockAddr> {
+        if addr == 0 || len <= 0 || len > SOCKADDR_MAX {
+            return None;
+        }
+        let mut bytes = [0u8; SOCKADDR_MAX as usize];
+        mem::read(n.tid, addr, &mut bytes[..len as usize]).ok()?;
+        Some(RawSockAddr::from_bytes(&bytes[..len as usize]))
+    }
+
+    fn connect(&self, n: &Notification, c: &Call, place: Place) -> Handled {
+        let (fd, addr, addrlen) = (c.int(0), c.args[1], c.int(2));
+        let Some(dest) = self.read_dest(n, addr, addrlen) else { return self.cont(n) };
+        if sockaddr::user_inet(&dest).is_none() {
+            return self.cont(n);
+        }
+        let socket = match self.copy(n, fd) {
+            Ok(copy) => copy,
+            Err(done) => return done,
+        };
+        let sfd = socket.as_fd();
+        let Some(proto) = inet_proto(sfd) else { return self.cont(n) };
+        let Some(rewrite) = self.tx_rewrite(sfd, proto, &dest) else { return self.cont(n) };
+        let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
+        if proto == Proto::Tcp && status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
+            return Handled::ToWorker;
+        }
+        if !self.still_pending(n) {
+            return Handled::Done;
+        }
+        self.remember_connected(sfd, &rewrite);
+        loop {
+            match may_block(place, || net::connect(sfd, &rewrite.to)) {
+                Err(Errno::EINTR) if place == Place::Worker => {
+                    // A blocking connect goes on in the kernel; calling it again waits for it.
+                    if !self.still_pending(n) {
+                        return Handled::Done;
+                    }
+                }
+                Ok(()) => {
+                    self.counters.rewrites_tx.inc();
+                    return self.reply(n, 0);
+                }
+                Err(e) => {
+                    if e == Errno::EINPROGRESS {
+                        self.counters.rewrites_tx.inc();
+                    }
+                    return self.reply_error(n, e);
+                }
+            }
+        }
+    }
+
+    fn sendto(&self, n: &Notification, c: &Call, place: Place) -> Handled {
+        let (fd, buf, len, flags, addr, addrlen) =
+            (c.int(0), c.args[1], c.args[2] as usize, c.int(3), c.args[4], c.int(5));
+        let Some(dest) = self.read_dest(n, addr, addrlen) else { return self.cont(n) };
+        if sockaddr::user_inet(&dest).is_none() {
+            return self.cont(n);
+        }
+        let socket = match self.copy(n, fd) {
+            Ok(copy) => copy,
+            Err(done) => return done,
+        };
+        let sfd = socket.as_fd();
+        // A connected TCP socket ignores the address; only Fast Open connects with it.
+        let proto = match inet_proto(sfd) {
+            Some(Proto::Udp) => Proto::Udp,
+            Some(Proto::Tcp) if flags & libc::MSG_FASTOPEN != 0 => Proto::Tcp,
+            _ => return self.cont(n),
+        };
+        let Some(rewrite) = self.tx_rewrite(sfd, proto, &dest) else { return self.cont(n) };
+        if proto == Proto::Tcp {
+            self.remember_connected(sfd, &rewrite);
+        }
+        let to = rewrite.to;
+        if proto == Proto::Udp && len > DATAGRAM_MAX {
+            return self.reply_error(n, Errno::EMSGSIZE);
+        }
+        let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
+        let blocking = flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        let mut data = vec![0u8; len.min(STREAM_SEND_MAX)];
+        if let Err(e) = mem::read(n.tid, buf, &mut data) {
+            return self.reply_error(n, e);
+        }
+        if !self.still_pending(n) {
+            return Handled::Done;
+        }
+        let send_flags = flags | libc::MSG_NOSIGNAL | if place == Place::Receiver { libc::MSG_DONTWAIT } else { 0 };
+        loop {
+            match may_block(place, || net::send_to(sfd, &data, send_flags, &to)) {
+                Ok(sent) => {
+                    self.counters.rewrites_tx.inc();
+                    return self.reply(n, sent as i64);
+                }
+                Err(Errno::EAGAIN) if blocking && place == Place::Receiver => return Handled::ToWorker,
+                Err(Errno::EINTR) if place == Place::Worker => {
+                    if !self.still_pending(n) {
+                        return Handled::Done;
+                    }
+                }
+                Err(Errno::EPIPE) if flags & libc::MSG_NOSIGNAL == 0 => {
+                    // The kernel raises SIGPIPE in the sending thread.
+                    raise_sigpipe(n.tid);
+                    return self.reply_error(n, Errno::EPIPE);
+                }
+                Err(e) => return self.reply_error(n, e),
+            }
+        }
+    }
+}
+
+/// A destination rewritten from a client to its balancer.
+#[derive(Debug, Clone, Copy)]
+struct TxRewrite {
+    /// The address to use, in the caller's family.
+    to: RawSockAddr,
+    /// The balancer.
+    lb: std::net::SocketAddr,
+    /// The client the caller asked for.
+    client: std::net::SocketAddr,
+}
+
+/// The arguments of a `recvfrom` that concern delivery.
+#[derive(Debug, Clone, Copy)]
+struct DatagramCall {
+    buf: u64,
+    len: usize,
+    flags: i32,
+    addr: u64,
+    addrlen: u64,
+}
+
+/// Runs a socket call that may block: on a worker, interruptible by the supervisor.
+fn may_block<T>(place: Place, call: impl FnOnce() -> T) -> T {
+    match place {
+        Place::Worker => crate::sys::signal::interruptible(call),
+        Place::Receiver => call(),
+    }
+}
+
+/// TCP for stream and UDP for datagram sockets of the inet families; `None` otherwise.
+fn inet_proto(fd: BorrowedFd<'_>) -> Option<Proto> {
+    let domain = net::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return None;
+    }
+    match net::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? {
+        libc::SOCK_STREAM => Some(Proto::Tcp),
+        libc::SOCK_DGRAM => Some(Proto::Udp),
+        _ => None,
+    }
+}
+
+/// The kernel's `move_addr_to_user`: at most `*addrlen` bytes of the address, then the
+/// address's full length in `*addrlen`; a negative `*addrlen` is `EINVAL`.
+fn write_addr(tid: u32, addr: u64, addrlen: u64, ulen: u32, kaddr: &[u8]) -> Result<(), Errno> {
+    let ulen = ulen as i32;
+    let klen = kaddr.len() as i32;
+    let len = ulen.min(klen);
+    if len < 0 {
+        return Err(Errno::EINVAL);
+    }
+    if len > 0 {
+        mem::write(tid, addr, &kaddr[..len as usize])?;
+    }
+    mem::write_u32(tid, addrlen, klen as u32)
+}
+
+fn raise_sigpipe(tid: u32) {
+    let tgid = std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse::<i32>().ok()));
+    if let Some(tgid) = tgid {
+        crate::sys::signal::tgkill(tgid, tid as i32, libc::SIGPIPE);
+    }
+}
+
+/// Holds a caller and the current thread on the current CPU until dropped.
+struct CpuPin {
+    tid: u32,
+    caller: sched::CpuSet,
+    own: sched::CpuSet,
+}
+
+impl CpuPin {
+    fn hold(tid: u32) -> Option<CpuPin> {
+        let cpu = sched::current_cpu()?;
+        let caller = sched::affinity(tid).ok()?;
+        let own = sched::affinity(0).ok()?;
+        let here = sched::CpuSet::only(cpu);
+        sched::set_affinity(0, &here).ok()?;
+        if sched::set_affinity(tid, &here).is_err() {
+            let _ = sched::set_affinity(0, &own);
+            return None;
+        }
+        Some(CpuPin { tid, caller, own })
+    }
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        let _ = sched::set_affinity(self.tid, &self.caller);
+        let _ = sched::set_affinity(0, &self.own);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inet_proto_tells_tcp_udp_and_others_apart() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(inet_proto(tcp.as_fd()), Some(Proto::Tcp));
+        assert_eq!(inet_proto(udp.as_fd()), Some(Proto::Udp));
+        assert_eq!(inet_proto(unix.as_fd()), None);
+    }
+}

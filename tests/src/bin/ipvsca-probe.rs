@@ -1,0 +1,441 @@
+//! `ipvsca-probe`: a small server for the integration tests, run with and without
+//! `ipvsca-run`. It prints one JSON object a line for everything it sees: the addresses
+//! `accept`/`accept4`/`getpeername`/`recvfrom` gave, what `sendto`/`connect` returned, and a
+//! battery of error cases with their exact return values and errnos.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use ipvsca_tests::calls::{self, BAD_POINTER, Outcome};
+use serde_json::{Value, json};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args.split_first().expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors [options]");
+    let opts = Opts::parse(rest);
+    match cmd.as_str() {
+        "tcp-server" => tcp_server(&opts),
+        "udp-server" => udp_server(&opts),
+        "connect" => connect(&opts),
+        "errors" => errors(&opts),
+        other => panic!("unknown command {other}"),
+    }
+}
+
+/// `--key value` and `--flag` options.
+struct Opts(Vec<(String, Option<String>)>);
+
+impl Opts {
+    fn parse(args: &[String]) -> Opts {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < args.len() {
+            let key = args[i].trim_start_matches("--").to_owned();
+            let value = args.get(i + 1).filter(|v| !v.starts_with("--")).cloned();
+            i += if value.is_some() { 2 } else { 1 };
+            out.push((key, value));
+        }
+        Opts(out)
+    }
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.as_deref())
+    }
+    fn flag(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+    fn num(&self, key: &str, default: usize) -> usize {
+        self.get(key).map_or(default, |v| v.parse().expect("a number"))
+    }
+    fn addr(&self, key: &str) -> SocketAddr {
+        self.get(key).unwrap_or_else(|| panic!("--{key} ADDR")).parse().expect("an address")
+    }
+}
+
+fn emit(v: Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// A sockaddr buffer as the kernel filled it, shown as `ip:port` when it is inet.
+fn show(buf: &[u8], len: u32) -> Value {
+    let len = (len as usize).min(buf.len());
+    let b = &buf[..len];
+    let family = if len >= 2 { u16::from_ne_bytes([b[0], b[1]]) as i32 } else { -1 };
+    match family {
+        libc::AF_INET if len >= 8 => {
+            let ip = std::net::Ipv4Addr::new(b[4], b[5], b[6], b[7]);
+            json!(SocketAddr::from((ip, u16::from_be_bytes([b[2], b[3]]))).to_string())
+        }
+        libc::AF_INET6 if len >= 24 => {
+            let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&b[8..24]).unwrap());
+            let ip = ip.to_ipv4_mapped().map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+            json!(SocketAddr::from((ip, u16::from_be_bytes([b[2], b[3]]))).to_string())
+        }
+        _ => json!(hex(b)),
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn outcome(o: Outcome) -> Value {
+    json!({"ret": o.ret, "errno": o.errno})
+}
+
+/// `getpeername` into a fresh buffer: the address shown. Retried on `EINTR`: a call
+/// answered by a seccomp supervisor returns it when a signal whose handler lacks
+/// `SA_RESTART` arrives meanwhile, even a call that natively never blocks.
+fn peer_of(fd: RawFd) -> Value {
+    for _ in 0..100 {
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        let o = calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+        match o.ret {
+            0.. => return show(&buf, len),
+            _ if o.errno == libc::EINTR => continue,
+            _ => return json!({"errno": o.errno}),
+        }
+    }
+    json!({"errno": libc::EINTR})
+}
+
+fn local_of(fd: RawFd) -> Value {
+    let mut buf = [0u8; 128];
+    let mut len = 128u32;
+    // SAFETY: the buffer and length are live for the call.
+    let r = unsafe { libc::getsockname(fd, buf.as_mut_ptr().cast(), &mut len) };
+    if r < 0 { Value::Null } else { show(&buf, len) }
+}
+
+fn listener(addr: SocketAddr, backlog: i32) -> OwnedFd {
+    let l = TcpListener::bind(addr).expect("bind");
+    let fd = l.into_raw_fd();
+    // SAFETY: listen on a descriptor we own.
+    unsafe { libc::listen(fd, backlog) };
+    // SAFETY: `fd` came from into_raw_fd and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Sends SIGUSR1 to every registered thread every millisecond while `running`: the
+/// signals a Go runtime sends itself, the hardest case for the supervisor.
+fn storm(threads: Arc<std::sync::Mutex<Vec<libc::pthread_t>>>, running: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        while running.load(Ordering::Relaxed) {
+            for &t in threads.lock().unwrap().iter() {
+                calls::signal_thread(t, libc::SIGUSR1);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+fn tcp_server(o: &Opts) {
+    let fd = listener(o.addr("listen"), 4096).into_raw_fd();
+    let nonblocking = o.flag("nonblocking");
+    if nonblocking {
+        calls::set_nonblocking(fd);
+    }
+    let forks = o.num("fork", 0);
+    let mut pids = vec![std::process::id()];
+    for _ in 0..forks {
+        match calls::fork() {
+            0 => {
+                pids = vec![std::process::id()];
+                break;
+            }
+            pid if pid > 0 => pids.push(pid as u32),
+            _ => panic!("fork"),
+        }
+    }
+    let is_parent = pids.len() == forks + 1;
+    if is_parent {
+        emit(json!({"ready": true, "pids": pids}));
+    }
+    let count = o.num("count", usize::MAX);
+    let idle_exit = Duration::from_secs(o.num("idle-exit", 3) as u64);
+    let use_accept4 = o.flag("accept4");
+    let storm_mode = o.get("storm").map(|m| m == "restart");
+    if let Some(restart) = storm_mode {
+        calls::install_handler(libc::SIGUSR1, restart);
+    }
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let registered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicBool::new(true));
+    if storm_mode.is_some() {
+        storm(registered.clone(), running.clone());
+    }
+    let threads: Vec<_> = (0..o.num("threads", 1))
+        .map(|_| {
+            let (accepted, last, registered) = (accepted.clone(), last.clone(), registered.clone());
+            std::thread::spawn(move || {
+                registered.lock().unwrap().push(calls::this_thread());
+                let mut held = Vec::new();
+                loop {
+                    if accepted.load(Ordering::SeqCst) >= count {
+                        return held;
+                    }
+                    let mut buf = [0u8; 128];
+                    let mut len = 128u32;
+                    let r = if use_accept4 {
+                        calls::accept4(fd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC)
+                    } else {
+                        calls::accept(fd, buf.as_mut_ptr(), &mut len)
+                    };
+                    if r.ret < 0 {
+                        match r.errno {
+                            libc::EAGAIN | libc::EINTR => {
+                                if nonblocking {
+                                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                                    // SAFETY: one live pollfd.
+                                    unsafe { libc::poll(&mut p, 1, 100) };
+                                }
+                                continue;
+                            }
+                            e => panic!("accept: errno {e}"),
+                        }
+                    }
+                    let conn = r.ret as RawFd;
+                    let n = accepted.fetch_add(1, Ordering::SeqCst) + 1;
+                    *last.lock().unwrap() = Instant::now();
+                    emit(json!({
+                        "pid": std::process::id(),
+                        "n": n,
+                        "accept": show(&buf, len),
+                        "getpeername": peer_of(conn),
+                        "local": local_of(conn),
+                    }));
+                    // SAFETY: `conn` is the descriptor accept just returned.
+                    held.push(unsafe { OwnedFd::from_raw_fd(conn) });
+                }
+            })
+        })
+        .collect();
+    // Wait for the count, or for idleness once something was accepted.
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let n = accepted.load(Ordering::SeqCst);
+        if n >= count || (!idle_exit.is_zero() && n > 0 && last.lock().unwrap().elapsed() > idle_exit) {
+            break;
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+    if is_parent {
+        for _ in 0..forks {
+            let mut status = 0;
+            // SAFETY: waits for any child.
+            unsafe { libc::wait(&mut status) };
+        }
+    }
+    let _ = threads;
+    std::process::exit(0);
+}
+
+fn udp_server(o: &Opts) {
+    let socket = UdpSocket::bind(o.addr("listen")).expect("bind");
+    let fd = socket.as_raw_fd();
+    let nonblocking = o.flag("nonblocking");
+    if nonblocking {
+        calls::set_nonblocking(fd);
+    }
+    if let Some(mode) = o.get("storm") {
+        calls::install_handler(libc::SIGUSR1, mode == "restart");
+        let running = Arc::new(AtomicBool::new(true));
+        storm(Arc::new(std::sync::Mutex::new(vec![calls::this_thread()])), running);
+    }
+    emit(json!({"ready": true, "pids": [std::process::id()], "local": local_of(fd)}));
+    let count = o.num("count", usize::MAX);
+    let reply = o.flag("reply");
+    let mut got = 0;
+    while got < count {
+        let mut data = [0u8; 2048];
+        let mut addr = [0u8; 128];
+        let mut len = 128u32;
+        let r = calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len);
+        if r.ret < 0 {
+            if r.errno == libc::EAGAIN || r.errno == libc::EINTR {
+                if nonblocking {
+                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one live pollfd.
+                    unsafe { libc::poll(&mut p, 1, 100) };
+                }
+                continue;
+            }
+            panic!("recvfrom: errno {}", r.errno);
+        }
+        got += 1;
+        let payload = &data[..r.ret as usize];
+        let mut line = json!({"n": got, "from": show(&addr, len), "data": String::from_utf8_lossy(payload)});
+        if reply {
+            let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
+            line["reply"] = outcome(s);
+        }
+        emit(line);
+    }
+}
+
+fn sockaddr_bytes(a: SocketAddr) -> Vec<u8> {
+    match a {
+        SocketAddr::V4(v4) => {
+            let mut b = vec![0u8; 16];
+            b[0..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&v4.port().to_be_bytes());
+            b[4..8].copy_from_slice(&v4.ip().octets());
+            b
+        }
+        SocketAddr::V6(v6) => {
+            let mut b = vec![0u8; 28];
+            b[0..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+            b[2..4].copy_from_slice(&v6.port().to_be_bytes());
+            b[8..24].copy_from_slice(&v6.ip().octets());
+            b
+        }
+    }
+}
+
+fn socket(kind: i32) -> RawFd {
+    // SAFETY: socket(2) with constant arguments.
+    unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) }
+}
+
+fn connect(o: &Opts) {
+    let to = sockaddr_bytes(o.addr("to"));
+    let fd = socket(if o.flag("udp") { libc::SOCK_DGRAM } else { libc::SOCK_STREAM });
+    if o.flag("nonblocking") {
+        calls::set_nonblocking(fd);
+    }
+    let r = calls::connect(fd, to.as_ptr(), to.len() as u32);
+    emit(json!({"connect": outcome(r), "getpeername": peer_of(fd)}));
+}
+
+/// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
+/// (the test's balancer sends them once "ready" is printed).
+fn errors(o: &Opts) {
+    let tcp = listener(o.addr("tcp"), 16);
+    let udp = UdpSocket::bind(o.addr("udp")).expect("bind udp");
+    let (tcp_peer, udp_peer) = (o.addr("tcp-peer"), o.addr("udp-peer"));
+    emit(json!({"ready": true, "pids": [std::process::id()]}));
+    let mut results = serde_json::Map::new();
+    let mut case = |name: &str, v: Value| {
+        results.insert(name.to_owned(), v);
+    };
+    let l = tcp.as_raw_fd();
+    let u = udp.as_raw_fd();
+
+    // accept, with a short address buffer: truncated address, full length.
+    let mut buf = [0xeeu8; 128];
+    let mut len = 6u32;
+    let a = calls::accept4(l, buf.as_mut_ptr(), &mut len, 0);
+    case("accept_short_addrlen", json!({"o": outcome(a), "len": len, "bytes": hex(&buf[..8])}));
+    let conn = a.ret as RawFd;
+    case("accept_peer", peer_of(conn));
+
+    let gpn = |addr: *mut u8, lenp: *mut u32| outcome(calls::getpeername(conn, addr, lenp));
+    let mut buf = [0xeeu8; 128];
+    let mut len = 128u32;
+    case("getpeername", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "addr": show(&buf, len)}));
+    let mut buf = [0xeeu8; 128];
+    let mut len = 4u32;
+    case("getpeername_len_4", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "bytes": hex(&buf[..8])}));
+    let mut buf = [0xeeu8; 128];
+    let mut len = 0u32;
+    case("getpeername_len_0", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "bytes": hex(&buf[..8])}));
+    let mut len = u32::MAX; // -1 as an int
+    case("getpeername_len_negative", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len}));
+    let mut len = 16u32;
+    case("getpeername_bad_addr", json!({"o": gpn(BAD_POINTER, &mut len), "len": len}));
+    case("getpeername_bad_addrlen", json!({"o": gpn(buf.as_mut_ptr(), BAD_POINTER.cast())}));
+    let mut len = 16u32;
+    case("getpeername_read_only_addr", json!({"o": gpn(calls::read_only_page(), &mut len)}));
+    let mut len = 16u32;
+    case("getpeername_ebadf", outcome(calls::getpeername(9999, buf.as_mut_ptr(), &mut len)));
+    let mut fds = [0; 2];
+    // SAFETY: a two-int array for pipe(2).
+    unsafe { libc::pipe(fds.as_mut_ptr()) };
+    let mut len = 16u32;
+    case("getpeername_enotsock", outcome(calls::getpeername(fds[0], buf.as_mut_ptr(), &mut len)));
+    let lonely = socket(libc::SOCK_STREAM);
+    let mut len = 16u32;
+    case("getpeername_enotconn", outcome(calls::getpeername(lonely, buf.as_mut_ptr(), &mut len)));
+
+    let mut len = 16u32;
+    case("accept4_bad_flags", outcome(calls::accept4(l, buf.as_mut_ptr(), &mut len, 0x40000)));
+    let mut len = 16u32;
+    case("accept_not_listening", outcome(calls::accept(conn, buf.as_mut_ptr(), &mut len)));
+    let mut len = 16u32;
+    case("accept_udp", outcome(calls::accept(u, buf.as_mut_ptr(), &mut len)));
+    let mut len = 16u32;
+    case("accept_ebadf", outcome(calls::accept(9999, buf.as_mut_ptr(), &mut len)));
+    let quiet = listener(SocketAddr::new(o.addr("tcp").ip(), 0), 4);
+    calls::set_nonblocking(quiet.as_raw_fd());
+    let mut len = 16u32;
+    case("accept_eagain", outcome(calls::accept(quiet.as_raw_fd(), buf.as_mut_ptr(), &mut len)));
+
+    // Datagrams: wait for the balancer's five.
+    let mut p = libc::pollfd { fd: u, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd.
+    unsafe { libc::poll(&mut p, 1, 10_000) };
+    std::thread::sleep(Duration::from_millis(200));
+    let rf = |buf: *mut u8, blen: usize, flags: i32, addr: *mut u8, alen: *mut u32| {
+        calls::recvfrom(u, buf, blen, flags, addr, alen)
+    };
+    let (mut data, mut addr) = ([0u8; 64], [0xeeu8; 128]);
+    let mut len = 128u32;
+    let r = rf(data.as_mut_ptr(), 64, libc::MSG_PEEK, addr.as_mut_ptr(), &mut len);
+    case(
+        "recvfrom_peek",
+        json!({"o": outcome(r), "data": hex(&data[..r.ret.max(0) as usize]), "from": show(&addr, len)}),
+    );
+    let mut len = 128u32;
+    let r = rf(data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    case(
+        "recvfrom_after_peek",
+        json!({"o": outcome(r), "data": hex(&data[..r.ret.max(0) as usize]), "from": show(&addr, len)}),
+    );
+    let mut len = 128u32;
+    let r = rf(data.as_mut_ptr(), 2, libc::MSG_TRUNC, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_trunc", json!({"o": outcome(r), "data": hex(&data[..2])}));
+    let mut len = 128u32;
+    let r = rf(data.as_mut_ptr(), 2, 0, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_short_buffer", json!({"o": outcome(r), "data": hex(&data[..2])}));
+    let mut addr = [0xeeu8; 128];
+    let mut len = 4u32;
+    let r = rf(data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_addrlen_4", json!({"o": outcome(r), "len": len, "bytes": hex(&addr[..8])}));
+    let mut len = 128u32;
+    let r = rf(BAD_POINTER, 64, 0, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_bad_buffer", outcome(r));
+    let mut len = 128u32;
+    let r = rf(data.as_mut_ptr(), 64, libc::MSG_DONTWAIT, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_eagain", outcome(r));
+    let mut len = 128u32;
+    let r = calls::recvfrom(9999, data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    case("recvfrom_ebadf", outcome(r));
+
+    // tx to the peer the service saw (the client under ipvsca, the balancer natively).
+    let to = sockaddr_bytes(udp_peer);
+    let s = calls::sendto(u, b"pong".as_ptr(), 4, 0, to.as_ptr(), 16);
+    case("sendto_peer", outcome(s));
+    case("sendto_bad_dest", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, BAD_POINTER, 16)));
+    case("sendto_dest_too_long", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, to.as_ptr(), 200)));
+    case("sendto_bad_buffer", outcome(calls::sendto(u, BAD_POINTER, 1, 0, to.as_ptr(), 16)));
+    case("sendto_too_big", outcome(calls::sendto(u, [0u8; 70_000].as_ptr(), 70_000, 0, to.as_ptr(), 16)));
+    let unix = [1u8, 0, b'/', b'x'];
+    case("sendto_unix_address", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, unix.as_ptr(), 4)));
+
+    let c = socket(libc::SOCK_DGRAM);
+    case("connect_udp_peer", json!({"o": outcome(calls::connect(c, to.as_ptr(), 16)), "peer": peer_of(c)}));
+    let tcp_to = sockaddr_bytes(tcp_peer);
+    let t = socket(libc::SOCK_STREAM);
+    calls::set_nonblocking(t);
+    case("connect_tcp_nonblocking_peer", outcome(calls::connect(t, tcp_to.as_ptr(), 16)));
+    case("connect_bad_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), BAD_POINTER, 16)));
+    case("connect_short_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), to.as_ptr(), 8)));
+    emit(Value::Object(results));
+}

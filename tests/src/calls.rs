@@ -1,0 +1,115 @@
+//! The six trapped calls made raw, with any pointer the test wants (bad ones included), for
+//! the probe that compares what a service sees with and without ipvsca. Each returns the
+//! call's result and errno exactly, never interpreting them.
+
+// The pointers are handed to the kernel, never dereferenced here: the kernel checks them
+// and answers EFAULT for bad ones, which is exactly what the probe wants to see.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+use std::os::fd::RawFd;
+
+/// A call's return value and the errno it left (0 on success).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The return value.
+    pub ret: i64,
+    /// `errno` if `ret` is -1, else 0.
+    pub errno: i32,
+}
+
+fn outcome(ret: i64) -> Outcome {
+    let errno = if ret < 0 { std::io::Error::last_os_error().raw_os_error().unwrap_or(0) } else { 0 };
+    Outcome { ret, errno }
+}
+
+/// `getpeername(fd, addr, addrlen)` with raw pointers.
+pub fn getpeername(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: the kernel validates both pointers and reports EFAULT for bad ones; good
+    // ones point into buffers the caller owns for the call.
+    outcome(unsafe { libc::getpeername(fd, addr.cast(), addrlen) } as i64)
+}
+
+/// `accept4(fd, addr, addrlen, flags)` with raw pointers.
+pub fn accept4(fd: RawFd, addr: *mut u8, addrlen: *mut u32, flags: i32) -> Outcome {
+    // SAFETY: as for `getpeername`.
+    outcome(unsafe { libc::accept4(fd, addr.cast(), addrlen, flags) } as i64)
+}
+
+/// `accept(fd, addr, addrlen)` with raw pointers.
+pub fn accept(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: as for `getpeername`.
+    outcome(unsafe { libc::accept(fd, addr.cast(), addrlen) } as i64)
+}
+
+/// `recvfrom(fd, buf, len, flags, addr, addrlen)` with raw pointers.
+pub fn recvfrom(fd: RawFd, buf: *mut u8, len: usize, flags: i32, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: as for `getpeername`; `buf` is writable for `len` bytes or deliberately bad.
+    outcome(unsafe { libc::recvfrom(fd, buf.cast(), len, flags, addr.cast(), addrlen) } as i64)
+}
+
+/// `sendto(fd, buf, len, flags, addr, addrlen)` with raw pointers.
+pub fn sendto(fd: RawFd, buf: *const u8, len: usize, flags: i32, addr: *const u8, addrlen: u32) -> Outcome {
+    // SAFETY: as for `getpeername`; the kernel only reads through the pointers.
+    outcome(unsafe { libc::sendto(fd, buf.cast(), len, flags, addr.cast(), addrlen) } as i64)
+}
+
+/// `connect(fd, addr, addrlen)` with a raw pointer.
+pub fn connect(fd: RawFd, addr: *const u8, addrlen: u32) -> Outcome {
+    // SAFETY: as for `getpeername`; the kernel only reads through the pointer.
+    outcome(unsafe { libc::connect(fd, addr.cast(), addrlen) } as i64)
+}
+
+/// A page the process may read but not write: a valid pointer that the kernel must refuse
+/// to write through (`EFAULT`).
+pub fn read_only_page() -> *mut u8 {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; it is
+    // never unmapped (the probe is short-lived).
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    p.cast()
+}
+
+/// An address no process can use: the kernel reports `EFAULT` for it.
+pub const BAD_POINTER: *mut u8 = 0x10 as *mut u8;
+
+/// Sets `O_NONBLOCK` on `fd`.
+pub fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the caller owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+}
+
+/// Installs an empty handler for `sig`, restarting interrupted calls or not.
+pub fn install_handler(sig: i32, restart: bool) {
+    extern "C" fn noop(_: libc::c_int) {}
+    // SAFETY: an all-zero sigaction is valid; the handler does nothing, so it is
+    // async-signal-safe.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = noop as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        libc::sigaction(sig, &action, std::ptr::null_mut());
+    }
+}
+
+/// The calling thread's handle.
+pub fn this_thread() -> libc::pthread_t {
+    // SAFETY: no preconditions.
+    unsafe { libc::pthread_self() }
+}
+
+/// Sends `sig` to `thread`, which the caller keeps alive.
+pub fn signal_thread(thread: libc::pthread_t, sig: i32) {
+    // SAFETY: the caller guarantees `thread` is a live thread of this process.
+    unsafe { libc::pthread_kill(thread, sig) };
+}
+
+/// Forks. The probe forks only from its main thread, before starting any other.
+pub fn fork() -> i32 {
+    // SAFETY: called while the probe has one thread (see the caller).
+    unsafe { libc::fork() }
+}

@@ -1,0 +1,547 @@
+//! `ipvsca-run` with a test server (`ipvsca-probe`) in a real-server namespace, fed by the
+//! raw-frame balancer: what the server sees for every trapped call, mapped and not,
+//! blocking and not, under signal storms, forking, and when the supervisor is killed.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use capture::Proto;
+use capture::wire::announce::Announcement;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use ipvsca_tests::bins;
+use ipvsca_tests::corpus::{LB1, LB2, RS};
+use ipvsca_tests::netns::{self, Netns};
+use ipvsca_tests::service::{self, Service};
+use ipvsca_tests::speaker::{self, Flow, Speaker, ToaOn};
+use ipvsca_tests::topology::{LB_DEV, LbRs};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `ipvsca-probe ARGS` in `ns`, under `ipvsca-run` when `supervised`.
+fn probe(ns: &Netns, supervised: bool, args: &[&str]) -> Service {
+    let probe = bins::path("ipvsca-probe");
+    let mut cmd = if supervised {
+        let mut c = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+        c.arg("--").arg(&probe);
+        c
+    } else {
+        ns.command(probe.to_str().unwrap())
+    };
+    cmd.args(args).env("RUST_LOG", "warn");
+    Service::start(cmd).expect("starting the probe")
+}
+
+/// Waits for the probe's `{"ready":true,...}` line; returns its process ids.
+fn ready(s: &Service) -> Vec<u32> {
+    let line = s.json(WAIT);
+    assert_eq!(line["ready"], true, "{line}");
+    line["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect()
+}
+
+fn balancer(topo: &LbRs) -> Speaker {
+    topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap()
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_owned()
+}
+
+/// Opens `count` connections to 10.1.0.9:8080 from four balancer addresses, a third with
+/// the TOA on the SYN, a third on the handshake ACK and a third with no TOA at all; returns
+/// what the server must show for each balancer address (the client, or the balancer).
+fn connect_mixed(speaker: &Speaker, count: usize, first_port: u16) -> HashMap<String, String> {
+    let lbs = lb_hosts();
+    let rs = SocketAddrV4::new(RS, 8080);
+    let flows = speaker::flows(count, &lbs, first_port, rs);
+    let mut want = HashMap::new();
+    for (i, chunk) in flows.chunks(count.div_ceil(3)).enumerate() {
+        let toa_on = [ToaOn::Syn, ToaOn::HandshakeAck, ToaOn::Nowhere][i];
+        let report = speaker.handshake(chunk, toa_on, 64, WAIT).unwrap();
+        assert_eq!(report.completed, chunk.len(), "{report:?}");
+        for f in chunk {
+            let shown = if toa_on == ToaOn::Nowhere { f.lb } else { f.client };
+            want.insert(f.lb.to_string(), shown.to_string());
+        }
+    }
+    want
+}
+
+fn lb_hosts() -> Vec<Ipv4Addr> {
+    (20..24).map(|h| Ipv4Addr::new(10, 1, 0, h)).collect()
+}
+
+/// Checks every accept line: `accept` and `getpeername` show the client of a TOA flow and
+/// the balancer otherwise; `local` is the real server.
+fn check_accepts(lines: &[Value], want: &HashMap<String, String>, by_lb: &HashMap<String, String>) {
+    assert_eq!(lines.len(), want.len(), "{lines:#?}");
+    for line in lines {
+        let accept = s(&line["accept"]);
+        let lb = by_lb.get(&accept).unwrap_or_else(|| panic!("unknown address {accept}: {line}"));
+        assert_eq!(&accept, &want[lb], "accept: {line}");
+        assert_eq!(line["getpeername"].as_str(), Some(want[lb].as_str()), "getpeername: {line}");
+        assert_eq!(s(&line["local"]), "10.1.0.9:8080");
+    }
+}
+
+/// What the server may show -> the balancer address it stands for.
+fn reverse(want: &HashMap<String, String>) -> HashMap<String, String> {
+    want.iter().map(|(lb, shown)| (shown.clone(), lb.clone())).collect()
+}
+
+fn accept_scenario(name: &str, args: &[&str]) {
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("accept", &lb_hosts()).unwrap();
+    let mut all = vec!["tcp-server", "--listen", "10.1.0.9:8080", "--count", "60"];
+    all.extend_from_slice(args);
+    let server = probe(&topo.rs, true, &all);
+    ready(&server);
+    let speaker = balancer(&topo);
+    let want = connect_mixed(&speaker, 60, 30000);
+    let lines = server.json_lines(60, WAIT);
+    check_accepts(&lines, &want, &reverse(&want));
+}
+
+#[test]
+fn accept_reports_toa_client_for_blocking_listener() {
+    accept_scenario("accept_reports_toa_client_for_blocking_listener", &[]);
+}
+
+#[test]
+fn accept4_reports_toa_client_for_blocking_listener() {
+    accept_scenario("accept4_reports_toa_client_for_blocking_listener", &["--accept4"]);
+}
+
+#[test]
+fn accept_reports_toa_client_for_nonblocking_listener() {
+    accept_scenario("accept_reports_toa_client_for_nonblocking_listener", &["--nonblocking"]);
+}
+
+#[test]
+fn accept4_reports_toa_client_for_nonblocking_listener() {
+    accept_scenario("accept4_reports_toa_client_for_nonblocking_listener", &["--nonblocking", "--accept4"]);
+}
+
+#[test]
+fn sixty_four_threads_blocked_in_accept_are_all_served_and_workers_go_away() {
+    let name = "sixty_four_threads_blocked_in_accept_are_all_served_and_workers_go_away";
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("threads", &lb_hosts()).unwrap();
+    let args = ["tcp-server", "--listen", "10.1.0.9:8080", "--threads", "64", "--count", "64", "--idle-exit", "0"];
+    let server = probe(&topo.rs, true, &args);
+    ready(&server);
+    let launcher = server.pid();
+    // Every one of the 64 threads is parked in accept with a worker of its own.
+    let end = Instant::now() + WAIT;
+    while threads_of(launcher) < 64 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(threads_of(launcher) >= 64, "only {} supervisor threads", threads_of(launcher));
+    let speaker = balancer(&topo);
+    let want = connect_mixed(&speaker, 64, 31000);
+    let lines = server.json_lines(64, WAIT);
+    check_accepts(&lines, &want, &reverse(&want));
+    // Idle workers exit: the supervisor is back to its few threads.
+    let end = Instant::now() + Duration::from_secs(10);
+    while threads_of(launcher) > 8 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(threads_of(launcher) <= 8, "{} supervisor threads left", threads_of(launcher));
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn signal_storm_scenario(name: &str, mode: &str, threads: &str) {
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("storm", &lb_hosts()).unwrap();
+    let args = ["tcp-server", "--listen", "10.1.0.9:8080", "--count", "300", "--threads", threads, "--storm", mode];
+    let server = probe(&topo.rs, true, &args);
+    ready(&server);
+    let speaker = balancer(&topo);
+    let want = connect_mixed(&speaker, 300, 32000);
+    let lines = server.json_lines(300, WAIT);
+    check_accepts(&lines, &want, &reverse(&want));
+}
+
+#[test]
+fn accept_under_a_signal_storm_with_restart_loses_no_connection() {
+    signal_storm_scenario("accept_under_a_signal_storm_with_restart_loses_no_connection", "restart", "4");
+}
+
+#[test]
+fn accept_under_a_signal_storm_without_restart_loses_no_connection() {
+    signal_storm_scenario("accept_under_a_signal_storm_without_restart_loses_no_connection", "norestart", "1");
+}
+
+/// Announces UDP flows (a mapped client per balancer port) and sends datagrams; returns
+/// balancer address -> what the server must show.
+fn udp_traffic(speaker: &Speaker, rs_port: u16, mapped: usize, unmapped: usize) -> HashMap<String, String> {
+    let mut want = HashMap::new();
+    for i in 0..mapped {
+        let lb = SocketAddrV4::new(LB1, 50000 + i as u16);
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 7000 + i as u16);
+        let a = Announcement { proto: Proto::Udp, lb_port: lb.port(), rs_port, client };
+        speaker.announce(LB1, RS, &a).unwrap();
+        speaker.send_udp(lb, SocketAddrV4::new(RS, rs_port), format!("ping {i}").as_bytes()).unwrap();
+        want.insert(lb.to_string(), client.to_string());
+    }
+    for i in 0..unmapped {
+        let lb = SocketAddrV4::new(LB2, 51000 + i as u16);
+        speaker.send_udp(lb, SocketAddrV4::new(RS, rs_port), b"plain").unwrap();
+        want.insert(lb.to_string(), lb.to_string());
+    }
+    want
+}
+
+/// UDP destinations of the frames the real server sent.
+fn udp_destinations(frames: &[Vec<u8>]) -> Vec<String> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let p = SlicedPacket::from_ethernet(f).ok()?;
+            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (p.net, p.transport) else { return None };
+            Some(SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), udp.destination_port()).to_string())
+        })
+        .collect()
+}
+
+fn udp_scenario(name: &str, listen: &str, extra: &[&str]) {
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("udp", &[]).unwrap();
+    let mut args = vec!["udp-server", "--listen", listen, "--count", "6", "--reply"];
+    args.extend_from_slice(extra);
+    let server = probe(&topo.rs, true, &args);
+    ready(&server);
+    let speaker = balancer(&topo);
+    let want = udp_traffic(&speaker, 5353, 4, 2);
+    let lines = server.json_lines(6, WAIT);
+    assert_eq!(lines.len(), 6, "{lines:#?}\n{}", server.stderr_text());
+    let mut shown: Vec<String> = lines.iter().map(|l| s(&l["from"])).collect();
+    let mut expected: Vec<String> = want.values().cloned().collect();
+    shown.sort();
+    expected.sort();
+    assert_eq!(shown, expected, "recvfrom shows the client of announced flows, the balancer otherwise");
+    for l in &lines {
+        assert_eq!(l["reply"]["errno"], 0, "{l}");
+    }
+    // Replies to a client went to the balancer's local address.
+    let mut replies = udp_destinations(&speaker.listen(Duration::from_millis(500), false).unwrap());
+    let mut balancers: Vec<String> = want.keys().cloned().collect();
+    replies.sort();
+    balancers.sort();
+    assert_eq!(replies, balancers);
+}
+
+#[test]
+fn recvfrom_shows_the_client_and_sendto_replies_reach_the_balancer() {
+    udp_scenario("recvfrom_shows_the_client_and_sendto_replies_reach_the_balancer", "10.1.0.9:5353", &[]);
+}
+
+#[test]
+fn wildcard_bound_nonblocking_udp_socket_is_rewritten_both_ways() {
+    udp_scenario("wildcard_bound_nonblocking_udp_socket_is_rewritten_both_ways", "0.0.0.0:5353", &["--nonblocking"]);
+}
+
+#[test]
+fn recvfrom_under_a_signal_storm_loses_no_datagram() {
+    let name = "recvfrom_under_a_signal_storm_loses_no_datagram";
+    if !netns::can_run(name) {
+        return;
+    }
+    for mode in ["restart", "norestart"] {
+        let topo = LbRs::new("udpstorm", &[]).unwrap();
+        let args = ["udp-server", "--listen", "10.1.0.9:5353", "--count", "200", "--storm", mode];
+        let server = probe(&topo.rs, true, &args);
+        ready(&server);
+        let speaker = balancer(&topo);
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 80), 8000);
+        let a = Announcement { proto: Proto::Udp, lb_port: 50100, rs_port: 5353, client };
+        speaker.announce(LB1, RS, &a).unwrap();
+        for i in 0..200 {
+            speaker
+                .send_udp(SocketAddrV4::new(LB1, 50100), SocketAddrV4::new(RS, 5353), format!("{i}").as_bytes())
+                .unwrap();
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let lines = server.json_lines(200, WAIT);
+        assert_eq!(lines.len(), 200, "{mode}: {} datagrams of 200\n{}", lines.len(), server.stderr_text());
+        let mut seen: Vec<u32> = lines.iter().map(|l| s(&l["data"]).parse().unwrap()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>(), "{mode}: every datagram once");
+        assert!(lines.iter().all(|l| s(&l["from"]) == client.to_string()), "{mode}");
+    }
+}
+
+#[test]
+fn connect_to_a_mapped_client_goes_to_the_balancer() {
+    let name = "connect_to_a_mapped_client_goes_to_the_balancer";
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("connect", &[]).unwrap();
+    let speaker = balancer(&topo);
+    let tcp_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 90), 9000);
+    let udp_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 91), 9001);
+    let probe_bin = bins::path("ipvsca-probe");
+    // Non-blocking TCP (answered at once), UDP, then blocking TCP (answered by a worker).
+    let script = format!(
+        "echo '{{\"ready\":true,\"pids\":[]}}'; sleep 1; {p} connect --to {t} --nonblocking; {p} connect --to {u} --udp; {p} connect --to {t}",
+        p = probe_bin.display(),
+        t = tcp_client,
+        u = udp_client
+    );
+    let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.args(["--", "sh", "-c", &script]).env("RUST_LOG", "warn");
+    let server = Service::start(cmd).unwrap();
+    ready(&server);
+    // The capture is open before the service starts: announce a TCP flow by a TOA on a SYN
+    // (no listener is needed to map it) and a UDP flow by ICMP.
+    let syn =
+        ipvsca_tests::frames::Segment::new((LB1, 40001).into(), (RS, 8080).into(), ipvsca_tests::frames::SYN, 1, 0)
+            .options(&ipvsca_tests::frames::toa(254, tcp_client));
+    speaker.inject(&syn.frame(&topo.link)).unwrap();
+    speaker
+        .announce(LB1, RS, &Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 5353, client: udp_client })
+        .unwrap();
+    let frames = speaker.listen(Duration::from_secs(3), true).unwrap();
+    let lines = server.json_lines(3, WAIT);
+    assert_eq!(lines.len(), 3, "{lines:#?}\n{}", server.stderr_text());
+    assert_eq!(lines[0]["connect"]["errno"], libc::EINPROGRESS, "{}", lines[0]);
+    assert_eq!(lines[1]["connect"]["ret"], 0, "{}", lines[1]);
+    assert_eq!(s(&lines[1]["getpeername"]), udp_client.to_string(), "the connected peer shows as the client");
+    assert_eq!(lines[2]["connect"]["errno"], libc::ECONNREFUSED, "the balancer refused it: {}", lines[2]);
+    let syns: Vec<String> = frames
+        .iter()
+        .filter_map(|f| {
+            let p = SlicedPacket::from_ethernet(f).ok()?;
+            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(tcp))) = (p.net, p.transport) else { return None };
+            (tcp.syn() && !tcp.ack()).then(|| {
+                SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), tcp.destination_port()).to_string()
+            })
+        })
+        .collect();
+    assert!(!syns.is_empty() && syns.iter().all(|d| d == "10.1.0.5:40001"), "SYNs went to {syns:?}");
+}
+
+#[test]
+fn every_error_case_returns_what_the_kernel_returns() {
+    let name = "every_error_case_returns_what_the_kernel_returns";
+    if !netns::can_run(name) {
+        return;
+    }
+    let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 60), 6000);
+    let results: Vec<Value> = [false, true]
+        .iter()
+        .map(|&supervised| {
+            let topo = LbRs::new("errors", &[]).unwrap();
+            // Natively the service answers the balancer it sees; under ipvsca the client it
+            // sees: the kernel's answers must be the same.
+            let (tcp_peer, udp_peer) = if supervised {
+                (client.to_string(), client.to_string())
+            } else {
+                ("10.1.0.5:40001".to_owned(), "10.1.0.5:50001".to_owned())
+            };
+            let args = [
+                "errors",
+                "--tcp",
+                "10.1.0.9:8080",
+                "--udp",
+                "10.1.0.9:5353",
+                "--tcp-peer",
+                &tcp_peer,
+                "--udp-peer",
+                &udp_peer,
+            ];
+            let server = probe(&topo.rs, supervised, &args);
+            ready(&server);
+            let speaker = balancer(&topo);
+            let flow = Flow { lb: SocketAddrV4::new(LB1, 40001), rs: SocketAddrV4::new(RS, 8080), client };
+            assert_eq!(speaker.handshake(&[flow], ToaOn::HandshakeAck, 1, WAIT).unwrap().completed, 1);
+            let a = Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 5353, client };
+            speaker.announce(LB1, RS, &a).unwrap();
+            for i in 0..5 {
+                let payload = format!("datagram-{i}");
+                speaker
+                    .send_udp(SocketAddrV4::new(LB1, 50001), SocketAddrV4::new(RS, 5353), payload.as_bytes())
+                    .unwrap();
+            }
+            let out = server.json(WAIT);
+            eprintln!("supervised={supervised}: {out:#}");
+            out
+        })
+        .collect();
+    let (native, supervised) = (&results[0], &results[1]);
+    // Addresses differ by design: the balancer natively, the client under ipvsca.
+    let client = client.to_string();
+    for (case, field, lb) in [
+        ("accept_peer", None, "10.1.0.5:40001"),
+        ("getpeername", Some("addr"), "10.1.0.5:40001"),
+        ("recvfrom_peek", Some("from"), "10.1.0.5:50001"),
+        ("recvfrom_after_peek", Some("from"), "10.1.0.5:50001"),
+        ("connect_udp_peer", Some("peer"), "10.1.0.5:50001"),
+    ] {
+        let pick = |v: &Value| field.map_or(v[case].clone(), |f| v[case][f].clone());
+        assert_eq!(pick(native), lb, "{case} natively");
+        assert_eq!(pick(supervised), client.as_str(), "{case} under ipvsca");
+    }
+    // Truncated addresses: family then port, the balancer's natively, the client's here.
+    let port_hex = |p: u16| format!("0200{p:04x}");
+    for (case, native_port) in
+        [("getpeername_len_4", 40001), ("accept_short_addrlen", 40001), ("recvfrom_addrlen_4", 50001)]
+    {
+        assert!(s(&native[case]["bytes"]).starts_with(&port_hex(native_port)), "{case}: {}", native[case]);
+        assert!(s(&supervised[case]["bytes"]).starts_with(&port_hex(6000)), "{case}: {}", supervised[case]);
+    }
+    assert!(s(&supervised["accept_short_addrlen"]["bytes"]).ends_with("c633eeee"), "6 bytes written, then untouched");
+    // Everything else is exactly the kernel's: return values, errnos, lengths.
+    let with_addresses = [
+        "accept_peer",
+        "getpeername",
+        "recvfrom_peek",
+        "recvfrom_after_peek",
+        "connect_udp_peer",
+        "getpeername_len_4",
+        "accept_short_addrlen",
+        "recvfrom_addrlen_4",
+    ];
+    for (case, n) in native.as_object().unwrap() {
+        if with_addresses.contains(&case.as_str()) {
+            for part in ["o", "len"] {
+                assert_eq!(supervised[case][part], n[part], "{case}.{part}");
+            }
+            continue;
+        }
+        assert_eq!(&supervised[case], n, "{case}: supervised {} vs native {n}", supervised[case]);
+    }
+}
+
+#[test]
+fn forking_server_children_see_the_client() {
+    let name = "forking_server_children_see_the_client";
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("fork", &lb_hosts()).unwrap();
+    let args = ["tcp-server", "--listen", "10.1.0.9:8080", "--fork", "2", "--nonblocking", "--idle-exit", "2"];
+    let server = probe(&topo.rs, true, &args);
+    let pids = ready(&server);
+    assert_eq!(pids.len(), 3);
+    let speaker = balancer(&topo);
+    let want = connect_mixed(&speaker, 90, 33000);
+    let lines = server.json_lines(90, WAIT);
+    check_accepts(&lines, &want, &reverse(&want));
+    let children: std::collections::HashSet<u64> = lines.iter().map(|l| l["pid"].as_u64().unwrap()).collect();
+    assert!(children.len() >= 2, "connections were served by {children:?}");
+}
+
+#[test]
+fn killing_the_supervisor_stops_the_whole_service() {
+    let name = "killing_the_supervisor_stops_the_whole_service";
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("kill9", &[]).unwrap();
+    let args = ["tcp-server", "--listen", "10.1.0.9:8080", "--fork", "2", "--idle-exit", "0"];
+    let mut server = probe(&topo.rs, true, &args);
+    let pids = ready(&server);
+    assert!(pids.iter().all(|&p| service::alive(p)));
+    server.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(server.wait(WAIT), Some(128 + 9));
+    let end = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.into_iter().filter(|&p| service::alive(p)).collect();
+    assert!(left.is_empty(), "service processes outlived their supervisor: {left:?}");
+}
+
+/// `ipvsca-run -- ARGS` in a fresh namespace (no traffic needed); the service is dropped
+/// (killed) before its namespace.
+fn run(args: &[&str]) -> (Service, Netns) {
+    let ns = Netns::new("exit").unwrap();
+    let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.arg("--").args(args).env("RUST_LOG", "warn");
+    (Service::start(cmd).unwrap(), ns)
+}
+
+#[test]
+fn exit_status_and_signals_are_the_services() {
+    if !netns::can_run("exit_status_and_signals_are_the_services") {
+        return;
+    }
+    assert_eq!(run(&["sh", "-c", "exit 7"]).0.wait(WAIT), Some(7));
+    assert_eq!(run(&["sh", "-c", "kill -TERM $$"]).0.wait(WAIT), Some(128 + 15));
+    assert_eq!(run(&["no-such-program-ipvsca"]).0.wait(WAIT), Some(127));
+    assert_eq!(run(&["/etc/hostname"]).0.wait(WAIT), Some(126));
+    // SIGTERM to the launcher reaches the service, whose handler decides the status.
+    let (mut s, _ns) = run(&["sh", "-c", "trap 'exit 42' TERM; echo up; while :; do sleep 0.05; done"]);
+    assert_eq!(s.line(WAIT).as_deref(), Some("up"));
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(s.wait(WAIT), Some(42));
+    // A daemonising service is served until its last process exits.
+    let (mut s, _ns2) = run(&["sh", "-c", "(sleep 1; echo daemon done) & exit 0"]);
+    assert_eq!(s.line(WAIT).as_deref(), Some("daemon done"));
+    assert_eq!(s.wait(WAIT), Some(0));
+}
+
+#[test]
+fn io_uring_setup_fails_with_enosys_unless_allowed() {
+    if !netns::can_run("io_uring_setup_fails_with_enosys_unless_allowed") {
+        return;
+    }
+    let script = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); p = ctypes.create_string_buffer(120); \
+                  r = libc.syscall(425, 4, p); print(r, ctypes.get_errno())";
+    let (mut denied, _ns) = run(&["python3", "-c", script]);
+    assert_eq!(denied.line(WAIT).as_deref(), Some("-1 38"), "ENOSYS by default");
+    assert_eq!(denied.wait(WAIT), Some(0));
+    let ns = Netns::new("uring").unwrap();
+    let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.args(["--io-uring", "allow", "--", "python3", "-c", script]).env("RUST_LOG", "warn");
+    let allowed = Service::start(cmd).unwrap();
+    let line = allowed.line(WAIT).unwrap();
+    assert_ne!(line, "-1 38", "allowed: the kernel's own answer");
+}
+
+#[test]
+fn service_starts_with_its_own_descriptors_environment_and_directory() {
+    if !netns::can_run("service_starts_with_its_own_descriptors_environment_and_directory") {
+        return;
+    }
+    let script = "ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; pwd; env | grep -v '^_=' | sort | md5sum; \
+                  grep -E '^(Sig(Blk|Ign)|NoNewPrivs|Seccomp):' /proc/self/status | tr '\\n' ' '";
+    let ns = Netns::new("env").unwrap();
+    let output = |supervised: bool| {
+        let mut cmd = if supervised {
+            let mut c = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+            c.args(["--", "sh", "-c", script]);
+            c
+        } else {
+            let mut c = ns.command("sh");
+            c.args(["-c", script]);
+            c
+        };
+        cmd.current_dir("/tmp").env("IPVSCA_TEST_MARK", "1").env("RUST_LOG", "off");
+        String::from_utf8(cmd.output().unwrap().stdout).unwrap()
+    };
+    let (native, supervised) = (output(false), output(true));
+    let (native, supervised): (Vec<&str>, Vec<&str>) = (native.lines().collect(), supervised.lines().collect());
+    assert_eq!(supervised[..3], native[..3], "descriptors, directory and environment");
+    // Signal mask and ignored signals are the service's own; no_new_privs and the filter are ipvsca's.
+    let status = |s: &str, key: &str| s.split_whitespace().skip_while(|w| *w != key).nth(1).unwrap().to_owned();
+    for key in ["SigBlk:", "SigIgn:"] {
+        assert_eq!(status(supervised[3], key), status(native[3], key), "{key}");
+    }
+    assert_eq!(status(supervised[3], "NoNewPrivs:"), "1");
+    assert_eq!(status(supervised[3], "Seccomp:"), "2");
+}
