@@ -10,8 +10,10 @@
 //!   length below 2 or past the header ends), holds an option of an accepted kind;
 //! - IPv6 packets with extension headers before TCP (rare; userspace walks them).
 //!
-//! Dropped early: packets the host sends (`PACKET_OUTGOING`) or that are not for it
-//! (`PACKET_OTHERHOST`), later IPv4 fragments, everything else. The program is written for
+//! Dropped early: everything but unicast packets for this host (`PACKET_HOST`: a balancer
+//! announces to the real server's own address, so broadcast, multicast, packets for other
+//! hosts and packets the host sends are never of use), later IPv4 fragments, everything
+//! else. The program is written for
 //! an `AF_PACKET`/`SOCK_DGRAM` socket, where offset 0 is the network header and the
 //! protocol comes from the `skb`. Owns program generation only; attaching is in `sys`.
 
@@ -77,8 +79,7 @@ const TXA: u16 = 0x80;
 const SKF_AD_OFF: u32 = 0xffff_f000;
 const SKF_AD_PROTOCOL: u32 = 0;
 const SKF_AD_PKTTYPE: u32 = 4;
-const PACKET_OTHERHOST: u32 = 3;
-const PACKET_OUTGOING: u32 = 4;
+const PACKET_HOST: u32 = 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -162,8 +163,7 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     let (tcp4, v6_tcp) = (a.label(), a.label());
 
     a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
-    a.jump(JMP | JEQ | K, PACKET_OUTGOING, L(reject), Next);
-    a.jump(JMP | JEQ | K, PACKET_OTHERHOST, L(reject), Next);
+    a.jump(JMP | JEQ | K, PACKET_HOST, Next, L(reject));
     a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
     a.jump(JMP | JEQ | K, 0x0800, L(v4), Next);
     a.jump(JMP | JEQ | K, 0x86dd, L(v6), L(reject));
@@ -456,7 +456,9 @@ mod tests {
         assert_eq!(run(&program, &arp, 0x0806, 0), 0);
         let syn = ipv4(6, &[], &tcp(0x02, &[2, 4, 5, 0xb4]));
         assert_eq!(run(&program, &syn, 0x0800, 0), SNAP_LEN);
-        assert_eq!(run(&program, &syn, 0x0800, 3), 0, "not for this host");
+        for pkttype in [1, 2, 3, 4] {
+            assert_eq!(run(&program, &syn, 0x0800, pkttype), 0, "broadcast, multicast, other host, outgoing");
+        }
         let echo = ipv4(1, &[], &[8, 0, 0, 0, 0x34, 0x12, 0, 0]);
         assert_eq!(run(&program, &echo, 0x0800, 0), SNAP_LEN);
         let mut later_fragment = ipv4(6, &[], &tcp(0x02, &[]));

@@ -5,6 +5,7 @@ pub mod bins;
 pub mod calls;
 pub mod corpus;
 pub mod frames;
+pub mod gobuild;
 pub mod netns;
 pub mod pcap;
 pub mod rawsock;

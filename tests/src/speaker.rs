@@ -48,6 +48,8 @@ pub struct HandshakeReport {
     pub syn_retransmits: usize,
     /// Handshake ACKs sent again for a repeated SYN-ACK (the server missed the first).
     pub ack_repeats: usize,
+    /// With data: connections the server answered and closed.
+    pub answered: usize,
 }
 
 /// The speaker, with its socket on the balancer side of a veth pair.
@@ -62,7 +64,10 @@ pub struct Speaker {
 struct Pending {
     index: usize,
     sent: Instant,
+    /// The handshake completed.
     done: bool,
+    /// The server answered the request and closed.
+    finished: bool,
 }
 
 impl Speaker {
@@ -193,6 +198,18 @@ impl HandshakeRun<'_> {
         Ok(())
     }
 
+    /// A reset from the client's side of `flow`, after what it sent.
+    fn reset(&self, flow: &Flow, index: usize, server_seq: u32) -> io::Result<()> {
+        let sent = match (self.toa_on, self.data) {
+            (_, Some(data)) => data.len(),
+            (ToaOn::FirstData, None) => 1,
+            _ => 0,
+        };
+        let seq = Speaker::isn(index).wrapping_add(1).wrapping_add(sent as u32);
+        let rst = Segment::new(flow.lb.into(), flow.rs.into(), frames::RST | ACK, seq, server_seq);
+        self.speaker.socket.send(&rst.frame(&self.speaker.link))
+    }
+
     fn run(&self, flows: &[Flow], window: usize, deadline: Duration) -> io::Result<HandshakeReport> {
         let end = Instant::now() + deadline;
         let mut report = HandshakeReport::default();
@@ -200,15 +217,44 @@ impl HandshakeRun<'_> {
         let (mut next, mut in_flight) = (0usize, 0usize);
         let mut buf = vec![0u8; 2048];
         let mut last_retransmit_scan = Instant::now();
-        while report.completed < flows.len() && Instant::now() < end {
+        // A server whose accept queue was full drops the handshake's last ACK and sends its
+        // SYN-ACK again (after 1 s, then 2 s...): once that was seen, keep answering until
+        // none came for LINGER. (With data, the server's answer tells completion instead.)
+        const LINGER: Duration = Duration::from_millis(3500);
+        let mut last_syn_ack = Instant::now();
+        // With a request to send, a connection occupies the window until the server has
+        // answered and closed it: a server accepting slowly is not flooded past its backlog.
+        let until_answered = self.data.is_some();
+        let busy = |r: &HandshakeReport, last_syn_ack: Instant| {
+            r.completed < flows.len()
+                || (until_answered && r.answered < flows.len())
+                || (!until_answered && r.ack_repeats > 0 && last_syn_ack.elapsed() < LINGER)
+        };
+        while busy(&report, last_syn_ack) && Instant::now() < end {
             while in_flight < window && next < flows.len() {
                 self.send_syn(&flows[next], next)?;
-                by_lb.insert(flows[next].lb, Pending { index: next, sent: Instant::now(), done: false });
+                let pending = Pending { index: next, sent: Instant::now(), done: false, finished: false };
+                by_lb.insert(flows[next].lb, pending);
                 next += 1;
                 in_flight += 1;
             }
             let Some(n) = self.speaker.socket.recv(&mut buf, Duration::from_millis(20))? else { continue };
+            if let Some((to, server_seq)) = server_finished(&buf[..n]) {
+                // The server answered and closed: reset, as a client that read the answer and
+                // went away, so the server frees the connection at once.
+                if let Some(p) = by_lb.get_mut(&to) {
+                    self.reset(&flows[p.index], p.index, server_seq)?;
+                    if p.done && !p.finished {
+                        p.finished = true;
+                        report.answered += 1;
+                        if until_answered {
+                            in_flight -= 1;
+                        }
+                    }
+                }
+            }
             if let Some(syn_ack) = SynAck::parse(&buf[..n]) {
+                last_syn_ack = Instant::now();
                 if let Some(p) = by_lb.get_mut(&syn_ack.to) {
                     let flow = &flows[p.index];
                     self.send_handshake_end(flow, p.index, &syn_ack)?;
@@ -217,7 +263,9 @@ impl HandshakeRun<'_> {
                     } else {
                         p.done = true;
                         report.completed += 1;
-                        in_flight -= 1;
+                        if !until_answered {
+                            in_flight -= 1;
+                        }
                     }
                 }
             }
@@ -263,6 +311,20 @@ impl SynAck {
         let dst = Ipv4Addr::from(ip.header().destination());
         Some(SynAck { to: SocketAddrV4::new(dst, tcp.destination_port()), isn: tcp.sequence_number(), tsval })
     }
+}
+
+/// If `frame` carries the real server's FIN (it answered, and closed): the balancer
+/// address it goes to, and the sequence number after it.
+fn server_finished(frame: &[u8]) -> Option<(SocketAddrV4, u32)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+    let data = tcp.payload().len() as u32;
+    if tcp.syn() || tcp.rst() || !tcp.fin() {
+        return None;
+    }
+    let to = SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), tcp.destination_port());
+    Some((to, tcp.sequence_number().wrapping_add(data).wrapping_add(u32::from(tcp.fin()))))
 }
 
 /// A RST|ACK answering `frame` if it is a TCP SYN (without ACK) from the real server.

@@ -138,7 +138,8 @@ fn kernel_filter_keeps_ordinary_and_outgoing_traffic_out_of_userspace() {
     speaker.inject(&syn.frame(&topo.link)).unwrap();
     let key = FlowKey { proto: Proto::Tcp, lb: (LB1, 40099).into(), rs };
     assert!(running.wait_for(|r| r.table().get(&key).is_some()), "the marker TOA was learned");
-    assert_eq!(running.capture.learner().stats().packets, 1, "only the marker reached userspace");
+    let stats = running.capture.learner().stats();
+    assert_eq!(stats.packets, 1, "only the marker reached userspace: {stats:?}");
 }
 
 #[test]

@@ -1,0 +1,3 @@
+module ipvsca/echo
+
+go 1.19
