@@ -4,7 +4,6 @@
 
 pub mod keeper;
 pub mod preflight;
+pub mod run;
 pub mod spawn;
 mod sys;
-
-pub use sys::wait_signal;

@@ -9,16 +9,10 @@ use anyhow::Context;
 use capture::cli::CaptureArgs;
 use capture::{Learner, LiveCapture};
 use clap::Parser;
-use launcher::keeper::{FORWARDED, SI_KERNEL};
+use launcher::run::{self, Supervision};
 use launcher::{preflight, spawn};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::wait::{WaitStatus, waitpid};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
-use supervisor::resolve::Resolver;
-use supervisor::server::Supervisor;
-use supervisor::stats::SupervisorCounters;
-use supervisor::sys::seccomp::Listener;
 
 /// Run PROGRAM so that it sees real client addresses behind an LVS/DPVS FULLNAT balancer.
 ///
@@ -87,71 +81,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     cli.capture.log_start();
     let learner = Arc::new(Learner::new(config, table.clone()));
     let capture = Arc::new(LiveCapture::open(&cli.capture.ifaces, learner).context("opening the capture")?);
-    let filter = supervisor::filter::build(cli.io_uring)?;
-
-    // Forks the keeper and the service: the last moment this process has one thread.
-    let (launched, listener) = spawn::launch(&program, &cli.command, &filter)?;
-    let mut forwarded = SigSet::empty();
-    for s in FORWARDED {
-        forwarded.add(s);
-    }
-    forwarded.thread_block().context("blocking the forwarded signals")?;
-
-    let counters = Arc::new(SupervisorCounters::default());
-    let resolver = Resolver::new(table, Some(capture.clone()), trust, counters.clone());
-    let options = Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts() };
-    let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), options)?;
-    let runner = capture.clone();
-    std::thread::Builder::new().name("ipvsca-capture".into()).spawn(move || {
-        if let Err(e) = runner.run() {
-            tracing::error!(error = %e, "the capture stopped; lookups now miss");
-        }
-    })?;
-    std::thread::Builder::new().name("ipvsca-notify".into()).spawn(move || {
-        if let Err(e) = supervisor.serve() {
-            tracing::error!(error = %e, "the supervisor stopped");
-        }
-    })?;
-    let keeper = launched.keeper;
-    std::thread::Builder::new().name("ipvsca-signals".into()).spawn(move || {
-        while let Ok((sig, code)) = launcher_wait_signal(&forwarded) {
-            if code != SI_KERNEL {
-                if let Ok(signal) = Signal::try_from(sig) {
-                    let _ = nix::sys::signal::kill(keeper, signal);
-                }
-            }
-        }
-    })?;
-
-    if let Err(e) = launched.go() {
-        let _ = waitpid(keeper, None);
-        return Err(e.into());
-    }
-    tracing::info!(
-        program = %program.display(),
-        pid = launched.service.as_raw(),
-        capture = ?capture.interfaces(),
-        io_uring = ?cli.io_uring,
-        "supervising accept, accept4, getpeername, recvfrom, sendto, connect"
-    );
-    let code = loop {
-        match waitpid(keeper, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("waiting for the service"),
-        }
+    let supervision = Supervision {
+        table,
+        capture: Some(capture),
+        trust,
+        io_uring: cli.io_uring,
+        options: Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts() },
     };
-    tracing::debug!(stats = ?counters.snapshot(), capture = ?capture.learner().stats(), "exiting");
-    Ok(code)
+    run::supervise(&program, &cli.command, supervision)
 }
 
-fn launcher_wait_signal(set: &SigSet) -> Result<(i32, i32), nix::errno::Errno> {
-    launcher::wait_signal(set)
-}
-
-/// `IPVSCA_PIN_ACCEPTS=0` turns off answering accepts with the caller held on the
-/// answering CPU (for comparison in benchmarks).
+/// `IPVSCA_PIN_ACCEPTS=1` answers accepts with the caller held on the answering CPU. Off
+/// by default: `ipvsca-bench` measures it slower on the machines tried (README).
 fn pin_accepts() -> bool {
-    std::env::var("IPVSCA_PIN_ACCEPTS").map_or(true, |v| v != "0")
+    std::env::var("IPVSCA_PIN_ACCEPTS").is_ok_and(|v| v == "1")
 }

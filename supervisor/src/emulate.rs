@@ -14,6 +14,7 @@
 //! threads or lifetimes (see `server`).
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use capture::Proto;
@@ -189,9 +190,12 @@ impl Emulator<'_> {
             Err(done) => return done,
         };
         let fd = copy.as_fd();
-        let (Ok(peer), Ok(local), Some(proto)) = (net::peer_name(fd), net::sock_name(fd), inet_proto(fd)) else {
+        // Only an inet peer can be rewritten; its family says the socket's.
+        let Ok(peer) = net::peer_name(fd) else { return self.cont(n) };
+        if sockaddr::kernel_inet(&peer).is_none() {
             return self.cont(n);
-        };
+        }
+        let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return self.cont(n) };
         let Some(shown) = self.rx_rewrite(proto, Some(fd), &peer, &local) else { return self.cont(n) };
         let Ok(len) = mem::read_u32(n.tid, addrlen) else { return self.cont(n) };
         if !self.still_pending(n) {
@@ -219,8 +223,9 @@ impl Emulator<'_> {
             Err(done) => return done,
         };
         let lfd = listener.as_fd();
-        let listening = net::sockopt_int(lfd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).is_ok_and(|v| v != 0);
-        if !listening || inet_proto(lfd).is_none() {
+        // A socket that is not listening, or not TCP, gets the kernel's own error from the
+        // accept below; only other families are left to the kernel.
+        if !is_inet(lfd) {
             return self.cont(n);
         }
         let Ok(status) = net::status_flags(lfd) else { return self.cont(n) };
@@ -335,7 +340,8 @@ impl Emulator<'_> {
         };
         let sfd = socket.as_fd();
         // Stream sockets leave the address empty: the kernel's answer needs no rewrite.
-        if inet_proto(sfd) != Some(Proto::Udp) {
+        let Ok(local) = net::sock_name(sfd) else { return self.cont(n) };
+        if sockaddr::kernel_inet(&local).is_none() || socket_proto(sfd) != Some(Proto::Udp) {
             return self.cont(n);
         }
         let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
@@ -372,21 +378,22 @@ impl Emulator<'_> {
                     (&scratch[..got.0], got.1)
                 }
             };
-            self.deliver_datagram(n, sfd, DatagramCall { buf, len, flags, addr, addrlen }, data, &from, peek)
+            self.deliver_datagram(n, sfd, &local, DatagramCall { buf, len, flags, addr, addrlen }, data, &from, peek)
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver_datagram(
         &self,
         n: &Notification,
         socket: BorrowedFd<'_>,
+        local: &RawSockAddr,
         call: DatagramCall,
         data: &[u8],
         from: &RawSockAddr,
         peek: bool,
     ) -> Handled {
-        let shown =
-            net::sock_name(socket).ok().and_then(|local| self.rx_rewrite(Proto::Udp, Some(socket), from, &local));
+        let shown = self.rx_rewrite(Proto::Udp, Some(socket), from, local);
         let keep = |this: &Self| {
             if !peek {
                 if let Ok(inode) = net::inode(socket) {
@@ -412,10 +419,9 @@ impl Emulator<'_> {
             return Handled::Done;
         }
         let copied = data.len().min(call.len);
-        if let Err(e) = mem::write(n.tid, call.buf, &data[..copied]) {
-            return self.reply_error(n, e);
-        }
-        if let Err(e) = write_addr(n.tid, call.addr, call.addrlen, ulen, &address) {
+        let written =
+            write_data_and_addr(n.tid, Some((call.buf, &data[..copied])), call.addr, call.addrlen, ulen, &address);
+        if let Err(e) = written {
             return self.reply_error(n, e);
         }
         let ret = if call.flags & libc::MSG_TRUNC != 0 { data.len() } else { copied };
@@ -436,11 +442,10 @@ impl Emulator<'_> {
 
     // --- tx ------------------------------------------------------------------------
 
-    /// For `connect`/`sendto` to `dest` on `socket` of `proto`: the balancer's address in
-    /// the caller's family, if `dest` is a mapped client.
-    fn tx_rewrite(&self, socket: BorrowedFd<'_>, proto: Proto, dest: &RawSockAddr) -> Option<TxRewrite> {
+    /// For `connect`/`sendto` to `dest` from a socket of `proto` whose own address is
+    /// `local`: the balancer's address in the caller's family, if `dest` is a mapped client.
+    fn tx_rewrite(&self, proto: Proto, dest: &RawSockAddr, local: SocketAddr) -> Option<TxRewrite> {
         let client = sockaddr::user_inet(dest)?;
-        let local = net::sock_name(socket).ok().and_then(|l| sockaddr::kernel_inet(&l))?;
         let lb = self.resolver.balancer(proto, client, local)?;
         let Some(to) = sockaddr::replace(dest, lb) else {
             self.counters.unrepresentable.inc();
@@ -478,8 +483,9 @@ impl Emulator<'_> {
             Err(done) => return done,
         };
         let sfd = socket.as_fd();
-        let Some(proto) = inet_proto(sfd) else { return self.cont(n) };
-        let Some(rewrite) = self.tx_rewrite(sfd, proto, &dest) else { return self.cont(n) };
+        let Some(local) = inet_local(sfd) else { return self.cont(n) };
+        let Some(proto) = socket_proto(sfd) else { return self.cont(n) };
+        let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else { return self.cont(n) };
         let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
         if proto == Proto::Tcp && status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
             return Handled::ToWorker;
@@ -522,13 +528,14 @@ impl Emulator<'_> {
             Err(done) => return done,
         };
         let sfd = socket.as_fd();
+        let Some(local) = inet_local(sfd) else { return self.cont(n) };
         // A connected TCP socket ignores the address; only Fast Open connects with it.
-        let proto = match inet_proto(sfd) {
+        let proto = match socket_proto(sfd) {
             Some(Proto::Udp) => Proto::Udp,
             Some(Proto::Tcp) if flags & libc::MSG_FASTOPEN != 0 => Proto::Tcp,
             _ => return self.cont(n),
         };
-        let Some(rewrite) = self.tx_rewrite(sfd, proto, &dest) else { return self.cont(n) };
+        let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else { return self.cont(n) };
         if proto == Proto::Tcp {
             self.remember_connected(sfd, &rewrite);
         }
@@ -575,9 +582,9 @@ struct TxRewrite {
     /// The address to use, in the caller's family.
     to: RawSockAddr,
     /// The balancer.
-    lb: std::net::SocketAddr,
+    lb: SocketAddr,
     /// The client the caller asked for.
-    client: std::net::SocketAddr,
+    client: SocketAddr,
 }
 
 /// The arguments of a `recvfrom` that concern delivery.
@@ -598,12 +605,8 @@ fn may_block<T>(place: Place, call: impl FnOnce() -> T) -> T {
     }
 }
 
-/// TCP for stream and UDP for datagram sockets of the inet families; `None` otherwise.
-fn inet_proto(fd: BorrowedFd<'_>) -> Option<Proto> {
-    let domain = net::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN).ok()?;
-    if domain != libc::AF_INET && domain != libc::AF_INET6 {
-        return None;
-    }
+/// TCP for a stream socket, UDP for a datagram socket (the family is checked apart).
+fn socket_proto(fd: BorrowedFd<'_>) -> Option<Proto> {
     match net::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE).ok()? {
         libc::SOCK_STREAM => Some(Proto::Tcp),
         libc::SOCK_DGRAM => Some(Proto::Udp),
@@ -611,19 +614,49 @@ fn inet_proto(fd: BorrowedFd<'_>) -> Option<Proto> {
     }
 }
 
+/// Whether `fd` is an `AF_INET` or `AF_INET6` socket.
+fn is_inet(fd: BorrowedFd<'_>) -> bool {
+    matches!(net::sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN), Ok(libc::AF_INET | libc::AF_INET6))
+}
+
+/// The local address of an inet socket (its parts unspecified if unbound).
+fn inet_local(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    net::sock_name(fd).ok().and_then(|l| sockaddr::kernel_inet(&l))
+}
+
 /// The kernel's `move_addr_to_user`: at most `*addrlen` bytes of the address, then the
 /// address's full length in `*addrlen`; a negative `*addrlen` is `EINVAL`.
 fn write_addr(tid: u32, addr: u64, addrlen: u64, ulen: u32, kaddr: &[u8]) -> Result<(), Errno> {
+    write_data_and_addr(tid, None, addr, addrlen, ulen, kaddr)
+}
+
+/// [`write_addr`], after `data` (a received datagram, copied first as the kernel does), all
+/// in one `process_vm_writev`.
+fn write_data_and_addr(
+    tid: u32,
+    data: Option<(u64, &[u8])>,
+    addr: u64,
+    addrlen: u64,
+    ulen: u32,
+    kaddr: &[u8],
+) -> Result<(), Errno> {
     let ulen = ulen as i32;
     let klen = kaddr.len() as i32;
     let len = ulen.min(klen);
+    let full = (klen as u32).to_ne_bytes();
     if len < 0 {
+        // The data was copied before the kernel looked at the length.
+        if let Some(d) = data {
+            mem::write_pieces(tid, &[d])?;
+        }
         return Err(Errno::EINVAL);
     }
-    if len > 0 {
-        mem::write(tid, addr, &kaddr[..len as usize])?;
+    let address = (addr, &kaddr[..len as usize]);
+    let length = (addrlen, &full[..]);
+    match data {
+        Some(d) => mem::write_pieces(tid, &[d, address, length]),
+        None => mem::write_pieces(tid, &[address, length]),
     }
-    mem::write_u32(tid, addrlen, klen as u32)
 }
 
 fn raise_sigpipe(tid: u32) {
@@ -669,12 +702,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inet_proto_tells_tcp_udp_and_others_apart() {
+    fn sockets_are_told_apart_by_family_and_type() {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert_eq!(inet_proto(tcp.as_fd()), Some(Proto::Tcp));
-        assert_eq!(inet_proto(udp.as_fd()), Some(Proto::Udp));
-        assert_eq!(inet_proto(unix.as_fd()), None);
+        assert_eq!(socket_proto(tcp.as_fd()), Some(Proto::Tcp));
+        assert_eq!(socket_proto(udp.as_fd()), Some(Proto::Udp));
+        assert!(is_inet(tcp.as_fd()) && is_inet(udp.as_fd()) && !is_inet(unix.as_fd()));
+        assert_eq!(inet_local(udp.as_fd()), Some(udp.local_addr().unwrap()));
+        assert_eq!(inet_local(unix.as_fd()), None);
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! At most one worker serves a thread (seccomp spec, rule 2): a thread can only be in one
 //! call, so a new notification from a thread whose worker is still busy means the old call
-//! was interrupted by a signal; the worker is interrupted too (a real-time signal makes its
+//! was interrupted by a signal (an idle worker's thread is answered by the receiving thread
+//! like any other, without a hand-over); the worker is interrupted too (a real-time signal makes its
 //! blocking call return `EINTR`), checks its call is gone, and takes the new one. A reaper
 //! re-checks busy workers every [`REAP_EVERY`], which also catches callers that died.
 //! Workers idle for [`WORKER_IDLE`] exit: no thread leaks over time. Owns threads and their
@@ -61,6 +62,11 @@ impl Worker {
     fn push(&self, job: (Notification, Call)) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
         self.ready.notify_one();
+    }
+
+    /// Serving a call, or about to.
+    fn busy(&self) -> bool {
+        self.current.load(Ordering::Acquire) != 0 || !self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
     }
 
     /// Interrupts the worker's blocking call, if it is in one. Called with the workers map
@@ -233,15 +239,24 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
     };
     {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(worker) = workers.get(&n.tid) {
+        if let Some(worker) = workers.get(&n.tid).filter(|w| w.busy()) {
             // The thread's previous call was interrupted: its worker takes this one.
             worker.push((n, call));
             worker.interrupt();
             return;
         }
     }
+    // An idle worker of this thread has nothing in progress: the call is answered here,
+    // and only handed over if it must wait.
     if emulator.handle(&n, &call, Place::Receiver) == Handled::ToWorker {
-        start_worker(shared, n, call);
+        let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
+        match workers.get(&n.tid) {
+            Some(worker) => worker.push((n, call)),
+            None => {
+                drop(workers);
+                start_worker(shared, n, call);
+            }
+        }
     }
 }
 

@@ -98,16 +98,6 @@ impl Targets {
     fn forget(&self, tid: u32) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
     }
-
-    /// Number of threads with a kept pidfd.
-    pub fn len(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// True when no pidfd is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Default for Targets {

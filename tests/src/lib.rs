@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod calls;
+pub mod cbuild;
 pub mod corpus;
 pub mod frames;
 pub mod gobuild;

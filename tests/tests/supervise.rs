@@ -545,3 +545,33 @@ fn service_starts_with_its_own_descriptors_environment_and_directory() {
     assert_eq!(status(supervised[3], "NoNewPrivs:"), "1");
     assert_eq!(status(supervised[3], "Seccomp:"), "2");
 }
+
+#[test]
+fn i386_socketcall_and_direct_calls_are_rewritten() {
+    if !netns::can_run("i386_socketcall_and_direct_calls_are_rewritten") {
+        return;
+    }
+    let program = ipvsca_tests::cbuild::build("i386_peer", &["-m32"]);
+    let topo = LbRs::new("i386", &[]).unwrap();
+    let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.arg("--").arg(&program).env("RUST_LOG", "warn");
+    let server = Service::start(cmd).unwrap();
+    ready(&server);
+    let speaker = balancer(&topo);
+    let rs = SocketAddrV4::new(RS, 8080);
+    let (a, b) = (
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 32), 3232),
+        SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 32), 3233),
+    );
+    for (lb_port, client, toa_on) in [(40032, a, ToaOn::Syn), (40033, b, ToaOn::HandshakeAck)] {
+        let flow = Flow { lb: SocketAddrV4::new(LB1, lb_port), rs, client };
+        assert_eq!(speaker.handshake(&[flow], toa_on, 1, WAIT).unwrap().completed, 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let lines = server.json_lines(4, WAIT);
+    let seen: Vec<(String, String)> = lines.iter().map(|l| (s(&l["how"]), s(&l["peer"]))).collect();
+    let want =
+        [("socketcall_accept", a), ("socketcall_getpeername", a), ("direct_accept4", b), ("direct_getpeername", b)]
+            .map(|(how, peer)| (how.to_owned(), peer.to_string()));
+    assert_eq!(seen, want, "{}", server.stderr_text());
+}

@@ -43,6 +43,36 @@ fn efault_unless_gone(e: Errno) -> Errno {
     }
 }
 
+/// Writes several pieces, in order, with one call: where piece `i` faults, pieces `i..`
+/// are not written (as a series of `copy_to_user`), and the result is `EFAULT`.
+pub fn write_pieces(tid: u32, pieces: &[(u64, &[u8])]) -> Result<(), Errno> {
+    let pieces: Vec<(u64, &[u8])> = pieces.iter().copied().filter(|(_, d)| !d.is_empty()).collect();
+    if pieces.is_empty() {
+        return Ok(());
+    }
+    let local: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
+        .collect();
+    let remote: Vec<libc::iovec> =
+        pieces.iter().map(|(a, d)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: d.len() }).collect();
+    let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+    // SAFETY: each local iovec describes a slice readable for its length (the kernel only
+    // reads them); the remote ranges are checked by the kernel against the target's mappings.
+    let n = check(unsafe {
+        libc::process_vm_writev(
+            tid as libc::pid_t,
+            local.as_ptr(),
+            local.len() as libc::c_ulong,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0,
+        )
+    } as libc::c_long)
+    .map_err(efault_unless_gone)?;
+    if n as usize == total { Ok(()) } else { Err(Errno::EFAULT) }
+}
+
 /// Reads a native-endian `u32` (a `socklen_t`) at `addr` of thread `tid`.
 pub fn read_u32(tid: u32, addr: u64) -> Result<u32, Errno> {
     let mut b = [0u8; 4];

@@ -1,26 +1,30 @@
-//! `ipvsca-demo`: shows ipvsca's job end to end in network namespaces it creates and
-//! removes: a balancer announces clients with TOA options and an ICMP announcement, and
-//! `ipvsca capture` on the real server reports each balanced flow's real client.
+//! `ipvsca-demo`: ipvsca's job end to end, in network namespaces it creates and removes. A
+//! FULLNAT balancer (the raw-frame speaker) sends HTTP requests to Python's `http.server`
+//! running unmodified under `ipvsca-run`, announcing each client with a TOA option; the
+//! server's own access log shows the clients, and the balancer's address for the request
+//! it announced nothing for.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddrV4;
-use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::Duration;
 
-use capture::Proto;
-use capture::wire::announce::{Announcement, IdentifierOrder};
 use ipvsca_tests::corpus::{LB1, RS};
-use ipvsca_tests::frames;
 use ipvsca_tests::netns;
-use ipvsca_tests::speaker::{self, Speaker, ToaOn};
-use ipvsca_tests::topology::{LB_DEV, LbRs, RS_DEV};
+use ipvsca_tests::service::Service;
+use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
+use ipvsca_tests::topology::{LB_DEV, LbRs};
 
 fn main() -> ExitCode {
     if !netns::can_run("ipvsca-demo") {
         return ExitCode::FAILURE;
     }
-    match demo() {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = demo();
+    // The namespaces are gone once `demo` returns.
+    match result {
+        Ok(()) => {
+            println!("namespaces removed");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("ipvsca-demo: {e}");
             ExitCode::FAILURE
@@ -29,51 +33,49 @@ fn main() -> ExitCode {
 }
 
 fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    let ipvsca = std::env::current_exe()?.with_file_name("ipvsca");
+    let ipvsca_run = std::env::current_exe()?.with_file_name("ipvsca-run");
     let topo = LbRs::new("demo", &[])?;
-    println!("namespaces {} (balancer) and {} (real server 10.1.0.9) joined by a veth", topo.lb.name(), topo.rs.name());
-
-    let mut capture = topo
-        .rs
-        .command(ipvsca.to_str().ok_or("path")?)
-        .args(["capture", "--iface", RS_DEV, "--json"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = capture.stdout.take().ok_or("capture stdout")?;
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    println!(
+        "namespaces {} (balancer) and {} (real server 10.1.0.9), joined by a veth",
+        topo.lb.name(),
+        topo.rs.name()
+    );
+    let dir = std::env::temp_dir().join(format!("ipvsca-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut cmd = topo.rs.command(ipvsca_run.to_str().ok_or("path")?);
+    cmd.args(["--", "sh", "-c", "exec python3 -u -m http.server 8080 --bind 10.1.0.9 2>&1"])
+        .current_dir(&dir)
+        .env("RUST_LOG", "warn");
+    let server = Service::start(cmd)?;
+    let first = server.line(Duration::from_secs(20)).ok_or("python's http.server did not start")?;
+    println!("real server: ipvsca-run -- python3 -m http.server 8080  ({first})");
 
     let speaker = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254))?;
-    let rs = SocketAddrV4::new(RS, 80);
-    let _listener = topo.rs.run(|| std::net::TcpListener::bind(rs))?;
-    let flows = speaker::flows(3, &[LB1], 40001, rs);
-    println!("balancer: 3 TCP handshakes from {LB1} to {rs}, TOA on the handshake ACK");
-    let done = speaker.handshake(&flows, ToaOn::HandshakeAck, 3, Duration::from_secs(5))?;
-    println!("balancer: {} handshakes completed", done.completed);
-    let a = Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 53, client: "198.51.100.77:5353".parse()? };
-    speaker.inject(&frames::announcement_frame(&topo.link, LB1, RS, &a, 254, IdentifierOrder::LittleEndian))?;
-    println!("balancer: ICMP announcement for UDP {LB1}:50001 -> {RS}:53");
-
-    println!("ipvsca capture on the real server reports:");
-    let end = Instant::now() + Duration::from_secs(5);
-    let mut seen = 0;
-    while seen < 4 && Instant::now() < end {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            println!("  {line}");
-            seen += 1;
+    let rs = SocketAddrV4::new(RS, 8080);
+    let requests = [
+        (40001, Ipv4Addr::new(198, 51, 100, 7), ToaOn::Syn, "TOA on the SYN (LVS, ip_vs_ca)"),
+        (40002, Ipv4Addr::new(203, 0, 113, 9), ToaOn::HandshakeAck, "TOA on the handshake ACK (DPVS)"),
+        (40003, Ipv4Addr::new(192, 0, 2, 77), ToaOn::Nowhere, "no TOA"),
+    ];
+    for (port, client, toa_on, how) in requests {
+        let flow = Flow { lb: SocketAddrV4::new(LB1, port), rs, client: SocketAddrV4::new(client, 5000) };
+        println!("balancer: GET / from {} for client {}, {how}", flow.lb, flow.client);
+        let done =
+            speaker.handshake_with_data(&[flow], toa_on, b"GET / HTTP/1.0\r\n\r\n", 1, Duration::from_secs(10))?;
+        if done.answered != 1 {
+            return Err(format!("the server did not answer: {done:?}").into());
         }
     }
-    let _ = Command::new("kill").args(["-INT", &capture.id().to_string()]).status();
-    let _ = capture.wait();
-    if seen < 4 {
-        return Err(format!("only {seen} of 4 mappings were reported").into());
+    println!("the real server's own access log:");
+    let mut logged = 0;
+    while logged < requests.len() {
+        let line = server.line(Duration::from_secs(10)).ok_or("the log line did not come")?;
+        if line.contains("GET /") {
+            println!("  {line}");
+            logged += 1;
+        }
     }
-    println!("namespaces removed");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,0 +1,259 @@
+//! `ipvsca-bench`: what a trapped call costs, native and supervised side by side, in one run.
+//!
+//! - `getpeername` on a socket whose peer is mapped (the supervisor rewrites it);
+//! - `connect` + `accept4` + `close` over loopback, one-threaded, the accepted peer mapped,
+//!   with accepts answered with the caller held on the answering CPU and without.
+//!
+//! Each supervised run is a fresh process (`--under MODE`) that fills a table with the
+//! workload's mappings and supervises the workload (`--workload ...`) with it, as
+//! `ipvsca-run` would, minus the capture. Nothing is asserted: the figures are printed.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use capture::clock::monotonic_millis;
+use capture::table::Announced;
+use capture::trust::Trust;
+use capture::{FlowKey, MappingTable, Proto, Via};
+use ipvsca_tests::calls;
+use launcher::run::{Supervision, supervise};
+use supervisor::emulate::Options;
+use supervisor::filter::IoUring;
+
+const LISTEN: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const GETPEERNAME_PORT: u16 = 39000;
+const ACCEPT_PORT: u16 = 39001;
+const FIRST_CLIENT_PORT: u16 = 20000;
+
+fn client_of(lb: SocketAddrV4) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), lb.port()))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--workload") => workload(&args[2..]),
+        Some("--under") => under(&args[2], &args[3..]),
+        _ => compare(&args[1..]),
+    }
+}
+
+fn arg(args: &[String], key: &str, default: usize) -> usize {
+    args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
+}
+
+/// The workloads, run as the service: print one line `name value`.
+fn workload(args: &[String]) {
+    let kind = args[0].as_str();
+    let n = arg(args, "--n", 10_000);
+    let client_ip: Ipv4Addr =
+        args.iter().position(|a| a == "--from").map_or(Ipv4Addr::new(127, 0, 0, 2), |i| args[i + 1].parse().unwrap());
+    match kind {
+        "getpeername" => {
+            let listener = TcpListener::bind((LISTEN, GETPEERNAME_PORT)).unwrap();
+            let client = socket_bound(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT));
+            connect(&client, SocketAddrV4::new(LISTEN, GETPEERNAME_PORT));
+            let (conn, _) = listener.accept().unwrap();
+            let fd = conn.as_raw_fd();
+            let mut buf = [0u8; 128];
+            let mut len = 128u32;
+            calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+            let seen =
+                SocketAddrV4::new(Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]), u16::from_be_bytes([buf[2], buf[3]]));
+            let start = Instant::now();
+            for _ in 0..n {
+                let mut len = 128u32;
+                calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n as f64;
+            println!("getpeername {ns:.0} {seen}");
+        }
+        "accept" => {
+            let listener = TcpListener::bind((LISTEN, ACCEPT_PORT)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let lfd = listener.as_raw_fd();
+            let start = Instant::now();
+            let mut seen = None;
+            for i in 0..n {
+                let client = socket_bound(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT + i as u16));
+                connect(&client, SocketAddrV4::new(LISTEN, ACCEPT_PORT));
+                let mut buf = [0u8; 128];
+                let mut len = 128u32;
+                let r = calls::accept4(lfd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+                assert!(r.ret >= 0, "accept4: errno {}", r.errno);
+                seen.get_or_insert_with(|| {
+                    SocketAddrV4::new(
+                        Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]),
+                        u16::from_be_bytes([buf[2], buf[3]]),
+                    )
+                });
+                // SAFETY: `r.ret` is the descriptor accept4 just returned.
+                unsafe { libc::close(r.ret as i32) };
+                drop(client);
+            }
+            let per_second = n as f64 / start.elapsed().as_secs_f64();
+            println!("accept {per_second:.0} {}", seen.unwrap());
+        }
+        other => panic!("unknown workload {other}"),
+    }
+}
+
+fn socket_bound(addr: SocketAddrV4) -> socket2_free::Socket {
+    socket2_free::Socket::bound(addr)
+}
+
+fn connect(s: &socket2_free::Socket, to: SocketAddrV4) {
+    s.connect(to);
+}
+
+/// A TCP socket bound to a chosen address before connecting, with std and libc only.
+mod socket2_free {
+    use std::net::SocketAddrV4;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    /// An owned TCP socket.
+    pub struct Socket(OwnedFd);
+
+    impl Socket {
+        /// A TCP socket bound to `addr`.
+        pub fn bound(addr: SocketAddrV4) -> Socket {
+            // SAFETY: socket(2) with constant arguments; checked below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+            assert!(fd >= 0, "socket");
+            // SAFETY: a fresh descriptor owned by nothing else.
+            let s = Socket(unsafe { OwnedFd::from_raw_fd(fd) });
+            let one: libc::c_int = 1;
+            // SAFETY: `one` is a live int of the size passed.
+            unsafe {
+                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4)
+            };
+            let sa = sockaddr(addr);
+            // SAFETY: `sa` is a live sockaddr_in of the size passed.
+            let r = unsafe { libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), 16) };
+            assert_eq!(r, 0, "bind {addr}: {}", std::io::Error::last_os_error());
+            s
+        }
+
+        /// Connects (blocking; on loopback the handshake completes within the call).
+        pub fn connect(&self, to: SocketAddrV4) {
+            let sa = sockaddr(to);
+            // SAFETY: `sa` is a live sockaddr_in of the size passed.
+            let r = unsafe { libc::connect(self.0.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), 16) };
+            assert_eq!(r, 0, "connect {to}: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+        libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: a.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+            sin_zero: [0; 8],
+        }
+    }
+}
+
+/// Supervises `workload` with a table holding its mappings: `pin` or `nopin` accepts.
+fn under(mode: &str, workload_args: &[String]) -> ! {
+    let table = Arc::new(MappingTable::default());
+    let n = arg(workload_args, "--n", 10_000);
+    let from: Ipv4Addr = workload_args
+        .iter()
+        .position(|a| a == "--from")
+        .map_or(Ipv4Addr::new(127, 0, 0, 2), |i| workload_args[i + 1].parse().unwrap());
+    let now = monotonic_millis();
+    for (port, count) in [(GETPEERNAME_PORT, 1), (ACCEPT_PORT, n)] {
+        for i in 0..count {
+            let lb = SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16);
+            let key = FlowKey { proto: Proto::Tcp, lb: lb.into(), rs: SocketAddr::from((LISTEN, port)) };
+            table.learn(key, client_of(lb), Via::Toa, Announced::NewFlow, now);
+        }
+    }
+    let me = std::env::current_exe().unwrap();
+    let mut argv: Vec<OsString> = vec![me.clone().into(), "--workload".into()];
+    argv.extend(workload_args.iter().map(OsString::from));
+    let supervision = Supervision {
+        table,
+        capture: None,
+        trust: Trust::default(),
+        io_uring: IoUring::Deny,
+        options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
+    };
+    let code = supervise(&me, &argv, supervision).unwrap_or_else(|e| panic!("supervising: {e:#}"));
+    std::process::exit(code);
+}
+
+/// Runs the workload natively or `--under MODE`; its output line.
+fn run(under: Option<&str>, workload: &[&str]) -> Vec<String> {
+    let me = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(&me);
+    if let Some(mode) = under {
+        cmd.args(["--under", mode]);
+    } else {
+        cmd.arg("--workload");
+    }
+    let out = cmd.args(workload).env("RUST_LOG", "warn").output().expect("running the workload");
+    assert!(out.status.success(), "{:?}: {}", workload, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect()
+}
+
+fn compare(args: &[String]) {
+    let calls_n = arg(args, "--calls", 200_000).to_string();
+    let conns_n = arg(args, "--connections", 20_000).to_string();
+    let rounds = arg(args, "--rounds", 3);
+    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_default();
+    println!("ipvsca-bench: Linux {kernel}, {cpus} CPUs ({model}); best of {rounds} rounds");
+    println!();
+
+    let best = |samples: Vec<f64>, lower_is_better: bool| {
+        samples.into_iter().fold(if lower_is_better { f64::MAX } else { 0.0 }, |b, x| {
+            if lower_is_better { b.min(x) } else { b.max(x) }
+        })
+    };
+    let mut gpn: [Vec<f64>; 2] = Default::default();
+    let mut shown = [String::new(), String::new()];
+    // Every run connects from its own loopback address: no 4-tuple is ever reused.
+    let from = |round: usize, run: usize| format!("127.0.{}.{}", round + 1, run + 2);
+    for round in 0..rounds {
+        for (i, under) in [None, Some("pin")].into_iter().enumerate() {
+            let out = run(under, &["getpeername", "--n", &calls_n, "--from", &from(round, i)]);
+            gpn[i].push(out[1].parse().unwrap());
+            shown[i] = out[2].clone();
+        }
+    }
+    let (native, supervised) = (best(gpn[0].clone(), true), best(gpn[1].clone(), true));
+    println!("getpeername on a mapped socket ({calls_n} calls), ns per call:");
+    println!("  {:<34} {:>9.0} ns   peer {}", "native", native, shown[0]);
+    println!("  {:<34} {:>9.0} ns   peer {}   {:.2}x native time", "ipvsca", supervised, shown[1], supervised / native);
+    println!();
+
+    let mut acc: [Vec<f64>; 3] = Default::default();
+    let mut peers = [String::new(), String::new(), String::new()];
+    let modes = [None, Some("pin"), Some("nopin")];
+    for round in 0..rounds {
+        for (i, under) in modes.iter().enumerate() {
+            let out = run(*under, &["accept", "--n", &conns_n, "--from", &from(round, i + 2)]);
+            acc[i].push(out[1].parse().unwrap());
+            peers[i] = out[2].clone();
+        }
+    }
+    let native = best(acc[0].clone(), false);
+    println!("connect + accept4 + close, one thread ({conns_n} connections), connections per second:");
+    println!("  {:<34} {:>9.0} /s   peer {}", "native", native, peers[0]);
+    for (i, label) in [(2, "ipvsca (default)"), (1, "ipvsca, IPVSCA_PIN_ACCEPTS=1")] {
+        let rate = best(acc[i].clone(), false);
+        println!("  {:<34} {:>9.0} /s   peer {}   {:.2}x native rate", label, rate, peers[i], rate / native);
+    }
+}
