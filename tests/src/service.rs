@@ -64,6 +64,19 @@ impl Service {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
 
+    /// Everything the process wrote to stderr, once it has closed it (at most 5 s).
+    pub fn stderr_to_end(&self) -> String {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut lines = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => break,
+            }
+        }
+        lines.join("\n")
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal);

@@ -367,7 +367,9 @@ fn every_error_case_returns_what_the_kernel_returns() {
             ready(&server);
             let speaker = balancer(&topo);
             let flow = Flow { lb: SocketAddrV4::new(LB1, 40001), rs: SocketAddrV4::new(RS, 8080), client };
+            let second = Flow { lb: SocketAddrV4::new(LB1, 40002), ..flow };
             assert_eq!(speaker.handshake(&[flow], ToaOn::HandshakeAck, 1, WAIT).unwrap().completed, 1);
+            assert_eq!(speaker.handshake(&[second], ToaOn::Syn, 1, WAIT).unwrap().completed, 1);
             let a = Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 5353, client };
             speaker.announce(LB1, RS, &a).unwrap();
             for i in 0..5 {
@@ -404,6 +406,7 @@ fn every_error_case_returns_what_the_kernel_returns() {
         assert!(s(&supervised[case]["bytes"]).starts_with(&port_hex(6000)), "{case}: {}", supervised[case]);
     }
     assert!(s(&supervised["accept_short_addrlen"]["bytes"]).ends_with("c633eeee"), "6 bytes written, then untouched");
+    assert_eq!(supervised["accept4_flags"], serde_json::json!({"ok": true, "cloexec": true, "nonblock": true}));
     // Everything else is exactly the kernel's: return values, errnos, lengths.
     let with_addresses = [
         "accept_peer",
@@ -469,9 +472,16 @@ fn killing_the_supervisor_stops_the_whole_service() {
 /// `ipvsca-run -- ARGS` in a fresh namespace (no traffic needed); the service is dropped
 /// (killed) before its namespace.
 fn run(args: &[&str]) -> (Service, Netns) {
+    let mut all = vec!["--"];
+    all.extend_from_slice(args);
+    run_args(&all)
+}
+
+/// `ipvsca-run ARGS` (its own flags included) in a fresh namespace.
+fn run_args(args: &[&str]) -> (Service, Netns) {
     let ns = Netns::new("exit").unwrap();
     let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
-    cmd.arg("--").args(args).env("RUST_LOG", "warn");
+    cmd.args(args).env("RUST_LOG", "warn");
     (Service::start(cmd).unwrap(), ns)
 }
 
@@ -574,4 +584,61 @@ fn i386_socketcall_and_direct_calls_are_rewritten() {
         [("socketcall_accept", a), ("socketcall_getpeername", a), ("direct_accept4", b), ("direct_getpeername", b)]
             .map(|(how, peer)| (how.to_owned(), peer.to_string()));
     assert_eq!(seen, want, "{}", server.stderr_text());
+}
+
+#[test]
+fn recvfrom_append_mode_gives_balancer_then_client_to_a_32_byte_caller() {
+    if !netns::can_run("recvfrom_append_mode_gives_balancer_then_client_to_a_32_byte_caller") {
+        return;
+    }
+    let topo = LbRs::new("append", &[]).unwrap();
+    let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.args(["--recvfrom-append", "--"]).arg(bins::path("ipvsca-probe")).env("RUST_LOG", "warn");
+    cmd.args(["udp-server", "--listen", "10.1.0.9:5353", "--count", "2", "--addrlen", "32"]);
+    let server = Service::start(cmd).unwrap();
+    ready(&server);
+    let speaker = balancer(&topo);
+    let want = udp_traffic(&speaker, 5353, 1, 1);
+    let lines = server.json_lines(2, WAIT);
+    assert_eq!(lines.len(), 2, "{}", server.stderr_text());
+    for l in &lines {
+        let first = s(&l["from"]);
+        if first == "10.1.0.5:50000" {
+            // Mapped: the balancer, then the client, 32 bytes.
+            assert_eq!(l["len"], 32, "{l}");
+            assert_eq!(s(&l["second"]), want["10.1.0.5:50000"], "{l}");
+        } else {
+            // Unmapped: the kernel's 16 bytes.
+            assert_eq!(first, "10.1.0.6:51000", "{l}");
+            assert_eq!(l["len"], 16, "{l}");
+        }
+    }
+}
+
+#[test]
+fn a_second_notifier_on_the_process_tree_is_refused_with_a_clear_message() {
+    if !netns::can_run("a_second_notifier_on_the_process_tree_is_refused_with_a_clear_message") {
+        return;
+    }
+    let run = bins::path("ipvsca-run");
+    let (mut s, _ns) = run_args(&["--", run.to_str().unwrap(), "--", "true"]);
+    assert_eq!(s.wait(WAIT), Some(1));
+    let stderr = s.stderr_to_end();
+    assert!(stderr.contains("another seccomp user-notification supervisor"), "{stderr}");
+}
+
+#[test]
+fn without_cap_net_raw_the_capture_refuses_to_start() {
+    if !netns::can_run("without_cap_net_raw_the_capture_refuses_to_start") {
+        return;
+    }
+    let run = bins::path("ipvsca-run");
+    let ns = Netns::new("noraw").unwrap();
+    let mut cmd = ns.command("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", run.to_str().unwrap(), "--", "true"])
+        .env("RUST_LOG", "warn");
+    let mut s = Service::start(cmd).unwrap();
+    assert_eq!(s.wait(WAIT), Some(1));
+    let stderr = s.stderr_to_end();
+    assert!(stderr.contains("CAP_NET_RAW"), "{stderr}");
 }

@@ -252,11 +252,12 @@ fn udp_server(o: &Opts) {
     emit(json!({"ready": true, "pids": [std::process::id()], "local": local_of(fd)}));
     let count = o.num("count", usize::MAX);
     let reply = o.flag("reply");
+    let addrlen = o.num("addrlen", 128) as u32;
     let mut got = 0;
     while got < count {
         let mut data = [0u8; 2048];
         let mut addr = [0u8; 128];
-        let mut len = 128u32;
+        let mut len = addrlen;
         let r = calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len);
         if r.ret < 0 {
             if r.errno == libc::EAGAIN || r.errno == libc::EINTR {
@@ -271,7 +272,11 @@ fn udp_server(o: &Opts) {
         }
         got += 1;
         let payload = &data[..r.ret as usize];
-        let mut line = json!({"n": got, "from": show(&addr, len), "data": String::from_utf8_lossy(payload)});
+        let mut line =
+            json!({"n": got, "from": show(&addr, len), "len": len, "data": String::from_utf8_lossy(payload)});
+        if len == 32 {
+            line["second"] = show(&addr[16..], 16);
+        }
         if reply {
             let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
             line["reply"] = outcome(s);
@@ -335,6 +340,20 @@ fn errors(o: &Opts) {
     case("accept_short_addrlen", json!({"o": outcome(a), "len": len, "bytes": hex(&buf[..8])}));
     let conn = a.ret as RawFd;
     case("accept_peer", peer_of(conn));
+    // A second connection, accepted with flags: they apply to the new descriptor.
+    let mut len = 128u32;
+    let b = calls::accept4(l, buf.as_mut_ptr(), &mut len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    // SAFETY: fcntl queries on the descriptor accept4 returned.
+    let (fd_flags, fl_flags) =
+        unsafe { (libc::fcntl(b.ret as i32, libc::F_GETFD), libc::fcntl(b.ret as i32, libc::F_GETFL)) };
+    case(
+        "accept4_flags",
+        json!({
+            "ok": b.ret >= 0,
+            "cloexec": fd_flags & libc::FD_CLOEXEC != 0,
+            "nonblock": fl_flags & libc::O_NONBLOCK != 0,
+        }),
+    );
 
     let gpn = |addr: *mut u8, lenp: *mut u32| outcome(calls::getpeername(conn, addr, lenp));
     let mut buf = [0xeeu8; 128];
