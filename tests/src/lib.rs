@@ -7,6 +7,7 @@ pub mod cbuild;
 pub mod corpus;
 pub mod frames;
 pub mod gobuild;
+pub mod lab;
 pub mod netns;
 pub mod pcap;
 pub mod rawsock;

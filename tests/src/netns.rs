@@ -31,10 +31,11 @@ pub fn can_run(test: &str) -> bool {
     false
 }
 
-/// A network namespace, deleted on drop.
+/// A network namespace, deleted on drop unless kept.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    kept: std::sync::atomic::AtomicBool,
 }
 
 impl Netns {
@@ -44,10 +45,28 @@ impl Netns {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         CLEAN.call_once(remove_leftovers);
         let name = format!("{PREFIX}-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
+        Netns::named(&name)
+    }
+
+    /// Creates the namespace `name` exactly, with loopback up.
+    pub fn named(name: &str) -> io::Result<Netns> {
+        run(Command::new("ip").args(["netns", "add", name]))?;
+        let ns = Netns { name: name.to_owned(), kept: false.into() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// An existing namespace; it is deleted on drop unless kept.
+    pub fn existing(name: &str) -> io::Result<Netns> {
+        if !std::path::Path::new(&format!("/run/netns/{name}")).exists() {
+            return Err(io::Error::other(format!("no network namespace {name}")));
+        }
+        Ok(Netns { name: name.to_owned(), kept: false.into() })
+    }
+
+    /// Leaves the namespace in place when this value drops.
+    pub fn keep(&self) {
+        self.kept.store(true, Ordering::Relaxed);
     }
 
     /// The namespace's name, for `ip netns exec`.
@@ -110,7 +129,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        if !self.kept.load(Ordering::Relaxed) {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        }
     }
 }
 

@@ -1,0 +1,122 @@
+//! `ipvsca-lab`: a FULLNAT deployment on one machine, for trying servers under `ipvsca-run`
+//! by hand and for benchmarks.
+//!
+//! ```text
+//! ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--clients N]
+//! ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
+//! ipvsca-lab down [--name NAME]
+//! ```
+//!
+//! `up` builds namespaces NAME-client, NAME-lb, NAME-rs (NAME defaults to `ipvsca-lab`) and
+//! starts the balancer detached (log and pid in /run/ipvsca-lab/); `down` stops it, prints
+//! its counters and removes everything. Clients reach the real server at 192.0.2.10 (the
+//! VIP), from 198.51.100.1 and up.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use ipvsca_tests::lab::{self, Lab, LabConfig, balancer};
+use ipvsca_tests::netns::Netns;
+
+const RUN_DIR: &str = "/run/ipvsca-lab";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |key: &str| args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).cloned();
+    let name = opt("--name").unwrap_or_else(|| "ipvsca-lab".to_owned());
+    let result = match args.first().map(String::as_str) {
+        Some("up") => up(&name, &opt),
+        Some("down") => down(&name),
+        Some("exec") => exec(&name, &args),
+        Some("balancer") => run_balancer(&opt),
+        _ => Err("usage: ipvsca-lab up|down|exec client|lb|rs -- CMD... [--name NAME]".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipvsca-lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn paths(name: &str) -> (PathBuf, PathBuf) {
+    let log = PathBuf::from(RUN_DIR).join(format!("{name}.log"));
+    let pid = log.with_extension("pid");
+    (log, pid)
+}
+
+fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let toa_on = lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on syn|ack|none")?;
+    let kind: u8 = opt("--kind").map_or(Ok(254), |k| k.parse())?;
+    let clients: u8 = opt("--clients").map_or(Ok(8), |k| k.parse())?;
+    std::fs::create_dir_all(RUN_DIR)?;
+    let (log, _) = paths(name);
+    let config = LabConfig { name: Some(name.to_owned()), toa_on, kind, clients };
+    let lab = Lab::up(config, &std::env::current_exe()?, Some(&log))?;
+    println!(
+        "lab {name} up: clients 198.51.100.1-{clients} in {}, VIP {} via {}, real server {} in {}; TOA {} kind {kind}",
+        lab.client.name(),
+        lab::VIP,
+        lab.lb.name(),
+        lab::RS,
+        lab.rs.name(),
+        lab::toa_name(toa_on)
+    );
+    Ok(())
+}
+
+fn down(name: &str) -> Result<()> {
+    let (log, pid) = paths(name);
+    if let Ok(pid) = std::fs::read_to_string(&pid) {
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if nix::sys::signal::kill(pid, None).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        if let Some(counters) = text.lines().last() {
+            println!("balancer counters: {counters}");
+        }
+    }
+    for role in ["client", "lb", "rs"] {
+        // Dropping an existing namespace's value deletes it.
+        let _ = Netns::existing(&format!("{name}-{role}"));
+    }
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&pid);
+    println!("lab {name} down");
+    Ok(())
+}
+
+fn exec(name: &str, args: &[String]) -> Result<()> {
+    let role = args.get(1).ok_or("exec client|lb|rs -- CMD")?;
+    let dash = args.iter().position(|a| a == "--").ok_or("exec ROLE -- CMD")?;
+    let cmd = args.get(dash + 1..).filter(|c| !c.is_empty()).ok_or("exec ROLE -- CMD")?;
+    let err = std::process::Command::new("ip").args(["netns", "exec", &format!("{name}-{role}")]).args(cmd).exec();
+    Err(err.into())
+}
+
+/// The balancer's userspace half, in the current (balancer) namespace, until SIGTERM.
+fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    ipvsca_tests::calls::stop_on_signals();
+    let config = balancer::Config {
+        vip: lab::VIP,
+        rs: lab::RS,
+        locals: lab::LOCALS.to_vec(),
+        toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
+        kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
+    };
+    let counters = balancer::run(&config, &ipvsca_tests::calls::STOP, || {
+        println!("{{\"ready\":true}}");
+    })?;
+    println!("{}", serde_json::to_string(&counters)?);
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! The lab balancer's userspace half, in the balancer namespace, fed by xtables `NFQUEUE`.
+//!
+//! Why this design (and not a balancer of our own over TUN or packet sockets): the kernel's
+//! NAT (DNAT to the real server, SNAT to a balancer local address and port, conntrack for
+//! both directions) forwards every TCP packet at kernel speed, so a benchmark through the lab
+//! measures the server, not the lab; userspace sees only the one packet per connection that
+//! must carry the TOA. That packet is queued in `mangle FORWARD`, after DNAT and before SNAT,
+//! where the client's address (the TOA's content) is still its source; SNAT then rewrites the
+//! source and fixes the checksums incrementally over the ones recomputed here. An option is
+//! header, not payload: sequence numbers do not move, and only the SYN or the handshake's pure
+//! ACK grows, never a full-size segment, so the MTU is never at stake.
+//!
+//! UDP has no such luck: the announcement must name the balancer's local port before the
+//! first datagram, and the kernel picks an SNAT port only as that datagram leaves. So UDP to
+//! the VIP is untracked and NATed here, both ways, announcing each new flow (ip_vs_ca's ICMP
+//! echo, sent from the local address) before its first datagram. UDP volume in tests is low.
+//!
+//! Owns the queued packets' rewriting and its counters; the namespaces and rules are
+//! `lab::Lab`'s.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use capture::Proto;
+use capture::wire::announce::{self, Announcement, IdentifierOrder};
+use capture::wire::checksum;
+use capture::wire::toa::emit_toa_v4;
+use nfq::{Queue, Verdict};
+use serde::Serialize;
+
+/// Queue of the TCP packets that get a TOA.
+pub const TCP_QUEUE: u16 = 0;
+/// Queue of UDP to and from the VIP.
+pub const UDP_QUEUE: u16 = 1;
+
+/// How long a UDP flow lives without traffic.
+const UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// Where the TOA goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToaOn {
+    /// On the SYN (LVS, ip_vs_ca).
+    Syn,
+    /// On the handshake's ACK (DPVS, taobao's toa).
+    Ack,
+    /// Nowhere: the balancer announces nothing (TCP and UDP).
+    Nothing,
+}
+
+/// The balancer's addresses and what it announces.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The virtual address clients connect to.
+    pub vip: Ipv4Addr,
+    /// The real server.
+    pub rs: Ipv4Addr,
+    /// The balancer's local addresses towards the real server.
+    pub locals: Vec<Ipv4Addr>,
+    /// Where the TOA goes.
+    pub toa_on: ToaOn,
+    /// The TOA kind (200 or 254).
+    pub kind: u8,
+}
+
+/// What the balancer did; printed as JSON when it stops.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Counters {
+    /// TCP packets queued.
+    pub tcp_queued: u64,
+    /// TOAs inserted.
+    pub toa_inserted: u64,
+    /// TCP packets with no room left for a TOA (40 bytes of options already).
+    pub toa_no_room: u64,
+    /// UDP datagrams NATed client to server.
+    pub udp_to_server: u64,
+    /// UDP datagrams NATed server to client.
+    pub udp_to_client: u64,
+    /// UDP flows created (each announced unless `Nothing`).
+    pub udp_flows: u64,
+    /// ICMP announcements sent.
+    pub announcements: u64,
+    /// Packets dropped: unparsable, or a server datagram for no flow.
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct UdpFlow {
+    client: SocketAddrV4,
+    vip_port: u16,
+    local: SocketAddrV4,
+    last: Instant,
+}
+
+/// The UDP flow table: client -> local, and local -> flow.
+#[derive(Debug, Default)]
+struct UdpFlows {
+    by_client: HashMap<SocketAddrV4, SocketAddrV4>,
+    by_local: HashMap<SocketAddrV4, UdpFlow>,
+    next_port: u16,
+}
+
+impl UdpFlows {
+    fn get_or_create(&mut self, client: SocketAddrV4, vip_port: u16, locals: &[Ipv4Addr]) -> (UdpFlow, bool) {
+        if let Some(local) = self.by_client.get(&client).copied() {
+            if let Some(flow) = self.by_local.get_mut(&local).filter(|f| f.last.elapsed() < UDP_IDLE) {
+                flow.last = Instant::now();
+                return (*flow, false);
+            }
+            self.by_client.remove(&client);
+            self.by_local.remove(&local);
+        }
+        // A FULLNAT balancer picks a local address and port of its own for every flow.
+        let local = loop {
+            self.next_port =
+                if self.next_port < 20000 || self.next_port == u16::MAX { 20000 } else { self.next_port + 1 };
+            let ip = locals[usize::from(self.next_port) % locals.len()];
+            let candidate = SocketAddrV4::new(ip, self.next_port);
+            if !self.by_local.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let flow = UdpFlow { client, vip_port, local, last: Instant::now() };
+        self.by_client.insert(client, local);
+        self.by_local.insert(local, flow);
+        (flow, true)
+    }
+}
+
+/// Runs the balancer until `stop` is set (a signal interrupts the wait). Returns its counters.
+pub fn run(config: &Config, stop: &AtomicBool, ready: impl FnOnce()) -> std::io::Result<Counters> {
+    let mut queue = Queue::open()?;
+    for q in [TCP_QUEUE, UDP_QUEUE] {
+        queue.bind(q)?;
+        queue.set_fail_open(q, false)?;
+        queue.set_queue_max_len(q, 8192)?;
+    }
+    let raw = raw_socket()?;
+    let mut counters = Counters::default();
+    let mut flows = UdpFlows::default();
+    ready();
+    while !stop.load(Ordering::Relaxed) {
+        let mut msg = match queue.recv() {
+            Ok(msg) => msg,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let verdict = match msg.get_queue_num() {
+            TCP_QUEUE => {
+                counters.tcp_queued += 1;
+                match insert_toa(msg.get_payload(), config) {
+                    Some(packet) => {
+                        counters.toa_inserted += 1;
+                        msg.set_payload(packet);
+                    }
+                    None => counters.toa_no_room += u64::from(config.toa_on != ToaOn::Nothing),
+                }
+                Verdict::Accept
+            }
+            _ => match nat_udp(msg.get_payload(), config, &mut flows, &raw, &mut counters) {
+                Some(packet) => {
+                    msg.set_payload(packet);
+                    Verdict::Accept
+                }
+                None => {
+                    counters.dropped += 1;
+                    Verdict::Drop
+                }
+            },
+        };
+        msg.set_verdict(verdict);
+        queue.verdict(msg)?;
+    }
+    Ok(counters)
+}
+
+/// The IPv4 header length and the transport offset of `packet`, if it is IPv4 of `protocol`.
+fn ipv4(packet: &[u8], protocol: u8) -> Option<usize> {
+    let ihl = usize::from(*packet.first()? & 0x0f) * 4;
+    (packet[0] >> 4 == 4 && packet.len() >= ihl && ihl >= 20 && packet[9] == protocol).then_some(ihl)
+}
+
+fn addr(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// Sets the IPv4 total length and header checksum, and the transport checksum (TCP at 16,
+/// UDP at 6) over the pseudo-header and segment.
+fn fix_checksums(p: &mut [u8], ihl: usize, protocol: u8) {
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum::checksum(&p[..ihl]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let at = ihl + if protocol == 6 { 16 } else { 6 };
+    p[at..at + 2].copy_from_slice(&[0, 0]);
+    let segment_len = (p.len() - ihl) as u16;
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&p[12..20]);
+    pseudo[9] = protocol;
+    pseudo[10..12].copy_from_slice(&segment_len.to_be_bytes());
+    let mut sum = checksum::finish(checksum::accumulate(checksum::accumulate(0, &pseudo), &p[ihl..]));
+    if protocol == 17 && sum == 0 {
+        sum = 0xffff; // UDP sends a zero checksum as all ones
+    }
+    p[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The packet with a TOA naming its source (still the client: the packet is queued before
+/// SNAT) inserted at the start of its TCP options; `None` if it is not the packet the TOA
+/// goes on or there is no room.
+fn insert_toa(packet: &[u8], config: &Config) -> Option<Vec<u8>> {
+    let ihl = ipv4(packet, 6)?;
+    let tcp = &packet[ihl..];
+    if tcp.len() < 20 || config.toa_on == ToaOn::Nothing {
+        return None;
+    }
+    let data_offset = usize::from(tcp[12] >> 4) * 4;
+    if data_offset + 8 > 60 || tcp.len() < data_offset {
+        return None;
+    }
+    let client = SocketAddrV4::new(addr(&packet[12..16]), u16::from_be_bytes([tcp[0], tcp[1]]));
+    let mut out = Vec::with_capacity(packet.len() + 8);
+    out.extend_from_slice(&packet[..ihl + 20]);
+    out.extend_from_slice(&emit_toa_v4(config.kind, client));
+    out.extend_from_slice(&packet[ihl + 20..]);
+    out[ihl + 12] = (((data_offset + 8) / 4) as u8) << 4 | (out[ihl + 12] & 0x0f);
+    fix_checksums(&mut out, ihl, 6);
+    Some(out)
+}
+
+/// NATs a UDP datagram to or from the VIP; announces a new flow first. `None`: drop it.
+fn nat_udp(
+    packet: &[u8],
+    config: &Config,
+    flows: &mut UdpFlows,
+    raw: &RawIcmp,
+    counters: &mut Counters,
+) -> Option<Vec<u8>> {
+    let ihl = ipv4(packet, 17)?;
+    if packet.len() < ihl + 8 {
+        return None;
+    }
+    let mut p = packet.to_vec();
+    let (src, dst) = (addr(&p[12..16]), addr(&p[16..20]));
+    let (sport, dport) = (u16::from_be_bytes([p[ihl], p[ihl + 1]]), u16::from_be_bytes([p[ihl + 2], p[ihl + 3]]));
+    if dst == config.vip {
+        let client = SocketAddrV4::new(src, sport);
+        let (flow, new) = flows.get_or_create(client, dport, &config.locals);
+        if new {
+            counters.udp_flows += 1;
+            if config.toa_on != ToaOn::Nothing {
+                let a = Announcement { proto: Proto::Udp, lb_port: flow.local.port(), rs_port: dport, client };
+                raw.announce(*flow.local.ip(), config.rs, &a, config.kind)?;
+                counters.announcements += 1;
+            }
+        }
+        p[12..16].copy_from_slice(&flow.local.ip().octets());
+        p[16..20].copy_from_slice(&config.rs.octets());
+        p[ihl..ihl + 2].copy_from_slice(&flow.local.port().to_be_bytes());
+        counters.udp_to_server += 1;
+    } else if src == config.rs {
+        let local = SocketAddrV4::new(dst, dport);
+        let flow = flows.by_local.get_mut(&local)?;
+        flow.last = Instant::now();
+        p[12..16].copy_from_slice(&config.vip.octets());
+        p[16..20].copy_from_slice(&flow.client.ip().octets());
+        p[ihl..ihl + 2].copy_from_slice(&flow.vip_port.to_be_bytes());
+        p[ihl + 2..ihl + 4].copy_from_slice(&flow.client.port().to_be_bytes());
+        counters.udp_to_client += 1;
+    } else {
+        return None;
+    }
+    fix_checksums(&mut p, ihl, 17);
+    Some(p)
+}
+
+/// A raw IPv4 socket that sends whole packets (`IP_HDRINCL`): the announcements.
+struct RawIcmp(std::os::fd::OwnedFd);
+
+fn raw_socket() -> std::io::Result<RawIcmp> {
+    crate::calls::raw_ip_socket().map(RawIcmp)
+}
+
+impl RawIcmp {
+    fn announce(&self, from: Ipv4Addr, to: Ipv4Addr, a: &Announcement, kind: u8) -> Option<()> {
+        let message = announce::emit(a, kind, IdentifierOrder::LittleEndian);
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+        p.extend_from_slice(&from.octets());
+        p.extend_from_slice(&to.octets());
+        p.extend_from_slice(&message);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        let sum = checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        crate::calls::send_raw_ip(&self.0, &p, to).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::{self, Link, SYN, Segment};
+
+    fn config(toa_on: ToaOn) -> Config {
+        Config {
+            vip: Ipv4Addr::new(192, 0, 2, 10),
+            rs: Ipv4Addr::new(10, 1, 0, 9),
+            locals: vec![Ipv4Addr::new(10, 1, 0, 5)],
+            toa_on,
+            kind: 254,
+        }
+    }
+
+    #[test]
+    fn the_toa_goes_first_and_checksums_verify() {
+        let client = "198.51.100.7:5555".parse::<SocketAddrV4>().unwrap();
+        let frame = Segment::new(client.into(), "10.1.0.9:80".parse().unwrap(), SYN, 1, 0)
+            .options(&frames::syn_options())
+            .frame(&Link::default());
+        let packet = frames::ip_packet(&frame);
+        let out = insert_toa(packet, &config(ToaOn::Syn)).unwrap();
+        assert_eq!(out.len(), packet.len() + 8);
+        assert_eq!(checksum::checksum(&out[..20]), 0, "IPv4 header checksum");
+        let got = capture::inspect::inspect_network(0x0800, &out, &Default::default()).unwrap();
+        assert!(
+            matches!(got, capture::inspect::Observation::Toa { client: c, connection_request: true, .. } if c == client.into()),
+            "{got:?}"
+        );
+        let parsed = etherparse::SlicedPacket::from_ip(&out).unwrap();
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else { panic!() };
+        let expect = tcp.to_header().calc_checksum_ipv4_raw([198, 51, 100, 7], [10, 1, 0, 9], tcp.payload()).unwrap();
+        assert_eq!(tcp.checksum(), expect, "TCP checksum");
+    }
+
+    #[test]
+    fn full_option_lists_are_left_alone() {
+        let frame = Segment::new("198.51.100.7:1".parse().unwrap(), "10.1.0.9:80".parse().unwrap(), SYN, 1, 0)
+            .options(&[1; 36])
+            .frame(&Link::default());
+        assert!(insert_toa(frames::ip_packet(&frame), &config(ToaOn::Syn)).is_none());
+    }
+}

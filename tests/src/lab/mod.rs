@@ -1,0 +1,233 @@
+//! The FULLNAT lab: namespaces `client` (several client addresses in 198.51.100.0/24),
+//! `lb` (the balancer) and `rs` (the real server), joined by veth pairs, and a FULLNAT
+//! balancer in `lb`: the kernel's NAT (iptables, legacy xtables, DNAT to the real server and
+//! SNAT to a local address and port of the balancer's) with the userspace half in
+//! `balancer` adding the TOA or the ICMP announcement.
+//!
+//! ```text
+//!  client 198.51.100.1..N --c0--l0-- lb (198.51.100.254, VIP 192.0.2.10) --l1--r0-- rs 10.1.0.9
+//!                                       local addresses 10.1.0.5, 10.1.0.6
+//! ```
+//!
+//! The real server has no route to the clients: a reply that ipvsca failed to send to the
+//! balancer's local address fails, as behind a real FULLNAT balancer. Owns building, running
+//! and removing the lab; used by the `ipvsca-lab` command and the matrix tests.
+
+pub mod balancer;
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::netns::{self, Netns};
+use crate::service::Service;
+pub use balancer::ToaOn;
+
+/// The virtual address clients connect to.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The real server.
+pub const RS: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
+/// The balancer's local addresses towards the real server.
+pub const LOCALS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 1, 0, 6)];
+/// The balancer's address on the clients' network (their gateway).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct LabConfig {
+    /// Prefix of the namespaces' names: `PREFIX-client`, `PREFIX-lb`, `PREFIX-rs`. `None`:
+    /// a unique name removed with the lab (tests).
+    pub name: Option<String>,
+    /// Where the TOA goes (and whether UDP flows are announced).
+    pub toa_on: ToaOn,
+    /// The TOA kind, 200 or 254.
+    pub kind: u8,
+    /// How many client addresses: 198.51.100.1 and up.
+    pub clients: u8,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        LabConfig { name: None, toa_on: ToaOn::Syn, kind: 254, clients: 8 }
+    }
+}
+
+/// A running lab; removed on drop unless it was built with a name.
+#[derive(Debug)]
+pub struct Lab {
+    /// The clients' namespace.
+    pub client: Netns,
+    /// The balancer's namespace.
+    pub lb: Netns,
+    /// The real server's namespace.
+    pub rs: Netns,
+    /// The balancer's userspace half (tests; the command runs it detached).
+    balancer: Option<Service>,
+    config: LabConfig,
+}
+
+impl Lab {
+    /// Builds the lab and starts its balancer, the program `balancer_program` (the
+    /// `ipvsca-lab` binary) run as `balancer ARGS` in the balancer namespace. With a name,
+    /// the namespaces and the balancer (detached, logging to `log`) outlive this value.
+    pub fn up(config: LabConfig, balancer_program: &Path, log: Option<&Path>) -> io::Result<Lab> {
+        let make = |role: &str| match &config.name {
+            Some(prefix) => Netns::named(&format!("{prefix}-{role}")),
+            None => Netns::new(&format!("lab-{role}")),
+        };
+        let (client, lb, rs) = (make("client")?, make("lb")?, make("rs")?);
+        netns::veth(&client, "c0", &lb, "l0")?;
+        netns::veth(&lb, "l1", &rs, "r0")?;
+        for i in 1..=config.clients {
+            client.ip(&["addr", "add", &format!("198.51.100.{i}/24"), "dev", "c0"])?;
+        }
+        client.ip(&["route", "add", "default", "via", &GATEWAY.to_string()])?;
+        lb.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", "l0"])?;
+        for local in LOCALS {
+            lb.ip(&["addr", "add", &format!("{local}/24"), "dev", "l1"])?;
+        }
+        rs.ip(&["addr", "add", &format!("{RS}/24"), "dev", "r0"])?;
+        lb.run(|| -> io::Result<()> {
+            for (key, value) in [
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv4/conf/all/rp_filter", "0"),
+                ("net/ipv4/conf/default/rp_filter", "0"),
+                ("net/netfilter/nf_conntrack_acct", "1"),
+                // UDP is NATed in PREROUTING: its new source, a local address of the balancer,
+                // would otherwise make it a martian.
+                ("net/ipv4/conf/all/accept_local", "1"),
+                ("net/ipv4/conf/l0/accept_local", "1"),
+            ] {
+                std::fs::write(format!("/proc/sys/{key}"), value)?;
+            }
+            Ok(())
+        })?;
+        client.run(|| -> io::Result<()> {
+            // Tens of thousands of short connections a minute from one address.
+            std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+            std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+        })?;
+        rs.run(|| std::fs::write("/proc/sys/net/core/somaxconn", "65535"))?;
+        for rule in rules(config.toa_on) {
+            let out = lb.command("iptables-legacy").args(&rule).output()?;
+            if !out.status.success() {
+                return Err(io::Error::other(format!(
+                    "iptables-legacy {}: {} (needs Debian's iptables package and xtables NFQUEUE)",
+                    rule.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+        }
+        let mut cmd = lb.command(balancer_program.to_str().ok_or_else(|| io::Error::other("path"))?);
+        cmd.args(["balancer", "--toa-on", toa_name(config.toa_on), "--kind", &config.kind.to_string()]);
+        let balancer = match log {
+            None => {
+                let service = Service::start(cmd)?;
+                match service.line(Duration::from_secs(10)) {
+                    Some(line) if line.contains("ready") => Some(service),
+                    _ => {
+                        return Err(io::Error::other(format!(
+                            "the lab balancer did not start: {}",
+                            service.stderr_text()
+                        )));
+                    }
+                }
+            }
+            Some(log) => {
+                start_detached(cmd, log)?;
+                None
+            }
+        };
+        if config.name.is_some() {
+            client.keep();
+            lb.keep();
+            rs.keep();
+        }
+        Ok(Lab { client, lb, rs, balancer, config })
+    }
+
+    /// The client addresses.
+    pub fn clients(&self) -> Vec<Ipv4Addr> {
+        (1..=self.config.clients).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect()
+    }
+
+    /// Stops the balancer; its counters (a JSON object).
+    pub fn stop_balancer(&mut self) -> Option<serde_json::Value> {
+        let mut balancer = self.balancer.take()?;
+        balancer.signal(nix::sys::signal::Signal::SIGTERM);
+        let line = balancer.line(Duration::from_secs(5));
+        balancer.wait(Duration::from_secs(5));
+        line.and_then(|l| serde_json::from_str(&l).ok())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.stop_balancer();
+    }
+}
+
+/// The balancer's `--toa-on` value.
+pub fn toa_name(toa_on: ToaOn) -> &'static str {
+    match toa_on {
+        ToaOn::Syn => "syn",
+        ToaOn::Ack => "ack",
+        ToaOn::Nothing => "none",
+    }
+}
+
+/// Parses a `--toa-on` value.
+pub fn parse_toa_on(s: &str) -> Option<ToaOn> {
+    match s {
+        "syn" => Some(ToaOn::Syn),
+        "ack" => Some(ToaOn::Ack),
+        "none" => Some(ToaOn::Nothing),
+        _ => None,
+    }
+}
+
+/// The balancer's xtables rules (see `balancer` for why each is where it is).
+fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
+    let locals = format!("{}-{}", LOCALS[0], LOCALS[1]);
+    let mut rules = vec![
+        format!("-t nat -A PREROUTING -d {VIP} -p tcp -j DNAT --to-destination {RS}"),
+        format!("-t nat -A POSTROUTING -o l1 -p tcp -j SNAT --to-source {locals} --random-fully"),
+        format!("-t raw -A PREROUTING -d {VIP} -p udp -j CT --notrack"),
+        "-t raw -A PREROUTING -i l1 -p udp -j CT --notrack".to_owned(),
+        format!("-t mangle -A PREROUTING -d {VIP} -p udp -j NFQUEUE --queue-num {}", balancer::UDP_QUEUE),
+        format!("-t mangle -A PREROUTING -i l1 -s {RS} -p udp -j NFQUEUE --queue-num {}", balancer::UDP_QUEUE),
+    ];
+    match toa_on {
+        ToaOn::Syn => rules.push(format!(
+            "-t mangle -A FORWARD -i l0 -o l1 -p tcp --syn -j NFQUEUE --queue-num {}",
+            balancer::TCP_QUEUE
+        )),
+        // The second packet of the connection from the client: the handshake's ACK.
+        ToaOn::Ack => rules.push(format!(
+            "-t mangle -A FORWARD -i l0 -o l1 -p tcp --tcp-flags SYN,ACK,RST,FIN ACK -m connbytes --connbytes 2:2 \
+             --connbytes-dir original --connbytes-mode packets -j NFQUEUE --queue-num {}",
+            balancer::TCP_QUEUE
+        )),
+        ToaOn::Nothing => {}
+    }
+    rules.into_iter().map(|r| r.split_whitespace().map(str::to_owned).collect()).collect()
+}
+
+/// Starts `cmd` in its own session, logging to `log`, and waits for its ready line.
+fn start_detached(mut cmd: Command, log: &Path) -> io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let file = std::fs::File::create(log)?;
+    cmd.stdin(std::process::Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    cmd.process_group(0);
+    let child = cmd.spawn()?;
+    std::fs::write(log.with_extension("pid"), child.id().to_string())?;
+    for _ in 0..100 {
+        if std::fs::read_to_string(log)?.contains("ready") {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(io::Error::other(format!("the lab balancer did not start; see {}", log.display())))
+}
