@@ -472,18 +472,24 @@ impl Emulator<'_> {
         Some(RawSockAddr::from_bytes(&bytes[..len as usize]))
     }
 
+    /// What `connect` and `sendto` start with: the destination the caller passed, and a copy
+    /// of its socket with the socket's own address; `Err` when the kernel should handle the
+    /// call (not an inet destination or socket, a bad pointer or descriptor).
+    fn tx_call(&self, n: &Notification, fd: RawFd, addr: u64, addrlen: i32) -> Result<TxCall, Handled> {
+        let Some(dest) = self.read_dest(n, addr, addrlen).filter(|d| sockaddr::user_inet(d).is_some()) else {
+            return Err(self.cont(n));
+        };
+        let socket = self.copy(n, fd)?;
+        let Some(local) = inet_local(socket.as_fd()) else { return Err(self.cont(n)) };
+        Ok(TxCall { dest, socket, local })
+    }
+
     fn connect(&self, n: &Notification, c: &Call, place: Place) -> Handled {
-        let (fd, addr, addrlen) = (c.int(0), c.args[1], c.int(2));
-        let Some(dest) = self.read_dest(n, addr, addrlen) else { return self.cont(n) };
-        if sockaddr::user_inet(&dest).is_none() {
-            return self.cont(n);
-        }
-        let socket = match self.copy(n, fd) {
-            Ok(copy) => copy,
+        let TxCall { dest, socket, local } = match self.tx_call(n, c.int(0), c.args[1], c.int(2)) {
+            Ok(call) => call,
             Err(done) => return done,
         };
         let sfd = socket.as_fd();
-        let Some(local) = inet_local(sfd) else { return self.cont(n) };
         let Some(proto) = socket_proto(sfd) else { return self.cont(n) };
         let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else { return self.cont(n) };
         let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
@@ -517,18 +523,12 @@ impl Emulator<'_> {
     }
 
     fn sendto(&self, n: &Notification, c: &Call, place: Place) -> Handled {
-        let (fd, buf, len, flags, addr, addrlen) =
-            (c.int(0), c.args[1], c.args[2] as usize, c.int(3), c.args[4], c.int(5));
-        let Some(dest) = self.read_dest(n, addr, addrlen) else { return self.cont(n) };
-        if sockaddr::user_inet(&dest).is_none() {
-            return self.cont(n);
-        }
-        let socket = match self.copy(n, fd) {
-            Ok(copy) => copy,
+        let (buf, len, flags) = (c.args[1], c.args[2] as usize, c.int(3));
+        let TxCall { dest, socket, local } = match self.tx_call(n, c.int(0), c.args[4], c.int(5)) {
+            Ok(call) => call,
             Err(done) => return done,
         };
         let sfd = socket.as_fd();
-        let Some(local) = inet_local(sfd) else { return self.cont(n) };
         // A connected TCP socket ignores the address; only Fast Open connects with it.
         let proto = match socket_proto(sfd) {
             Some(Proto::Udp) => Proto::Udp,
@@ -574,6 +574,16 @@ impl Emulator<'_> {
             }
         }
     }
+}
+
+/// The start of a `connect` or `sendto`.
+struct TxCall {
+    /// The destination the caller passed.
+    dest: RawSockAddr,
+    /// A copy of the caller's socket.
+    socket: OwnedFd,
+    /// The socket's own address (parts unspecified if unbound).
+    local: SocketAddr,
 }
 
 /// A destination rewritten from a client to its balancer.

@@ -8,6 +8,7 @@ pub mod abi;
 pub mod connected;
 pub mod emulate;
 pub mod filter;
+pub mod logging;
 pub mod resolve;
 pub mod server;
 pub mod sockaddr;
