@@ -28,10 +28,10 @@ pub const FORWARDED: [Signal; 6] =
 /// foreground process group, the service included: not forwarded again).
 pub const SI_KERNEL: i32 = 0x80;
 
-/// Becomes the keeper: forks the service (`start` runs in the child and never returns;
-/// the keeper drops it, and what it owns, once the service is forked), then keeps it.
-/// Never returns.
-pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid)) -> ! {
+/// Becomes the keeper: forks the service (`start` runs in the child with the keeper's pid
+/// and a channel to send the keeper the listener, and never returns; the keeper drops it,
+/// and what it owns, once the service is forked), then keeps it. Never returns.
+pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid, &OwnedFd)) -> ! {
     let _ = nix::sys::prctl::set_name(c"ipvsca-keeper");
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let mut mask = SigSet::empty();
@@ -49,17 +49,29 @@ pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid)) -> ! {
         sys::exit_now(1)
     };
     let me = nix::unistd::getpid();
+    let Ok((ours, theirs)) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    ) else {
+        sys::exit_now(1)
+    };
     let service = match sys::fork() {
         Ok(ForkResult::Child) => {
-            start(me);
+            start(me, &theirs);
             sys::exit_now(1)
         }
         Ok(ForkResult::Parent { child }) => {
             drop(start);
+            drop(theirs);
             child
         }
         Err(_) => sys::exit_now(1),
     };
+    // Held until the keeper exits; nothing if the service failed before loading its filter.
+    let _listener = crate::spawn::receive(&ours).ok().and_then(|(_, _, _, fd)| fd);
+    drop(ours);
     let mut status: Option<i32> = None;
     loop {
         let mut fds =

@@ -48,6 +48,17 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
         forwarded.add(sig);
     }
     forwarded.thread_block().context("blocking the forwarded signals")?;
+    // A supervisor that panics must not leave the service half-supervised: abort, and the
+    // keeper stops the service.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ipvsca: the supervisor failed ({info}); stopping the service");
+        std::process::abort();
+    }));
+    // One pidfd per calling thread: a service with many threads needs many descriptors. The
+    // service was forked already and keeps its own limit.
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
 
     let counters = Arc::new(SupervisorCounters::default());
     let resolver = Resolver::new(s.table, s.capture.clone(), s.trust, counters.clone());

@@ -31,7 +31,7 @@ use crate::sys;
 /// What the service reports to the launcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
-enum Stage {
+pub(crate) enum Stage {
     /// The filter is loaded; the listener comes with this message.
     Ready = 0,
     /// `PR_SET_NO_NEW_PRIVS` failed.
@@ -162,8 +162,8 @@ pub fn launch(
             drop(life_write);
             // The closure owns the service's end of the channel: the keeper drops it once the
             // service is forked, so the launcher sees end-of-file when the service execs.
-            keeper::run(life_read, move |keeper| {
-                service_child(&theirs, keeper, &c_program, &c_argv, filter);
+            keeper::run(life_read, move |keeper, keeper_channel| {
+                service_child(&theirs, keeper_channel, keeper, &c_program, &c_argv, filter);
             })
         }
         ForkResult::Parent { child: keeper } => {
@@ -208,7 +208,7 @@ impl Launched {
 }
 
 /// One message of the service: stage, errno, pid, and the listener with `Ready`.
-fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, Option<OwnedFd>), LaunchError> {
+pub(crate) fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, Option<OwnedFd>), LaunchError> {
     let mut buf = [0u8; 12];
     let mut iov = [IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
@@ -256,17 +256,16 @@ fn report(channel: &OwnedFd, stage: Stage, errno: Errno, fd: Option<RawFd>) {
 /// The service's side, in the keeper's forked child: never returns.
 fn service_child(
     channel: &OwnedFd,
+    keeper_channel: &OwnedFd,
     keeper: Pid,
     program: &CString,
     argv: &[CString],
     filter: &[libc::sock_filter],
 ) -> ! {
-    use nix::sys::signal::{SigHandler, SigSet, SigmaskHow, Signal, signal, sigprocmask};
-    // The launcher's Rust runtime ignores SIGPIPE, and the keeper blocks signals: the
-    // service starts with neither, as it would without ipvsca.
-    // SAFETY: setting the default disposition installs no handler.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    use nix::sys::signal::Signal;
+    // The launcher's Rust runtime ignores SIGPIPE and the keeper blocks signals: the service
+    // starts with the signal state the launcher was started with, as without ipvsca.
+    sys::restore_starting_signal_state();
     // If the keeper dies, so does the service (the keeper kills the rest of the tree).
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != keeper {
@@ -283,6 +282,9 @@ fn service_child(
             sys::exit_now(1);
         }
     };
+    // The keeper holds the listener too: if the launcher dies, trapped calls then wait (for
+    // the keeper's SIGKILL) instead of failing with ENOSYS.
+    report(keeper_channel, Stage::Ready, Errno::UnknownErrno, Some(listener.as_raw_fd()));
     report(channel, Stage::Ready, Errno::UnknownErrno, Some(listener.as_raw_fd()));
     drop(listener);
     let mut go = [0u8; 1];

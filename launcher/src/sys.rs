@@ -1,5 +1,5 @@
-//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`. Everything
-//! else goes through nix's safe wrappers.
+//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`, and the
+//! signal state it was started with. Everything else goes through nix's safe wrappers.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -57,5 +57,48 @@ pub fn wait_signal(set: &nix::sys::signal::SigSet) -> Result<(libc::c_int, libc:
             Errno::EINTR => continue,
             e => return Err(e),
         }
+    }
+}
+
+/// Whether SIGPIPE was ignored when the process started (before Rust's runtime set it to
+/// ignored): the service must start as it would without ipvsca.
+static STARTED_IGNORING_SIGPIPE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The signal mask the process started with.
+static STARTED_WITH_MASK: std::sync::OnceLock<libc::sigset_t> = std::sync::OnceLock::new();
+
+/// Records the signal state the process was started with, before `main` and before Rust's
+/// runtime changes SIGPIPE: an `.init_array` constructor runs first.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RECORD_STARTING_SIGNAL_STATE: extern "C" fn() = record_starting_signal_state;
+
+extern "C" fn record_starting_signal_state() {
+    // SAFETY: reading the current disposition and mask into zeroed values, through pointers
+    // to live locals; nothing is changed.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 {
+            STARTED_IGNORING_SIGPIPE.store(old.sa_sigaction == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        if libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) == 0 {
+            let _ = STARTED_WITH_MASK.set(mask);
+        }
+    }
+}
+
+/// Gives the calling process the signal state the launcher was started with: SIGPIPE's
+/// disposition and the signal mask. Called in the service before `execve`.
+pub fn restore_starting_signal_state() {
+    let ignore = STARTED_IGNORING_SIGPIPE.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: setting SIG_IGN or SIG_DFL installs no handler; the mask pointer is to a live
+    // sigset_t (or an empty one).
+    unsafe {
+        libc::signal(libc::SIGPIPE, if ignore { libc::SIG_IGN } else { libc::SIG_DFL });
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        let mask = STARTED_WITH_MASK.get().unwrap_or(&empty);
+        libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
 }

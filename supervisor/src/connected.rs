@@ -42,6 +42,18 @@ impl Connected {
         self.any.store(true, Ordering::Release);
     }
 
+    /// Forgets socket `inode` (connected elsewhere since).
+    pub fn forget(&self, inode: impl FnOnce() -> Option<u64>) {
+        if !self.any.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(inode) = inode() else { return };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.by_inode.remove(&inode).is_some() {
+            inner.order.retain(|&i| i != inode);
+        }
+    }
+
     /// The client socket `inode` asked for, if its peer `lb` is the balancer it was
     /// connected to instead.
     pub fn client(&self, inode: impl FnOnce() -> Option<u64>, lb: SocketAddr) -> Option<SocketAddr> {
@@ -67,6 +79,8 @@ mod tests {
         assert_eq!(c.client(|| Some(7), lb), Some(client));
         assert_eq!(c.client(|| Some(8), lb), None);
         assert_eq!(c.client(|| Some(7), "10.1.0.6:1".parse().unwrap()), None);
+        c.forget(|| Some(7));
+        assert_eq!(c.client(|| Some(7), lb), None);
     }
 
     #[test]

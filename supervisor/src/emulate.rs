@@ -24,6 +24,7 @@ use tracing::warn;
 use crate::abi::{Call, Syscall};
 use crate::connected::Connected;
 use crate::resolve::Resolver;
+use crate::restart::Restarts;
 use crate::sockaddr;
 use crate::stash::{Datagram, Stash};
 use crate::stats::SupervisorCounters;
@@ -88,6 +89,8 @@ pub struct Emulator<'a> {
     pub stash: &'a Stash,
     /// Sockets connected to a balancer in a client's stead.
     pub connected: &'a Connected,
+    /// Answers kept for interrupted calls.
+    pub restarts: &'a Restarts,
     /// Counters.
     pub counters: &'a SupervisorCounters,
     /// Switches.
@@ -144,18 +147,37 @@ impl Emulator<'_> {
         self.listener.id_valid(n.id).is_ok()
     }
 
-    /// A copy of the caller's descriptor `fd`; `None` when the kernel should handle the
-    /// call itself (a bad descriptor gets the kernel's own `EBADF`) or the caller is gone.
-    fn copy(&self, n: &Notification, fd: RawFd) -> Result<OwnedFd, Handled> {
+    /// A copy of the caller's descriptor `fd`. A bad descriptor is left to the kernel, for
+    /// its own `EBADF`; a gone caller needs no answer. If the supervisor itself cannot copy
+    /// (out of descriptors, no ptrace right), the call fails with a resource error rather
+    /// than running unchanged: a rewrite may have been due, and a wrong address must never
+    /// reach the service silently.
+    fn copy(&self, n: &Notification, call: &Call, fd: RawFd) -> Result<OwnedFd, Handled> {
         match self.targets.fd(n.tid, fd) {
             Ok(copy) => Ok(copy),
             Err(Errno::ESRCH) => Err(Handled::Done),
             Err(Errno::EBADF) => Err(self.cont(n)),
             Err(e) => {
                 self.supervisor_error("copying a descriptor of the service (pidfd_getfd)", e);
-                Err(self.cont(n))
+                Err(self.reply_error(n, resource_errno(call.syscall)))
             }
         }
+    }
+
+    /// `Handled::Done` if the call is gone: checked right before the supervisor takes
+    /// anything (a connection, a datagram) or acts (a send), so that what an interrupted
+    /// call leaves behind is rare.
+    fn gone(&self, n: &Notification) -> bool {
+        !self.still_pending(n)
+    }
+
+    /// A call on a socket with a timeout that a signal interrupted: natively never restarted
+    /// (signal(7)), so its restart is answered `EINTR`.
+    fn interrupted(&self, n: &Notification, socket: BorrowedFd<'_>, timeout: libc::c_int) -> Handled {
+        if net::sockopt_timeout(socket, timeout).is_ok_and(|t| t.is_some()) {
+            self.restarts.keep(n, Err(Errno::EINTR));
+        }
+        Handled::Done
     }
 
     // --- rx ------------------------------------------------------------------------
@@ -185,7 +207,7 @@ impl Emulator<'_> {
 
     fn getpeername(&self, n: &Notification, c: &Call) -> Handled {
         let (fd, addr, addrlen) = (c.int(0), c.args[1], c.args[2]);
-        let copy = match self.copy(n, fd) {
+        let copy = match self.copy(n, c, fd) {
             Ok(copy) => copy,
             Err(done) => return done,
         };
@@ -218,7 +240,7 @@ impl Emulator<'_> {
         if addr == 0 || flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
             return self.cont(n);
         }
-        let listener = match self.copy(n, fd) {
+        let listener = match self.copy(n, c, fd) {
             Ok(copy) => copy,
             Err(done) => return done,
         };
@@ -239,11 +261,14 @@ impl Emulator<'_> {
                 }
                 let accept_flags = libc::SOCK_CLOEXEC | (flags & libc::SOCK_NONBLOCK);
                 loop {
+                    if self.gone(n) {
+                        return Handled::Done;
+                    }
                     match may_block(place, || net::accept(lfd, accept_flags)) {
                         Ok(accepted) => break accepted,
                         Err(Errno::EINTR) if place == Place::Worker => {
-                            if !self.still_pending(n) {
-                                return Handled::Done;
+                            if self.gone(n) {
+                                return self.interrupted(n, lfd, libc::SO_RCVTIMEO);
                             }
                         }
                         Err(e) => return self.reply_error(n, e),
@@ -266,7 +291,7 @@ impl Emulator<'_> {
             Err(e) => return self.reply_error(n, e),
         };
         if !self.still_pending(n) {
-            self.stash_connection(lfd, socket, peer);
+            self.stash_connection(n, lfd, socket, peer);
             return Handled::Done;
         }
         if let Err(e) = write_addr(n.tid, addr, addrlen, len, shown.as_bytes()) {
@@ -281,13 +306,13 @@ impl Emulator<'_> {
             }
             Err(Errno::ENOENT) => {
                 self.counters.interrupted.inc();
-                self.stash_connection(lfd, socket, peer);
+                self.stash_connection(n, lfd, socket, peer);
                 Handled::Done
             }
             Err(e) => {
                 // The caller's descriptor table is full (EMFILE) or similar: the kernel would
                 // have refused before accepting, so the connection waits for the next call.
-                self.stash_connection(lfd, socket, peer);
+                self.stash_connection(n, lfd, socket, peer);
                 self.reply_error(n, e)
             }
         }
@@ -318,10 +343,11 @@ impl Emulator<'_> {
         Some((socket, peer))
     }
 
-    fn stash_connection(&self, listener: BorrowedFd<'_>, socket: OwnedFd, peer: RawSockAddr) {
+    fn stash_connection(&self, n: &Notification, listener: BorrowedFd<'_>, socket: OwnedFd, peer: RawSockAddr) {
         match net::inode(listener) {
             Ok(inode) => {
-                self.stash.put_connection(inode, socket, peer);
+                let owner = crate::target::thread_group(n.tid).unwrap_or(n.tid);
+                self.stash.put_connection(inode, owner, socket, peer);
                 self.counters.stashed_connections.inc();
             }
             Err(e) => self.supervisor_error("identifying a listener to keep a connection for it", e),
@@ -334,7 +360,7 @@ impl Emulator<'_> {
         if addr == 0 || flags & libc::MSG_ERRQUEUE != 0 {
             return self.cont(n);
         }
-        let socket = match self.copy(n, fd) {
+        let socket = match self.copy(n, c, fd) {
             Ok(copy) => copy,
             Err(done) => return done,
         };
@@ -365,11 +391,14 @@ impl Emulator<'_> {
                     let recv_flags = if place == Place::Receiver { flags | libc::MSG_DONTWAIT } else { flags };
                     // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
                     let got = loop {
+                        if self.gone(n) {
+                            return Handled::Done;
+                        }
                         match may_block(place, || net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)) {
                             Ok(got) => break got,
                             Err(Errno::EINTR) if place == Place::Worker => {
-                                if !self.still_pending(n) {
-                                    return Handled::Done;
+                                if self.gone(n) {
+                                    return self.interrupted(n, sfd, libc::SO_RCVTIMEO);
                                 }
                             }
                             Err(e) => return self.reply_error(n, e),
@@ -397,7 +426,8 @@ impl Emulator<'_> {
         let keep = |this: &Self| {
             if !peek {
                 if let Ok(inode) = net::inode(socket) {
-                    this.stash.put_datagram(inode, Datagram { data: data.to_vec(), from: *from });
+                    let owner = crate::target::thread_group(n.tid).unwrap_or(n.tid);
+                    this.stash.put_datagram(inode, owner, Datagram { data: data.to_vec(), from: *from });
                     this.counters.stashed_datagrams.inc();
                 }
             }
@@ -475,56 +505,70 @@ impl Emulator<'_> {
     /// What `connect` and `sendto` start with: the destination the caller passed, and a copy
     /// of its socket with the socket's own address; `Err` when the kernel should handle the
     /// call (not an inet destination or socket, a bad pointer or descriptor).
-    fn tx_call(&self, n: &Notification, fd: RawFd, addr: u64, addrlen: i32) -> Result<TxCall, Handled> {
+    fn tx_call(&self, n: &Notification, call: &Call, fd: RawFd, addr: u64, addrlen: i32) -> Result<TxCall, Handled> {
         let Some(dest) = self.read_dest(n, addr, addrlen).filter(|d| sockaddr::user_inet(d).is_some()) else {
             return Err(self.cont(n));
         };
-        let socket = self.copy(n, fd)?;
+        let socket = self.copy(n, call, fd)?;
         let Some(local) = inet_local(socket.as_fd()) else { return Err(self.cont(n)) };
         Ok(TxCall { dest, socket, local })
     }
 
     fn connect(&self, n: &Notification, c: &Call, place: Place) -> Handled {
-        let TxCall { dest, socket, local } = match self.tx_call(n, c.int(0), c.args[1], c.int(2)) {
+        let TxCall { dest, socket, local } = match self.tx_call(n, c, c.int(0), c.args[1], c.int(2)) {
             Ok(call) => call,
             Err(done) => return done,
         };
         let sfd = socket.as_fd();
         let Some(proto) = socket_proto(sfd) else { return self.cont(n) };
-        let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else { return self.cont(n) };
+        let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else {
+            // Connected elsewhere now: whatever it was connected to in a client's stead is over.
+            self.connected.forget(|| net::inode(sfd).ok());
+            return self.cont(n);
+        };
         let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
         if proto == Proto::Tcp && status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
             return Handled::ToWorker;
         }
-        if !self.still_pending(n) {
+        if self.gone(n) {
             return Handled::Done;
         }
         self.remember_connected(sfd, &rewrite);
-        loop {
+        let result = loop {
             match may_block(place, || net::connect(sfd, &rewrite.to)) {
                 Err(Errno::EINTR) if place == Place::Worker => {
-                    // A blocking connect goes on in the kernel; calling it again waits for it.
-                    if !self.still_pending(n) {
-                        return Handled::Done;
+                    // A blocking connect goes on in the kernel; calling it again waits for it,
+                    // as the service's own restarted call would.
+                    if self.gone(n) {
+                        return self.interrupted(n, sfd, libc::SO_SNDTIMEO);
                     }
                 }
-                Ok(()) => {
-                    self.counters.rewrites_tx.inc();
-                    return self.reply(n, 0);
-                }
-                Err(e) => {
-                    if e == Errno::EINPROGRESS {
-                        self.counters.rewrites_tx.inc();
-                    }
-                    return self.reply_error(n, e);
-                }
+                other => break other.map(|()| 0),
             }
+        };
+        if matches!(result, Ok(_) | Err(Errno::EINPROGRESS)) {
+            self.counters.rewrites_tx.inc();
         }
+        self.answer_once(n, result)
+    }
+
+    /// Answers an action already performed (a send, a connect); if the caller was
+    /// interrupted meanwhile, keeps the answer for its restart instead of acting again.
+    fn answer_once(&self, n: &Notification, result: Result<i64, Errno>) -> Handled {
+        let sent = match result {
+            Ok(val) => self.listener.reply(n.id, val),
+            Err(e) => self.listener.reply_error(n.id, e),
+        };
+        if sent == Err(Errno::ENOENT) {
+            self.restarts.keep(n, result);
+        }
+        self.answered(sent);
+        Handled::Done
     }
 
     fn sendto(&self, n: &Notification, c: &Call, place: Place) -> Handled {
         let (buf, len, flags) = (c.args[1], c.args[2] as usize, c.int(3));
-        let TxCall { dest, socket, local } = match self.tx_call(n, c.int(0), c.args[4], c.int(5)) {
+        let TxCall { dest, socket, local } = match self.tx_call(n, c, c.int(0), c.args[4], c.int(5)) {
             Ok(call) => call,
             Err(done) => return done,
         };
@@ -545,34 +589,38 @@ impl Emulator<'_> {
         }
         let Ok(status) = net::status_flags(sfd) else { return self.cont(n) };
         let blocking = flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        // A blocking Fast Open send waits for the handshake: never start it here.
+        if blocking && proto == Proto::Tcp && place == Place::Receiver {
+            return Handled::ToWorker;
+        }
         let mut data = vec![0u8; len.min(STREAM_SEND_MAX)];
         if let Err(e) = mem::read(n.tid, buf, &mut data) {
             return self.reply_error(n, e);
         }
-        if !self.still_pending(n) {
-            return Handled::Done;
-        }
         let send_flags = flags | libc::MSG_NOSIGNAL | if place == Place::Receiver { libc::MSG_DONTWAIT } else { 0 };
-        loop {
+        let result = loop {
+            if self.gone(n) {
+                return Handled::Done;
+            }
             match may_block(place, || net::send_to(sfd, &data, send_flags, &to)) {
-                Ok(sent) => {
-                    self.counters.rewrites_tx.inc();
-                    return self.reply(n, sent as i64);
-                }
                 Err(Errno::EAGAIN) if blocking && place == Place::Receiver => return Handled::ToWorker,
                 Err(Errno::EINTR) if place == Place::Worker => {
-                    if !self.still_pending(n) {
-                        return Handled::Done;
+                    if self.gone(n) {
+                        return self.interrupted(n, sfd, libc::SO_SNDTIMEO);
                     }
                 }
-                Err(Errno::EPIPE) if flags & libc::MSG_NOSIGNAL == 0 => {
-                    // The kernel raises SIGPIPE in the sending thread.
-                    raise_sigpipe(n.tid);
-                    return self.reply_error(n, Errno::EPIPE);
-                }
-                Err(e) => return self.reply_error(n, e),
+                other => break other.map(|sent| sent as i64),
             }
+        };
+        if result.is_ok() {
+            self.counters.rewrites_tx.inc();
         }
+        let handled = self.answer_once(n, result);
+        // The kernel raises SIGPIPE in the sending thread for a stream socket.
+        if result == Err(Errno::EPIPE) && proto == Proto::Tcp && flags & libc::MSG_NOSIGNAL == 0 {
+            raise_sigpipe(n.tid);
+        }
+        handled
     }
 }
 
@@ -605,6 +653,15 @@ struct DatagramCall {
     flags: i32,
     addr: u64,
     addrlen: u64,
+}
+
+/// The errno for a call the supervisor could not serve for lack of resources: one the call
+/// may return natively.
+pub fn resource_errno(syscall: Syscall) -> Errno {
+    match syscall {
+        Syscall::RecvFrom => Errno::ENOMEM,
+        _ => Errno::ENOBUFS,
+    }
 }
 
 /// Runs a socket call that may block: on a worker, interruptible by the supervisor.

@@ -10,6 +10,7 @@ pub mod emulate;
 pub mod filter;
 pub mod logging;
 pub mod resolve;
+pub mod restart;
 pub mod server;
 pub mod sockaddr;
 pub mod stash;

@@ -25,6 +25,7 @@ use crate::abi::{self, Call, Decoded, Syscall, SyscallTable};
 use crate::connected::Connected;
 use crate::emulate::{Emulator, Handled, Options, Place};
 use crate::resolve::Resolver;
+use crate::restart::Restarts;
 use crate::stash::Stash;
 use crate::stats::SupervisorCounters;
 use crate::sys::seccomp::{Listener, Notification};
@@ -70,7 +71,8 @@ impl Worker {
     }
 
     /// Interrupts the worker's blocking call, if it is in one. Called with the workers map
-    /// locked, so the thread cannot have exited.
+    /// locked, so the thread cannot have exited (a worker leaves the map before it exits,
+    /// and a panic aborts the supervisor, see `run`).
     fn interrupt(&self) {
         if self.current.load(Ordering::Acquire) != 0 {
             if let Some(&thread) = self.thread.get() {
@@ -87,6 +89,7 @@ struct Shared {
     resolver: Resolver,
     stash: Stash,
     connected: Connected,
+    restarts: Restarts,
     counters: Arc<SupervisorCounters>,
     options: Options,
     workers: Mutex<HashMap<u32, Arc<Worker>>>,
@@ -100,6 +103,7 @@ impl Shared {
             resolver: &self.resolver,
             stash: &self.stash,
             connected: &self.connected,
+            restarts: &self.restarts,
             counters: &self.counters,
             options: self.options,
         }
@@ -140,6 +144,7 @@ impl Supervisor {
             resolver,
             stash: Stash::default(),
             connected: Connected::default(),
+            restarts: Restarts::default(),
             counters,
             options,
             workers: Mutex::new(HashMap::new()),
@@ -237,6 +242,17 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     };
+    if let Some(answer) = shared.restarts.take(&n) {
+        // The restart of a call already performed, or one natively never restarted.
+        let sent = match answer {
+            Ok(val) => shared.listener.reply(n.id, val),
+            Err(e) => shared.listener.reply_error(n.id, e),
+        };
+        if sent.is_err() {
+            shared.counters.interrupted.inc();
+        }
+        return;
+    }
     {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(worker) = workers.get(&n.tid).filter(|w| w.busy()) {
@@ -251,7 +267,13 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
     if emulator.handle(&n, &call, Place::Receiver) == Handled::ToWorker {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
         match workers.get(&n.tid) {
-            Some(worker) => worker.push((n, call)),
+            Some(worker) => {
+                let busy = worker.busy();
+                worker.push((n, call));
+                if busy {
+                    worker.interrupt();
+                }
+            }
             None => {
                 drop(workers);
                 start_worker(shared, n, call);
@@ -277,11 +299,12 @@ fn start_worker(shared: &Arc<Shared>, n: Notification, call: Call) {
     match spawned {
         Ok(_) => shared.counters.workers_started.inc(),
         Err(e) => {
-            // Without a thread the call cannot wait here: the kernel runs it unchanged.
-            warn!(error = %e, "starting a worker failed; the call runs without rewriting");
+            // Without a thread the call cannot wait here; running it unchanged could hand
+            // the service a wrong address, so it fails as for lack of resources.
+            warn!(error = %e, "starting a worker failed; the call fails with a resource error");
             shared.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
             shared.counters.supervisor_errors.inc();
-            shared.emulator().cont(&n);
+            let _ = shared.listener.reply_error(n.id, crate::emulate::resource_errno(call.syscall));
         }
     }
 }
@@ -295,6 +318,8 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
             let mut queue = worker.queue.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if let Some(job) = queue.pop_front() {
+                    // Busy from the moment the job leaves the queue: never seen idle between.
+                    worker.current.store(job.0.id, Ordering::Release);
                     break Some(job);
                 }
                 let (q, wait) = worker.ready.wait_timeout(queue, WORKER_IDLE).unwrap_or_else(|e| e.into_inner());
@@ -306,7 +331,6 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
         };
         match job {
             Some((n, call)) => {
-                worker.current.store(n.id, Ordering::Release);
                 emulator.handle(&n, &call, Place::Worker);
                 worker.current.store(0, Ordering::Release);
             }
@@ -333,7 +357,9 @@ fn reap(shared: &Shared) {
             }
         }
     }
-    let expired = shared.stash.expire();
+    shared.restarts.expire();
+    shared.targets.forget_exited();
+    let expired = shared.stash.expire(crate::target::has_socket);
     if expired > 0 {
         shared.counters.stash_expired.add(expired as u64);
         warn!(

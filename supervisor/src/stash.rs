@@ -2,8 +2,11 @@
 //! connection or a received datagram must not be lost (seccomp spec, rule 2), so it is kept
 //! here and handed to the next trapped call on the same socket, from any thread.
 //!
-//! Keyed by the socket's inode, which names its open file in every process. Entries nobody
-//! asks for expire after [`MAX_AGE`], so a closed listener's connections are not held.
+//! Keyed by the socket's inode, which names its open file in every process. A kept item
+//! makes no event on the socket (a service waiting in `poll` sees it with the next one):
+//! the supervisor checks the call is still pending right before it takes anything, which
+//! leaves only microseconds for it to happen. Items are dropped once the socket is closed in
+//! the service (checked after [`MAX_AGE`]), never while it is open.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -13,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::sys::net::RawSockAddr;
 
-/// How long a stashed connection or datagram waits for a caller.
+/// After how long a kept item's socket is checked for being still open in the service.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
 
 /// A received datagram.
@@ -32,6 +35,8 @@ type Queues<T> = Mutex<HashMap<u64, VecDeque<Kept<T>>>>;
 struct Kept<T> {
     item: T,
     at: Instant,
+    /// The process whose socket it came from.
+    owner: u32,
 }
 
 /// Connections and datagrams waiting for the next call on their socket.
@@ -48,10 +53,10 @@ impl Stash {
         self.count.load(Ordering::Acquire) == 0
     }
 
-    /// Keeps a connection accepted on listener `inode`.
-    pub fn put_connection(&self, inode: u64, socket: OwnedFd, peer: RawSockAddr) {
+    /// Keeps a connection accepted on listener `inode` of process `owner`.
+    pub fn put_connection(&self, inode: u64, owner: u32, socket: OwnedFd, peer: RawSockAddr) {
         let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(inode).or_default().push_back(Kept { item: (socket, peer), at: Instant::now() });
+        map.entry(inode).or_default().push_back(Kept { item: (socket, peer), at: Instant::now(), owner });
         self.count.fetch_add(1, Ordering::Release);
     }
 
@@ -67,10 +72,10 @@ impl Stash {
         Some(kept.item)
     }
 
-    /// Keeps a datagram received on socket `inode`.
-    pub fn put_datagram(&self, inode: u64, datagram: Datagram) {
+    /// Keeps a datagram received on socket `inode` of process `owner`.
+    pub fn put_datagram(&self, inode: u64, owner: u32, datagram: Datagram) {
         let mut map = self.datagrams.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(inode).or_default().push_back(Kept { item: datagram, at: Instant::now() });
+        map.entry(inode).or_default().push_back(Kept { item: datagram, at: Instant::now(), owner });
         self.count.fetch_add(1, Ordering::Release);
     }
 
@@ -89,20 +94,21 @@ impl Stash {
         Some(kept.item)
     }
 
-    /// Drops what waited longer than [`MAX_AGE`]; returns how many.
-    pub fn expire(&self) -> usize {
-        fn sweep<T>(map: &Queues<T>) -> usize {
+    /// Drops what waited longer than [`MAX_AGE`] for a socket `open(owner, inode)` says is
+    /// closed in the service; returns how many.
+    pub fn expire(&self, open: impl Fn(u32, u64) -> bool) -> usize {
+        fn sweep<T>(map: &Queues<T>, open: &impl Fn(u32, u64) -> bool) -> usize {
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
             let mut dropped = 0;
-            map.retain(|_, q| {
+            map.retain(|&inode, q| {
                 let before = q.len();
-                q.retain(|k| k.at.elapsed() < MAX_AGE);
+                q.retain(|k| k.at.elapsed() < MAX_AGE || open(k.owner, inode));
                 dropped += before - q.len();
                 !q.is_empty()
             });
             dropped
         }
-        let dropped = sweep(&self.connections) + sweep(&self.datagrams);
+        let dropped = sweep(&self.connections, &open) + sweep(&self.datagrams, &open);
         self.count.fetch_sub(dropped, Ordering::Release);
         dropped
     }
@@ -117,8 +123,8 @@ mod tests {
         let s = Stash::default();
         assert!(s.is_empty());
         let d = |b: u8| Datagram { data: vec![b], from: RawSockAddr::empty() };
-        s.put_datagram(7, d(1));
-        s.put_datagram(7, d(2));
+        s.put_datagram(7, 1, d(1));
+        s.put_datagram(7, 1, d(2));
         assert_eq!(s.take_datagram(7, true).unwrap().data, vec![1]);
         assert_eq!(s.take_datagram(7, false).unwrap().data, vec![1]);
         assert_eq!(s.take_datagram(8, false).map(|d| d.data), None);
@@ -130,10 +136,10 @@ mod tests {
     fn connections_are_kept_per_listener() {
         let s = Stash::default();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        s.put_connection(3, OwnedFd::from(a), RawSockAddr::empty());
+        s.put_connection(3, 1, OwnedFd::from(a), RawSockAddr::empty());
         assert!(s.take_connection(4).is_none());
         assert!(s.take_connection(3).is_some());
         assert!(s.is_empty());
-        assert_eq!(s.expire(), 0);
+        assert_eq!(s.expire(|_, _| false), 0);
     }
 }

@@ -95,6 +95,22 @@ impl Targets {
         Ok((pidfd, tgid))
     }
 
+    /// Drops the pidfds of threads that have exited (one `poll` over all of them).
+    pub fn forget_exited(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let entries: Vec<(u32, Arc<OwnedFd>)> = cache.iter().map(|(&tid, e)| (tid, e.pidfd.clone())).collect();
+        let mut fds: Vec<PollFd> = entries.iter().map(|(_, p)| PollFd::new(p.as_fd(), PollFlags::POLLIN)).collect();
+        if poll(&mut fds, PollTimeout::ZERO).unwrap_or(0) == 0 {
+            return;
+        }
+        for ((tid, _), fd) in entries.iter().zip(&fds) {
+            if fd.revents().is_some_and(|r| !r.is_empty()) {
+                cache.remove(tid);
+            }
+        }
+    }
+
     fn forget(&self, tid: u32) {
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
     }
@@ -113,8 +129,15 @@ fn exited(pidfd: &OwnedFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Whether process `pid` still has socket `inode` open (any descriptor naming it).
+pub fn has_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    dir.filter_map(Result::ok).any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+}
+
 /// The thread group (process) of thread `tid`, from `/proc/<tid>/status`.
-fn thread_group(tid: u32) -> Result<u32, Errno> {
+pub fn thread_group(tid: u32) -> Result<u32, Errno> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or(Errno::ESRCH)
 }

@@ -167,3 +167,12 @@ pub fn stop_on_signals() {
         }
     }
 }
+
+/// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.
+pub fn alarm_every(every: std::time::Duration) {
+    let tv =
+        libc::timeval { tv_sec: every.as_secs() as libc::time_t, tv_usec: every.subsec_micros() as libc::suseconds_t };
+    let timer = libc::itimerval { it_interval: tv, it_value: tv };
+    // SAFETY: `timer` is a live itimerval; the old value is not wanted.
+    unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) };
+}

@@ -22,6 +22,7 @@ fn main() {
         "udp-server" => udp_server(&opts),
         "connect" => connect(&opts),
         "errors" => errors(&opts),
+        "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
 }
@@ -226,6 +227,12 @@ fn tcp_server(o: &Opts) {
         }
     }
     running.store(false, Ordering::Relaxed);
+    if o.flag("hold") {
+        // Stay up (with the connections) until killed.
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
     if is_parent {
         for _ in 0..forks {
             let mut status = 0;
@@ -278,10 +285,36 @@ fn udp_server(o: &Opts) {
             line["second"] = show(&addr[16..], 16);
         }
         if reply {
-            let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
+            // Retried on EINTR, which a trapped call can return (see README, Limits).
+            let mut interrupted = 0;
+            let s = loop {
+                let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
+                if s.ret >= 0 || s.errno != libc::EINTR || interrupted == 100 {
+                    break s;
+                }
+                interrupted += 1;
+            };
             line["reply"] = outcome(s);
+            line["reply_interrupted"] = json!(interrupted);
         }
         emit(line);
+    }
+}
+
+/// Calls `getpeername` on a loopback connection in a loop, and says so if it ever fails with
+/// `ENOSYS` (what a service whose supervisor died would get).
+fn spin() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    emit(json!({"ready": true, "pids": [std::process::id()]}));
+    loop {
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        let r = calls::getpeername(c.as_raw_fd(), buf.as_mut_ptr(), &mut len);
+        if r.ret < 0 && r.errno == libc::ENOSYS {
+            emit(json!({"enosys": true}));
+            std::process::exit(1);
+        }
     }
 }
 
@@ -448,6 +481,11 @@ fn errors(o: &Opts) {
     let unix = [1u8, 0, b'/', b'x'];
     case("sendto_unix_address", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, unix.as_ptr(), 4)));
 
+    let shut = socket(libc::SOCK_DGRAM);
+    // SAFETY: shutdown on a descriptor the probe owns.
+    unsafe { libc::shutdown(shut, libc::SHUT_WR) };
+    case("sendto_after_shutdown", outcome(calls::sendto(shut, b"x".as_ptr(), 1, 0, to.as_ptr(), 16)));
+
     let c = socket(libc::SOCK_DGRAM);
     case("connect_udp_peer", json!({"o": outcome(calls::connect(c, to.as_ptr(), 16)), "peer": peer_of(c)}));
     let tcp_to = sockaddr_bytes(tcp_peer);
@@ -456,5 +494,31 @@ fn errors(o: &Opts) {
     case("connect_tcp_nonblocking_peer", outcome(calls::connect(t, tcp_to.as_ptr(), 16)));
     case("connect_bad_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), BAD_POINTER, 16)));
     case("connect_short_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), to.as_ptr(), 8)));
+    // A blocking Fast Open send: the balancer refuses the connection.
+    let tfo = socket(libc::SOCK_STREAM);
+    case(
+        "sendto_fastopen_blocking",
+        outcome(calls::sendto(tfo, b"hello".as_ptr(), 5, libc::MSG_FASTOPEN, tcp_to.as_ptr(), 16)),
+    );
+    // SO_RCVTIMEO: EAGAIN after the timeout; EINTR at the first signal, restart or not.
+    let timed = UdpSocket::bind(SocketAddr::new(o.addr("udp").ip(), 0)).unwrap();
+    timed.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    let mut addr = [0u8; 128];
+    let timed_recv = |addr: &mut [u8; 128]| {
+        let mut len = 128u32;
+        let start = Instant::now();
+        let r = calls::recvfrom(timed.as_raw_fd(), data.as_ptr() as *mut u8, 64, 0, addr.as_mut_ptr(), &mut len);
+        (r, start.elapsed())
+    };
+    let (r, took) = timed_recv(&mut addr);
+    case(
+        "recvfrom_timeout",
+        json!({"o": outcome(r), "in_time": took >= Duration::from_millis(350) && took < Duration::from_secs(3)}),
+    );
+    calls::install_handler(libc::SIGALRM, true);
+    calls::alarm_every(Duration::from_millis(100));
+    let (r, took) = timed_recv(&mut addr);
+    calls::alarm_every(Duration::ZERO);
+    case("recvfrom_timeout_signalled", json!({"o": outcome(r), "early": took < Duration::from_millis(350)}));
     emit(Value::Object(results));
 }
