@@ -32,6 +32,9 @@ use serde::Serialize;
 
 /// Queue of the TCP packets that get a TOA.
 pub const TCP_QUEUE: u16 = 0;
+/// The mark xtables puts on the packet that gets the TOA when more than one is queued
+/// (the handshake's ACK, queued with the first data segment that must not overtake it).
+pub const TOA_MARK: u32 = 0x70a;
 /// Queue of UDP to and from the VIP.
 pub const UDP_QUEUE: u16 = 1;
 
@@ -149,12 +152,19 @@ pub fn run(config: &Config, stop: &AtomicBool, ready: impl FnOnce()) -> std::io:
         let verdict = match msg.get_queue_num() {
             TCP_QUEUE => {
                 counters.tcp_queued += 1;
-                match insert_toa(msg.get_payload(), config) {
-                    Some(packet) => {
-                        counters.toa_inserted += 1;
-                        msg.set_payload(packet);
+                let carries_toa = match config.toa_on {
+                    ToaOn::Syn => true,
+                    ToaOn::Ack => msg.get_nfmark() == TOA_MARK,
+                    ToaOn::Nothing => false,
+                };
+                if carries_toa {
+                    match insert_toa(msg.get_payload(), config) {
+                        Some(packet) => {
+                            counters.toa_inserted += 1;
+                            msg.set_payload(packet);
+                        }
+                        None => counters.toa_no_room += 1,
                     }
-                    None => counters.toa_no_room += u64::from(config.toa_on != ToaOn::Nothing),
                 }
                 Verdict::Accept
             }

@@ -204,12 +204,22 @@ fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
             "-t mangle -A FORWARD -i l0 -o l1 -p tcp --syn -j NFQUEUE --queue-num {}",
             balancer::TCP_QUEUE
         )),
-        // The second packet of the connection from the client: the handshake's ACK.
-        ToaOn::Ack => rules.push(format!(
-            "-t mangle -A FORWARD -i l0 -o l1 -p tcp --tcp-flags SYN,ACK,RST,FIN ACK -m connbytes --connbytes 2:2 \
-             --connbytes-dir original --connbytes-mode packets -j NFQUEUE --queue-num {}",
-            balancer::TCP_QUEUE
-        )),
+        // The second packet of the connection from the client, the handshake's ACK, is marked
+        // for the TOA. The third (the first data) is queued too, unchanged: one queue keeps
+        // order, and a packet passing outside it could overtake the ACK, complete the handshake
+        // and have the connection accepted before the TOA arrives.
+        ToaOn::Ack => {
+            rules.push(format!(
+                "-t mangle -A FORWARD -i l0 -o l1 -p tcp --tcp-flags SYN,ACK,RST,FIN ACK -m connbytes --connbytes 2:2 \
+                 --connbytes-dir original --connbytes-mode packets -j MARK --set-mark {}",
+                balancer::TOA_MARK
+            ));
+            rules.push(format!(
+                "-t mangle -A FORWARD -i l0 -o l1 -p tcp -m connbytes --connbytes 2:3 \
+                 --connbytes-dir original --connbytes-mode packets -j NFQUEUE --queue-num {}",
+                balancer::TCP_QUEUE
+            ));
+        }
         ToaOn::Nothing => {}
     }
     rules.into_iter().map(|r| r.split_whitespace().map(str::to_owned).collect()).collect()
