@@ -13,7 +13,7 @@ use crate::trust::Trust;
 use crate::wire::toa::ToaKinds;
 
 /// Flags of the capture and its table.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct CaptureArgs {
     /// Capture on this interface only (repeatable). Default: every interface of the
     /// network namespace.
@@ -32,15 +32,32 @@ pub struct CaptureArgs {
     pub trust: Vec<IpNet>,
 
     /// Seconds a TCP mapping lives without being used (ip_vs_ca's tcp_timeout).
-    #[arg(long, value_name = "S", default_value_t = 100)]
+    #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_TCP_TIMEOUT.as_secs())]
     pub tcp_timeout: u64,
 
     /// Seconds a UDP mapping lives without being used (ip_vs_ca's udp_timeout).
-    #[arg(long, value_name = "S", default_value_t = 310)]
+    #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_UDP_TIMEOUT.as_secs())]
     pub udp_timeout: u64,
 }
 
+impl Default for CaptureArgs {
+    fn default() -> Self {
+        CaptureArgs::default_values()
+    }
+}
+
 impl CaptureArgs {
+    /// The flags as they are when none is given.
+    pub fn default_values() -> Self {
+        CaptureArgs {
+            ifaces: Vec::new(),
+            toa_kinds: Vec::new(),
+            trust: Vec::new(),
+            tcp_timeout: crate::table::DEFAULT_TCP_TIMEOUT.as_secs(),
+            udp_timeout: crate::table::DEFAULT_UDP_TIMEOUT.as_secs(),
+        }
+    }
+
     /// The accepted TOA kinds.
     pub fn kinds(&self) -> ToaKinds {
         if self.toa_kinds.is_empty() {

@@ -76,14 +76,18 @@ pub enum Via {
     Toa,
     /// From an ip_vs_ca ICMP echo announcement.
     Icmp,
+    /// Added by the operator (`ipvsca map add`): never expires, never replaced by an
+    /// announcement.
+    Static,
 }
 
 impl Via {
-    /// `"toa"` or `"icmp"`.
+    /// `"toa"`, `"icmp"` or `"static"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Via::Toa => "toa",
             Via::Icmp => "icmp",
+            Via::Static => "static",
         }
     }
 }

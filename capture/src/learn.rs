@@ -17,7 +17,7 @@ use crate::inspect::{LinkType, Observation, inspect_frame, inspect_network};
 use crate::table::{Announced, Learned, MappingTable};
 use crate::trust::Trust;
 use crate::wire::Malformed;
-use crate::wire::toa::ToaKinds;
+use crate::wire::toa::{SharedToaKinds, ToaKinds};
 
 counter_set! {
     /// What the capture saw.
@@ -66,7 +66,8 @@ pub struct LearnConfig {
 /// Applies captured packets to a table.
 #[derive(Debug)]
 pub struct Learner {
-    config: LearnConfig,
+    kinds: SharedToaKinds,
+    trust: Trust,
     table: Arc<MappingTable>,
     counters: CaptureCounters,
     malformed_by_reason: [Counter; Malformed::COUNT],
@@ -75,7 +76,13 @@ pub struct Learner {
 impl Learner {
     /// A learner feeding `table`.
     pub fn new(config: LearnConfig, table: Arc<MappingTable>) -> Self {
-        Learner { config, table, counters: CaptureCounters::default(), malformed_by_reason: Default::default() }
+        Learner {
+            kinds: SharedToaKinds::new(config.kinds),
+            trust: config.trust,
+            table,
+            counters: CaptureCounters::default(),
+            malformed_by_reason: Default::default(),
+        }
     }
 
     /// The table this learner feeds.
@@ -83,19 +90,30 @@ impl Learner {
         &self.table
     }
 
-    /// The rules in force.
-    pub fn config(&self) -> &LearnConfig {
-        &self.config
+    /// The option kinds accepted now.
+    pub fn kinds(&self) -> ToaKinds {
+        self.kinds.load()
+    }
+
+    /// Changes the accepted option kinds; packets inspected from now on use them. A live
+    /// capture's kernel filter must follow: use `LiveCapture::set_kinds`.
+    pub fn set_kinds(&self, kinds: ToaKinds) {
+        self.kinds.store(kinds);
+    }
+
+    /// The sources that may create mappings.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
     }
 
     /// Learns from a frame captured with the given link type.
     pub fn observe_frame(&self, frame: &[u8], link: LinkType, now: Millis) -> Option<MappingEvent> {
-        self.apply(inspect_frame(frame, link, &self.config.kinds), now)
+        self.apply(inspect_frame(frame, link, &self.kinds.load()), now)
     }
 
     /// Learns from a network-layer packet whose protocol the link layer gave as `ethertype`.
     pub fn observe_network(&self, ethertype: u16, packet: &[u8], now: Millis) -> Option<MappingEvent> {
-        self.apply(inspect_network(ethertype, packet, &self.config.kinds), now)
+        self.apply(inspect_network(ethertype, packet, &self.kinds.load()), now)
     }
 
     /// Counts packets the kernel dropped before they could be read.
@@ -116,7 +134,7 @@ impl Learner {
                     self.count_malformed(reason);
                 }
                 self.counters.connection_requests.inc();
-                if self.config.trust.allows(key.lb.ip()) {
+                if self.trust.allows(key.lb.ip()) {
                     self.table.connection_requested(&key);
                 }
                 return None;
@@ -131,7 +149,7 @@ impl Learner {
                 (key, client, Via::Icmp, Announced::NewFlow)
             }
         };
-        if !self.config.trust.allows(key.lb.ip()) {
+        if !self.trust.allows(key.lb.ip()) {
             self.counters.untrusted.inc();
             return None;
         }

@@ -20,6 +20,7 @@ use crate::bpf::{SNAP_LEN, capture_filter};
 use crate::clock::monotonic_millis;
 use crate::learn::{Learner, MappingEvent};
 use crate::sys::packet_socket::{PacketSocket, interface_index};
+use crate::wire::toa::ToaKinds;
 
 /// Receive buffer asked for each socket: room for a burst of tens of thousands of passed
 /// packets (each costs its truncated length plus the kernel's per-skb overhead).
@@ -84,7 +85,7 @@ impl LiveCapture {
     /// Opens the capture on `ifaces` (every interface when empty) in the calling thread's
     /// network namespace, feeding `learner`.
     pub fn open(ifaces: &[String], learner: Arc<Learner>) -> Result<Self, CaptureError> {
-        let filter = capture_filter(&learner.config().kinds);
+        let filter = capture_filter(&learner.kinds());
         let open = |index| {
             PacketSocket::open(index, &filter, RECEIVE_BUFFER).map_err(|e| match e.kind() {
                 io::ErrorKind::PermissionDenied => CaptureError::Permission(e),
@@ -126,6 +127,21 @@ impl LiveCapture {
     /// The learner (and through it the table and counters) this capture feeds.
     pub fn learner(&self) -> &Arc<Learner> {
         &self.learner
+    }
+
+    /// Changes the accepted TOA kinds (`ipvsca set tcpopt_addr`): the learner's, then each
+    /// socket's kernel filter, which the kernel swaps atomically. A packet queued under the
+    /// old filter is still judged by the learner's new kinds.
+    pub fn set_kinds(&self, kinds: ToaKinds) -> Result<(), CaptureError> {
+        self.learner.set_kinds(kinds);
+        let filter = capture_filter(&kinds);
+        for (_, socket) in &self.sockets {
+            socket.set_filter(&filter).map_err(|e| match e.kind() {
+                io::ErrorKind::OutOfMemory => CaptureError::NoMemory(e),
+                _ => CaptureError::Socket(e),
+            })?;
+        }
+        Ok(())
     }
 
     /// What the capture listens on, for the start-up log.

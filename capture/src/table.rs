@@ -42,6 +42,10 @@ counter_set! {
         conflicts_kept,
         /// Mappings removed after their idle timeout.
         expired,
+        /// Static mappings added by the operator (`ipvsca map add`).
+        static_added,
+        /// Mappings removed by the operator (`ipvsca map del`).
+        deleted,
         /// Lookups that found a live mapping.
         lookups_hit,
         /// Lookups that found none.
@@ -62,7 +66,8 @@ pub enum Learned {
     /// The announcement repeated the current client.
     Refreshed,
     /// The announcement named another client on a connection already mapped, outside a
-    /// handshake; the current client is kept (spec: "keep the first value").
+    /// handshake, or on a static mapping; the current client is kept (spec: "keep the
+    /// first value"; the operator's mapping wins).
     Kept,
 }
 
@@ -107,7 +112,7 @@ impl Mapping {
     }
 
     fn is_live(&self, now: Millis, timeout: Millis) -> bool {
-        now.saturating_sub(self.last_used.load(Ordering::Relaxed)) < timeout
+        self.via == Via::Static || now.saturating_sub(self.last_used.load(Ordering::Relaxed)) < timeout
     }
 
     fn touch(&self, now: Millis) {
@@ -204,6 +209,9 @@ impl MappingTable {
                     o.insert(Mapping::new(client, via, now));
                     self.counters.expired.inc();
                     (Learned::Created, Some(old))
+                } else if m.via == Via::Static {
+                    m.touch(now);
+                    (if m.client == client { Learned::Refreshed } else { Learned::Kept }, None)
                 } else if m.client == client {
                     m.touch(now);
                     m.handshake_open.store(false, Ordering::Relaxed);
@@ -236,6 +244,36 @@ impl MappingTable {
         };
         counter.inc();
         learned
+    }
+
+    /// Adds the operator's mapping `key -> client` (`ipvsca map add`), replacing whatever
+    /// `key` had: it never expires, and announcements do not replace it.
+    pub fn add_static(&self, key: FlowKey, client: SocketAddr, now: Millis) -> Learned {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.forward.insert(key, Mapping::new(client, Via::Static, now));
+        let learned = match &old {
+            None => {
+                self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+                Learned::Created
+            }
+            Some(m) => {
+                self.unindex_client(&key, m.client);
+                Learned::Replaced { previous: m.client }
+            }
+        };
+        self.index_client(&key, client);
+        self.counters.static_added.inc();
+        learned
+    }
+
+    /// Removes the mapping of `key`, learned or static (`ipvsca map del`); returns it.
+    pub fn remove(&self, key: &FlowKey) -> Option<MappingInfo> {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, m) = self.forward.remove(key)?;
+        self.unindex_client(&key, m.client);
+        self.unindex_lb_port(&key);
+        self.counters.deleted.inc();
+        Some(m.info())
     }
 
     /// Records a connection request without TOA on `key`: a TOA on its handshake ACK or
@@ -409,6 +447,38 @@ mod tests {
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 5), Some(addr("10.1.0.5:40001")));
         let s = t.stats();
         assert_eq!((s.created, s.lookups_hit, s.lookups_miss), (1, 2, 1));
+    }
+
+    #[test]
+    fn static_mapping_never_expires_and_wins_over_announcements() {
+        let t = MappingTable::new(Duration::from_millis(100), Duration::from_millis(100));
+        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
+        assert_eq!(t.add_static(key(40001, 80), addr(B), 10), Learned::Replaced { previous: addr(A) });
+        assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 20), Learned::Kept);
+        assert_eq!(t.expire(1_000_000), 0);
+        assert_eq!(t.client_of(&key(40001, 80), 1_000_000), Some(addr(B)));
+        let rs = addr("10.1.0.9:80");
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), rs, 1_000_000), Some(addr("10.1.0.5:40001")));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 1_000_000), None);
+        assert_eq!(t.get(&key(40001, 80)).unwrap().via, Via::Static);
+        let s = t.stats();
+        assert_eq!((s.static_added, s.conflicts_kept, s.expired), (1, 1, 0));
+    }
+
+    #[test]
+    fn remove_drops_the_mapping_and_its_indexes() {
+        let t = MappingTable::default();
+        assert_eq!(t.add_static(key(40001, 80), addr(A), 0), Learned::Created);
+        t.learn(key(40002, 80), addr(B), Via::Toa, Announced::NewFlow, 0);
+        assert_eq!(t.remove(&key(40001, 80)).map(|m| m.client), Some(addr(A)));
+        assert_eq!(t.remove(&key(40001, 80)), None);
+        assert_eq!(t.client_of(&key(40001, 80), 1), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("0.0.0.0:0"), 1), None);
+        assert_eq!(t.client_for_local(Proto::Tcp, addr("10.1.0.5:40001"), addr("0.0.0.0:80"), 1), None);
+        assert_eq!(t.by_client.len(), 1);
+        assert_eq!(t.remove(&key(40002, 80)).map(|m| m.via), Some(Via::Toa));
+        assert!(t.by_client.is_empty() && t.by_lb_port.is_empty() && t.is_empty());
+        assert_eq!(t.stats().deleted, 2);
     }
 
     #[test]

@@ -18,6 +18,8 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
+use supervisor::procs;
+
 use crate::sys;
 
 /// Signals the launcher forwards to the service.
@@ -109,39 +111,23 @@ pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid, &OwnedFd)) -> ! {
     }
 }
 
-/// `pid -> parent` for every process visible in /proc.
-fn parents() -> Vec<(Pid, Pid)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| {
-        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let ppid: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        Some((Pid::from_raw(pid), Pid::from_raw(ppid)))
-    })
-    .collect()
-}
-
 fn children(of: Pid) -> Vec<Pid> {
-    parents().into_iter().filter(|&(_, parent)| parent == of).map(|(pid, _)| pid).collect()
+    procs::parents()
+        .into_iter()
+        .filter(|&(_, parent)| parent == of.as_raw())
+        .map(|(pid, _)| Pid::from_raw(pid))
+        .collect()
 }
 
 /// SIGKILLs every descendant, again until none is left (a process may fork meanwhile).
 fn kill_descendants(root: Pid) {
     for _ in 0..100 {
-        let all = parents();
-        let mut tree = vec![root];
-        let mut i = 0;
-        while i < tree.len() {
-            let parent = tree[i];
-            tree.extend(all.iter().filter(|&&(_, p)| p == parent).map(|&(pid, _)| pid));
-            i += 1;
-        }
-        if tree.len() == 1 {
+        let tree = procs::descendants(root.as_raw(), &procs::parents());
+        if tree.is_empty() {
             return;
         }
-        for &pid in &tree[1..] {
-            let _ = kill(pid, Signal::SIGKILL);
+        for pid in tree {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
             waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))

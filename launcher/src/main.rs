@@ -2,6 +2,7 @@
 //! FULLNAT balancer announces instead of the balancer's addresses.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use anyhow::Context;
 use capture::cli::CaptureArgs;
 use capture::{Learner, LiveCapture};
 use clap::Parser;
-use launcher::run::{self, Supervision};
+use launcher::run::{self, ControlSocket, DaemonSupervision, Supervision};
 use launcher::{preflight, spawn};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
@@ -40,6 +41,26 @@ struct Cli {
     #[arg(long)]
     recvfrom_append: bool,
 
+    /// Hand the service to the `ipvsca supervise` daemon listening at this control socket
+    /// (its default is /run/ipvsca/ipvsca.sock) instead of supervising and capturing here.
+    /// The capture flags then belong to the daemon. If the daemon stops, the service is
+    /// stopped.
+    #[arg(long, value_name = "PATH")]
+    supervisor: Option<PathBuf>,
+
+    /// Create the embedded supervisor's control socket (for ipvsca stats, get, set,
+    /// mappings, map) at PATH instead of /run/ipvsca/PID.sock, PID being the service's first
+    /// process. A socket that cannot be made at PATH stops the launch; at the default
+    /// place it only warns.
+    #[arg(long, value_name = "PATH", conflicts_with = "supervisor")]
+    control: Option<PathBuf>,
+
+    /// Run PROGRAM as USER (name or uid) with USER's groups, as `setpriv` would (the
+    /// environment is left as it is). Needs root. ipvsca itself stays root, keeping only
+    /// CAP_SYS_PTRACE and CAP_KILL.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     command: Vec<OsString>,
@@ -60,6 +81,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let program = spawn::resolve_program(&cli.command[0])?;
+    let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose()?;
     let lacking = preflight::check()?;
     for feature in lacking {
         tracing::warn!(
@@ -68,6 +90,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             feature.since.0,
             feature.since.1
         );
+    }
+    if let Some(control) = cli.supervisor {
+        if cli.capture != CaptureArgs::default_values() {
+            anyhow::bail!(
+                "--iface, --toa-kind, --trust, --tcp-timeout and --udp-timeout belong to the daemon with --supervisor (ipvsca supervise takes them)"
+            );
+        }
+        let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
+        return run::supervise_with_daemon(&program, &cli.command, daemon);
     }
     let table = Arc::new(cli.capture.table());
     let config = cli.capture.learn_config();
@@ -81,6 +112,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         trust,
         io_uring: cli.io_uring,
         options: Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts() },
+        control: cli.control.map_or(ControlSocket::Default, ControlSocket::At),
+        user,
     };
     run::supervise(&program, &cli.command, supervision)
 }

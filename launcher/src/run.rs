@@ -1,27 +1,47 @@
-//! Running a service under the supervisor: the filter, the launch, the supervisor's and
-//! capture's threads, signal forwarding, and the wait for the last process of the service.
-//! Shared by `ipvsca-run` and the benchmark, which supervises with a table it fills itself.
+//! Running a service under a supervisor: the filter, the launch, signal forwarding, and the
+//! wait for the last process of the service. The supervisor is either embedded (this
+//! process answers the service's calls and runs the capture: the default) or the daemon
+//! `ipvsca supervise`, to which the listener is handed. Shared by `ipvsca-run` and the
+//! benchmark, which supervises with a table it fills itself.
 
 use std::ffi::OsString;
-use std::path::Path;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use capture::trust::Trust;
 use capture::{LiveCapture, MappingTable};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
+use supervisor::control::server::{ControlGuard, ControlServer, Mode, Node, ServiceInfo, Services};
+use supervisor::control::{self, Connection, Request};
+use supervisor::daemon::{raise_descriptor_limit, spawn_capture};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
+use supervisor::privileges;
 use supervisor::resolve::Resolver;
 use supervisor::server::Supervisor;
 use supervisor::stats::SupervisorCounters;
 use supervisor::sys::seccomp::Listener;
 
 use crate::keeper::{FORWARDED, SI_KERNEL};
-use crate::spawn;
+use crate::spawn::{self, Credentials, Launched};
 
-/// What the service is supervised with.
+/// Where the embedded supervisor's control socket goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlSocket {
+    /// `/run/ipvsca/PID.sock` (PID: the service's first process); a failure is a warning.
+    Default,
+    /// This path (`--control`); a failure stops the launch.
+    At(PathBuf),
+    /// None.
+    Off,
+}
+
+/// The embedded supervisor and what it works with.
 #[derive(Debug)]
 pub struct Supervision {
     /// The mapping table.
@@ -34,15 +54,36 @@ pub struct Supervision {
     pub io_uring: IoUring,
     /// Emulation switches.
     pub options: Options,
+    /// The control socket.
+    pub control: ControlSocket,
+    /// `--user`.
+    pub user: Option<Credentials>,
 }
 
-/// Runs `argv` (`program` resolved) under the supervisor until its last process exits;
-/// returns its exit status (128+N for signal N). Must be called while the process has a
-/// single thread: it forks.
-pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::Result<i32> {
-    let filter = supervisor::filter::build(s.io_uring)?;
+/// A service served by `ipvsca supervise`.
+#[derive(Debug)]
+pub struct DaemonSupervision {
+    /// The daemon's control socket.
+    pub control: PathBuf,
+    /// io_uring_setup's fate.
+    pub io_uring: IoUring,
+    /// `--recvfrom-append`.
+    pub recvfrom_append: bool,
+    /// `--user`.
+    pub user: Option<Credentials>,
+}
+
+/// Forks the keeper and the service, then blocks the forwarded signals and makes a panic
+/// abort (the keeper then stops the service). Must be called with a single thread.
+fn start(
+    program: &Path,
+    argv: &[OsString],
+    io_uring: IoUring,
+    user: Option<&Credentials>,
+) -> anyhow::Result<(Launched, OwnedFd, SigSet)> {
+    let filter = supervisor::filter::build(io_uring)?;
     // Forks the keeper and the service: the last moment this process has one thread.
-    let (launched, listener) = spawn::launch(program, argv, &filter)?;
+    let (launched, listener) = spawn::launch(program, argv, &filter, user)?;
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
         forwarded.add(sig);
@@ -54,32 +95,13 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
         eprintln!("ipvsca: the supervisor failed ({info}); stopping the service");
         std::process::abort();
     }));
-    // One pidfd per calling thread: a service with many threads needs many descriptors. The
-    // service was forked already and keeps its own limit.
-    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
-        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
-    }
+    raise_descriptor_limit();
+    Ok((launched, listener, forwarded))
+}
 
-    let counters = Arc::new(SupervisorCounters::default());
-    let resolver = Resolver::new(s.table, s.capture.clone(), s.trust, counters.clone());
-    let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), s.options)?;
-    tracing::debug!(
-        per_thread_pidfds = supervisor.thread_pidfds(),
-        pin_accepts = s.options.pin_accepts,
-        "supervisor ready"
-    );
-    if let Some(capture) = s.capture.clone() {
-        std::thread::Builder::new().name("ipvsca-capture".into()).spawn(move || {
-            if let Err(e) = capture.run() {
-                tracing::error!(error = %e, "the capture stopped; lookups now miss");
-            }
-        })?;
-    }
-    std::thread::Builder::new().name("ipvsca-notify".into()).spawn(move || {
-        if let Err(e) = supervisor.serve() {
-            tracing::error!(error = %e, "the supervisor stopped");
-        }
-    })?;
+/// Forwards the signals sent to this process to the keeper, lets the service exec, and
+/// waits for the keeper: the service's exit status.
+fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) -> anyhow::Result<i32> {
     let keeper = launched.keeper;
     std::thread::Builder::new().name("ipvsca-signals".into()).spawn(move || {
         // A terminal's Ctrl-C reached the whole process group, the service included.
@@ -91,7 +113,6 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
             }
         }
     })?;
-
     if let Err(e) = launched.go() {
         let _ = waitpid(keeper, None);
         return Err(e.into());
@@ -99,18 +120,113 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
     tracing::info!(
         program = %program.display(),
         pid = launched.service.as_raw(),
-        capture = ?s.capture.as_ref().map(|c| c.interfaces()),
-        io_uring = ?s.io_uring,
+        supervisor = how,
         "supervising accept, accept4, getpeername, recvfrom, sendto, connect"
     );
-    let code = loop {
+    loop {
         match waitpid(keeper, None) {
-            Ok(WaitStatus::Exited(_, code)) => break code,
-            Ok(WaitStatus::Signaled(_, sig, _)) => break 128 + sig as i32,
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e).context("waiting for the service"),
         }
+    }
+}
+
+/// Runs `argv` (`program` resolved) under the embedded supervisor until its last process
+/// exits; returns its exit status (128+N for signal N). Must be called while the process
+/// has a single thread: it forks.
+pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::Result<i32> {
+    // An explicit control socket is bound before anything starts, so a bad path stops here.
+    let explicit = match &s.control {
+        ControlSocket::At(path) => {
+            Some(ControlServer::bind(path).with_context(|| format!("opening the control socket {}", path.display()))?)
+        }
+        _ => None,
     };
+    let (launched, listener, forwarded) = start(program, argv, s.io_uring, s.user.as_ref())?;
+    let control = match (explicit, &s.control) {
+        (Some(bound), _) => Some(bound),
+        (None, ControlSocket::Default) => {
+            let path = control::run_socket(launched.service.as_raw() as u32);
+            match ControlServer::bind(&path) {
+                Ok(bound) => Some(bound),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "no control socket: ipvsca stats cannot reach this service");
+                    None
+                }
+            }
+        }
+        (None, _) => None,
+    };
+    // Every socket is open and no thread runs yet: drop what the supervisor does not need,
+    // for every thread to come.
+    privileges::drop_and_log(s.options.pin_accepts);
+
+    let counters = Arc::new(SupervisorCounters::default());
+    let resolver = Resolver::new(s.table.clone(), s.capture.clone(), s.trust, counters.clone());
+    let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), s.options)?;
+    tracing::debug!(
+        per_thread_pidfds = supervisor.thread_pidfds(),
+        pin_accepts = s.options.pin_accepts,
+        "supervisor ready"
+    );
+    let _guard: Option<ControlGuard> = match control {
+        Some(bound) => {
+            let services = Arc::new(Services::default());
+            let program = program.display().to_string();
+            services.add(ServiceInfo { program, root: launched.keeper.as_raw(), not_service: 0 });
+            let node = Node {
+                mode: Mode::Run,
+                table: s.table.clone(),
+                capture: s.capture.clone(),
+                counters: counters.clone(),
+                services,
+                attach: None,
+                started: Instant::now(),
+            };
+            Some(bound.spawn(Arc::new(node))?)
+        }
+        None => None,
+    };
+    if let Some(capture) = s.capture.clone() {
+        tracing::debug!(interfaces = ?capture.interfaces(), "capturing");
+        spawn_capture(capture)?;
+    }
+    std::thread::Builder::new().name("ipvsca-notify".into()).spawn(move || {
+        if let Err(e) = supervisor.serve() {
+            tracing::error!(error = %e, "the supervisor stopped");
+        }
+    })?;
+    let code = run_to_end(program, launched, forwarded, "embedded")?;
     tracing::debug!(stats = ?counters.snapshot(), "exiting");
     Ok(code)
+}
+
+/// Runs `argv` (`program` resolved) with its calls answered by the `ipvsca supervise` at
+/// `d.control`; returns its exit status. If the daemon goes away while the service runs,
+/// the service is stopped (its calls would go unanswered). Must be called while the
+/// process has a single thread: it forks.
+pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervision) -> anyhow::Result<i32> {
+    // Reach the daemon before starting anything.
+    let mut daemon = Connection::open(&d.control)?;
+    let (launched, listener, forwarded) = start(program, argv, d.io_uring, d.user.as_ref())?;
+    // This process only forwards signals and waits from here on: it needs no capability.
+    privileges::drop_all();
+    let request = Request::Attach { program: program.display().to_string(), recvfrom_append: d.recvfrom_append };
+    daemon
+        .request(&request, Some(listener.as_fd()))
+        .with_context(|| format!("handing the service to the supervisor at {}", d.control.display()))?;
+    drop(listener);
+    let mut lifeline = daemon.into_stream();
+    let path = d.control.clone();
+    std::thread::Builder::new().name("ipvsca-lifeline".into()).spawn(move || {
+        // The daemon never writes again; end-of-file means it is gone (it keeps the
+        // connection until this process exits, also after the service ended).
+        let mut byte = [0u8; 1];
+        while let Ok(1) = lifeline.read(&mut byte) {}
+        tracing::error!(supervisor = %path.display(), "the supervisor went away; stopping the service, whose calls would go unanswered");
+        std::process::exit(1);
+    })?;
+    run_to_end(program, launched, forwarded, "daemon")
 }

@@ -1,14 +1,15 @@
 //! Starting the service under the filter. Three processes:
 //!
-//! - the launcher (the supervisor and capture, and what operators see as `ipvsca-run`);
+//! - the launcher (`ipvsca-run`: the embedded supervisor and capture, or the client of the
+//!   `ipvsca supervise` daemon that serves the service);
 //! - the keeper, its child, not under the filter: a subreaper, so every process of the
 //!   service stays its descendant even when one daemonises; it reaps them, passes on the
 //!   signals the launcher forwards, exits with the service's status when the last one is
 //!   gone, and kills them all if the launcher dies (see `keeper`);
-//! - the service, the keeper's child: sets no_new_privs, loads the filter with
-//!   `SECCOMP_FILTER_FLAG_NEW_LISTENER`, passes the listener to the launcher over a socket
-//!   pair, waits for the launcher's go, and execs PROGRAM with environment, working
-//!   directory and standard streams untouched.
+//! - the service, the keeper's child: takes `--user`'s credentials if given, sets
+//!   no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, passes the
+//!   listener to the launcher over a socket pair, waits for the launcher's go, and execs
+//!   PROGRAM with environment, working directory and standard streams untouched.
 //!
 //! Both forks happen while the launcher has a single thread. Owns this choreography.
 
@@ -40,6 +41,8 @@ pub(crate) enum Stage {
     Seccomp = 2,
     /// `execve` failed.
     Exec = 3,
+    /// Switching to `--user` failed.
+    User = 4,
 }
 
 /// Why the service could not be started.
@@ -62,6 +65,17 @@ pub enum LaunchError {
     /// no_new_privs could not be set.
     #[error("setting no_new_privs failed: {0}")]
     NoNewPrivs(Errno),
+    /// `--user` names nobody.
+    #[error("--user {0}: no such user")]
+    NoSuchUser(String),
+    /// Switching to `--user` failed (only root may).
+    #[error("switching the service to user {user}: {errno} (only root can run a service as another user)")]
+    User {
+        /// The user.
+        user: String,
+        /// Why.
+        errno: Errno,
+    },
     /// `execve` failed after the filter was loaded.
     #[error("{program}: {errno}")]
     Exec {
@@ -124,6 +138,43 @@ pub fn resolve_program(name: &OsStr) -> Result<PathBuf, LaunchError> {
     Err(if found_not_executable { LaunchError::NotExecutable(shown) } else { LaunchError::NotFound(shown) })
 }
 
+/// The credentials `--user` gives the service, resolved before forking (the name service
+/// may allocate and take locks, which a forked child must not).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// As given.
+    pub name: String,
+    /// User id.
+    pub uid: nix::unistd::Uid,
+    /// Primary group.
+    pub gid: nix::unistd::Gid,
+    /// Every group of the user (initgroups' list).
+    pub groups: Vec<nix::unistd::Gid>,
+}
+
+impl Credentials {
+    /// Looks `user` up by name, or takes it as a numeric uid.
+    pub fn resolve(user: &str) -> Result<Credentials, LaunchError> {
+        let missing = || LaunchError::NoSuchUser(user.to_owned());
+        let found = match user.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(user),
+        };
+        let entry = found.map_err(|_| missing())?.ok_or_else(missing)?;
+        let name = CString::new(entry.name.as_bytes()).map_err(|_| missing())?;
+        let groups = nix::unistd::getgrouplist(&name, entry.gid).unwrap_or_else(|_| vec![entry.gid]);
+        Ok(Credentials { name: user.to_owned(), uid: entry.uid, gid: entry.gid, groups })
+    }
+
+    /// Becomes this user: groups, then group, then user ids (real, effective, saved).
+    /// Allocates nothing: safe in a forked child.
+    fn assume(&self) -> Result<(), Errno> {
+        nix::unistd::setgroups(&self.groups)?;
+        nix::unistd::setresgid(self.gid, self.gid, self.gid)?;
+        nix::unistd::setresuid(self.uid, self.uid, self.uid)
+    }
+}
+
 /// A service whose filter is loaded, waiting for [`Launched::go`].
 #[derive(Debug)]
 pub struct Launched {
@@ -137,13 +188,14 @@ pub struct Launched {
     program: String,
 }
 
-/// Forks the keeper and the service, and waits until the service has loaded `filter`;
-/// returns them and the filter's listener. Must be called while the process has a single
-/// thread.
+/// Forks the keeper and the service (as `user`, if given), and waits until the service has
+/// loaded `filter`; returns them and the filter's listener. Must be called while the
+/// process has a single thread.
 pub fn launch(
     program: &Path,
     argv: &[OsString],
     filter: &[libc::sock_filter],
+    user: Option<&Credentials>,
 ) -> Result<(Launched, OwnedFd), LaunchError> {
     let c_program = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| LaunchError::NotFound(program.display().to_string()))?;
@@ -163,7 +215,7 @@ pub fn launch(
             // The closure owns the service's end of the channel: the keeper drops it once the
             // service is forked, so the launcher sees end-of-file when the service execs.
             keeper::run(life_read, move |keeper, keeper_channel| {
-                service_child(&theirs, keeper_channel, keeper, &c_program, &c_argv, filter);
+                service_child(&theirs, keeper_channel, keeper, &c_program, &c_argv, filter, user);
             })
         }
         ForkResult::Parent { child: keeper } => {
@@ -173,6 +225,9 @@ pub fn launch(
             let fail = match stage {
                 Some(Stage::Ready) => None,
                 Some(Stage::NoNewPrivs) => Some(LaunchError::NoNewPrivs(errno)),
+                Some(Stage::User) => {
+                    Some(LaunchError::User { user: user.map(|u| u.name.clone()).unwrap_or_default(), errno })
+                }
                 Some(Stage::Seccomp) if errno == Errno::EBUSY => Some(LaunchError::NotifierBusy),
                 Some(Stage::Seccomp) => Some(LaunchError::Seccomp(errno)),
                 Some(Stage::Exec) | None => Some(LaunchError::Vanished),
@@ -237,6 +292,7 @@ pub(crate) fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, O
         1 => Some(Stage::NoNewPrivs),
         2 => Some(Stage::Seccomp),
         3 => Some(Stage::Exec),
+        4 => Some(Stage::User),
         _ => None,
     };
     Ok((stage, Errno::from_raw(word(1) as i32), Pid::from_raw(word(2) as i32), fd))
@@ -261,11 +317,19 @@ fn service_child(
     program: &CString,
     argv: &[CString],
     filter: &[libc::sock_filter],
+    user: Option<&Credentials>,
 ) -> ! {
     use nix::sys::signal::Signal;
     // The launcher's Rust runtime ignores SIGPIPE and the keeper blocks signals: the service
     // starts with the signal state the launcher was started with, as without ipvsca.
     sys::restore_starting_signal_state();
+    // First, as a change of user clears the parent-death signal.
+    if let Some(user) = user {
+        if let Err(e) = user.assume() {
+            report(channel, Stage::User, e, None);
+            sys::exit_now(1);
+        }
+    }
     // If the keeper dies, so does the service (the keeper kills the rest of the tree).
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != keeper {

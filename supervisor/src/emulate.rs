@@ -212,13 +212,20 @@ impl Emulator<'_> {
             Err(done) => return done,
         };
         let fd = copy.as_fd();
+        let bypass = || {
+            self.counters.getpeername_bypass.inc();
+            self.cont(n)
+        };
         // Only an inet peer can be rewritten; its family says the socket's.
-        let Ok(peer) = net::peer_name(fd) else { return self.cont(n) };
+        let Ok(peer) = net::peer_name(fd) else { return bypass() };
         if sockaddr::kernel_inet(&peer).is_none() {
-            return self.cont(n);
+            return bypass();
         }
-        let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return self.cont(n) };
-        let Some(shown) = self.rx_rewrite(proto, Some(fd), &peer, &local) else { return self.cont(n) };
+        let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return bypass() };
+        let Some(shown) = self.rx_rewrite(proto, Some(fd), &peer, &local) else {
+            self.counters.getpeername_unmapped.inc();
+            return self.cont(n);
+        };
         let Ok(len) = mem::read_u32(n.tid, addrlen) else { return self.cont(n) };
         if !self.still_pending(n) {
             return Handled::Done;
@@ -226,6 +233,7 @@ impl Emulator<'_> {
         match write_addr(n.tid, addr, addrlen, len, shown.as_bytes()) {
             Ok(()) => {
                 self.counters.rewrites_rx.inc();
+                self.counters.getpeername_rewritten.inc();
                 self.reply(n, 0)
             }
             Err(e) => self.reply_error(n, e),
@@ -301,6 +309,9 @@ impl Emulator<'_> {
             Ok(_) => {
                 if rewritten {
                     self.counters.rewrites_rx.inc();
+                    self.counters.accept_rewritten.inc();
+                } else {
+                    self.counters.accept_unmapped.inc();
                 }
                 Handled::Done
             }

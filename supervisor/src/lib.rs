@@ -6,9 +6,13 @@
 
 pub mod abi;
 pub mod connected;
+pub mod control;
+pub mod daemon;
 pub mod emulate;
 pub mod filter;
 pub mod logging;
+pub mod privileges;
+pub mod procs;
 pub mod resolve;
 pub mod restart;
 pub mod server;

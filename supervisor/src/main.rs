@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 /// ipvsca: real client addresses behind LVS/DPVS FULLNAT balancers, from userspace.
 ///
 /// Replaces the ip_vs_ca / TOA kernel modules: learns the client of each balanced flow from
-/// TOA options and ICMP announcements, and shows it to unmodified servers.
+/// TOA options and ICMP announcements, and shows it to unmodified servers started with
+/// `ipvsca-run -- PROGRAM`. This command runs the shared daemon (supervise), talks to a
+/// running supervisor (stats, get, set, mappings, map, version), and inspects captures
+/// (capture). The control commands reach /run/ipvsca/ipvsca.sock unless --control names
+/// another socket, such as an ipvsca-run's /run/ipvsca/PID.sock. RUST_LOG sets the log level.
 #[derive(Debug, Parser)]
 #[command(name = "ipvsca", version)]
 struct Cli {
@@ -18,6 +22,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Supervise(cmd::supervise::SuperviseCommand),
+    Stats(cmd::control::StatsCommand),
+    Get(cmd::control::GetCommand),
+    Set(cmd::control::SetCommand),
+    Mappings(cmd::control::MappingsCommand),
+    #[command(subcommand)]
+    Map(cmd::control::MapCommand),
+    Version(cmd::control::VersionCommand),
     Capture(cmd::capture::CaptureCommand),
 }
 
@@ -25,6 +37,13 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     supervisor::logging::init();
     let result = match cli.command {
+        Command::Supervise(c) => cmd::supervise::run(c),
+        Command::Stats(c) => cmd::control::stats(c),
+        Command::Get(c) => cmd::control::get(c),
+        Command::Set(c) => cmd::control::set(c),
+        Command::Mappings(c) => cmd::control::mappings(c),
+        Command::Map(c) => cmd::control::map(c),
+        Command::Version(c) => cmd::control::version(c),
         Command::Capture(c) => cmd::capture::run(c),
     };
     match result {

@@ -16,7 +16,7 @@ use capture::{LiveCapture, MappingTable, Proto};
 use crate::stats::SupervisorCounters;
 
 /// The table, and the capture that fills it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Resolver {
     table: Arc<MappingTable>,
     capture: Option<Arc<LiveCapture>>,

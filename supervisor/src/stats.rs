@@ -1,5 +1,5 @@
 //! What the supervisor did: cheap atomics bumped on the hot path, read by `ipvsca stats`
-//! (step 4) and the launcher's exit summary.
+//! and the launcher's exit summary.
 
 use capture::counter_set;
 
@@ -26,6 +26,19 @@ counter_set! {
         rewrites_rx,
         /// Destinations sent to the balancer instead of the client (tx).
         rewrites_tx,
+        /// Accepted inet connections shown with their client (ip_vs_ca's
+        /// `syn_recv_sock_ip_vs_ca`).
+        accept_rewritten,
+        /// Accepted inet connections shown as the kernel gave them: no mapping
+        /// (`syn_recv_sock_no_ip_vs_ca`).
+        accept_unmapped,
+        /// `getpeername` calls shown the client (`getname_ip_vs_ca_ok`).
+        getpeername_rewritten,
+        /// `getpeername` of an inet peer with no mapping (`getname_ip_vs_ca_empty`).
+        getpeername_unmapped,
+        /// `getpeername` left to the kernel: not an inet socket, not connected, or an error
+        /// (`getname_ip_vs_ca_bypass`).
+        getpeername_bypass,
         /// Calls let through unchanged (`CONTINUE`): nothing to rewrite.
         continued,
         /// rx lookups of an inet peer that found no mapping, even after a drain.

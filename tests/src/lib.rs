@@ -1,9 +1,11 @@
 //! Test tools for ipvsca's integration tests: frames a balancer sends, test capture files,
-//! network namespaces, a raw-frame balancer speaker, and the paths of the built binaries.
+//! network namespaces, a rootless container, a raw-frame balancer speaker, and the paths of
+//! the built binaries.
 
 pub mod bins;
 pub mod calls;
 pub mod cbuild;
+pub mod container;
 pub mod corpus;
 pub mod frames;
 pub mod gobuild;

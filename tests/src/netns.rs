@@ -41,11 +41,17 @@ pub struct Netns {
 impl Netns {
     /// Creates a namespace whose name contains `tag`, with loopback up.
     pub fn new(tag: &str) -> io::Result<Netns> {
-        static CLEAN: Once = Once::new();
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        CLEAN.call_once(remove_leftovers);
-        let name = format!("{PREFIX}-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        Netns::named(&name)
+        Netns::named(&fresh_name(tag))
+    }
+
+    /// Names the network namespace of process `pid` (a container's, made by someone else)
+    /// with a name containing `tag`, as a container runtime names the ones it makes, so
+    /// `ip -n` reaches it. On drop only the name goes; the namespace then lives as long as
+    /// its processes.
+    pub fn attach(tag: &str, pid: u32) -> io::Result<Netns> {
+        let name = fresh_name(tag);
+        run(Command::new("ip").args(["netns", "attach", &name, &pid.to_string()]))?;
+        Ok(Netns { name, kept: false.into() })
     }
 
     /// Creates the namespace `name` exactly, with loopback up.
@@ -149,6 +155,15 @@ fn run(cmd: &mut Command) -> io::Result<String> {
         return Err(io::Error::other(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&stderr).trim())));
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// A name no other namespace of this or another test process has; the first call removes
+/// what killed runs left.
+fn fresh_name(tag: &str) -> String {
+    static CLEAN: Once = Once::new();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    CLEAN.call_once(remove_leftovers);
+    format!("{PREFIX}-{}-{}-{tag}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Removes namespaces left by test processes that no longer exist.

@@ -43,13 +43,7 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let socket = PacketSocket { fd };
 
-        let program = libc::sock_fprog {
-            len: u16::try_from(filter.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
-            filter: filter.as_ptr() as *mut libc::sock_filter,
-        };
-        // `Insn` is `#[repr(C)]` with the fields and order of `struct sock_filter`.
-        const _: () = assert!(size_of::<Insn>() == size_of::<libc::sock_filter>());
-        socket.setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)?;
+        socket.set_filter(filter)?;
 
         let size = libc::c_int::try_from(rcvbuf).unwrap_or(libc::c_int::MAX);
         // SO_RCVBUFFORCE passes the rmem_max limit but needs CAP_NET_ADMIN; without it the
@@ -77,6 +71,18 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(socket)
+    }
+
+    /// Attaches `filter`, replacing the one in place atomically: a packet is judged by the
+    /// old program or the new one, never by none.
+    pub fn set_filter(&self, filter: &[Insn]) -> io::Result<()> {
+        let program = libc::sock_fprog {
+            len: u16::try_from(filter.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+            filter: filter.as_ptr() as *mut libc::sock_filter,
+        };
+        // `Insn` is `#[repr(C)]` with the fields and order of `struct sock_filter`.
+        const _: () = assert!(size_of::<Insn>() == size_of::<libc::sock_filter>());
+        self.setsockopt(libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &program)
     }
 
     fn setsockopt<T>(&self, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {

@@ -66,6 +66,36 @@ impl ToaKinds {
     }
 }
 
+/// A [`ToaKinds`] that can be changed while other threads inspect packets with it
+/// (`ipvsca set tcpopt_addr`). A reader racing a change may see a mix of the old and the
+/// new set for that one packet.
+#[derive(Debug, Default)]
+pub struct SharedToaKinds {
+    bits: [std::sync::atomic::AtomicU64; 4],
+}
+
+impl SharedToaKinds {
+    /// Holding `kinds`.
+    pub fn new(kinds: ToaKinds) -> Self {
+        let shared = SharedToaKinds::default();
+        shared.store(kinds);
+        shared
+    }
+
+    /// The current set.
+    #[inline]
+    pub fn load(&self) -> ToaKinds {
+        ToaKinds { bits: std::array::from_fn(|i| self.bits[i].load(std::sync::atomic::Ordering::Relaxed)) }
+    }
+
+    /// Replaces the set.
+    pub fn store(&self, kinds: ToaKinds) {
+        for (slot, bits) in self.bits.iter().zip(kinds.bits) {
+            slot.store(bits, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 impl Default for ToaKinds {
     /// Both kinds seen in the wild, 200 and 254.
     fn default() -> Self {

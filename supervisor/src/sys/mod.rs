@@ -1,7 +1,7 @@
 //! The supervisor's only contact with raw system calls: the seccomp listener, pidfds,
-//! another process's memory, socket calls on copied descriptors, CPU placement. Nothing
-//! outside this module calls `libc` directly; every `unsafe` block says why its pointers,
-//! lengths and descriptors are valid.
+//! another process's memory, socket calls on copied descriptors, CPU placement, descriptors
+//! passed over Unix sockets. Nothing outside this module calls `libc` directly; every
+//! `unsafe` block says why its pointers, lengths and descriptors are valid.
 
 pub mod mem;
 pub mod net;
@@ -9,6 +9,7 @@ pub mod pidfd;
 pub mod sched;
 pub mod seccomp;
 pub mod signal;
+pub mod unix;
 
 use nix::errno::Errno;
 

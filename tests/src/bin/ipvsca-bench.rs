@@ -20,7 +20,7 @@ use capture::table::Announced;
 use capture::trust::Trust;
 use capture::{FlowKey, MappingTable, Proto, Via};
 use ipvsca_tests::calls;
-use launcher::run::{Supervision, supervise};
+use launcher::run::{ControlSocket, Supervision, supervise};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 
@@ -182,6 +182,8 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
         trust: Trust::default(),
         io_uring: IoUring::Deny,
         options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
+        control: ControlSocket::Off,
+        user: None,
     };
     let code = supervise(&me, &argv, supervision).unwrap_or_else(|e| panic!("supervising: {e:#}"));
     std::process::exit(code);

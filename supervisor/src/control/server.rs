@@ -1,0 +1,535 @@
+//! The server side of the control socket: binds it, checks each peer's credentials, and
+//! answers requests from what a running supervisor holds (a [`Node`]).
+//!
+//! One thread accepts; each connection gets a short-lived thread (at most
+//! [`MAX_CONNECTIONS`] at once) with a read timeout, so a stuck client blocks nobody.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use capture::clock::monotonic_millis;
+use capture::wire::toa::ToaKinds;
+use capture::{FlowKey, LiveCapture, MappingTable, Proto};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde_json::{Map, Value, json};
+
+use super::{MAX_REQUEST, Request, write_answer};
+use crate::procs;
+use crate::stats::SupervisorCounters;
+use crate::sys::unix;
+
+/// Connections served at once; more are refused with a message.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long a client may take to send its request.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which kind of supervisor answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Embedded in `ipvsca-run`: one service.
+    Run,
+    /// `ipvsca supervise`: services attach to it.
+    Daemon,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Run => "run",
+            Mode::Daemon => "daemon",
+        }
+    }
+}
+
+/// A service being served, for `ipvsca stats`.
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    /// The program.
+    pub program: String,
+    /// A process whose descendants are the service's processes ...
+    pub root: i32,
+    /// ... but for this many of them, which are ipvsca's (the keeper).
+    pub not_service: usize,
+}
+
+/// The services a supervisor serves.
+#[derive(Debug, Default)]
+pub struct Services {
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, ServiceInfo>>,
+}
+
+impl Services {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ServiceInfo>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a service; returns its id.
+    pub fn add(&self, info: ServiceInfo) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.lock().insert(id, info);
+        id
+    }
+
+    /// Forgets a service that ended.
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// How many services are served.
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// How many processes they have now (walks `/proc`).
+    pub fn processes(&self) -> usize {
+        let services: Vec<ServiceInfo> = self.lock().values().cloned().collect();
+        if services.is_empty() {
+            return 0;
+        }
+        let parents = procs::parents();
+        services.iter().map(|s| procs::descendants(s.root, &parents).len().saturating_sub(s.not_service)).sum()
+    }
+}
+
+/// A service handed over by `ipvsca-run --supervisor`.
+#[derive(Debug)]
+pub struct Attached {
+    /// The program.
+    pub program: String,
+    /// `--recvfrom-append`.
+    pub recvfrom_append: bool,
+    /// Its seccomp listener.
+    pub listener: OwnedFd,
+    /// The launcher's pid, as this process sees it (0: in a PID namespace it cannot see).
+    pub launcher: i32,
+    /// The connection, to keep open while the service is served.
+    pub lifeline: UnixStream,
+}
+
+/// What a daemon does with an attached service: serve it (on its own threads), or say why not.
+pub type AttachFn = dyn Fn(Attached) -> Result<u64, String> + Send + Sync;
+
+/// What the control socket reports on and changes.
+pub struct Node {
+    /// Which kind of supervisor this is.
+    pub mode: Mode,
+    /// The mapping table.
+    pub table: Arc<MappingTable>,
+    /// The capture filling it.
+    pub capture: Option<Arc<LiveCapture>>,
+    /// The supervisor's counters (shared by every service).
+    pub counters: Arc<SupervisorCounters>,
+    /// The services served.
+    pub services: Arc<Services>,
+    /// How `attach` is served; `None` refuses it.
+    pub attach: Option<Box<AttachFn>>,
+    /// When the supervisor started.
+    pub started: Instant,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("mode", &self.mode).finish_non_exhaustive()
+    }
+}
+
+/// A bound control socket, not yet answering.
+#[derive(Debug)]
+pub struct ControlServer {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// Removes the socket file when dropped (the accepting thread dies with the process).
+#[derive(Debug)]
+pub struct ControlGuard {
+    path: PathBuf,
+}
+
+impl Drop for ControlGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl ControlGuard {
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl ControlServer {
+    /// Binds `path` with mode 0600, creating its directory (0755) if needed. A stale socket
+    /// file is replaced; a live one (another supervisor answers) is an error.
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another supervisor answers there"));
+            }
+            std::fs::remove_file(path)?;
+        }
+        let listener = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(ControlServer { path: path.to_owned(), listener })
+    }
+
+    /// Starts answering on a thread of its own.
+    pub fn spawn(self, node: Arc<Node>) -> io::Result<ControlGuard> {
+        let guard = ControlGuard { path: self.path.clone() };
+        let listener = self.listener;
+        std::thread::Builder::new().name("ipvsca-control".into()).spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                    let _ = write_answer(&stream, Err("too many control connections; try again".into()));
+                    continue;
+                }
+                let (node, active) = (node.clone(), active.clone());
+                let spawned = std::thread::Builder::new().name("ipvsca-control-conn".into()).spawn({
+                    let active = active.clone();
+                    move || {
+                        serve_connection(&node, stream);
+                        active.fetch_sub(1, Ordering::AcqRel);
+                    }
+                });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        })?;
+        Ok(guard)
+    }
+}
+
+/// Whether `uid` may use the control socket: root, or the supervisor's own user.
+fn allowed(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+fn serve_connection(node: &Node, stream: UnixStream) {
+    let creds = match getsockopt(&stream, PeerCredentials) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = write_answer(&stream, Err(format!("cannot read the peer's credentials: {e}")));
+            return;
+        }
+    };
+    if !allowed(creds.uid()) {
+        tracing::warn!(
+            uid = creds.uid(),
+            pid = creds.pid(),
+            "control connection refused: not root nor the supervisor's user"
+        );
+        let _ = write_answer(&stream, Err("permission denied: root or the supervisor's user only".into()));
+        return;
+    }
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let (line, fd) = match read_request(&stream) {
+        Ok(got) => got,
+        Err(e) => {
+            let _ = write_answer(&stream, Err(format!("reading the request: {e}")));
+            return;
+        }
+    };
+    let request: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = write_answer(&stream, Err(format!("not a request: {e}")));
+            return;
+        }
+    };
+    let answer = match request {
+        Request::Attach { program, recvfrom_append } => {
+            attach(node, &stream, program, recvfrom_append, fd, creds.pid())
+        }
+        other => answer(node, other),
+    };
+    let _ = write_answer(&stream, answer);
+}
+
+/// One line, and the descriptor that came with it.
+fn read_request(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut line = Vec::new();
+    let mut fd = None;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, got) = unix::recv_with_fd(stream, &mut buf)?;
+        if fd.is_none() {
+            fd = got;
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no complete line"));
+        }
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            return Ok((line, fd));
+        }
+        if line.len() > MAX_REQUEST {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
+        }
+    }
+}
+
+fn attach(
+    node: &Node,
+    stream: &UnixStream,
+    program: String,
+    recvfrom_append: bool,
+    fd: Option<OwnedFd>,
+    launcher: i32,
+) -> Result<Value, String> {
+    let Some(serve) = &node.attach else {
+        return Err("this supervisor serves its own service only (ipvsca-run); attach to `ipvsca supervise`".into());
+    };
+    let listener = fd.ok_or("attach needs the service's seccomp listener (SCM_RIGHTS)")?;
+    let lifeline = stream.try_clone().map_err(|e| format!("keeping the connection: {e}"))?;
+    let id = serve(Attached { program, recvfrom_append, listener, launcher, lifeline })?;
+    Ok(json!({ "service": id, "pid": std::process::id() }))
+}
+
+/// Answers every request but `attach`.
+pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
+    match request {
+        Request::Version => Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "mode": node.mode.as_str(),
+            "pid": std::process::id(),
+        })),
+        Request::Stats => Ok(stats(node)),
+        Request::Get { name } => get(node, &name),
+        Request::Set { name, value } => {
+            set(node, &name, &value)?;
+            let now = get(node, &name)?;
+            tracing::info!(setting = %name, value = %now.as_str().unwrap_or_default(), "setting changed");
+            Ok(now)
+        }
+        Request::Mappings => Ok(mappings(node)),
+        Request::MapAdd { proto, lb, rs, client } => {
+            let key = flow_key(&proto, lb, rs)?;
+            if lb.is_ipv4() != rs.is_ipv4() {
+                return Err("the balancer and real-server addresses must be of one family".into());
+            }
+            let learned = node.table.add_static(key, client, monotonic_millis());
+            tracing::info!(%proto, %lb, %rs, %client, "static mapping added");
+            Ok(json!(format!("{learned:?}").to_lowercase()))
+        }
+        Request::MapDel { proto, lb, rs, client } => {
+            let key = flow_key(&proto, lb, rs)?;
+            let current = node.table.get(&key).ok_or_else(|| format!("no mapping for {proto} {lb} {rs}"))?;
+            if let Some(c) = client.filter(|&c| c != current.client) {
+                return Err(format!("{proto} {lb} {rs} shows {}, not {c}; nothing removed", current.client));
+            }
+            node.table.remove(&key).ok_or_else(|| format!("no mapping for {proto} {lb} {rs}"))?;
+            tracing::info!(%proto, %lb, %rs, client = %current.client, "mapping removed");
+            Ok(json!({ "client": current.client.to_string(), "via": current.via.as_str() }))
+        }
+        Request::Attach { .. } => Err("attach needs its own connection".into()),
+    }
+}
+
+fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => return Err(format!("protocol {other:?}: tcp or udp")),
+    };
+    Ok(FlowKey { proto, lb, rs })
+}
+
+fn get(node: &Node, name: &str) -> Result<Value, String> {
+    let secs = |p| node.table.timeout(p).as_secs().to_string();
+    match name {
+        "tcp_timeout" => Ok(json!(secs(Proto::Tcp))),
+        "udp_timeout" => Ok(json!(secs(Proto::Udp))),
+        "tcpopt_addr" => {
+            let kinds = match &node.capture {
+                Some(c) => c.learner().kinds(),
+                None => return Err("this supervisor has no capture".into()),
+            };
+            Ok(json!(kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")))
+        }
+        other => Err(format!("no setting {other:?}; settings: {}", super::SETTINGS.join(", "))),
+    }
+}
+
+fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
+    let timeout = |p| -> Result<(), String> {
+        let secs: u64 = value.trim().parse().map_err(|_| format!("{name}: {value:?} is not a number of seconds"))?;
+        if secs == 0 || secs > u64::from(u32::MAX) {
+            return Err(format!("{name}: {secs} out of range (1 to {})", u32::MAX));
+        }
+        node.table.set_timeout(p, Duration::from_secs(secs));
+        Ok(())
+    };
+    match name {
+        "tcp_timeout" => timeout(Proto::Tcp),
+        "udp_timeout" => timeout(Proto::Udp),
+        "tcpopt_addr" => {
+            let kinds = parse_kinds(value)?;
+            let capture = node.capture.as_ref().ok_or("this supervisor has no capture")?;
+            capture.set_kinds(kinds).map_err(|e| e.to_string())
+        }
+        other => Err(format!("no setting {other:?}; settings: {}", super::SETTINGS.join(", "))),
+    }
+}
+
+/// Kinds separated by spaces or commas, each 2 to 255 (0 ends an option list and 1 is a
+/// NOP: neither can be a TOA).
+pub fn parse_kinds(value: &str) -> Result<ToaKinds, String> {
+    let mut kinds = Vec::new();
+    for word in value.split([' ', ',']).filter(|w| !w.is_empty()) {
+        match word.parse::<u8>() {
+            Ok(k) if k >= 2 => kinds.push(k),
+            _ => return Err(format!("tcpopt_addr: {word:?} is not an option kind from 2 to 255")),
+        }
+    }
+    if kinds.is_empty() {
+        return Err("tcpopt_addr: give at least one option kind".into());
+    }
+    Ok(ToaKinds::from_kinds(kinds))
+}
+
+fn mappings(node: &Node) -> Value {
+    let now = monotonic_millis();
+    let mut entries = node.table.entries();
+    entries.retain(|(key, m)| {
+        m.via == capture::Via::Static
+            || now.saturating_sub(m.last_used) < u64::try_from(node.table.timeout(key.proto).as_millis()).unwrap_or(0)
+    });
+    entries.sort_by_key(|(k, _)| (k.proto.as_str(), k.rs, k.lb));
+    Value::Array(
+        entries
+            .into_iter()
+            .map(|(k, m)| {
+                json!({
+                    "proto": k.proto.as_str(),
+                    "lb": k.lb.to_string(),
+                    "rs": k.rs.to_string(),
+                    "client": m.client.to_string(),
+                    "via": m.via.as_str(),
+                    "age_s": now.saturating_sub(m.learned_at) / 1000,
+                    "idle_s": now.saturating_sub(m.last_used) / 1000,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn section(pairs: Vec<(&'static str, u64)>) -> Value {
+    Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect::<Map<_, _>>())
+}
+
+/// Every counter, by section; `ip_vs_ca` first, in the module's own names.
+pub fn stats(node: &Node) -> Value {
+    let s = node.counters.snapshot();
+    let t = node.table.stats();
+    let learner = node.capture.as_ref().map(|c| c.learner());
+    let mut table = Map::new();
+    table.insert("size".into(), json!(node.table.len()));
+    if let Value::Object(counters) = section(t.pairs()) {
+        table.extend(counters);
+    }
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "mode": node.mode.as_str(),
+        "pid": std::process::id(),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "ip_vs_ca": {
+            "syn_recv_sock_ip_vs_ca": s.accept_rewritten,
+            "syn_recv_sock_no_ip_vs_ca": s.accept_unmapped,
+            "conn_new": t.created + t.static_added,
+            "conn_del": t.expired + t.deleted,
+            "getname_ip_vs_ca_ok": s.getpeername_rewritten,
+            "getname_ip_vs_ca_mismatch": s.unrepresentable,
+            "getname_ip_vs_ca_bypass": s.getpeername_bypass,
+            "getname_ip_vs_ca_empty": s.getpeername_unmapped,
+        },
+        "supervisor": section(s.pairs()),
+        "capture": learner.map_or(json!({}), |l| section(l.stats().pairs())),
+        "malformed": learner.map_or(json!({}), |l| section(l.malformed_by_reason())),
+        "table": Value::Object(table),
+        "services": {
+            "services": node.services.count(),
+            "processes": node.services.processes(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_spaces_or_commas_and_refuse_eol_and_nop() {
+        assert_eq!(parse_kinds("200 254").unwrap(), ToaKinds::from_kinds([200, 254]));
+        assert_eq!(parse_kinds("254,200").unwrap(), ToaKinds::from_kinds([200, 254]));
+        assert_eq!(parse_kinds(" 254 ").unwrap(), ToaKinds::from_kinds([254]));
+        for bad in ["", "1", "0", "256", "x", "200 nop"] {
+            assert!(parse_kinds(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn node() -> Node {
+        Node {
+            mode: Mode::Run,
+            table: Arc::new(MappingTable::default()),
+            capture: None,
+            counters: Arc::new(SupervisorCounters::default()),
+            services: Arc::new(Services::default()),
+            attach: None,
+            started: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn timeouts_are_read_and_set_in_seconds_within_range() {
+        let n = node();
+        assert_eq!(answer(&n, Request::Get { name: "tcp_timeout".into() }).unwrap(), json!("100"));
+        assert_eq!(answer(&n, Request::Set { name: "udp_timeout".into(), value: "7".into() }).unwrap(), json!("7"));
+        assert_eq!(n.table.timeout(Proto::Udp), Duration::from_secs(7));
+        for bad in ["0", "-1", "ten", "99999999999"] {
+            assert!(answer(&n, Request::Set { name: "tcp_timeout".into(), value: bad.into() }).is_err(), "{bad}");
+        }
+        assert!(answer(&n, Request::Get { name: "tcp_timeout_ms".into() }).unwrap_err().contains("tcpopt_addr"));
+    }
+
+    #[test]
+    fn map_add_and_del_change_the_table_and_del_checks_the_client() {
+        let n = node();
+        let (lb, rs, c): (SocketAddr, SocketAddr, SocketAddr) =
+            ("10.1.0.5:40001".parse().unwrap(), "10.1.0.9:80".parse().unwrap(), "198.51.100.7:9".parse().unwrap());
+        answer(&n, Request::MapAdd { proto: "tcp".into(), lb, rs, client: c }).unwrap();
+        let listed = answer(&n, Request::Mappings).unwrap();
+        assert_eq!(listed[0]["client"], json!(c.to_string()));
+        assert_eq!(listed[0]["via"], json!("static"));
+        let other: SocketAddr = "198.51.100.8:9".parse().unwrap();
+        assert!(answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(other) }).is_err());
+        assert!(answer(&n, Request::MapDel { proto: "udp".into(), lb, rs, client: None }).is_err());
+        answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(c) }).unwrap();
+        assert_eq!(answer(&n, Request::Mappings).unwrap(), json!([]));
+        let st = stats(&n);
+        assert_eq!((st["ip_vs_ca"]["conn_new"].as_u64(), st["ip_vs_ca"]["conn_del"].as_u64()), (Some(1), Some(1)));
+        assert!(answer(&n, Request::MapAdd { proto: "sctp".into(), lb, rs, client: c }).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! Operations: every `ipvsca` control subcommand against a running supervisor (the one
+//! embedded in `ipvsca-run`, and the `ipvsca supervise` daemon serving several services),
+//! the control socket's access rules, and the credentials of the service and of ipvsca.
+//! The server is `ipvsca-probe` in a real-server namespace fed by the raw-frame balancer.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ipvsca_tests::bins;
+use ipvsca_tests::corpus::{LB1, LB2, RS};
+use ipvsca_tests::netns::{self, Netns};
+use ipvsca_tests::service::{self, Service};
+use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
+use ipvsca_tests::topology::{LB_DEV, LbRs};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `ipvsca-probe ARGS` in `ns` under `ipvsca-run LAUNCHER_ARGS`.
+fn probe(ns: &Netns, launcher_args: &[&str], args: &[&str]) -> Service {
+    let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.args(launcher_args).arg("--").arg(bins::path("ipvsca-probe")).args(args).env("RUST_LOG", "warn");
+    Service::start(cmd).expect("starting the probe")
+}
+
+/// Waits for the probe's ready line; returns its process ids.
+fn ready(s: &Service) -> Vec<u32> {
+    let line = s.json(WAIT);
+    assert_eq!(line["ready"], true, "{line}");
+    line["pids"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as u32).collect()
+}
+
+fn speaker(topo: &LbRs, kind: u8) -> Speaker {
+    topo.lb.run(|| Speaker::open(LB_DEV, topo.link, kind)).unwrap()
+}
+
+/// One handshake; the server must complete it.
+fn connect(speaker: &Speaker, lb: SocketAddrV4, rs_port: u16, client: SocketAddrV4, toa_on: ToaOn) {
+    let flow = Flow { lb, rs: SocketAddrV4::new(RS, rs_port), client };
+    let report = speaker.handshake(&[flow], toa_on, 1, WAIT).unwrap();
+    assert_eq!(report.completed, 1, "{report:?}");
+}
+
+/// What the probe showed for its next accepted connection.
+fn accepted(server: &Service) -> String {
+    let line = server.json(WAIT);
+    assert_eq!(line["accept"], line["getpeername"], "{line}");
+    line["accept"].as_str().unwrap_or_else(|| panic!("no accept in {line}")).to_owned()
+}
+
+/// `ipvsca ARGS --control SOCKET` in `ns`.
+fn ipvsca(ns: &Netns, socket: &Path, args: &[&str]) -> Output {
+    ns.command(bins::path("ipvsca").to_str().unwrap()).args(args).arg("--control").arg(socket).output().unwrap()
+}
+
+/// Its standard output; it must succeed.
+fn ok(out: Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// Its standard error; it must fail.
+fn refused(out: Output) -> String {
+    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stats(ns: &Netns, socket: &Path) -> Value {
+    serde_json::from_str(&ok(ipvsca(ns, socket, &["stats", "--json"]))).unwrap()
+}
+
+fn mappings(ns: &Netns, socket: &Path) -> Vec<Value> {
+    serde_json::from_str::<Value>(&ok(ipvsca(ns, socket, &["mappings", "--json"]))).unwrap().as_array().unwrap().clone()
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// Waits (bounded) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < end, "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A directory anyone may enter, with `ipvsca` copied in for an unprivileged user (the
+/// build tree may not be reachable for others).
+fn open_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("ipvsca");
+    std::fs::copy(bins::path("ipvsca"), &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+#[test]
+fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run() {
+    if !netns::can_run("every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run") {
+        return;
+    }
+    let topo = LbRs::new("ops", &[]).unwrap();
+    let (dir, ipvsca_copy) = open_dir();
+    let sock = dir.path().join("run.sock");
+    let mut server = probe(
+        &topo.rs,
+        &["--control", sock.to_str().unwrap()],
+        &["tcp-server", "--listen", "10.1.0.9:8080", "--count", "4"],
+    );
+    ready(&server);
+    let rs = &topo.rs;
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the control socket is for root and the supervisor's user");
+
+    let version = ok(ipvsca(rs, &sock, &["version"]));
+    assert!(version.starts_with("ipvsca 0.1.0\n") && version.contains("ipvsca 0.1.0 (run, pid"), "{version}");
+    let before = stats(rs, &sock);
+    assert_eq!(n(&before["ip_vs_ca"]["syn_recv_sock_ip_vs_ca"]), 0);
+    assert_eq!(n(&before["services"]["services"]), 1);
+    assert!(n(&before["services"]["processes"]) >= 1, "{before}");
+
+    // Counters move with traffic: a TOA connection.
+    let balancer = speaker(&topo, 254);
+    let (lb_a, client_a) = (addr(LB1, 40001), addr(Ipv4Addr::new(198, 51, 100, 10), 1111));
+    connect(&balancer, lb_a, 8080, client_a, ToaOn::Syn);
+    assert_eq!(accepted(&server), client_a.to_string());
+    let after = stats(rs, &sock);
+    assert_eq!(n(&after["ip_vs_ca"]["syn_recv_sock_ip_vs_ca"]), 1, "{after}");
+    assert_eq!(n(&after["ip_vs_ca"]["conn_new"]), 1);
+    assert!(n(&after["ip_vs_ca"]["getname_ip_vs_ca_ok"]) >= 1);
+    assert!(n(&after["supervisor"]["notifications"]) > n(&before["supervisor"]["notifications"]));
+    assert!(n(&after["supervisor"]["rewrites_rx"]) >= 2, "accept and getpeername: {after}");
+    assert!(n(&after["capture"]["toa_found"]) >= 1);
+    assert_eq!(n(&after["table"]["size"]), 1);
+    let text = ok(ipvsca(rs, &sock, &["stats"]));
+    let first: Vec<&str> = text.lines().take(3).collect();
+    assert_eq!(first[0], "IP_VS_CA(ipvsca 0.1.0)", "{text}");
+    assert_eq!(first[1].trim(), "Total");
+    assert!(first[2].starts_with("syn_recv_sock_ip_vs_ca:") && first[2].trim_end().ends_with(" 1"), "{text}");
+    let prometheus = ok(ipvsca(rs, &sock, &["stats", "--prometheus"]));
+    assert!(prometheus.contains("\nipvsca_table_entries 1\n"), "{prometheus}");
+    assert!(prometheus.contains("ipvsca_capture_toa_found_total "), "{prometheus}");
+
+    // The table, in JSON and as text.
+    let listed = mappings(rs, &sock);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["lb"], lb_a.to_string());
+    assert_eq!(listed[0]["rs"], "10.1.0.9:8080");
+    assert_eq!(listed[0]["client"], client_a.to_string());
+    assert_eq!(listed[0]["via"], "toa");
+    assert!(ok(ipvsca(rs, &sock, &["mappings"])).contains(&client_a.to_string()));
+
+    // map add makes a rewrite happen for a connection that carries no TOA.
+    let (lb_b, client_b) = (addr(LB2, 40002), addr(Ipv4Addr::new(203, 0, 113, 77), 7777));
+    let (b, rs_addr, c) = (lb_b.to_string(), "10.1.0.9:8080".to_owned(), client_b.to_string());
+    ok(ipvsca(rs, &sock, &["map", "add", "tcp", &b, &rs_addr, &c]));
+    connect(&balancer, lb_b, 8080, addr(Ipv4Addr::new(192, 0, 2, 1), 1), ToaOn::Nowhere);
+    assert_eq!(accepted(&server), c);
+    assert_eq!(n(&stats(rs, &sock)["table"]["static_added"]), 1);
+    let wrong = refused(ipvsca(rs, &sock, &["map", "del", "tcp", &b, &rs_addr, "192.0.2.9:9"]));
+    assert!(wrong.contains(&format!("shows {c}")), "{wrong}");
+    ok(ipvsca(rs, &sock, &["map", "del", "tcp", &b, &rs_addr, &c]));
+    assert!(mappings(rs, &sock).iter().all(|m| m["via"] != "static"));
+    assert!(refused(ipvsca(rs, &sock, &["map", "del", "tcp", &b, &rs_addr])).contains("no mapping"));
+
+    // A shorter timeout expires the learned mapping.
+    assert!(refused(ipvsca(rs, &sock, &["set", "tcp_timeout", "0"])).contains("out of range"));
+    assert_eq!(ok(ipvsca(rs, &sock, &["get", "tcp_timeout"])).trim(), "100");
+    assert_eq!(ok(ipvsca(rs, &sock, &["set", "tcp_timeout", "1"])).trim(), "1");
+    eventually("the sweep removed the idle mapping", || n(&stats(rs, &sock)["table"]["expired"]) >= 1);
+    assert!(mappings(rs, &sock).is_empty());
+    let expired = stats(rs, &sock);
+    assert_eq!(n(&expired["table"]["size"]), 0, "{expired}");
+    assert!(n(&expired["ip_vs_ca"]["conn_del"]) >= 2, "{expired}");
+
+    // Another user is refused: by the socket's mode, and by the peer check behind it.
+    let as_nobody = |path: &Path| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&ipvsca_copy)
+            .args(["stats", "--control"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    assert!(refused(as_nobody(&sock)).contains("ermission denied"));
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let answer = refused(as_nobody(&sock));
+    assert!(answer.contains("root or the supervisor's user only"), "{answer}");
+
+    // tcpopt_addr, live: with only 200 accepted, a kind-254 TOA is not a TOA.
+    assert_eq!(ok(ipvsca(rs, &sock, &["get", "tcpopt_addr"])).trim(), "200 254");
+    assert_eq!(ok(ipvsca(rs, &sock, &["set", "tcpopt_addr", "200"])).trim(), "200");
+    let toa_before = n(&stats(rs, &sock)["capture"]["toa_found"]);
+    let lb_c = addr(LB1, 40003);
+    connect(&balancer, lb_c, 8080, addr(Ipv4Addr::new(198, 51, 100, 33), 3333), ToaOn::Syn);
+    assert_eq!(accepted(&server), lb_c.to_string(), "a kind no longer accepted was taken as TOA");
+    assert_eq!(n(&stats(rs, &sock)["capture"]["toa_found"]), toa_before);
+    assert!(refused(ipvsca(rs, &sock, &["set", "tcpopt_addr", "1"])).contains("2 to 255"));
+    // ... and back: the fourth and last connection is rewritten again.
+    assert_eq!(ok(ipvsca(rs, &sock, &["set", "tcpopt_addr", "254,200"])).trim(), "200 254");
+    let client_d = addr(Ipv4Addr::new(198, 51, 100, 44), 4444);
+    connect(&balancer, addr(LB1, 40004), 8080, client_d, ToaOn::Syn);
+    assert_eq!(accepted(&server), client_d.to_string());
+
+    // The service ends after its fourth connection: ipvsca-run removes its socket.
+    assert_eq!(server.wait(WAIT), Some(0));
+    assert!(!sock.exists(), "the control socket outlived the supervisor");
+}
+
+#[test]
+fn the_daemon_serves_several_services_and_its_death_stops_them() {
+    if !netns::can_run("the_daemon_serves_several_services_and_its_death_stops_them") {
+        return;
+    }
+    let topo = LbRs::new("daemon", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("daemon.sock");
+    let sock_arg = sock.to_str().unwrap();
+    // systemd's readiness protocol (Type=notify): one datagram once the socket answers.
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify")).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let daemon = {
+        let mut cmd = topo.rs.command(bins::path("ipvsca").to_str().unwrap());
+        cmd.args(["supervise", "--control", sock_arg]).env("RUST_LOG", "info");
+        cmd.env("NOTIFY_SOCKET", dir.path().join("notify"));
+        Service::start(cmd).unwrap()
+    };
+    let mut ready_message = [0u8; 64];
+    let len = notify.recv(&mut ready_message).expect("no READY=1 from the daemon");
+    assert_eq!(&ready_message[..len], b"READY=1");
+    assert!(sock.exists(), "ready before its control socket exists");
+    let rs = &topo.rs;
+    assert!(ok(ipvsca(rs, &sock, &["version"])).contains("(daemon, pid"));
+
+    let attach = ["--supervisor", sock_arg];
+    let mut short = probe(rs, &attach, &["tcp-server", "--listen", "10.1.0.9:8080", "--count", "1"]);
+    let mut long = probe(rs, &attach, &["tcp-server", "--listen", "10.1.0.9:8081", "--count", "100"]);
+    ready(&short);
+    let long_pids = ready(&long);
+    let both = stats(rs, &sock);
+    assert_eq!(n(&both["services"]["services"]), 2, "{both}");
+    assert!(n(&both["services"]["processes"]) >= 2, "{both}");
+
+    let balancer = speaker(&topo, 254);
+    let (lb_a, client_a) = (addr(LB1, 41001), addr(Ipv4Addr::new(198, 51, 100, 41), 4141));
+    let (lb_b, client_b) = (addr(LB2, 41002), addr(Ipv4Addr::new(203, 0, 113, 42), 4242));
+    connect(&balancer, lb_a, 8080, client_a, ToaOn::Syn);
+    connect(&balancer, lb_b, 8081, client_b, ToaOn::HandshakeAck);
+    assert_eq!(accepted(&short), client_a.to_string());
+    assert_eq!(accepted(&long), client_b.to_string());
+    // A service that ends normally ends with its own status, not the daemon's.
+    assert_eq!(short.wait(WAIT), Some(0), "{}", short.stderr_to_end());
+    eventually("the daemon forgot the service that ended", || n(&stats(rs, &sock)["services"]["services"]) == 1);
+    assert_eq!(n(&stats(rs, &sock)["ip_vs_ca"]["syn_recv_sock_ip_vs_ca"]), 2);
+
+    // The capture belongs to the daemon.
+    let run = |ns: &Netns, args: &[&str]| ns.command(bins::path("ipvsca-run").to_str().unwrap()).args(args).output();
+    let flags = refused(run(rs, &["--supervisor", sock_arg, "--trust", "10.0.0.0/8", "--", "true"]).unwrap());
+    assert!(flags.contains("belong to the daemon"), "{flags}");
+    // A service in another network namespace is refused, and never runs.
+    let marker = dir.path().join("ran");
+    let script = format!("touch {}", marker.display());
+    let elsewhere = refused(run(&topo.lb, &["--supervisor", sock_arg, "--", "sh", "-c", &script]).unwrap());
+    assert!(elsewhere.contains("another network namespace"), "{elsewhere}");
+    assert!(!marker.exists(), "the refused service ran");
+
+    // The daemon dies: the service it served is stopped, not left with unanswered calls.
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(long.wait(WAIT), Some(1), "{}", long.stderr_to_end());
+    assert!(long.stderr_to_end().contains("the supervisor went away"));
+    eventually("the service's processes are gone", || long_pids.iter().all(|&p| !service::alive(p)));
+}
+
+/// Credential and capability lines of /proc/self/status, as a shell under test sees them.
+const CREDENTIALS: &str = "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/self/status";
+
+fn status_lines(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+fn field<'a>(status: &'a str, name: &str) -> &'a str {
+    status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[test]
+fn the_service_has_its_own_credentials_and_ipvsca_keeps_only_ptrace_and_kill() {
+    if !netns::can_run("the_service_has_its_own_credentials_and_ipvsca_keeps_only_ptrace_and_kill") {
+        return;
+    }
+    let topo = LbRs::new("creds", &[]).unwrap();
+    let rs = &topo.rs;
+    // Exactly the credentials the program has without ipvsca.
+    let native = ok(rs.command("sh").args(["-c", CREDENTIALS]).output().unwrap());
+    let run = bins::path("ipvsca-run");
+    let supervised = ok(rs.command(run.to_str().unwrap()).args(["--", "sh", "-c", CREDENTIALS]).output().unwrap());
+    assert_eq!(supervised, native);
+    // --user: the user's ids, no capability.
+    let as_nobody = ok(rs
+        .command(run.to_str().unwrap())
+        .args(["--user", "nobody", "--", "sh", "-c", CREDENTIALS])
+        .output()
+        .unwrap());
+    assert!(field(&as_nobody, "Uid:").split_whitespace().all(|id| id == "65534"), "{as_nobody}");
+    assert_eq!(field(&as_nobody, "CapEff:"), "0000000000000000");
+    assert_eq!(field(&as_nobody, "CapPrm:"), "0000000000000000");
+    let unknown =
+        refused(rs.command(run.to_str().unwrap()).args(["--user", "no-such-user-x", "--", "true"]).output().unwrap());
+    assert!(unknown.contains("no such user"), "{unknown}");
+
+    // A service of another user is still rewritten (CAP_SYS_PTRACE), and ipvsca-run keeps
+    // nothing else.
+    let server = probe(rs, &["--user", "nobody"], &["tcp-server", "--listen", "10.1.0.9:8080", "--count", "1"]);
+    let pids = ready(&server);
+    assert!(field(&status_lines(pids[0]), "Uid:").starts_with("65534"));
+    let launcher = status_lines(server.pid());
+    let want = format!("{:016x}", (1u64 << 19) | (1u64 << 5)); // CAP_SYS_PTRACE, CAP_KILL
+    for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(field(&launcher, set), want, "{set} of ipvsca-run:\n{launcher}");
+    }
+    assert_eq!(field(&launcher, "CapInh:"), "0000000000000000");
+    for task in std::fs::read_dir(format!("/proc/{}/task", server.pid())).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        if !status.is_empty() {
+            assert_eq!(field(&status, "CapEff:"), want, "a thread kept more:\n{status}");
+        }
+    }
+    let balancer = speaker(&topo, 200);
+    let client = addr(Ipv4Addr::new(198, 51, 100, 50), 5050);
+    connect(&balancer, addr(LB1, 42001), 8080, client, ToaOn::Syn);
+    assert_eq!(accepted(&server), client.to_string());
+}
