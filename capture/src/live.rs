@@ -72,6 +72,7 @@ pub struct LiveCapture {
     sockets: Vec<(String, PacketSocket)>,
     learner: Arc<Learner>,
     drain: Mutex<DrainState>,
+    kinds_change: Mutex<()>,
     stop: EventFd,
 }
 
@@ -108,6 +109,7 @@ impl LiveCapture {
             sockets,
             learner,
             drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None, first: 0 }),
+            kinds_change: Mutex::new(()),
             stop,
         })
     }
@@ -132,14 +134,25 @@ impl LiveCapture {
     /// Changes the accepted TOA kinds (`ipvsca set tcpopt_addr`): the learner's, then each
     /// socket's kernel filter, which the kernel swaps atomically. A packet queued under the
     /// old filter is still judged by the learner's new kinds.
+    ///
+    /// Changes are serialised, so the learner and the filters always end up with the same
+    /// set; if a socket refuses its new filter, every socket and the learner go back to the
+    /// old set.
     pub fn set_kinds(&self, kinds: ToaKinds) -> Result<(), CaptureError> {
+        let _one_at_a_time = self.kinds_change.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.learner.kinds();
+        let apply = |kinds: &ToaKinds| -> Result<(), io::Error> {
+            let filter = capture_filter(kinds);
+            self.sockets.iter().try_for_each(|(_, socket)| socket.set_filter(&filter))
+        };
         self.learner.set_kinds(kinds);
-        let filter = capture_filter(&kinds);
-        for (_, socket) in &self.sockets {
-            socket.set_filter(&filter).map_err(|e| match e.kind() {
+        if let Err(e) = apply(&kinds) {
+            self.learner.set_kinds(old);
+            let _ = apply(&old);
+            return Err(match e.kind() {
                 io::ErrorKind::OutOfMemory => CaptureError::NoMemory(e),
                 _ => CaptureError::Socket(e),
-            })?;
+            });
         }
         Ok(())
     }

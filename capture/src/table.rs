@@ -31,7 +31,8 @@ pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(310);
 counter_set! {
     /// What the table did.
     pub struct TableCounters => TableStats {
-        /// Mappings created for a flow that had none.
+        /// Mappings created for a flow that had none (learned or static): with `expired` and
+        /// `deleted`, what the table's size follows.
         created,
         /// Mappings whose client changed: a new connection on a reused balancer port.
         replaced,
@@ -42,7 +43,8 @@ counter_set! {
         conflicts_kept,
         /// Mappings removed after their idle timeout.
         expired,
-        /// Static mappings added by the operator (`ipvsca map add`).
+        /// Static mappings added by the operator (`ipvsca map add`), also counted as
+        /// created or replaced.
         static_added,
         /// Mappings removed by the operator (`ipvsca map del`).
         deleted,
@@ -254,10 +256,12 @@ impl MappingTable {
         let learned = match &old {
             None => {
                 self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+                self.counters.created.inc();
                 Learned::Created
             }
             Some(m) => {
                 self.unindex_client(&key, m.client);
+                self.counters.replaced.inc();
                 Learned::Replaced { previous: m.client }
             }
         };
@@ -266,14 +270,18 @@ impl MappingTable {
         learned
     }
 
-    /// Removes the mapping of `key`, learned or static (`ipvsca map del`); returns it.
-    pub fn remove(&self, key: &FlowKey) -> Option<MappingInfo> {
+    /// Removes the mapping of `key`, learned or static (`ipvsca map del`), if it shows
+    /// `client` (any client when `None`); returns it, or the mapping that stays.
+    pub fn remove(&self, key: &FlowKey, client: Option<SocketAddr>) -> Result<MappingInfo, Option<MappingInfo>> {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, m) = self.forward.remove(key)?;
+        let shows = |m: &Mapping| client.is_none_or(|c| c == m.client);
+        let Some((key, m)) = self.forward.remove_if(key, |_, m| shows(m)) else {
+            return Err(self.forward.get(key).map(|m| m.info()));
+        };
         self.unindex_client(&key, m.client);
         self.unindex_lb_port(&key);
         self.counters.deleted.inc();
-        Some(m.info())
+        Ok(m.info())
     }
 
     /// Records a connection request without TOA on `key`: a TOA on its handshake ACK or
@@ -462,7 +470,7 @@ mod tests {
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 1_000_000), None);
         assert_eq!(t.get(&key(40001, 80)).unwrap().via, Via::Static);
         let s = t.stats();
-        assert_eq!((s.static_added, s.conflicts_kept, s.expired), (1, 1, 0));
+        assert_eq!((s.created, s.replaced, s.static_added, s.conflicts_kept, s.expired), (1, 1, 1, 1, 0));
     }
 
     #[test]
@@ -470,13 +478,14 @@ mod tests {
         let t = MappingTable::default();
         assert_eq!(t.add_static(key(40001, 80), addr(A), 0), Learned::Created);
         t.learn(key(40002, 80), addr(B), Via::Toa, Announced::NewFlow, 0);
-        assert_eq!(t.remove(&key(40001, 80)).map(|m| m.client), Some(addr(A)));
-        assert_eq!(t.remove(&key(40001, 80)), None);
+        assert_eq!(t.remove(&key(40001, 80), Some(addr(B))).unwrap_err().map(|m| m.client), Some(addr(A)));
+        assert_eq!(t.remove(&key(40001, 80), Some(addr(A))).map(|m| m.client), Ok(addr(A)));
+        assert_eq!(t.remove(&key(40001, 80), None), Err(None));
         assert_eq!(t.client_of(&key(40001, 80), 1), None);
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("0.0.0.0:0"), 1), None);
         assert_eq!(t.client_for_local(Proto::Tcp, addr("10.1.0.5:40001"), addr("0.0.0.0:80"), 1), None);
         assert_eq!(t.by_client.len(), 1);
-        assert_eq!(t.remove(&key(40002, 80)).map(|m| m.via), Some(Via::Toa));
+        assert_eq!(t.remove(&key(40002, 80), None).map(|m| m.via), Ok(Via::Toa));
         assert!(t.by_client.is_empty() && t.by_lb_port.is_empty() && t.is_empty());
         assert_eq!(t.stats().deleted, 2);
     }

@@ -8,7 +8,7 @@
 //! service with `ENOSYS` (seccomp spec, rule 7): the keeper sees its lifeline close and
 //! kills the whole service with SIGKILL instead, so it never runs on half-working.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -67,6 +67,10 @@ pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid, &OwnedFd)) -> ! {
         Ok(ForkResult::Parent { child }) => {
             drop(start);
             drop(theirs);
+            // The keeper needs none of the launcher's descriptors (capture, control socket,
+            // a daemon's connection) and no capability but CAP_KILL.
+            sys::close_descriptors_except(&[lifeline.as_raw_fd(), signals.as_raw_fd(), ours.as_raw_fd()]);
+            let _ = supervisor::privileges::keep_only_kill();
             child
         }
         Err(_) => sys::exit_now(1),

@@ -18,7 +18,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use supervisor::control::server::{ControlGuard, ControlServer, Mode, Node, ServiceInfo, Services};
 use supervisor::control::{self, Connection, Request};
-use supervisor::daemon::{raise_descriptor_limit, spawn_capture};
+use supervisor::daemon::{abort_on_panic, raise_descriptor_limit, spawn_capture};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 use supervisor::privileges;
@@ -89,12 +89,8 @@ fn start(
         forwarded.add(sig);
     }
     forwarded.thread_block().context("blocking the forwarded signals")?;
-    // A supervisor that panics must not leave the service half-supervised: abort, and the
-    // keeper stops the service.
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("ipvsca: the supervisor failed ({info}); stopping the service");
-        std::process::abort();
-    }));
+    // A supervisor that panics must not leave the service half-supervised.
+    abort_on_panic();
     raise_descriptor_limit();
     Ok((launched, listener, forwarded))
 }
@@ -195,7 +191,9 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
     }
     std::thread::Builder::new().name("ipvsca-notify".into()).spawn(move || {
         if let Err(e) = supervisor.serve() {
-            tracing::error!(error = %e, "the supervisor stopped");
+            // Nobody would answer the service's calls: end, and the keeper stops it.
+            tracing::error!(error = %e, "the supervisor stopped; stopping the service");
+            std::process::exit(1);
         }
     })?;
     let code = run_to_end(program, launched, forwarded, "embedded")?;
@@ -218,7 +216,7 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
         .request(&request, Some(listener.as_fd()))
         .with_context(|| format!("handing the service to the supervisor at {}", d.control.display()))?;
     drop(listener);
-    let mut lifeline = daemon.into_stream();
+    let mut lifeline = daemon.into_stream().context("keeping the connection to the supervisor")?;
     let path = d.control.clone();
     std::thread::Builder::new().name("ipvsca-lifeline".into()).spawn(move || {
         // The daemon never writes again; end-of-file means it is gone (it keeps the

@@ -153,14 +153,22 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// Looks `user` up by name, or takes it as a numeric uid.
+    /// Looks `user` up by name, or takes it as a numeric uid. A uid with no passwd entry
+    /// (common in containers) runs with group 0 and no other group, as Docker and
+    /// Kubernetes do.
     pub fn resolve(user: &str) -> Result<Credentials, LaunchError> {
         let missing = || LaunchError::NoSuchUser(user.to_owned());
         let found = match user.parse::<u32>() {
-            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-            Err(_) => nix::unistd::User::from_name(user),
+            Ok(uid) => match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+                Ok(Some(entry)) => Some(entry),
+                _ => {
+                    let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(0));
+                    return Ok(Credentials { name: user.to_owned(), uid, gid, groups: vec![gid] });
+                }
+            },
+            Err(_) => nix::unistd::User::from_name(user).map_err(|_| missing())?,
         };
-        let entry = found.map_err(|_| missing())?.ok_or_else(missing)?;
+        let entry = found.ok_or_else(missing)?;
         let name = CString::new(entry.name.as_bytes()).map_err(|_| missing())?;
         let groups = nix::unistd::getgrouplist(&name, entry.gid).unwrap_or_else(|_| vec![entry.gid]);
         Ok(Credentials { name: user.to_owned(), uid: entry.uid, gid: entry.gid, groups })

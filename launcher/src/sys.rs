@@ -34,6 +34,21 @@ pub fn load_filter(program: &[libc::sock_filter]) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Closes every descriptor above standard error but `keep`. For the keeper, a child of a
+/// single-threaded process: it may allocate.
+pub fn close_descriptors_except(keep: &[std::os::fd::RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let open: Vec<i32> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: the descriptor belongs to no live Rust object the keeper uses again:
+            // `keep` holds every one it does use, and the rest were the launcher's (the
+            // directory's own descriptor is closed already or fails harmlessly with EBADF).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// Ends the process at once, without running exit handlers or flushing buffers that a
 /// forked child shares with its parent.
 pub fn exit_now(code: i32) -> ! {

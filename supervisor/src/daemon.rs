@@ -39,6 +39,17 @@ pub fn raise_descriptor_limit() {
     }
 }
 
+/// Makes any panic abort the process: a supervisor thread that died would leave a trapped
+/// call unanswered forever (and its worker looking busy), while an aborted supervisor makes
+/// the keeper (embedded) or the launcher (daemon) stop the service. Call before starting
+/// threads.
+pub fn abort_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ipvsca: the supervisor failed ({info}); stopping the service");
+        std::process::abort();
+    }));
+}
+
 /// Runs `capture` on a thread of its own.
 pub fn spawn_capture(capture: Arc<LiveCapture>) -> std::io::Result<()> {
     std::thread::Builder::new().name("ipvsca-capture".into()).spawn(move || {
@@ -67,6 +78,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
         stop.add(s);
     }
     stop.thread_block().context("blocking the stop signals")?;
+    abort_on_panic();
     config.capture.log_start();
     let table = Arc::new(config.capture.table());
     let learn = config.capture.learn_config();
@@ -131,18 +143,26 @@ fn serve_attached(
     services: &Arc<Services>,
     options: Options,
 ) -> Result<u64, String> {
+    use std::os::fd::AsFd;
+    let kind = procs::descriptor_kind(a.listener.as_fd()).map_err(|e| format!("inspecting the descriptor: {e}"))?;
+    if kind != "anon_inode:seccomp notify" {
+        return Err(format!("attach needs a seccomp listener, not {kind}"));
+    }
+    // pidfd_getfd reaches only processes of this PID namespace or below it, and the kernel
+    // shows a launcher outside of them as pid 0.
+    if a.launcher <= 0 {
+        return Err("the launcher is in a PID namespace this supervisor cannot see, so it could not reach the service's sockets: run `ipvsca supervise` in the service's PID namespace or above it, or ipvsca-run without --supervisor".into());
+    }
     // A service in another network namespace would see no mapping, ever: its balancer
     // traffic is not captured here.
-    if a.launcher > 0 {
-        let theirs = procs::net_namespace(&a.launcher.to_string())
-            .map_err(|e| format!("cannot check the launcher's network namespace: {e}"))?;
-        let ours = procs::net_namespace("self").map_err(|e| format!("reading this network namespace: {e}"))?;
-        if theirs != ours {
-            return Err("the service runs in another network namespace than this supervisor, whose capture would never see its balancer: run `ipvsca supervise` in that namespace, or ipvsca-run without --supervisor".into());
-        }
-    } else {
-        tracing::warn!(program = %a.program, "the launcher is in a PID namespace this supervisor cannot see; its network namespace is not checked");
+    let theirs = procs::net_namespace(&a.launcher.to_string())
+        .map_err(|e| format!("cannot check the launcher's network namespace: {e}"))?;
+    let ours = procs::net_namespace("self").map_err(|e| format!("reading this network namespace: {e}"))?;
+    if theirs != ours {
+        return Err("the service runs in another network namespace than this supervisor, whose capture would never see its balancer: run `ipvsca supervise` in that namespace, or ipvsca-run without --supervisor".into());
     }
+    // The request's read timeout is the socket's: the lifeline waits without one.
+    a.lifeline.set_read_timeout(None).map_err(|e| format!("keeping the connection: {e}"))?;
     let options = Options { recvfrom_append: a.recvfrom_append, ..options };
     let supervisor = Supervisor::new(Listener::new(a.listener), resolver.clone(), counters.clone(), options)
         .map_err(|e| e.to_string())?;

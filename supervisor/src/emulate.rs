@@ -57,6 +57,17 @@ pub struct Options {
     pub pin_accepts: bool,
 }
 
+/// Why an address the kernel gave is shown unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxMiss {
+    /// Not an inet address.
+    NotInet,
+    /// No mapping for it.
+    Unmapped,
+    /// Mapped to a client the socket's family cannot show (IPv6 client, AF_INET socket).
+    Unrepresentable,
+}
+
 /// What became of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handled {
@@ -193,16 +204,17 @@ impl Emulator<'_> {
         socket: Option<BorrowedFd<'_>>,
         peer: &RawSockAddr,
         local: &RawSockAddr,
-    ) -> Option<RawSockAddr> {
-        let peer_inet = sockaddr::kernel_inet(peer)?;
-        let local_inet = sockaddr::kernel_inet(local)?;
+    ) -> Result<RawSockAddr, RxMiss> {
+        let (Some(peer_inet), Some(local_inet)) = (sockaddr::kernel_inet(peer), sockaddr::kernel_inet(local)) else {
+            return Err(RxMiss::NotInet);
+        };
         let connected = socket.and_then(|s| self.connected.client(|| net::inode(s).ok(), peer_inet));
-        let client = connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet))?;
-        let rewritten = sockaddr::replace(peer, client);
-        if rewritten.is_none() {
+        let client =
+            connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet)).ok_or(RxMiss::Unmapped)?;
+        sockaddr::replace(peer, client).ok_or_else(|| {
             self.counters.unrepresentable.inc();
-        }
-        rewritten
+            RxMiss::Unrepresentable
+        })
     }
 
     fn getpeername(&self, n: &Notification, c: &Call) -> Handled {
@@ -222,9 +234,15 @@ impl Emulator<'_> {
             return bypass();
         }
         let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return bypass() };
-        let Some(shown) = self.rx_rewrite(proto, Some(fd), &peer, &local) else {
-            self.counters.getpeername_unmapped.inc();
-            return self.cont(n);
+        let shown = match self.rx_rewrite(proto, Some(fd), &peer, &local) {
+            Ok(shown) => shown,
+            Err(miss) => {
+                match miss {
+                    RxMiss::Unrepresentable => self.counters.getpeername_unrepresentable.inc(),
+                    RxMiss::Unmapped | RxMiss::NotInet => self.counters.getpeername_unmapped.inc(),
+                }
+                return self.cont(n);
+            }
         };
         let Ok(len) = mem::read_u32(n.tid, addrlen) else { return self.cont(n) };
         if !self.still_pending(n) {
@@ -287,7 +305,7 @@ impl Emulator<'_> {
         // From here on the supervisor holds a connection: it reaches the caller, the
         // stash, or is closed exactly where the kernel would close it.
         let shown = match net::sock_name(socket.as_fd()) {
-            Ok(local) => self.rx_rewrite(Proto::Tcp, None, &peer, &local),
+            Ok(local) => self.rx_rewrite(Proto::Tcp, None, &peer, &local).ok(),
             Err(_) => None,
         };
         let rewritten = shown.is_some();
@@ -433,7 +451,7 @@ impl Emulator<'_> {
         from: &RawSockAddr,
         peek: bool,
     ) -> Handled {
-        let shown = self.rx_rewrite(Proto::Udp, Some(socket), from, local);
+        let shown = self.rx_rewrite(Proto::Udp, Some(socket), from, local).ok();
         let keep = |this: &Self| {
             if !peek {
                 if let Ok(inode) = net::inode(socket) {

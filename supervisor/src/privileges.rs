@@ -79,6 +79,24 @@ pub fn drop_and_log(pin_accepts: bool) {
     }
 }
 
+/// Keeps only `CAP_KILL` (if held) in every set of the calling thread: the keeper, which
+/// signals the service's processes, of any user, and does nothing else privileged.
+pub fn keep_only_kill() -> Result<(), caps::errors::CapsError> {
+    let mut keep = caps::read(None, CapSet::Permitted)?;
+    keep.retain(|c| *c == Capability::CAP_KILL);
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::read(None, CapSet::Bounding)? {
+            if cap != Capability::CAP_KILL {
+                caps::drop(None, CapSet::Bounding, cap)?;
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)
+}
+
 /// Drops every capability of the calling thread (a launcher whose service a daemon
 /// serves). Must run before the process starts threads.
 pub fn drop_all() {

@@ -29,6 +29,13 @@ pub fn descendants(root: i32, parents: &[(i32, i32)]) -> Vec<i32> {
     tree
 }
 
+/// What the descriptor `fd` of this process is, as `/proc/self/fd` names it (for a seccomp
+/// listener, `anon_inode:seccomp notify`).
+pub fn descriptor_kind(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<String> {
+    use std::os::fd::AsRawFd;
+    Ok(std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.to_string_lossy().into_owned())
+}
+
 /// The network namespace of `pid` (`self` for this process) as `(device, inode)`.
 pub fn net_namespace(pid: &str) -> std::io::Result<(u64, u64)> {
     let meta = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;

@@ -37,7 +37,10 @@ pub const WORKER_IDLE: Duration = Duration::from_secs(2);
 /// How often busy workers are checked for calls that went away.
 pub const REAP_EVERY: Duration = Duration::from_millis(200);
 
-/// Why the supervisor could not start.
+/// Receive failures in a row after which the listener is given up (a second of them).
+const MAX_RECV_FAILURES: u32 = 100;
+
+/// Why the supervisor could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// libseccomp could not resolve the syscall numbers.
@@ -49,6 +52,9 @@ pub enum ServeError {
     /// A thread could not be started.
     #[error("starting a supervisor thread: {0}")]
     Thread(std::io::Error),
+    /// Receiving notifications kept failing.
+    #[error("receiving notifications keeps failing: {0}")]
+    Receive(Errno),
 }
 
 struct Worker {
@@ -172,9 +178,13 @@ impl Supervisor {
             })
             .map_err(ServeError::Thread)?;
         let shared = &self.shared;
+        let mut failures = 0;
         loop {
             match shared.listener.recv() {
-                Ok(n) => dispatch(shared, n),
+                Ok(n) => {
+                    failures = 0;
+                    dispatch(shared, n)
+                }
                 Err(Errno::EINTR) => {}
                 Err(Errno::ENOENT) => {
                     if hung_up(&shared.listener) {
@@ -186,6 +196,10 @@ impl Supervisor {
                         return Ok(());
                     }
                     warn!(error = %e, "receiving a notification failed");
+                    failures += 1;
+                    if failures == MAX_RECV_FAILURES {
+                        return Err(ServeError::Receive(e));
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }

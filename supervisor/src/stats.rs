@@ -36,6 +36,9 @@ counter_set! {
         getpeername_rewritten,
         /// `getpeername` of an inet peer with no mapping (`getname_ip_vs_ca_empty`).
         getpeername_unmapped,
+        /// `getpeername` of a peer mapped to a client the socket's family cannot show
+        /// (`getname_ip_vs_ca_mismatch`).
+        getpeername_unrepresentable,
         /// `getpeername` left to the kernel: not an inet socket, not connected, or an error
         /// (`getname_ip_vs_ca_bypass`).
         getpeername_bypass,

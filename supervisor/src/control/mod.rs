@@ -127,7 +127,19 @@ pub enum ControlError {
     /// The supervisor refused the request.
     #[error("{0}")]
     Refused(String),
+    /// What listens at the path runs as another user than root or this one: it is not
+    /// told anything (a launcher would hand it a service).
+    #[error("the process listening at {path} runs as uid {uid}, neither root nor this user: refusing to talk to it")]
+    Untrusted {
+        /// The path.
+        path: PathBuf,
+        /// Its user.
+        uid: u32,
+    },
 }
+
+/// How long a client waits for a supervisor's answer.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open exchange with a supervisor.
 #[derive(Debug)]
@@ -137,10 +149,19 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Connects to the control socket at `path`.
+    /// Connects to the control socket at `path`, served by root or this process's user.
     pub fn open(path: &Path) -> Result<Self, ControlError> {
         let stream =
             UnixStream::connect(path).map_err(|error| ControlError::Unreachable { path: path.to_owned(), error })?;
+        let io = |error| ControlError::Io { path: path.to_owned(), error };
+        let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| io(e.into()))?
+            .uid();
+        if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+            return Err(ControlError::Untrusted { path: path.to_owned(), uid });
+        }
+        stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;
         Ok(Connection { path: path.to_owned(), reader: BufReader::new(stream) })
     }
 
@@ -171,9 +192,13 @@ impl Connection {
         }
     }
 
-    /// The stream, once a request was answered: `attach` keeps it open as a lifeline.
-    pub fn into_stream(self) -> UnixStream {
-        self.reader.into_inner()
+    /// The stream, once a request was answered, without timeouts: `attach` keeps it open
+    /// as a lifeline.
+    pub fn into_stream(self) -> std::io::Result<UnixStream> {
+        let stream = self.reader.into_inner();
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(None)?;
+        Ok(stream)
     }
 }
 

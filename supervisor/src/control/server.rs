@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -143,10 +143,10 @@ impl std::fmt::Debug for Node {
     }
 }
 
-/// A bound control socket, not yet answering.
+/// A bound control socket, not yet answering; dropped, it removes its file.
 #[derive(Debug)]
 pub struct ControlServer {
-    path: PathBuf,
+    guard: ControlGuard,
     listener: UnixListener,
 }
 
@@ -157,6 +157,7 @@ pub struct ControlGuard {
 }
 
 impl Drop for ControlGuard {
+    // The accepting thread dies with the process; only the file needs removing.
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -171,11 +172,21 @@ impl ControlGuard {
 
 impl ControlServer {
     /// Binds `path` with mode 0600, creating its directory (0755) if needed. A stale socket
-    /// file is replaced; a live one (another supervisor answers) is an error.
+    /// file is replaced; a live one (another supervisor answers) is an error, and so is a
+    /// directory other users may write to (but for sticky ones such as /tmp), where they
+    /// could swap the socket. Changes the process's umask for a moment: call it while the
+    /// process has a single thread.
     pub fn bind(path: &Path) -> io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !dir.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+        }
+        let dir_mode = std::fs::metadata(dir)?.permissions().mode();
+        if dir_mode & 0o022 != 0 && dir_mode & 0o1000 == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} may be written by other users (mode {:o})", dir.display(), dir_mode & 0o7777),
+            ));
         }
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -186,19 +197,30 @@ impl ControlServer {
             }
             std::fs::remove_file(path)?;
         }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(ControlServer { path: path.to_owned(), listener })
+        // Created 0600: never reachable with a wider mode, not even for a moment.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(umask);
+        let listener = bound?;
+        Ok(ControlServer { guard: ControlGuard { path: path.to_owned() }, listener })
     }
 
     /// Starts answering on a thread of its own.
     pub fn spawn(self, node: Arc<Node>) -> io::Result<ControlGuard> {
-        let guard = ControlGuard { path: self.path.clone() };
-        let listener = self.listener;
+        let ControlServer { guard, listener } = self;
         std::thread::Builder::new().name("ipvsca-control".into()).spawn(move || {
             let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let stream = match stream {
+                    Ok(s) => s,
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the connection waits in
+                    // the backlog; try again a little later rather than spin.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a control connection failed");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::AcqRel);
                     let _ = write_answer(&stream, Err("too many control connections; try again".into()));
@@ -243,7 +265,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
         let _ = write_answer(&stream, Err("permission denied: root or the supervisor's user only".into()));
         return;
     }
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let (line, fd) = match read_request(&stream) {
         Ok(got) => got,
         Err(e) => {
@@ -267,12 +289,18 @@ fn serve_connection(node: &Node, stream: UnixStream) {
     let _ = write_answer(&stream, answer);
 }
 
-/// One line, and the descriptor that came with it.
+/// One line, and the descriptor that came with it, within [`READ_TIMEOUT`] in all.
 fn read_request(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
     let mut line = Vec::new();
     let mut fd = None;
     let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + READ_TIMEOUT;
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request in time"));
+        }
+        stream.set_read_timeout(Some(left))?;
         let (n, got) = unix::recv_with_fd(stream, &mut buf)?;
         if fd.is_none() {
             fd = got;
@@ -327,6 +355,9 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
         Request::Mappings => Ok(mappings(node)),
         Request::MapAdd { proto, lb, rs, client } => {
             let key = flow_key(&proto, lb, rs)?;
+            for (what, a) in [("balancer", lb), ("real-server", rs), ("client", client)] {
+                check_address(what, a)?;
+            }
             if lb.is_ipv4() != rs.is_ipv4() {
                 return Err("the balancer and real-server addresses must be of one family".into());
             }
@@ -336,16 +367,31 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
         }
         Request::MapDel { proto, lb, rs, client } => {
             let key = flow_key(&proto, lb, rs)?;
-            let current = node.table.get(&key).ok_or_else(|| format!("no mapping for {proto} {lb} {rs}"))?;
-            if let Some(c) = client.filter(|&c| c != current.client) {
-                return Err(format!("{proto} {lb} {rs} shows {}, not {c}; nothing removed", current.client));
+            match node.table.remove(&key, client) {
+                Ok(removed) => {
+                    tracing::info!(%proto, %lb, %rs, client = %removed.client, "mapping removed");
+                    Ok(json!({ "client": removed.client.to_string(), "via": removed.via.as_str() }))
+                }
+                Err(Some(stays)) => Err(format!(
+                    "{proto} {lb} {rs} shows {}, not {}; nothing removed",
+                    stays.client,
+                    client.map_or_else(String::new, |c| c.to_string())
+                )),
+                Err(None) => Err(format!("no mapping for {proto} {lb} {rs}")),
             }
-            node.table.remove(&key).ok_or_else(|| format!("no mapping for {proto} {lb} {rs}"))?;
-            tracing::info!(%proto, %lb, %rs, client = %current.client, "mapping removed");
-            Ok(json!({ "client": current.client.to_string(), "via": current.via.as_str() }))
         }
         Request::Attach { .. } => Err("attach needs its own connection".into()),
     }
+}
+
+/// An address the capture could have learned: a real IP (not unspecified, not an
+/// IPv4-mapped IPv6 form, which the capture never produces) and a port.
+fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
+    let mapped = matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+    if a.ip().is_unspecified() || a.port() == 0 || mapped {
+        return Err(format!("{what} address {a}: give a real address and port (IPv4 as a.b.c.d:port)"));
+    }
+    Ok(())
 }
 
 fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
@@ -407,7 +453,13 @@ pub fn parse_kinds(value: &str) -> Result<ToaKinds, String> {
     if kinds.is_empty() {
         return Err("tcpopt_addr: give at least one option kind".into());
     }
-    Ok(ToaKinds::from_kinds(kinds))
+    // More would make the kernel filter pass every TCP segment with options (timestamps:
+    // nearly all of them) to the capture.
+    let kinds = ToaKinds::from_kinds(kinds);
+    if kinds.iter().count() > capture::bpf::MAX_FILTERED_KINDS {
+        return Err(format!("tcpopt_addr: at most {} option kinds", capture::bpf::MAX_FILTERED_KINDS));
+    }
+    Ok(kinds)
 }
 
 fn mappings(node: &Node) -> Value {
@@ -458,10 +510,10 @@ pub fn stats(node: &Node) -> Value {
         "ip_vs_ca": {
             "syn_recv_sock_ip_vs_ca": s.accept_rewritten,
             "syn_recv_sock_no_ip_vs_ca": s.accept_unmapped,
-            "conn_new": t.created + t.static_added,
+            "conn_new": t.created,
             "conn_del": t.expired + t.deleted,
             "getname_ip_vs_ca_ok": s.getpeername_rewritten,
-            "getname_ip_vs_ca_mismatch": s.unrepresentable,
+            "getname_ip_vs_ca_mismatch": s.getpeername_unrepresentable,
             "getname_ip_vs_ca_bypass": s.getpeername_bypass,
             "getname_ip_vs_ca_empty": s.getpeername_unmapped,
         },

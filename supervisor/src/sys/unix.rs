@@ -25,11 +25,15 @@ pub fn send_with_fd(stream: &UnixStream, data: &[u8], fd: Option<BorrowedFd<'_>>
     Ok(())
 }
 
+/// The most descriptors one message can carry (the kernel's `SCM_MAX_FD`): room for all of
+/// them, so the kernel never truncates the control data and every one is owned and closed.
+const SCM_MAX_FD: usize = 253;
+
 /// Receives what is available (up to `buf.len()` bytes) and the descriptors that came with
 /// it; 0 bytes is end-of-file. Descriptors beyond the first are closed.
 pub fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 4]);
+    let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let msg = loop {
         match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(Errno::EINTR) => continue,
