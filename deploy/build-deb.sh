@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Debian package `ipvsca` (ipvsca, ipvsca-run, the systemd unit, /etc/default/ipvsca)
+# Builds the Debian package `ipvsca` (ipvsca, ipvsca-run, their man pages, the systemd unit,
+# /etc/default/ipvsca)
 # and its debug symbols (ipvsca-dbgsym, a .ddeb) in target/debian/, and prints the path of the
 # .deb on stdout. Installs nothing; needs cargo-deb (`cargo install cargo-deb --locked`) and
 # dpkg-shlibdeps (`apt-get install dpkg-dev`). Honours CARGO_TARGET_DIR.
@@ -21,6 +22,7 @@ fi
 # The package's metadata is in launcher/Cargo.toml, but ipvsca belongs to ipvsca-supervisor,
 # which `cargo deb` would not build: build both packages' binaries, then package them as built.
 "$cargo" build --release --locked -p ipvsca-supervisor -p ipvsca-launcher --bins
+bash deploy/man-pages.sh
 built=$("$cargo" deb -p ipvsca-launcher --no-build --locked)
 # cargo-deb prints the .ddeb and the .deb, one a line.
 grep '\.ddeb$' <<<"$built" | sed 's/^/build-deb.sh: debug symbols in /' >&2 || true

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use capture::cli::CaptureArgs;
 use capture::{Learner, LiveCapture};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use launcher::run::{self, ControlSocket, DaemonSupervision, Supervision};
 use launcher::{preflight, spawn};
 use supervisor::emulate::Options;
@@ -25,8 +25,24 @@ use supervisor::filter::IoUring;
 /// credentials are PROGRAM's own; ipvsca-run forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
 /// SIGUSR1 and SIGUSR2 to it, exits with its status (128+N if signal N ended it), and serves
 /// it as long as any of its processes lives. If ipvsca-run is killed, the service is killed.
+const EXAMPLES: &str = "\
+Examples:
+  ipvsca-run -- nginx -g 'daemon off;'
+  ipvsca-run --trust 10.0.0.0/24 --user www-data -- ./server --port 8080
+  ipvsca-run --supervisor /run/ipvsca/ipvsca.sock -- ./server   (served by `ipvsca supervise`)
+  ENTRYPOINT [\"ipvsca-run\", \"--\"] in a Dockerfile: the container needs CAP_NET_RAW and CAP_SYS_PTRACE
+
+Needs Linux 5.14 or later (SECCOMP_ADDFD_FLAG_SEND), and CAP_NET_RAW unless --supervisor.
+
+See also: ipvsca(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md.";
+
 #[derive(Debug, Parser)]
-#[command(name = "ipvsca-run", version, override_usage = "ipvsca-run [OPTIONS] -- PROGRAM [ARGS]...")]
+#[command(
+    name = "ipvsca-run",
+    version,
+    override_usage = "ipvsca-run [OPTIONS] -- PROGRAM [ARGS]...",
+    after_long_help = EXAMPLES
+)]
 struct Cli {
     #[command(flatten)]
     capture: CaptureArgs,
@@ -61,8 +77,12 @@ struct Cli {
     #[arg(long, value_name = "USER")]
     user: Option<String>,
 
+    /// Write the man page of ipvsca-run into DIR and exit (for packaging).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    generate_man: Option<PathBuf>,
+
     /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    #[arg(last = true, required_unless_present = "generate_man", value_name = "PROGRAM")]
     command: Vec<OsString>,
 }
 
@@ -80,6 +100,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    if let Some(dir) = &cli.generate_man {
+        supervisor::manual::write_pages(Cli::command(), dir)?;
+        return Ok(0);
+    }
     let program = spawn::resolve_program(&cli.command[0])?;
     let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose()?;
     let lacking = preflight::check()?;

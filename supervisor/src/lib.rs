@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod emulate;
 pub mod filter;
 pub mod logging;
+pub mod manual;
 pub mod privileges;
 pub mod procs;
 pub mod resolve;

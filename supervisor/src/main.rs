@@ -3,7 +3,9 @@
 
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// ipvsca: real client addresses behind LVS/DPVS FULLNAT balancers, from userspace.
 ///
@@ -13,8 +15,17 @@ use clap::{Parser, Subcommand};
 /// running supervisor (stats, get, set, mappings, map, version), and inspects captures
 /// (capture). The control commands reach /run/ipvsca/ipvsca.sock unless --control names
 /// another socket, such as an ipvsca-run's /run/ipvsca/PID.sock. RUST_LOG sets the log level.
+const FILES: &str = "\
+Files:
+  /run/ipvsca/ipvsca.sock  the daemon's control socket (ipvsca supervise)
+  /run/ipvsca/PID.sock     the control socket of the ipvsca-run whose service's first process is PID
+  /etc/default/ipvsca      the daemon's flags, for the systemd unit ipvsca.service
+
+See also: ipvsca-run(1), ipvsca-supervise(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md
+(install, running as a container entrypoint or as a daemon, stats, tuning, limits).";
+
 #[derive(Debug, Parser)]
-#[command(name = "ipvsca", version)]
+#[command(name = "ipvsca", version, after_long_help = FILES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -31,6 +42,12 @@ enum Command {
     Map(cmd::control::MapCommand),
     Version(cmd::control::VersionCommand),
     Capture(cmd::capture::CaptureCommand),
+    /// Write the man pages of ipvsca and its subcommands into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateMan {
+        /// The directory, created if absent.
+        dir: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +62,7 @@ fn main() -> std::process::ExitCode {
         Command::Map(c) => cmd::control::map(c),
         Command::Version(c) => cmd::control::version(c),
         Command::Capture(c) => cmd::capture::run(c),
+        Command::GenerateMan { dir } => supervisor::manual::write_pages(Cli::command(), &dir).map(drop),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

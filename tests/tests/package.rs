@@ -1,8 +1,10 @@
-//! The Debian package `deploy/build-deb.sh` makes with cargo-deb: one package `ipvsca` with
-//! both binaries, the systemd unit and /etc/default/ipvsca, depending on libseccomp2; its
-//! binaries run, its maintainer scripts never enable or start the daemon, and systemd accepts
-//! its unit. The package is built once per run, in release mode in the workspace's target
-//! directory, and shared by the tests.
+//! The packages: the Debian package `deploy/build-deb.sh` makes with cargo-deb, one package
+//! `ipvsca` with both binaries, their man pages, the systemd unit and /etc/default/ipvsca,
+//! depending on libseccomp2; its binaries run, its maintainer scripts never enable or start the
+//! daemon, and systemd accepts its unit. The RPM package `deploy/build-rpm.sh` makes with
+//! cargo-generate-rpm holds the same files, installs into an RPM database (a scratch root) and
+//! its scriptlets behave as the Debian ones. Each package is built once per run, in release
+//! mode in the workspace's target directory, and shared by the tests.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,22 +32,32 @@ fn succeeds(cmd: &mut Command) -> bool {
     cmd.output().is_ok_and(|o| o.status.success())
 }
 
-/// True when the package can be built here. A missing tool skips the test, except under CI
-/// (`CI` set), where it fails it: `.ci/run` installs them.
-fn can_build(test: &str) -> bool {
+/// True when the tools are here (each `(command, reason if it fails)`). A missing tool skips the
+/// test, except under CI (`CI` set), where it fails it: `.ci/run` installs them.
+fn have(test: &str, tools: &[(&[&str], &str)]) -> bool {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let reason = if !succeeds(Command::new(cargo).args(["deb", "--version"])) {
-        "cargo-deb not installed (cargo install cargo-deb)"
-    } else if !succeeds(Command::new("dpkg-deb").arg("--version")) {
-        "dpkg-deb not installed (Debian's dpkg)"
-    } else if !succeeds(Command::new("dpkg-shlibdeps").arg("--version")) {
-        "dpkg-shlibdeps not installed (apt-get install dpkg-dev)"
-    } else {
+    let missing = tools.iter().find(|(cmd, _)| {
+        let program = if cmd[0] == "cargo" { cargo.as_str() } else { cmd[0] };
+        !succeeds(Command::new(program).args(&cmd[1..]))
+    });
+    let Some((_, reason)) = missing else {
         return true;
     };
     assert!(std::env::var_os("CI").is_none(), "{reason}; under CI that is a failure: .ci/run installs it");
     skip(test, reason);
     false
+}
+
+/// True when the Debian package can be built and read here.
+fn can_build(test: &str) -> bool {
+    have(
+        test,
+        &[
+            (&["cargo", "deb", "--version"], "cargo-deb not installed (cargo install cargo-deb)"),
+            (&["dpkg-deb", "--version"], "dpkg-deb not installed (Debian's dpkg)"),
+            (&["dpkg-shlibdeps", "--version"], "dpkg-shlibdeps not installed (apt-get install dpkg-dev)"),
+        ],
+    )
 }
 
 fn text(out: &Output) -> String {
@@ -98,9 +110,15 @@ fn extract(deb: &Path) -> TempDir {
 /// commands it ran. The recorder answers `debian-installed` with "no", as on a first install,
 /// and everything else with success.
 fn run_maintainer_script(deb: &Path, name: &str, args: &[&str]) -> Vec<String> {
+    run_recorded(&dpkg_deb("--info", deb, &[name]), args)
+}
+
+/// Runs the shell script `text` with `args` under the recorder of `run_maintainer_script`; the
+/// commands it ran.
+fn run_recorded(text: &str, args: &[&str]) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join(name);
-    fs::write(&script, dpkg_deb("--info", deb, &[name])).unwrap();
+    let script = dir.path().join("script");
+    fs::write(&script, text).unwrap();
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
     let log = dir.path().join("log");
@@ -163,6 +181,51 @@ fn debian_package_holds_both_binaries_the_unit_and_the_defaults_and_never_starts
         let version = run(Command::new(root.path().join(binary)).arg("--version"));
         assert_eq!(version.trim_end(), format!("{name} {}", env!("CARGO_PKG_VERSION")));
     }
+
+    // A man page for each command and each subcommand the binaries list, no other.
+    let man = root.path().join("usr/share/man/man1");
+    let mut pages: Vec<String> =
+        fs::read_dir(&man).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    pages.sort();
+    let ipvsca = root.path().join("usr/bin/ipvsca");
+    let mut expected = vec!["ipvsca-run.1.gz".to_owned(), "ipvsca.1.gz".to_owned()];
+    for sub in subcommands(&ipvsca, &[]) {
+        expected.push(format!("ipvsca-{sub}.1.gz"));
+        for subsub in subcommands(&ipvsca, &[&sub]) {
+            expected.push(format!("ipvsca-{sub}-{subsub}.1.gz"));
+        }
+    }
+    expected.sort();
+    assert_eq!(pages, expected);
+    for page in &pages {
+        assert_eq!(files.get(&format!("./usr/share/man/man1/{page}")).map(String::as_str), Some("-rw-r--r--"));
+    }
+    // Each one a man page of its own command (man's own preprocessor reads .gz), and the pages
+    // say what --help says.
+    let stats = run(Command::new("gzip").arg("-dc").arg(man.join("ipvsca-stats.1.gz")));
+    assert!(stats.contains(".TH ipvsca-stats 1 ") && stats.contains("\\fBipvsca stats\\fR"), "{stats}");
+    assert!(stats.contains("prometheus"), "{stats}");
+    let run_page = run(Command::new("gzip").arg("-dc").arg(man.join("ipvsca-run.1.gz")));
+    for flag in ["supervisor", "control", "user", "trust", "recvfrom\\-append"] {
+        assert!(run_page.contains(&format!("\\-\\-{flag}")), "--{flag} missing from ipvsca-run(1):\n{run_page}");
+    }
+    assert!(!run_page.contains("generate"), "the hidden flag is documented:\n{run_page}");
+}
+
+/// The subcommands `binary [path...] --help` lists, without `help`.
+fn subcommands(binary: &Path, path: &[&str]) -> Vec<String> {
+    let help = run(Command::new(binary).args(path).arg("--help"));
+    let Some((_, listed)) = help.split_once("\nCommands:\n") else {
+        return Vec::new();
+    };
+    listed
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -190,4 +253,105 @@ fn packaged_unit_passes_systemd_analyze_verify() {
     // Unknown settings and system calls are warnings with a zero exit: any output fails.
     let said = format!("{}{}", text(&out), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify ({}):\n{said}", out.status);
+}
+
+/// The .rpm, built by `deploy/build-rpm.sh` on first use.
+fn rpm_package() -> &'static Path {
+    static RPM: OnceLock<PathBuf> = OnceLock::new();
+    RPM.get_or_init(|| {
+        // Both scripts rewrite target/release/man: the Debian package first, never both at once.
+        package();
+        let printed = run(Command::new("bash").arg("deploy/build-rpm.sh").current_dir(workspace()));
+        let rpm = PathBuf::from(printed.trim_end());
+        let rpm = if rpm.is_relative() { workspace().join(rpm) } else { rpm };
+        assert!(rpm.extension().is_some_and(|e| e == "rpm") && rpm.is_file(), "build-rpm.sh printed {printed:?}");
+        rpm
+    })
+}
+
+/// `rpm -qp --queryformat FORMAT package`.
+fn rpm_query(rpm: &Path, format: &str) -> String {
+    run(Command::new("rpm").args(["-qp", "--queryformat", format]).arg(rpm))
+}
+
+#[test]
+fn rpm_package_holds_what_the_debian_one_holds_installs_and_never_starts_the_daemon() {
+    let test = "rpm_package_holds_what_the_debian_one_holds_installs_and_never_starts_the_daemon";
+    if !can_build(test)
+        || !have(
+            test,
+            &[
+                (
+                    &["cargo", "generate-rpm", "--version"],
+                    "cargo-generate-rpm not installed (cargo install cargo-generate-rpm)",
+                ),
+                (&["rpm", "--version"], "rpm not installed (apt-get install rpm)"),
+            ],
+        )
+    {
+        return;
+    }
+    let rpm = rpm_package();
+
+    // The same files, with the same modes, as the Debian package, but for what only Debian
+    // packages carry (copyright, changelog.Debian.gz).
+    let listed = rpm_query(rpm, "[%{FILEMODES:perms} %{FILENAMES}\n]");
+    let files: BTreeMap<String, String> = listed
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(mode, path)| (format!(".{path}"), mode.to_owned()))
+        .collect();
+    let deb_files: BTreeMap<String, String> = contents(package())
+        .into_iter()
+        .filter(|(path, mode)| {
+            !mode.starts_with('d') && !path.ends_with("/copyright") && !path.ends_with("/changelog.Debian.gz")
+        })
+        .collect();
+    assert_eq!(files, deb_files);
+
+    assert_eq!(rpm_query(rpm, "%{NAME} %{VERSION}"), format!("ipvsca {}", env!("CARGO_PKG_VERSION")));
+    let requires = run(Command::new("rpm").args(["-qp", "--requires"]).arg(rpm));
+    for library in ["libseccomp.so.2()(64bit)", "libc.so.6()(64bit)"] {
+        assert!(requires.lines().any(|l| l.trim() == library), "Requires lacks {library}:\n{requires}");
+    }
+    // Local changes to /etc/default/ipvsca survive upgrades.
+    assert_eq!(run(Command::new("rpm").args(["-qp", "--configfiles"]).arg(rpm)).trim(), "/etc/default/ipvsca");
+    let flags = rpm_query(rpm, "[%{FILEFLAGS:fflags} %{FILENAMES}\n]");
+    assert!(flags.lines().any(|l| l == "cn /etc/default/ipvsca"), "{flags}");
+
+    // Scriptlets: an install and an upgrade only reload systemd; removal stops and disables
+    // the daemon; nothing enables or starts it.
+    let post = rpm_query(rpm, "%{POSTIN}");
+    let preun = rpm_query(rpm, "%{PREUN}");
+    for (script, args, expected) in [
+        (&post, "1", &["systemctl daemon-reload"][..]),
+        (&post, "2", &["systemctl daemon-reload"]),
+        (&preun, "1", &[]),
+        (&preun, "0", &["systemctl --no-reload disable --now ipvsca.service"]),
+    ] {
+        assert_eq!(run_recorded(script, &[args]), expected, "{script} {args}");
+    }
+
+    // Installed into an RPM database of its own, its files verify and its binaries run; then it
+    // is removed, keeping a locally changed /etc/default/ipvsca as .rpmsave. Scriptlets would
+    // run chrooted into the scratch root, where there is no shell: they are checked above.
+    let root = tempfile::tempdir().unwrap();
+    let rpm_in = |args: &[&str]| run(Command::new("rpm").arg("--root").arg(root.path()).args(args));
+    rpm_in(&["--initdb"]);
+    run(Command::new("rpm").arg("--root").arg(root.path()).args(["-i", "--nodeps", "--noscripts"]).arg(rpm));
+    assert_eq!(
+        rpm_in(&["-qf", "/usr/bin/ipvsca-run"]).trim(),
+        format!("ipvsca-{}-1.x86_64", env!("CARGO_PKG_VERSION"))
+    );
+    rpm_in(&["-V", "--nodeps", "ipvsca"]);
+    let version = run(Command::new(root.path().join("usr/bin/ipvsca")).arg("--version"));
+    assert_eq!(version.trim_end(), format!("ipvsca {}", env!("CARGO_PKG_VERSION")));
+    let defaults = root.path().join("etc/default/ipvsca");
+    fs::write(&defaults, "IPVSCA_OPTS=\"--trust 10.1.0.0/24\"\n").unwrap();
+    rpm_in(&["-e", "--noscripts", "ipvsca"]);
+    assert!(!root.path().join("usr/bin/ipvsca").exists(), "ipvsca left behind by rpm -e");
+    assert_eq!(
+        fs::read_to_string(root.path().join("etc/default/ipvsca.rpmsave")).unwrap(),
+        "IPVSCA_OPTS=\"--trust 10.1.0.0/24\"\n"
+    );
 }
