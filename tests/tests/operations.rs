@@ -3,8 +3,10 @@
 //! the control socket's access rules, and the credentials of the service and of ipvsca.
 //! The server is `ipvsca-probe` in a real-server namespace fed by the raw-frame balancer.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -16,6 +18,7 @@ use ipvsca_tests::service::{self, Service};
 use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
 use ipvsca_tests::topology::{LB_DEV, LbRs};
 use serde_json::Value;
+use supervisor::control::{Connection, Request};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -178,6 +181,28 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
     assert!(mappings(rs, &sock).iter().all(|m| m["via"] != "static"));
     assert!(refused(ipvsca(rs, &sock, &["map", "del", "tcp", &b, &rs_addr])).contains("no mapping"));
 
+    // One connection carries several requests: pipelined in one write, a bad line answered
+    // with an error without losing the others, and closed by the server when the client is.
+    let mut stream = UnixStream::connect(&sock).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let batch = "{\"op\":\"get\",\"name\":\"tcp_timeout\"}\n{\"op\":\"version\"}\nnot json\n{\"op\":\"get\",\"name\":\"udp_timeout\"}\n";
+    stream.write_all(batch.as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let answers: Vec<Value> =
+        BufReader::new(&stream).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    assert_eq!(answers[0], serde_json::json!({"ok": "100"}));
+    assert_eq!(answers[1]["ok"]["mode"], "run", "{answers:?}");
+    assert!(answers[2]["error"].as_str().is_some_and(|e| e.starts_with("not a request")), "{answers:?}");
+    assert_eq!(answers[3], serde_json::json!({"ok": "310"}));
+    // ... and so does the client library: a mapping added and removed on one connection.
+    let mut connection = Connection::open(&sock).unwrap();
+    let (lb_e, rs_e, client_e) = (addr(LB2, 40005).into(), "10.1.0.9:8080".parse().unwrap(), addr(LB1, 5).into());
+    let add = Request::MapAdd { proto: "tcp".into(), lb: lb_e, rs: rs_e, client: client_e };
+    connection.request(&add, None).unwrap();
+    let del = Request::MapDel { proto: "tcp".into(), lb: lb_e, rs: rs_e, client: Some(client_e) };
+    assert_eq!(connection.request(&del, None).unwrap()["via"], "static");
+
     // A shorter timeout expires the learned mapping.
     assert!(refused(ipvsca(rs, &sock, &["set", "tcp_timeout", "0"])).contains("out of range"));
     assert_eq!(ok(ipvsca(rs, &sock, &["get", "tcp_timeout"])).trim(), "100");
@@ -187,7 +212,8 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
     let expired = stats(rs, &sock);
     assert_eq!(n(&expired["table"]["size"]), 0, "{expired}");
     let (new, del) = (n(&expired["ip_vs_ca"]["conn_new"]), n(&expired["ip_vs_ca"]["conn_del"]));
-    assert_eq!((new, del), (2, 2), "conn_new - conn_del is the table's size: {expired}");
+    // Two mappings learned or added above and one added and removed on one connection.
+    assert_eq!((new, del), (3, 3), "conn_new - conn_del is the table's size: {expired}");
     // Back to the default, so no later step races a one-second timeout.
     ok(ipvsca(rs, &sock, &["set", "tcp_timeout", "100"]));
 

@@ -1,8 +1,9 @@
 //! The server side of the control socket: binds it, checks each peer's credentials, and
 //! answers requests from what a running supervisor holds (a [`Node`]).
 //!
-//! One thread accepts; each connection gets a short-lived thread (at most
-//! [`MAX_CONNECTIONS`] at once) with a read timeout, so a stuck client blocks nobody.
+//! One thread accepts; each connection gets a thread of its own (at most [`MAX_CONNECTIONS`] at
+//! once) that answers its requests in turn and closes it after [`READ_TIMEOUT`] without a
+//! complete one, so a stuck client blocks nobody.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -29,7 +30,7 @@ use crate::sys::unix;
 /// Connections served at once; more are refused with a message.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// How long a client may take to send its request.
+/// How long a client may take to send a request (counted from the previous answer).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which kind of supervisor answers.
@@ -266,55 +267,77 @@ fn serve_connection(node: &Node, stream: UnixStream) {
         return;
     }
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let (line, fd) = match read_request(&stream) {
-        Ok(got) => got,
-        Err(e) => {
-            let _ = write_answer(&stream, Err(format!("reading the request: {e}")));
+    // Requests one after another (pipelined or not) until the client closes, stays silent for
+    // READ_TIMEOUT, or attaches a service: the connection is then that service's lifeline and
+    // nothing more is read from it here.
+    let mut requests = RequestReader::default();
+    loop {
+        let (line, fd) = match requests.next(&stream) {
+            Ok(Some(got)) => got,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = write_answer(&stream, Err(format!("reading the request: {e}")));
+                return;
+            }
+        };
+        let request: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                if write_answer(&stream, Err(format!("not a request: {e}"))).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Request::Attach { program, recvfrom_append } = request {
+            let _ = write_answer(&stream, attach(node, &stream, program, recvfrom_append, fd, creds.pid()));
             return;
         }
-    };
-    let request: Request = match serde_json::from_slice(&line) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = write_answer(&stream, Err(format!("not a request: {e}")));
+        if write_answer(&stream, answer(node, request)).is_err() {
             return;
         }
-    };
-    let answer = match request {
-        Request::Attach { program, recvfrom_append } => {
-            attach(node, &stream, program, recvfrom_append, fd, creds.pid())
-        }
-        other => answer(node, other),
-    };
-    let _ = write_answer(&stream, answer);
+    }
 }
 
-/// One line, and the descriptor that came with it, within [`READ_TIMEOUT`] in all.
-fn read_request(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
-    let mut line = Vec::new();
-    let mut fd = None;
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + READ_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request in time"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let (n, got) = unix::recv_with_fd(stream, &mut buf)?;
-        if fd.is_none() {
-            fd = got;
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no complete line"));
-        }
-        line.extend_from_slice(&buf[..n]);
-        if let Some(end) = line.iter().position(|&b| b == b'\n') {
-            line.truncate(end);
-            return Ok((line, fd));
-        }
-        if line.len() > MAX_REQUEST {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
+/// Splits what a client sends into request lines, each with the descriptor (SCM_RIGHTS) that
+/// came with its bytes, if any.
+#[derive(Default)]
+struct RequestReader {
+    pending: Vec<u8>,
+}
+
+impl RequestReader {
+    /// The next line, within [`READ_TIMEOUT`] in all; `None` when the client closed the
+    /// connection between requests.
+    fn next(&mut self, stream: &UnixStream) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+        let mut fd = None;
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + READ_TIMEOUT;
+        loop {
+            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                line.pop();
+                return Ok(Some((line, fd)));
+            }
+            if self.pending.len() > MAX_REQUEST {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request in time"));
+            }
+            stream.set_read_timeout(Some(left))?;
+            let (n, got) = unix::recv_with_fd(stream, &mut buf)?;
+            if fd.is_none() {
+                fd = got;
+            }
+            if n == 0 {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no complete line"));
+            }
+            self.pending.extend_from_slice(&buf[..n]);
         }
     }
 }
@@ -380,7 +403,7 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
                 Err(None) => Err(format!("no mapping for {proto} {lb} {rs}")),
             }
         }
-        Request::Attach { .. } => Err("attach needs its own connection".into()),
+        Request::Attach { .. } => Err("attach is answered by the control server only".into()),
     }
 }
 

@@ -6,13 +6,18 @@
 //!
 //! Each supervised run is a fresh process (`--under MODE`) that fills a table with the
 //! workload's mappings and supervises the workload (`--workload ...`) with it, as
-//! `ipvsca-run` would, minus the capture. Nothing is asserted: the figures are printed.
+//! `ipvsca-run` would, minus the capture. As root, each workload also runs served by an
+//! `ipvsca supervise` daemon (the `ipvsca` binary beside this one, capturing on an idle
+//! interface of its own (a veth pair) so that loopback traffic does not load it), its mappings added with
+//! `map add`, as `ipvsca-run --supervisor` would. Nothing is asserted: the figures are printed.
 
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::AsRawFd;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use capture::clock::monotonic_millis;
@@ -20,7 +25,8 @@ use capture::table::Announced;
 use capture::trust::Trust;
 use capture::{FlowKey, MappingTable, Proto, Via};
 use ipvsca_tests::calls;
-use launcher::run::{ControlSocket, Supervision, supervise};
+use launcher::run::{ControlSocket, DaemonSupervision, Supervision, supervise, supervise_with_daemon};
+use supervisor::control::{Connection, Request};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 
@@ -157,36 +163,129 @@ mod socket2_free {
     }
 }
 
-/// Supervises `workload` with a table holding its mappings: `pin` or `nopin` accepts.
-fn under(mode: &str, workload_args: &[String]) -> ! {
-    let table = Arc::new(MappingTable::default());
+/// The mappings of the workload `workload_args[0]`: `(balancer, real server)` pairs, each shown as `client_of(balancer)`.
+fn mappings(workload_args: &[String]) -> Vec<(SocketAddrV4, SocketAddr)> {
     let n = arg(workload_args, "--n", 10_000);
     let from: Ipv4Addr = workload_args
         .iter()
         .position(|a| a == "--from")
         .map_or(Ipv4Addr::new(127, 0, 0, 2), |i| workload_args[i + 1].parse().unwrap());
-    let now = monotonic_millis();
-    for (port, count) in [(GETPEERNAME_PORT, 1), (ACCEPT_PORT, n)] {
-        for i in 0..count {
-            let lb = SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16);
-            let key = FlowKey { proto: Proto::Tcp, lb: lb.into(), rs: SocketAddr::from((LISTEN, port)) };
-            table.learn(key, client_of(lb), Via::Toa, Announced::NewFlow, now);
-        }
-    }
+    let (port, count) = match workload_args[0].as_str() {
+        "getpeername" => (GETPEERNAME_PORT, 1),
+        _ => (ACCEPT_PORT, n),
+    };
+    (0..count)
+        .map(|i| (SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16), SocketAddr::from((LISTEN, port))))
+        .collect()
+}
+
+/// Supervises `workload` with its mappings: `pin` or `nopin` accepts with a table of its own,
+/// or `daemon:SOCKET` served by the daemon at SOCKET, the mappings added with `map add`.
+fn under(mode: &str, workload_args: &[String]) -> ! {
     let me = std::env::current_exe().unwrap();
     let mut argv: Vec<OsString> = vec![me.clone().into(), "--workload".into()];
     argv.extend(workload_args.iter().map(OsString::from));
-    let supervision = Supervision {
-        table,
-        capture: None,
-        trust: Trust::default(),
-        io_uring: IoUring::Deny,
-        options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
-        control: ControlSocket::Off,
-        user: None,
+    let code = if let Some(socket) = mode.strip_prefix("daemon:") {
+        let control = PathBuf::from(socket);
+        let mut connection = Connection::open(&control).unwrap_or_else(|e| panic!("{e}"));
+        for (lb, rs) in mappings(workload_args) {
+            let add = Request::MapAdd { proto: "tcp".into(), lb: lb.into(), rs, client: client_of(lb) };
+            connection.request(&add, None).unwrap_or_else(|e| panic!("map add: {e}"));
+        }
+        drop(connection);
+        let daemon = DaemonSupervision { control, io_uring: IoUring::Deny, recvfrom_append: false, user: None };
+        supervise_with_daemon(&me, &argv, daemon)
+    } else {
+        let table = Arc::new(MappingTable::default());
+        let now = monotonic_millis();
+        for (lb, rs) in mappings(workload_args) {
+            let key = FlowKey { proto: Proto::Tcp, lb: lb.into(), rs };
+            table.learn(key, client_of(lb), Via::Toa, Announced::NewFlow, now);
+        }
+        let supervision = Supervision {
+            table,
+            capture: None,
+            trust: Trust::default(),
+            io_uring: IoUring::Deny,
+            options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
+            control: ControlSocket::Off,
+            user: None,
+        };
+        supervise(&me, &argv, supervision)
     };
-    let code = supervise(&me, &argv, supervision).unwrap_or_else(|e| panic!("supervising: {e:#}"));
-    std::process::exit(code);
+    std::process::exit(code.unwrap_or_else(|e| panic!("supervising: {e:#}")));
+}
+
+/// An `ipvsca supervise` daemon for the bench, capturing on an idle interface of its own;
+/// stopped, and the interface removed, when dropped.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+const DUMMY: &str = "ipvscabench0";
+const DUMMY_PEER: &str = "ipvscabench1";
+
+impl Daemon {
+    /// Starts it, or says why not.
+    fn start() -> Result<Daemon, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not root (the daemon's capture needs CAP_NET_RAW)".into());
+        }
+        let binary = std::env::current_exe().unwrap().with_file_name("ipvsca");
+        if !binary.is_file() {
+            return Err(format!("{} not built (cargo build --release --bins)", binary.display()));
+        }
+        let ip =
+            |args: &[&str]| Command::new("ip").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        ip(&["link", "del", DUMMY]);
+        // A veth pair (kernels without the dummy module have veth): nothing is sent on it.
+        if !(ip(&["link", "add", DUMMY, "type", "veth", "peer", "name", DUMMY_PEER])
+            && ip(&["link", "set", DUMMY, "up"]))
+        {
+            return Err(format!(
+                "could not add the interface {DUMMY} (ip link add {DUMMY} type veth peer name {DUMMY_PEER})"
+            ));
+        }
+        let dir = std::env::temp_dir().join(format!("ipvsca-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("ipvsca.sock");
+        let child = Command::new(&binary)
+            .args(["supervise", "--iface", DUMMY, "--control"])
+            .arg(&socket)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+        let daemon = Daemon { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while supervisor::control::request(&socket, &Request::Version).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("{} did not answer within 10 s", socket.display()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(daemon)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("ipvsca.sock")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new("ip").args(["link", "del", DUMMY]).status();
+    }
+}
+
+fn daemon_mode(socket: &Path) -> String {
+    format!("daemon:{}", socket.display())
 }
 
 /// Runs the workload natively or `--under MODE`; its output line.
@@ -224,29 +323,54 @@ fn compare(args: &[String]) {
             if lower_is_better { b.min(x) } else { b.max(x) }
         })
     };
-    let mut gpn: [Vec<f64>; 2] = Default::default();
-    let mut shown = [String::new(), String::new()];
+    let daemon = Daemon::start();
+    if let Err(why) = &daemon {
+        println!("(no daemon rows: {why})");
+        println!();
+    }
+    let daemon = daemon.ok().map(|d| (daemon_mode(&d.socket()), d));
+    let daemon_mode = daemon.as_ref().map(|(mode, _)| mode.as_str());
+
     // Every run connects from its own loopback address: no 4-tuple is ever reused.
     let from = |round: usize, run: usize| format!("127.0.{}.{}", round + 1, run + 2);
+    let gpn_modes: Vec<(Option<&str>, &str)> = [(None, "native"), (Some("pin"), "ipvsca")]
+        .into_iter()
+        .chain(daemon_mode.map(|m| (Some(m), "ipvsca supervise (daemon)")))
+        .collect();
+    let mut gpn = vec![Vec::new(); gpn_modes.len()];
+    let mut shown = vec![String::new(); gpn_modes.len()];
     for round in 0..rounds {
-        for (i, under) in [None, Some("pin")].into_iter().enumerate() {
-            let out = run(under, &["getpeername", "--n", &calls_n, "--from", &from(round, i)]);
+        for (i, (under, _)) in gpn_modes.iter().enumerate() {
+            let out = run(*under, &["getpeername", "--n", &calls_n, "--from", &from(round, i)]);
             gpn[i].push(out[1].parse().unwrap());
             shown[i] = out[2].clone();
         }
     }
-    let (native, supervised) = (best(gpn[0].clone(), true), best(gpn[1].clone(), true));
+    let native = best(gpn[0].clone(), true);
     println!("getpeername on a mapped socket ({calls_n} calls), ns per call:");
     println!("  {:<34} {:>9.0} ns   peer {}", "native", native, shown[0]);
-    println!("  {:<34} {:>9.0} ns   peer {}   {:.2}x native time", "ipvsca", supervised, shown[1], supervised / native);
+    for (i, (_, label)) in gpn_modes.iter().enumerate().skip(1) {
+        let supervised = best(gpn[i].clone(), true);
+        println!(
+            "  {:<34} {:>9.0} ns   peer {}   {:.2}x native time",
+            label,
+            supervised,
+            shown[i],
+            supervised / native
+        );
+    }
     println!();
 
-    let mut acc: [Vec<f64>; 3] = Default::default();
-    let mut peers = [String::new(), String::new(), String::new()];
-    let modes = [None, Some("pin"), Some("nopin")];
+    let acc_modes: Vec<(Option<&str>, &str)> =
+        [(None, "native"), (Some("nopin"), "ipvsca (default)"), (Some("pin"), "ipvsca, IPVSCA_PIN_ACCEPTS=1")]
+            .into_iter()
+            .chain(daemon_mode.map(|m| (Some(m), "ipvsca supervise (daemon)")))
+            .collect();
+    let mut acc = vec![Vec::new(); acc_modes.len()];
+    let mut peers = vec![String::new(); acc_modes.len()];
     for round in 0..rounds {
-        for (i, under) in modes.iter().enumerate() {
-            let out = run(*under, &["accept", "--n", &conns_n, "--from", &from(round, i + 2)]);
+        for (i, (under, _)) in acc_modes.iter().enumerate() {
+            let out = run(*under, &["accept", "--n", &conns_n, "--from", &from(round, i + gpn_modes.len())]);
             acc[i].push(out[1].parse().unwrap());
             peers[i] = out[2].clone();
         }
@@ -254,8 +378,9 @@ fn compare(args: &[String]) {
     let native = best(acc[0].clone(), false);
     println!("connect + accept4 + close, one thread ({conns_n} connections), connections per second:");
     println!("  {:<34} {:>9.0} /s   peer {}", "native", native, peers[0]);
-    for (i, label) in [(2, "ipvsca (default)"), (1, "ipvsca, IPVSCA_PIN_ACCEPTS=1")] {
+    for (i, (_, label)) in acc_modes.iter().enumerate().skip(1) {
         let rate = best(acc[i].clone(), false);
         println!("  {:<34} {:>9.0} /s   peer {}   {:.2}x native rate", label, rate, peers[i], rate / native);
     }
+    drop(daemon);
 }
