@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Builds the RPM package `ipvsca` (ipvsca, ipvsca-run, their man pages, the systemd unit,
-# /etc/default/ipvsca) in target/generate-rpm/, and prints its path on stdout. Installs
-# nothing; needs cargo-generate-rpm (`cargo install cargo-generate-rpm --locked`), which needs
-# no rpmbuild. Honours CARGO_TARGET_DIR.
+# /etc/default/ipvsca) in target/generate-rpm/, and prints its absolute path on stdout. Its
+# payload is zstd-compressed: rpm 4.14 or later installs it (RHEL 8 and later; ipvsca needs
+# Linux 5.14, which means RHEL 9 or later anyway). Installs nothing; needs cargo-generate-rpm
+# (`cargo install cargo-generate-rpm --locked`), which needs no rpmbuild. Honours
+# CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo=${CARGO:-cargo}
@@ -27,4 +29,4 @@ mkdir -p "$out"
 # The file times and the build time from the last commit, so that one commit gives one package.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 "$cargo" generate-rpm -p launcher -o "$out/" >&2
-ls "$out"/*.rpm
+realpath "$out"/*.rpm

@@ -7,8 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 release=${CARGO_TARGET_DIR:-target}/release
 man=$release/man
-rm -rf "$man"
-"$release/ipvsca" generate-man "$man"
-"$release/ipvsca-run" --generate-man "$man"
+fresh=$(mktemp -d "$release/.man.XXXXXX")
+trap 'rm -rf "$fresh"' EXIT
+"$release/ipvsca" generate-man "$fresh"
+"$release/ipvsca-run" --generate-man "$fresh"
 # -n: no name or time stamp, so that the same sources give the same package.
-gzip -9n "$man"/*.1
+gzip -9n "$fresh"/*.1
+# Each page replaced by a rename, and pages no longer written removed afterwards: a package
+# being built from $man at the same time never misses a page.
+mkdir -p "$man"
+written=$(cd "$fresh" && ls)
+for page in $written; do
+    mv -f "$fresh/$page" "$man/$page"
+done
+for page in $(cd "$man" && ls); do
+    grep -qxF "$page" <<<"$written" || rm -f "$man/$page"
+done

@@ -15,16 +15,7 @@ use launcher::{preflight, spawn};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 
-/// Run PROGRAM so that it sees real client addresses behind an LVS/DPVS FULLNAT balancer.
-///
-/// PROGRAM runs under a seccomp filter that traps accept, accept4 (with an address buffer),
-/// getpeername, recvfrom and sendto (with an address) and connect. ipvsca-run answers them
-/// from a table it fills by capturing the balancer's TOA options and ICMP announcements:
-/// the balancer's address becomes the client's on the way in, and the client's becomes the
-/// balancer's on the way out. Environment, working directory, standard streams and
-/// credentials are PROGRAM's own; ipvsca-run forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
-/// SIGUSR1 and SIGUSR2 to it, exits with its status (128+N if signal N ended it), and serves
-/// it as long as any of its processes lives. If ipvsca-run is killed, the service is killed.
+/// The end of the long help and of the man page.
 const EXAMPLES: &str = "\
 Examples:
   ipvsca-run -- nginx -g 'daemon off;'
@@ -36,6 +27,16 @@ Needs Linux 5.14 or later (SECCOMP_ADDFD_FLAG_SEND), and CAP_NET_RAW unless --su
 
 See also: ipvsca(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md.";
 
+/// Run PROGRAM so that it sees real client addresses behind an LVS/DPVS FULLNAT balancer.
+///
+/// PROGRAM runs under a seccomp filter that traps accept, accept4 (with an address buffer),
+/// getpeername, recvfrom and sendto (with an address) and connect. ipvsca-run answers them
+/// from a table it fills by capturing the balancer's TOA options and ICMP announcements:
+/// the balancer's address becomes the client's on the way in, and the client's becomes the
+/// balancer's on the way out. Environment, working directory, standard streams and
+/// credentials are PROGRAM's own; ipvsca-run forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
+/// SIGUSR1 and SIGUSR2 to it, exits with its status (128+N if signal N ended it), and serves
+/// it as long as any of its processes lives. If ipvsca-run is killed, the service is killed.
 #[derive(Debug, Parser)]
 #[command(
     name = "ipvsca-run",

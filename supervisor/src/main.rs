@@ -7,14 +7,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
-/// ipvsca: real client addresses behind LVS/DPVS FULLNAT balancers, from userspace.
-///
-/// Replaces the ip_vs_ca / TOA kernel modules: learns the client of each balanced flow from
-/// TOA options and ICMP announcements, and shows it to unmodified servers started with
-/// `ipvsca-run -- PROGRAM`. This command runs the shared daemon (supervise), talks to a
-/// running supervisor (stats, get, set, mappings, map, version), and inspects captures
-/// (capture). The control commands reach /run/ipvsca/ipvsca.sock unless --control names
-/// another socket, such as an ipvsca-run's /run/ipvsca/PID.sock. RUST_LOG sets the log level.
+/// The end of the long help and of the man page.
 const FILES: &str = "\
 Files:
   /run/ipvsca/ipvsca.sock  the daemon's control socket (ipvsca supervise)
@@ -24,6 +17,14 @@ Files:
 See also: ipvsca-run(1), ipvsca-supervise(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md
 (install, running as a container entrypoint or as a daemon, stats, tuning, limits).";
 
+/// ipvsca: real client addresses behind LVS/DPVS FULLNAT balancers, from userspace.
+///
+/// Replaces the ip_vs_ca / TOA kernel modules: learns the client of each balanced flow from
+/// TOA options and ICMP announcements, and shows it to unmodified servers started with
+/// `ipvsca-run -- PROGRAM`. This command runs the shared daemon (supervise), talks to a
+/// running supervisor (stats, get, set, mappings, map, version), and inspects captures
+/// (capture). The control commands reach /run/ipvsca/ipvsca.sock unless --control names
+/// another socket, such as an ipvsca-run's /run/ipvsca/PID.sock. RUST_LOG sets the log level.
 #[derive(Debug, Parser)]
 #[command(name = "ipvsca", version, after_long_help = FILES)]
 struct Cli {

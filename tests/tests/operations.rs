@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -119,7 +120,8 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
     let mut server = probe(
         &topo.rs,
         &["--control", sock.to_str().unwrap()],
-        &["tcp-server", "--listen", "10.1.0.9:8080", "--count", "4"],
+        // It outlives the idle-connection check below (5 s without a connection).
+        &["tcp-server", "--listen", "10.1.0.9:8080", "--count", "4", "--idle-exit", "30"],
     );
     ready(&server);
     let rs = &topo.rs;
@@ -128,6 +130,19 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
 
     let version = ok(ipvsca(rs, &sock, &["version"]));
     assert!(version.starts_with("ipvsca 0.1.0\n") && version.contains("ipvsca 0.1.0 (run, pid"), "{version}");
+    // A connection that sends nothing is closed after 5 s, without a word (checked below).
+    let idle = {
+        // Timed from before the connection (the reading thread may start late on a busy
+        // machine), so that the lower bound holds whatever the scheduling.
+        let start = Instant::now();
+        let mut stream = UnixStream::connect(&sock).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let read = std::io::Read::read_to_end(&mut stream, &mut got);
+            (read.map_err(|e| e.to_string()), got, start.elapsed())
+        })
+    };
     let before = stats(rs, &sock);
     assert_eq!(n(&before["ip_vs_ca"]["syn_recv_sock_ip_vs_ca"]), 0);
     assert_eq!(n(&before["services"]["services"]), 1);
@@ -246,6 +261,10 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
     let seventeen: Vec<String> = (100..117).map(|k| k.to_string()).collect();
     assert!(refused(ipvsca(rs, &sock, &["set", "tcpopt_addr", &seventeen.join(" ")])).contains("at most 16"));
     assert_eq!(ok(ipvsca(rs, &sock, &["get", "tcpopt_addr"])).trim(), "230");
+    let (read, got, after) = idle.join().unwrap();
+    assert_eq!(read, Ok(0), "idle connection: {:?}", String::from_utf8_lossy(&got));
+    assert!(after >= Duration::from_millis(4500) && after < WAIT, "idle connection closed after {after:?}");
+
     let client_d = addr(Ipv4Addr::new(198, 51, 100, 44), 4444);
     connect(&speaker(&topo, 230), addr(LB1, 40004), 8080, client_d, ToaOn::Syn);
     assert_eq!(accepted(&server), client_d.to_string(), "the new kind was not learned");
@@ -320,6 +339,20 @@ fn the_daemon_serves_several_services_and_its_death_stops_them() {
     let elsewhere = refused(run(&topo.lb, &["--supervisor", sock_arg, "--", "sh", "-c", &script]).unwrap());
     assert!(elsewhere.contains("another network namespace"), "{elsewhere}");
     assert!(!marker.exists(), "the refused service ran");
+    // attach must come alone on its connection: after another request, a descriptor sent with
+    // it could be taken for one sent with that request.
+    let mut stream = UnixStream::connect(&sock).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"{\"op\":\"version\"}\n").unwrap();
+    let not_a_listener = std::fs::File::open("/dev/null").unwrap();
+    let attach_line = b"{\"op\":\"attach\",\"program\":\"x\",\"recvfrom_append\":false}\n";
+    supervisor::sys::unix::send_with_fd(&stream, attach_line, Some(not_a_listener.as_fd())).unwrap();
+    let answers: Vec<Value> =
+        BufReader::new(&stream).lines().map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0]["ok"]["mode"], "daemon", "{answers:?}");
+    let refusal = answers[1]["error"].as_str().unwrap_or_default();
+    assert!(refusal.contains("first and only request"), "{answers:?}");
 
     // The daemon dies: the services it served are stopped, not left with unanswered calls.
     daemon.signal(nix::sys::signal::Signal::SIGKILL);

@@ -210,6 +210,14 @@ fn debian_package_holds_both_binaries_the_unit_and_the_defaults_and_never_starts
         assert!(run_page.contains(&format!("\\-\\-{flag}")), "--{flag} missing from ipvsca-run(1):\n{run_page}");
     }
     assert!(!run_page.contains("generate"), "the hidden flag is documented:\n{run_page}");
+    // The commands' own descriptions, not a flattened group's or none.
+    assert!(
+        run_page.contains(".SH NAME\nipvsca\\-run \\- Run PROGRAM so that it sees real client addresses"),
+        "{run_page}"
+    );
+    let top = run(Command::new("gzip").arg("-dc").arg(man.join("ipvsca.1.gz")));
+    assert!(top.contains(".SH NAME\nipvsca \\- ipvsca: real client addresses"), "{top}");
+    assert!(top.contains("Replaces the ip_vs_ca / TOA kernel modules") && top.contains("/etc/default/ipvsca"), "{top}");
 }
 
 /// The subcommands `binary [path...] --help` lists, without `help`.
@@ -341,7 +349,7 @@ fn rpm_package_holds_what_the_debian_one_holds_installs_and_never_starts_the_dae
     run(Command::new("rpm").arg("--root").arg(root.path()).args(["-i", "--nodeps", "--noscripts"]).arg(rpm));
     assert_eq!(
         rpm_in(&["-qf", "/usr/bin/ipvsca-run"]).trim(),
-        format!("ipvsca-{}-1.x86_64", env!("CARGO_PKG_VERSION"))
+        format!("ipvsca-{}-1.{}", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH)
     );
     rpm_in(&["-V", "--nodeps", "ipvsca"]);
     let version = run(Command::new(root.path().join("usr/bin/ipvsca")).arg("--version"));

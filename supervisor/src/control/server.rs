@@ -3,7 +3,8 @@
 //!
 //! One thread accepts; each connection gets a thread of its own (at most [`MAX_CONNECTIONS`] at
 //! once) that answers its requests in turn and closes it after [`READ_TIMEOUT`] without a
-//! complete one, so a stuck client blocks nobody.
+//! complete one or once it has lasted [`CONNECTION_LIFETIME`], so a stuck or greedy client
+//! blocks nobody.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -32,6 +33,11 @@ pub const MAX_CONNECTIONS: usize = 64;
 
 /// How long a client may take to send a request (counted from the previous answer).
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one connection is served: after it, the request being answered is the last, so
+/// that long-lived clients cannot keep every slot of [`MAX_CONNECTIONS`] (and a launcher
+/// could not attach).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Which kind of supervisor answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,13 +274,17 @@ fn serve_connection(node: &Node, stream: UnixStream) {
     }
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     // Requests one after another (pipelined or not) until the client closes, stays silent for
-    // READ_TIMEOUT, or attaches a service: the connection is then that service's lifeline and
-    // nothing more is read from it here.
+    // READ_TIMEOUT, the connection has lasted CONNECTION_LIFETIME, or a service attaches: the
+    // connection is then that service's lifeline and nothing more is read from it here.
+    let opened = Instant::now();
     let mut requests = RequestReader::default();
-    loop {
+    for served in 0u64.. {
+        if opened.elapsed() > CONNECTION_LIFETIME {
+            return;
+        }
         let (line, fd) = match requests.next(&stream) {
-            Ok(Some(got)) => got,
-            Ok(None) => return,
+            Ok(Next::Line(line, fd)) => (line, fd),
+            Ok(Next::Closed | Next::Idle) => return,
             Err(e) => {
                 let _ = write_answer(&stream, Err(format!("reading the request: {e}")));
                 return;
@@ -290,7 +300,15 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             }
         };
         if let Request::Attach { program, recvfrom_append } = request {
-            let _ = write_answer(&stream, attach(node, &stream, program, recvfrom_append, fd, creds.pid()));
+            // The descriptor must be the one sent with this line: SCM_RIGHTS data that
+            // arrived with earlier lines would be taken for it. And the connection becomes a
+            // lifeline, on which nothing else may wait.
+            let answer = if served > 0 || requests.has_pending() {
+                Err("attach must be the first and only request on its connection".into())
+            } else {
+                attach(node, &stream, program, recvfrom_append, fd, creds.pid())
+            };
+            let _ = write_answer(&stream, answer);
             return;
         }
         if write_answer(&stream, answer(node, request)).is_err() {
@@ -299,17 +317,31 @@ fn serve_connection(node: &Node, stream: UnixStream) {
     }
 }
 
-/// Splits what a client sends into request lines, each with the descriptor (SCM_RIGHTS) that
-/// came with its bytes, if any.
+/// What the client sent next.
+enum Next {
+    /// A request line, with the descriptor (SCM_RIGHTS) that came while it was read, if any.
+    Line(Vec<u8>, Option<OwnedFd>),
+    /// The client closed the connection between requests.
+    Closed,
+    /// Nothing at all for [`READ_TIMEOUT`]: an idle connection, closed without a word (an
+    /// error line could be taken for the answer to a request sent at that moment).
+    Idle,
+}
+
+/// Splits what a client sends into request lines.
 #[derive(Default)]
 struct RequestReader {
     pending: Vec<u8>,
 }
 
 impl RequestReader {
-    /// The next line, within [`READ_TIMEOUT`] in all; `None` when the client closed the
-    /// connection between requests.
-    fn next(&mut self, stream: &UnixStream) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
+    /// Whether bytes of a further request are waiting.
+    fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The next line, which must arrive whole within [`READ_TIMEOUT`].
+    fn next(&mut self, stream: &UnixStream) -> io::Result<Next> {
         let mut fd = None;
         let mut buf = [0u8; 4096];
         let deadline = Instant::now() + READ_TIMEOUT;
@@ -317,23 +349,31 @@ impl RequestReader {
             if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.pending.drain(..=end).collect();
                 line.pop();
-                return Ok(Some((line, fd)));
+                return Ok(Next::Line(line, fd));
             }
             if self.pending.len() > MAX_REQUEST {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
             }
+            let late = || io::Error::new(io::ErrorKind::TimedOut, "no complete request in time");
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request in time"));
+                return if self.pending.is_empty() { Ok(Next::Idle) } else { Err(late()) };
             }
             stream.set_read_timeout(Some(left))?;
-            let (n, got) = unix::recv_with_fd(stream, &mut buf)?;
+            let (n, got) = match unix::recv_with_fd(stream, &mut buf) {
+                Ok(got) => got,
+                // A read timeout (EAGAIN).
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return if self.pending.is_empty() { Ok(Next::Idle) } else { Err(late()) };
+                }
+                Err(e) => return Err(e),
+            };
             if fd.is_none() {
                 fd = got;
             }
             if n == 0 {
                 if self.pending.is_empty() {
-                    return Ok(None);
+                    return Ok(Next::Closed);
                 }
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no complete line"));
             }

@@ -221,10 +221,34 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
 struct Daemon {
     child: Child,
     dir: PathBuf,
+    _link: Link,
 }
 
-const DUMMY: &str = "ipvscabench0";
-const DUMMY_PEER: &str = "ipvscabench1";
+/// A veth pair named after this process (kernels without the dummy module have veth), which
+/// nothing sends on; removed when dropped, also when the bench panics.
+struct Link(String);
+
+impl Link {
+    fn add() -> Result<Link, String> {
+        let (name, peer) = (format!("ipvsb{}", std::process::id()), format!("ipvsp{}", std::process::id()));
+        let ip =
+            |args: &[&str]| Command::new("ip").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer]) {
+            return Err(format!("could not add the interface {name} (ip link add {name} type veth peer name {peer})"));
+        }
+        let link = Link(name);
+        if !ip(&["link", "set", &link.0, "up"]) {
+            return Err(format!("could not bring {} up", link.0));
+        }
+        Ok(link)
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).stderr(Stdio::null()).status();
+    }
+}
 
 impl Daemon {
     /// Starts it, or says why not.
@@ -236,29 +260,22 @@ impl Daemon {
         if !binary.is_file() {
             return Err(format!("{} not built (cargo build --release --bins)", binary.display()));
         }
-        let ip =
-            |args: &[&str]| Command::new("ip").args(args).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        ip(&["link", "del", DUMMY]);
-        // A veth pair (kernels without the dummy module have veth): nothing is sent on it.
-        if !(ip(&["link", "add", DUMMY, "type", "veth", "peer", "name", DUMMY_PEER])
-            && ip(&["link", "set", DUMMY, "up"]))
-        {
-            return Err(format!(
-                "could not add the interface {DUMMY} (ip link add {DUMMY} type veth peer name {DUMMY_PEER})"
-            ));
-        }
+        let link = Link::add()?;
         let dir = std::env::temp_dir().join(format!("ipvsca-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let socket = dir.join("ipvsca.sock");
         let child = Command::new(&binary)
-            .args(["supervise", "--iface", DUMMY, "--control"])
+            .args(["supervise", "--iface", &link.0, "--control"])
             .arg(&socket)
             .env("RUST_LOG", "warn")
             .spawn()
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
-        let daemon = Daemon { child, dir };
+        let mut daemon = Daemon { child, dir, _link: link };
         let deadline = Instant::now() + Duration::from_secs(10);
         while supervisor::control::request(&socket, &Request::Version).is_err() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                return Err(format!("{} supervise ended: {status}", binary.display()));
+            }
             if Instant::now() > deadline {
                 return Err(format!("{} did not answer within 10 s", socket.display()));
             }
@@ -280,7 +297,6 @@ impl Drop for Daemon {
         );
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = Command::new("ip").args(["link", "del", DUMMY]).status();
     }
 }
 
