@@ -442,3 +442,43 @@ fn the_service_has_its_own_credentials_and_ipvsca_keeps_only_ptrace_and_kill() {
     connect(&balancer, addr(LB1, 42001), 8080, client, ToaOn::Syn);
     assert_eq!(accepted(&server), client.to_string());
 }
+
+#[test]
+fn a_control_connection_is_served_for_at_most_a_minute() {
+    if !netns::can_run("a_control_connection_is_served_for_at_most_a_minute") {
+        return;
+    }
+    let ns = Netns::new("lifetime").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("daemon.sock");
+    let mut cmd = ns.command(bins::path("ipvsca").to_str().unwrap());
+    cmd.args(["supervise", "--control", sock.to_str().unwrap()]);
+    let daemon = Service::start(cmd).unwrap();
+    eventually("the daemon answers", || ipvsca(&ns, &sock, &["stats"]).status.success());
+
+    // A client that keeps asking, never idle for long, is answered until the connection has
+    // lasted 60 s, then closed after an answer: it cannot hold one of the 64 slots for good.
+    let start = Instant::now();
+    let mut stream = UnixStream::connect(&sock).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut answered = 0;
+    let closed_after = loop {
+        assert!(start.elapsed() < Duration::from_secs(80), "still served after {:?}", start.elapsed());
+        if stream.write_all(b"{\"op\":\"get\",\"name\":\"tcp_timeout\"}\n").is_err() {
+            break start.elapsed();
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => break start.elapsed(),
+            Ok(_) => assert_eq!(line, "{\"ok\":\"100\"}\n"),
+        }
+        answered += 1;
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert!(answered >= 29, "only {answered} answers in {closed_after:?}");
+    assert!(closed_after >= Duration::from_secs(60), "closed after {closed_after:?}");
+    // The daemon itself serves on.
+    assert!(ipvsca(&ns, &sock, &["stats"]).status.success());
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+}
