@@ -1,13 +1,14 @@
-//! The capture's command-line flags, shared by `ipvsca capture`, `ipvsca-run` and (later)
+//! The capture's command-line flags, shared by `ipvsca capture`, `ipvsca-run` and
 //! `ipvsca supervise`, so that every command spells and documents them the same way.
 //!
 //! Owns flag parsing and turning flags into configuration; nothing here runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::learn::LearnConfig;
+use crate::learn::{LearnConfig, Learner};
 use crate::table::MappingTable;
 use crate::trust::Trust;
 use crate::wire::toa::ToaKinds;
@@ -41,14 +42,8 @@ pub struct CaptureArgs {
 }
 
 impl Default for CaptureArgs {
-    fn default() -> Self {
-        CaptureArgs::default_values()
-    }
-}
-
-impl CaptureArgs {
     /// The flags as they are when none is given.
-    pub fn default_values() -> Self {
+    fn default() -> Self {
         CaptureArgs {
             ifaces: Vec::new(),
             toa_kinds: Vec::new(),
@@ -57,7 +52,9 @@ impl CaptureArgs {
             udp_timeout: crate::table::DEFAULT_UDP_TIMEOUT.as_secs(),
         }
     }
+}
 
+impl CaptureArgs {
     /// The accepted TOA kinds.
     pub fn kinds(&self) -> ToaKinds {
         if self.toa_kinds.is_empty() {
@@ -75,6 +72,11 @@ impl CaptureArgs {
     /// An empty table with these flags' timeouts.
     pub fn table(&self) -> MappingTable {
         MappingTable::new(Duration::from_secs(self.tcp_timeout), Duration::from_secs(self.udp_timeout))
+    }
+
+    /// A learner with these flags' rules, feeding an empty table with their timeouts.
+    pub fn learner(&self) -> Learner {
+        Learner::new(self.learn_config(), Arc::new(self.table()))
     }
 
     /// Logs the rules in force, once at start: in particular whether every source is trusted.

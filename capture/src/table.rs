@@ -233,7 +233,7 @@ impl MappingTable {
         match learned {
             Learned::Created if old_client.is_none() => {
                 self.index_client(&key, client);
-                self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+                self.index_lb_port(&key);
             }
             Learned::Created | Learned::Replaced { .. } => self.index_client(&key, client),
             Learned::Refreshed | Learned::Kept => {}
@@ -255,7 +255,7 @@ impl MappingTable {
         let old = self.forward.insert(key, Mapping::new(client, Via::Static, now));
         let learned = match &old {
             None => {
-                self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+                self.index_lb_port(&key);
                 self.counters.created.inc();
                 Learned::Created
             }
@@ -361,6 +361,10 @@ impl MappingTable {
         self.by_client.remove_if(&ck, |_, keys| keys.is_empty());
     }
 
+    fn index_lb_port(&self, key: &FlowKey) {
+        self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
+    }
+
     fn unindex_lb_port(&self, key: &FlowKey) {
         let lk = (key.proto, key.lb, key.rs.port());
         if let Some(mut ips) = self.by_lb_port.get_mut(&lk) {
@@ -381,6 +385,16 @@ impl MappingTable {
     /// Every stored mapping, live or not yet swept.
     pub fn entries(&self) -> Vec<(FlowKey, MappingInfo)> {
         self.forward.iter().map(|e| (*e.key(), e.value().info())).collect()
+    }
+
+    /// The mappings live at `now` (static, or used within their timeout), as lookups see
+    /// them: what `ipvsca mappings` lists.
+    pub fn live_entries(&self, now: Millis) -> Vec<(FlowKey, MappingInfo)> {
+        self.forward
+            .iter()
+            .filter(|e| e.value().is_live(now, self.timeout_ms(e.key().proto)))
+            .map(|e| (*e.key(), e.value().info()))
+            .collect()
     }
 
     /// Removes the mappings idle for longer than their timeout; returns how many.

@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use capture::LiveCapture;
 use capture::cli::CaptureArgs;
-use capture::{Learner, LiveCapture};
 use clap::{CommandFactory, Parser};
 use launcher::run::{self, ControlSocket, DaemonSupervision, Supervision};
 use launcher::{preflight, spawn};
-use supervisor::emulate::Options;
+use supervisor::emulate::{Options, pin_accepts_requested};
 use supervisor::filter::IoUring;
 
 /// The end of the long help and of the man page.
@@ -117,7 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         );
     }
     if let Some(control) = cli.supervisor {
-        if cli.capture != CaptureArgs::default_values() {
+        if cli.capture != CaptureArgs::default() {
             anyhow::bail!(
                 "--iface, --toa-kind, --trust, --tcp-timeout and --udp-timeout belong to the daemon with --supervisor (ipvsca supervise takes them)"
             );
@@ -125,26 +125,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
         return run::supervise_with_daemon(&program, &cli.command, daemon);
     }
-    let table = Arc::new(cli.capture.table());
-    let config = cli.capture.learn_config();
-    let trust = config.trust.clone();
     cli.capture.log_start();
-    let learner = Arc::new(Learner::new(config, table.clone()));
+    let learner = Arc::new(cli.capture.learner());
+    let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&cli.capture.ifaces, learner).context("opening the capture")?);
     let supervision = Supervision {
         table,
         capture: Some(capture),
         trust,
         io_uring: cli.io_uring,
-        options: Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts() },
+        options: Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts_requested() },
         control: cli.control.map_or(ControlSocket::Default, ControlSocket::At),
         user,
     };
     run::supervise(&program, &cli.command, supervision)
-}
-
-/// `IPVSCA_PIN_ACCEPTS=1` answers accepts with the caller held on the answering CPU. Off
-/// by default: `ipvsca-bench` measures it slower on the machines tried (README).
-fn pin_accepts() -> bool {
-    std::env::var("IPVSCA_PIN_ACCEPTS").is_ok_and(|v| v == "1")
 }

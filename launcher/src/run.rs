@@ -5,7 +5,6 @@
 //! benchmark, which supervises with a table it fills itself.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -221,8 +220,7 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
     std::thread::Builder::new().name("ipvsca-lifeline".into()).spawn(move || {
         // The daemon never writes again; end-of-file means it is gone (it keeps the
         // connection until this process exits, also after the service ended).
-        let mut byte = [0u8; 1];
-        while let Ok(1) = lifeline.read(&mut byte) {}
+        control::wait_until_closed(&mut lifeline);
         tracing::error!(supervisor = %path.display(), "the supervisor went away; stopping the service, whose calls would go unanswered");
         std::process::exit(1);
     })?;

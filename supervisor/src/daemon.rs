@@ -80,10 +80,8 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     stop.thread_block().context("blocking the stop signals")?;
     abort_on_panic();
     config.capture.log_start();
-    let table = Arc::new(config.capture.table());
-    let learn = config.capture.learn_config();
-    let trust = learn.trust.clone();
-    let learner = Arc::new(capture::Learner::new(learn, table.clone()));
+    let learner = Arc::new(config.capture.learner());
+    let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&config.capture.ifaces, learner).context("opening the capture")?);
     let control = ControlServer::bind(&config.control)
         .with_context(|| format!("opening the control socket {}", config.control.display()))?;
@@ -177,8 +175,7 @@ fn serve_attached(
             // supervisor is gone": keep the connection until the launcher closes it.
             Ok(()) => {
                 tracing::info!(service = id, %program, "service ended");
-                let mut byte = [0u8; 1];
-                while let Ok(1) = std::io::Read::read(&mut lifeline, &mut byte) {}
+                crate::control::wait_until_closed(&mut lifeline);
             }
             // Closing the connection makes the launcher stop the service.
             Err(e) => tracing::error!(service = id, %program, error = %e, "the supervisor of this service stopped"),

@@ -46,6 +46,13 @@ thread_local! {
     static DATAGRAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; DATAGRAM_MAX]);
 }
 
+/// Whether `IPVSCA_PIN_ACCEPTS=1` asks for accepts answered with the caller held on the
+/// answering CPU ([`Options::pin_accepts`]). Off by default: `ipvsca-bench` measures it
+/// slower on the machines tried (README).
+pub fn pin_accepts_requested() -> bool {
+    std::env::var("IPVSCA_PIN_ACCEPTS").is_ok_and(|v| v == "1")
+}
+
 /// Behaviour switches of the emulation.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -375,8 +382,7 @@ impl Emulator<'_> {
     fn stash_connection(&self, n: &Notification, listener: BorrowedFd<'_>, socket: OwnedFd, peer: RawSockAddr) {
         match net::inode(listener) {
             Ok(inode) => {
-                let owner = crate::target::thread_group(n.tid).unwrap_or(n.tid);
-                self.stash.put_connection(inode, owner, socket, peer);
+                self.stash.put_connection(inode, stash_owner(n), socket, peer);
                 self.counters.stashed_connections.inc();
             }
             Err(e) => self.supervisor_error("identifying a listener to keep a connection for it", e),
@@ -455,8 +461,7 @@ impl Emulator<'_> {
         let keep = |this: &Self| {
             if !peek {
                 if let Ok(inode) = net::inode(socket) {
-                    let owner = crate::target::thread_group(n.tid).unwrap_or(n.tid);
-                    this.stash.put_datagram(inode, owner, Datagram { data: data.to_vec(), from: *from });
+                    this.stash.put_datagram(inode, stash_owner(n), Datagram { data: data.to_vec(), from: *from });
                     this.counters.stashed_datagrams.inc();
                 }
             }
@@ -691,6 +696,11 @@ pub fn resource_errno(syscall: Syscall) -> Errno {
         Syscall::RecvFrom => Errno::ENOMEM,
         _ => Errno::ENOBUFS,
     }
+}
+
+/// The process a stashed connection or datagram belongs to: the caller's thread group.
+fn stash_owner(n: &Notification) -> u32 {
+    crate::target::thread_group(n.tid).unwrap_or(n.tid)
 }
 
 /// Runs a socket call that may block: on a worker, interruptible by the supervisor.

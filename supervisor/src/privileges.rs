@@ -48,19 +48,7 @@ pub fn drop_unneeded(pin_accepts: bool) -> Result<Outcome, caps::errors::CapsErr
             keep.insert(cap);
         }
     }
-    // The bounding set first, while CAP_SETPCAP may still be effective; a process that may
-    // not change it (no CAP_SETPCAP) keeps it: its permitted set is what counts.
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        for cap in caps::read(None, CapSet::Bounding)? {
-            if !keep.contains(&cap) {
-                caps::drop(None, CapSet::Bounding, cap)?;
-            }
-        }
-    }
-    caps::clear(None, CapSet::Ambient)?;
-    caps::set(None, CapSet::Inheritable, &CapsHashSet::new())?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
+    narrow_to(&keep)?;
     let mut kept: Vec<Capability> = keep.into_iter().collect();
     kept.sort_by_key(|c| c.index());
     Ok(Outcome::Kept(kept))
@@ -84,17 +72,26 @@ pub fn drop_and_log(pin_accepts: bool) {
 pub fn keep_only_kill() -> Result<(), caps::errors::CapsError> {
     let mut keep = caps::read(None, CapSet::Permitted)?;
     keep.retain(|c| *c == Capability::CAP_KILL);
+    narrow_to(&keep)
+}
+
+/// Leaves the calling thread `keep` (a subset of its permitted set) as its effective and
+/// permitted sets, no inheritable or ambient capability, and, where it may change it, no
+/// other capability in its bounding set.
+fn narrow_to(keep: &CapsHashSet) -> Result<(), caps::errors::CapsError> {
+    // The bounding set first, while CAP_SETPCAP may still be effective; a process that may
+    // not change it (no CAP_SETPCAP) keeps it: its permitted set is what counts.
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
         for cap in caps::read(None, CapSet::Bounding)? {
-            if cap != Capability::CAP_KILL {
+            if !keep.contains(&cap) {
                 caps::drop(None, CapSet::Bounding, cap)?;
             }
         }
     }
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)
+    caps::set(None, CapSet::Effective, keep)?;
+    caps::set(None, CapSet::Permitted, keep)
 }
 
 /// Drops every capability of the calling thread (a launcher whose service a daemon

@@ -32,7 +32,7 @@ pub struct CaptureCommand {
 /// Runs the subcommand.
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
     cmd.capture.log_start();
-    let learner = Arc::new(Learner::new(cmd.capture.learn_config(), Arc::new(cmd.capture.table())));
+    let learner = Arc::new(cmd.capture.learner());
     let json = cmd.json;
     let result = match &cmd.read {
         Some(path) => {

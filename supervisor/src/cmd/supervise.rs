@@ -31,6 +31,6 @@ pub fn run(cmd: SuperviseCommand) -> anyhow::Result<()> {
     daemon::run(DaemonConfig {
         control: cmd.control,
         capture: cmd.capture,
-        pin_accepts: std::env::var("IPVSCA_PIN_ACCEPTS").is_ok_and(|v| v == "1"),
+        pin_accepts: supervisor::emulate::pin_accepts_requested(),
     })
 }

@@ -3,10 +3,11 @@
 //! `ipvsca-run --supervisor` hands its service to the daemon.
 //!
 //! A Unix stream socket (mode 0600; the peer must be root or the supervisor's own user).
-//! One request a connection: a JSON object on one line, answered by one line,
-//! `{"ok": VALUE}` or `{"error": "message"}`. `attach` carries the service's seccomp
-//! listener (`SCM_RIGHTS`) and keeps the connection open for as long as the daemon serves
-//! the service: the launcher reads end-of-file when the daemon goes away.
+//! Requests are JSON objects, one a line, each answered by one line, `{"ok": VALUE}` or
+//! `{"error": "message"}`, in order; a connection carries as many as the client sends.
+//! `attach`, alone on its connection, carries the service's seccomp listener
+//! (`SCM_RIGHTS`) and keeps the connection open for as long as the daemon serves the
+//! service: the launcher reads end-of-file when the daemon goes away.
 //!
 //! Owns the protocol and the client side; the server is in [`server`].
 
@@ -34,6 +35,19 @@ pub const DEFAULT_SOCKET: &str = "/run/ipvsca/ipvsca.sock";
 /// first process is `pid`, unless `--control` says otherwise.
 pub fn run_socket(pid: u32) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{pid}.sock"))
+}
+
+/// Whether a process of user `uid` may be talked to over a control socket, from either
+/// end: root, or this process's own user.
+pub fn trusted_user(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Reads from a connection until the other end closes it: how each end of an `attach`
+/// learns that the other is gone (nothing is sent on it after the answer).
+pub fn wait_until_closed(stream: &mut UnixStream) {
+    let mut byte = [0u8; 1];
+    while let Ok(1) = std::io::Read::read(stream, &mut byte) {}
 }
 
 /// The longest request a server reads.
@@ -157,7 +171,7 @@ impl Connection {
         let uid = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
             .map_err(|e| io(e.into()))?
             .uid();
-        if uid != 0 && uid != nix::unistd::geteuid().as_raw() {
+        if !trusted_user(uid) {
             return Err(ControlError::Untrusted { path: path.to_owned(), uid });
         }
         stream.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(io)?;

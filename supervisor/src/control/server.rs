@@ -23,7 +23,7 @@ use capture::{FlowKey, LiveCapture, MappingTable, Proto};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde_json::{Map, Value, json};
 
-use super::{MAX_REQUEST, Request, write_answer};
+use super::{MAX_REQUEST, Request, trusted_user, write_answer};
 use crate::procs;
 use crate::stats::SupervisorCounters;
 use crate::sys::unix;
@@ -250,11 +250,6 @@ impl ControlServer {
     }
 }
 
-/// Whether `uid` may use the control socket: root, or the supervisor's own user.
-fn allowed(uid: u32) -> bool {
-    uid == 0 || uid == nix::unistd::geteuid().as_raw()
-}
-
 fn serve_connection(node: &Node, stream: UnixStream) {
     let creds = match getsockopt(&stream, PeerCredentials) {
         Ok(c) => c,
@@ -263,7 +258,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             return;
         }
     };
-    if !allowed(creds.uid()) {
+    if !trusted_user(creds.uid()) {
         tracing::warn!(
             uid = creds.uid(),
             pid = creds.pid(),
@@ -340,6 +335,15 @@ impl RequestReader {
         !self.pending.is_empty()
     }
 
+    /// The deadline passed: an idle connection, or a request left incomplete.
+    fn timed_out(&self) -> io::Result<Next> {
+        if self.pending.is_empty() {
+            Ok(Next::Idle)
+        } else {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "no complete request in time"))
+        }
+    }
+
     /// The next line, which must arrive whole within [`READ_TIMEOUT`].
     fn next(&mut self, stream: &UnixStream) -> io::Result<Next> {
         let mut fd = None;
@@ -354,17 +358,16 @@ impl RequestReader {
             if self.pending.len() > MAX_REQUEST {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "request too long"));
             }
-            let late = || io::Error::new(io::ErrorKind::TimedOut, "no complete request in time");
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return if self.pending.is_empty() { Ok(Next::Idle) } else { Err(late()) };
+                return self.timed_out();
             }
             stream.set_read_timeout(Some(left))?;
             let (n, got) = match unix::recv_with_fd(stream, &mut buf) {
                 Ok(got) => got,
                 // A read timeout (EAGAIN).
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return if self.pending.is_empty() { Ok(Next::Idle) } else { Err(late()) };
+                    return self.timed_out();
                 }
                 Err(e) => return Err(e),
             };
@@ -478,8 +481,12 @@ fn get(node: &Node, name: &str) -> Result<Value, String> {
             };
             Ok(json!(kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")))
         }
-        other => Err(format!("no setting {other:?}; settings: {}", super::SETTINGS.join(", "))),
+        other => Err(unknown_setting(other)),
     }
+}
+
+fn unknown_setting(name: &str) -> String {
+    format!("no setting {name:?}; settings: {}", super::SETTINGS.join(", "))
 }
 
 fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
@@ -499,7 +506,7 @@ fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
             let capture = node.capture.as_ref().ok_or("this supervisor has no capture")?;
             capture.set_kinds(kinds).map_err(|e| e.to_string())
         }
-        other => Err(format!("no setting {other:?}; settings: {}", super::SETTINGS.join(", "))),
+        other => Err(unknown_setting(other)),
     }
 }
 
@@ -527,11 +534,7 @@ pub fn parse_kinds(value: &str) -> Result<ToaKinds, String> {
 
 fn mappings(node: &Node) -> Value {
     let now = monotonic_millis();
-    let mut entries = node.table.entries();
-    entries.retain(|(key, m)| {
-        m.via == capture::Via::Static
-            || now.saturating_sub(m.last_used) < u64::try_from(node.table.timeout(key.proto).as_millis()).unwrap_or(0)
-    });
+    let mut entries = node.table.live_entries(now);
     entries.sort_by_key(|(k, _)| (k.proto.as_str(), k.rs, k.lb));
     Value::Array(
         entries
