@@ -2,6 +2,7 @@
 //! network namespaces, a rootless container, a raw-frame balancer speaker, and the paths of
 //! the built binaries.
 
+pub mod attack;
 pub mod bins;
 pub mod calls;
 pub mod cbuild;
