@@ -6,11 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::IpNet;
-
+use crate::host::HostView;
 use crate::learn::{LearnConfig, Learner};
 use crate::table::MappingTable;
-use crate::trust::Trust;
+use crate::trust::{AnyCombined, Trust, TrustRule};
 use crate::wire::toa::ToaKinds;
 
 /// Flags of the capture and its table.
@@ -26,11 +25,13 @@ pub struct CaptureArgs {
     #[arg(long = "toa-kind", value_name = "K", value_parser = clap::value_parser!(u8).range(2..))]
     pub toa_kinds: Vec<u8>,
 
-    /// Only balancer addresses inside this network may create mappings (repeatable).
-    /// Default: every source, as ip_vs_ca did; anyone who reaches the server directly
-    /// could then claim any client address.
-    #[arg(long = "trust", value_name = "CIDR")]
-    pub trust: Vec<IpNet>,
+    /// Which balancer addresses may announce clients (repeatable): `connected` (the
+    /// subnets directly connected to the captured interfaces), a network `ADDRESS/PREFIX`,
+    /// or `any` (every source, as ip_vs_ca did: anyone who reaches the server could claim
+    /// any client address). Default: connected (a capture file: any). This host's own
+    /// packets never count, whatever is trusted.
+    #[arg(long = "trust", value_name = "connected|any|CIDR")]
+    pub trust: Vec<TrustRule>,
 
     /// Seconds a TCP mapping lives without being used (ip_vs_ca's tcp_timeout).
     #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_TCP_TIMEOUT.as_secs())]
@@ -39,6 +40,11 @@ pub struct CaptureArgs {
     /// Seconds a UDP mapping lives without being used (ip_vs_ca's udp_timeout).
     #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_UDP_TIMEOUT.as_secs())]
     pub udp_timeout: u64,
+
+    /// The most entries the table holds, provisional ones included (at least 16); at the
+    /// bound the oldest provisional entries, then the least recently used mappings, go.
+    #[arg(long, value_name = "N", default_value_t = crate::table::DEFAULT_MAX_ENTRIES, value_parser = parse_max_entries)]
+    pub max_entries: usize,
 }
 
 impl Default for CaptureArgs {
@@ -50,6 +56,7 @@ impl Default for CaptureArgs {
             trust: Vec::new(),
             tcp_timeout: crate::table::DEFAULT_TCP_TIMEOUT.as_secs(),
             udp_timeout: crate::table::DEFAULT_UDP_TIMEOUT.as_secs(),
+            max_entries: crate::table::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -64,31 +71,72 @@ impl CaptureArgs {
         }
     }
 
-    /// The learning rules these flags ask for.
-    pub fn learn_config(&self) -> LearnConfig {
-        LearnConfig { kinds: self.kinds(), trust: Trust::new(self.trust.clone()) }
+    /// The learning rules these flags ask for, for a live capture of this host, whose
+    /// addresses the capture reads when it opens.
+    pub fn learn_config(&self) -> Result<LearnConfig, AnyCombined> {
+        let host = Arc::new(HostView::new(self.ifaces.clone()));
+        Ok(LearnConfig { kinds: self.kinds(), trust: Trust::new(&self.trust, host)? })
     }
 
-    /// An empty table with these flags' timeouts.
+    /// An empty table with these flags' timeouts and bound.
     pub fn table(&self) -> MappingTable {
-        MappingTable::new(Duration::from_secs(self.tcp_timeout), Duration::from_secs(self.udp_timeout))
+        let table = MappingTable::new(Duration::from_secs(self.tcp_timeout), Duration::from_secs(self.udp_timeout));
+        table.set_max_entries(self.max_entries);
+        table
     }
 
-    /// A learner with these flags' rules, feeding an empty table with their timeouts.
-    pub fn learner(&self) -> Learner {
-        Learner::new(self.learn_config(), Arc::new(self.table()))
+    /// A learner with these flags' rules for a live capture, feeding an empty table.
+    pub fn learner(&self) -> Result<Learner, AnyCombined> {
+        Ok(Learner::new(self.learn_config()?, Arc::new(self.table())))
     }
 
-    /// Logs the rules in force, once at start: in particular whether every source is trusted.
-    pub fn log_start(&self) {
-        let config = self.learn_config();
-        if config.trust.trusts_everyone() {
+    /// A learner for a capture file, whose packets come from another host: this host's
+    /// addresses mean nothing there, and with no `--trust` every source is trusted.
+    pub fn file_learner(&self) -> Result<Learner, AnyCombined> {
+        let trust = match self.trust.as_slice() {
+            [] => Trust::any(),
+            rules => Trust::new(rules, Arc::new(HostView::default()))?,
+        };
+        Ok(Learner::new(LearnConfig { kinds: self.kinds(), trust }, Arc::new(self.table())))
+    }
+
+    /// Logs the rules in force, once the capture has read this host's addresses: which
+    /// sources are trusted, and a warning when that is every source or none.
+    pub fn log_start(&self, learner: &Learner) {
+        let (kinds, trust) = (learner.kinds(), learner.trust());
+        let max_entries = learner.table().max_entries();
+        if trust.trusts_everyone() && !trust.host().is_read() {
             tracing::info!(
-                kinds = ?config.kinds,
-                "trusting TOA and announcements from every source, as ip_vs_ca did; restrict with --trust CIDR"
+                ?kinds,
+                "a capture file: trusting TOA and announcements from every source (narrow with --trust)"
+            );
+            return;
+        }
+        if trust.trusts_everyone() {
+            tracing::warn!(
+                ?kinds,
+                max_entries,
+                "trusting TOA and announcements from every source but this host (--trust any), as ip_vs_ca did: anyone who reaches this server can claim any client address"
+            );
+            return;
+        }
+        let nets: Vec<String> = trust.nets().iter().map(|n| n.to_string()).collect();
+        if nets.is_empty() {
+            tracing::warn!(
+                ?kinds,
+                "no source is trusted: the captured interfaces have no connected subnet; pass --trust with the balancer's local addresses"
             );
         } else {
-            tracing::info!(kinds = ?config.kinds, trust = ?config.trust.nets(), "trusting TOA and announcements only from these networks");
+            let connected = if trust.trusts_connected() { " (connected subnets, kept current)" } else { "" };
+            tracing::info!(?kinds, max_entries, trust = %nets.join(" "), "trusting TOA and announcements only from these networks{connected}");
         }
+    }
+}
+
+/// `--max-entries`: a count of at least [`crate::table::MIN_MAX_ENTRIES`].
+pub fn parse_max_entries(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= crate::table::MIN_MAX_ENTRIES => Ok(n),
+        _ => Err(format!("{value:?}: give a number of entries of at least {}", crate::table::MIN_MAX_ENTRIES)),
     }
 }

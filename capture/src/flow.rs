@@ -4,7 +4,7 @@
 //! Owns these value types only.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -58,7 +58,7 @@ impl fmt::Display for Proto {
 /// ipvsca keys by the whole pair, where the module keyed by `(protocol, lb ip, lb port)`
 /// only (spec, "The mapping table"), so one balancer port used towards two real-server
 /// ports is two flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Protocol.
     pub proto: Proto,
@@ -66,6 +66,27 @@ pub struct FlowKey {
     pub lb: SocketAddr,
     /// The real server's address.
     pub rs: SocketAddr,
+}
+
+/// Whether `ip` can be a host's own unicast address on a network: not unspecified,
+/// loopback, multicast or the IPv4 limited broadcast (IPv4-mapped forms judged as IPv4).
+fn unicast_host(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast)
+}
+
+/// Whether a balancer's local address (the peer a real server sees) can be `a`: a unicast
+/// address of another host, and a port. Nothing else is ever learned or added.
+pub fn can_be_balancer(a: SocketAddr) -> bool {
+    a.port() != 0 && unicast_host(a.ip())
+}
+
+/// Whether an announced client can be `a`: a unicast address of another host, and a port.
+/// A TOA naming a loopback or broadcast client would put a service's own address, or one
+/// no peer can have, in its logs and ACLs.
+pub fn can_be_client(a: SocketAddr) -> bool {
+    a.port() != 0 && unicast_host(a.ip())
 }
 
 /// How a mapping was learned.
@@ -88,6 +109,34 @@ impl Via {
             Via::Toa => "toa",
             Via::Icmp => "icmp",
             Via::Static => "static",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unicast_addresses_of_other_hosts_with_a_port_are_balancers_or_clients() {
+        for ok in ["10.1.0.5:40001", "198.51.100.7:1", "[2001:db8::5]:443", "[::ffff:10.1.0.5]:80"] {
+            let a: SocketAddr = ok.parse().unwrap();
+            assert!(can_be_balancer(a) && can_be_client(a), "{ok}");
+        }
+        for bad in [
+            "10.1.0.5:0",
+            "0.0.0.0:80",
+            "127.0.0.1:80",
+            "127.9.9.9:80",
+            "224.0.0.1:80",
+            "255.255.255.255:80",
+            "[::]:80",
+            "[::1]:80",
+            "[ff02::1]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            let a: SocketAddr = bad.parse().unwrap();
+            assert!(!can_be_balancer(a) && !can_be_client(a), "{bad}");
         }
     }
 }

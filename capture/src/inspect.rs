@@ -1,11 +1,14 @@
 //! What a packet tells the capture: a TOA, an announcement, the start of a TCP handshake,
 //! or nothing. Ties the `wire` views together from the link layer up.
 //!
-//! Owns the dispatch only: no state, no allocation, no trust decisions (see `learn`).
+//! Owns the dispatch and the checks the kernel makes before TCP or ICMP sees a packet
+//! (lengths against the frame, transport checksums: `docs/trust.md`, rule 3): no state, no
+//! allocation, no trust decisions (see `learn`).
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::flow::{FlowKey, Proto};
+use crate::wire::checksum::{self, transport_verifies};
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP};
 use crate::wire::ipv6::Ipv6Packet;
@@ -25,6 +28,41 @@ pub enum LinkType {
     LinuxSll2,
     /// A bare IP packet, version from its first nibble (pcap link types 101, 228, 229).
     RawIp,
+}
+
+/// The kernel's word on a packet's transport checksum (`PACKET_AUXDATA`'s `tp_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelChecksum {
+    /// No verdict (a file, or a device that does not verify): ipvsca computes it.
+    #[default]
+    Unknown,
+    /// The device verified it (`TP_STATUS_CSUM_VALID`).
+    Valid,
+    /// Not computed yet: the packet comes from a local stack through a virtual device, which
+    /// the kernel trusts without a checksum (`TP_STATUS_CSUMNOTREADY`).
+    NotReady,
+}
+
+/// What the capture knows of a packet besides its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PacketMeta {
+    /// Bytes of the packet past those captured (cut by the snap length).
+    pub cut: usize,
+    /// The kernel's verdict on the transport checksum.
+    pub checksum: KernelChecksum,
+    /// It arrived on a loopback interface: sent by this host.
+    pub loopback: bool,
+}
+
+impl PacketMeta {
+    /// A whole packet whose checksums the kernel verified (tests of other rules).
+    pub fn verified() -> Self {
+        PacketMeta { checksum: KernelChecksum::Valid, ..PacketMeta::default() }
+    }
+
+    fn must_verify(&self) -> bool {
+        self.checksum == KernelChecksum::Unknown
+    }
 }
 
 /// What one packet says about the mapping table.
@@ -61,20 +99,25 @@ pub enum Observation {
 }
 
 /// Inspects a captured frame of the given link type.
-pub fn inspect_frame(frame: &[u8], link: LinkType, kinds: &ToaKinds) -> Result<Observation, Malformed> {
+pub fn inspect_frame(
+    frame: &[u8],
+    link: LinkType,
+    meta: &PacketMeta,
+    kinds: &ToaKinds,
+) -> Result<Observation, Malformed> {
     match link {
         LinkType::Ethernet => {
             let eth = EthernetFrame::new_checked(frame)?;
-            inspect_network(eth.ethertype(), eth.payload(), kinds)
+            inspect_network(eth.ethertype(), eth.payload(), meta, kinds)
         }
         LinkType::LinuxSll | LinkType::LinuxSll2 => {
             let version = if link == LinkType::LinuxSll { SllVersion::V1 } else { SllVersion::V2 };
             let (ethertype, packet) = sll::split(frame, version)?;
-            inspect_network(ethertype, packet, kinds)
+            inspect_network(ethertype, packet, meta, kinds)
         }
         LinkType::RawIp => match frame.first().map(|b| b >> 4) {
-            Some(4) => inspect_network(ETHERTYPE_IPV4, frame, kinds),
-            Some(6) => inspect_network(ETHERTYPE_IPV6, frame, kinds),
+            Some(4) => inspect_network(ETHERTYPE_IPV4, frame, meta, kinds),
+            Some(6) => inspect_network(ETHERTYPE_IPV6, frame, meta, kinds),
             Some(_) => Err(Malformed::BadIpVersion),
             None => Err(Malformed::TruncatedIpv4),
         },
@@ -82,25 +125,41 @@ pub fn inspect_frame(frame: &[u8], link: LinkType, kinds: &ToaKinds) -> Result<O
 }
 
 /// Inspects a network-layer packet whose protocol the link layer gave as `ethertype`.
-pub fn inspect_network(ethertype: u16, packet: &[u8], kinds: &ToaKinds) -> Result<Observation, Malformed> {
+pub fn inspect_network(
+    ethertype: u16,
+    packet: &[u8],
+    meta: &PacketMeta,
+    kinds: &ToaKinds,
+) -> Result<Observation, Malformed> {
     match ethertype {
         ETHERTYPE_IPV4 => {
             let ip = Ipv4Packet::new_checked(packet)?;
+            // ip_rcv drops a packet whose total length runs past what arrived.
+            let whole = packet.len() + meta.cut >= usize::from(ip.total_len());
+            if !whole {
+                return Err(Malformed::Ipv4LongerThanFrame);
+            }
             if !ip.is_first_fragment() {
                 return Ok(Observation::Nothing);
             }
             let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+            let complete = packet.len() >= usize::from(ip.total_len());
             match ip.protocol() {
-                PROTO_TCP => inspect_tcp(src, dst, ip.payload(), kinds),
+                PROTO_TCP => inspect_tcp(src, dst, ip.payload(), complete, meta, kinds),
                 PROTO_ICMP => {
-                    Ok(announce::parse(&ip, kinds)?.map_or(Observation::Nothing, |a| Observation::Announcement {
+                    let Some(a) = announce::parse(&ip, kinds)? else { return Ok(Observation::Nothing) };
+                    // An announcement is 42 bytes: always captured whole.
+                    if meta.must_verify() && checksum::checksum(ip.payload()) != 0 {
+                        return Err(Malformed::BadIcmpChecksum);
+                    }
+                    Ok(Observation::Announcement {
                         key: FlowKey {
                             proto: a.proto,
                             lb: SocketAddr::new(src, a.lb_port),
                             rs: SocketAddr::new(dst, a.rs_port),
                         },
                         client: SocketAddr::V4(SocketAddrV4::new(*a.client.ip(), a.client.port())),
-                    }))
+                    })
                 }
                 _ => Ok(Observation::Nothing),
             }
@@ -109,7 +168,7 @@ pub fn inspect_network(ethertype: u16, packet: &[u8], kinds: &ToaKinds) -> Resul
             let ip = Ipv6Packet::new_checked(packet)?;
             let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
             match ip.upper_layer()? {
-                Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, kinds),
+                Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, meta.cut == 0, meta, kinds),
                 _ => Ok(Observation::Nothing),
             }
         }
@@ -117,8 +176,24 @@ pub fn inspect_network(ethertype: u16, packet: &[u8], kinds: &ToaKinds) -> Resul
     }
 }
 
-fn inspect_tcp(src: IpAddr, dst: IpAddr, segment: &[u8], kinds: &ToaKinds) -> Result<Observation, Malformed> {
+/// `complete`: the whole segment was captured, so its checksum can be computed.
+fn inspect_tcp(
+    src: IpAddr,
+    dst: IpAddr,
+    segment: &[u8],
+    complete: bool,
+    meta: &PacketMeta,
+    kinds: &ToaKinds,
+) -> Result<Observation, Malformed> {
     let tcp = TcpHeader::new_checked(segment)?;
+    if meta.must_verify() {
+        if !complete {
+            return Err(Malformed::UnverifiedChecksum);
+        }
+        if !transport_verifies(src, dst, PROTO_TCP, segment) {
+            return Err(Malformed::BadTcpChecksum);
+        }
+    }
     let key = FlowKey {
         proto: Proto::Tcp,
         lb: SocketAddr::new(src, tcp.src_port()),
@@ -141,24 +216,98 @@ mod tests {
     use crate::wire::tcp::tests::header;
     use proptest::prelude::*;
 
+    const WHOLE: PacketMeta = PacketMeta { cut: 0, checksum: KernelChecksum::Unknown, loopback: false };
+
+    /// An IPv4 packet around the TCP header `tcp`, both checksums correct (the addresses are
+    /// those of `packet`: 10.1.0.5 to 10.1.0.9).
+    fn tcp_packet(mut tcp: Vec<u8>) -> Vec<u8> {
+        let (src, dst) = ("10.1.0.5".parse().unwrap(), "10.1.0.9".parse().unwrap());
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        let mut sum = checksum::accumulate(0, &[10, 1, 0, 5, 10, 1, 0, 9, 0, PROTO_TCP]);
+        sum += tcp.len() as u32;
+        let c = checksum::finish(checksum::accumulate(sum, &tcp));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        assert!(transport_verifies(src, dst, PROTO_TCP, &tcp));
+        packet(PROTO_TCP, &[], &tcp)
+    }
+
+    fn toa_syn() -> Vec<u8> {
+        tcp_packet(header(0x02, &[200, 8, 0x04, 0x57, 198, 51, 100, 7]))
+    }
+
     #[test]
     fn syn_with_a_broken_option_still_begins_a_connection() {
         // MSS, then an option of length 1: Linux stops parsing and accepts the SYN.
-        let ip = packet(PROTO_TCP, &[], &header(0x02, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
-        let got = inspect_network(ETHERTYPE_IPV4, &ip, &ToaKinds::default()).unwrap();
+        let ip = tcp_packet(header(0x02, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
+        let got = inspect_network(ETHERTYPE_IPV4, &ip, &WHOLE, &ToaKinds::default()).unwrap();
         assert!(
             matches!(got, Observation::ConnectionRequest { bad_options: Some(Malformed::BadTcpOption), .. }),
             "{got:?}"
         );
-        let ack = packet(PROTO_TCP, &[], &header(0x10, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ack, &ToaKinds::default()), Err(Malformed::BadTcpOption));
+        let ack = tcp_packet(header(0x10, &[2, 4, 5, 0xb4, 5, 1, 0, 0]));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ack, &WHOLE, &ToaKinds::default()), Err(Malformed::BadTcpOption));
+    }
+
+    #[test]
+    fn a_toa_with_a_wrong_tcp_checksum_teaches_nothing_unless_the_kernel_vouched_for_it() {
+        let kinds = ToaKinds::default();
+        let good = toa_syn();
+        assert!(matches!(inspect_network(ETHERTYPE_IPV4, &good, &WHOLE, &kinds), Ok(Observation::Toa { .. })));
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x40;
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &bad, &WHOLE, &kinds), Err(Malformed::BadTcpChecksum));
+        for checksum in [KernelChecksum::Valid, KernelChecksum::NotReady] {
+            let meta = PacketMeta { checksum, ..WHOLE };
+            assert!(matches!(inspect_network(ETHERTYPE_IPV4, &bad, &meta, &kinds), Ok(Observation::Toa { .. })));
+        }
+    }
+
+    #[test]
+    fn a_segment_cut_by_the_snap_length_is_verified_only_by_the_kernel() {
+        let kinds = ToaKinds::default();
+        let mut long = header(0x18, &[200, 8, 0x04, 0x57, 198, 51, 100, 7]);
+        long.extend_from_slice(&[7; 600]);
+        let p = tcp_packet(long);
+        let cut = PacketMeta { cut: p.len() - 512, ..WHOLE };
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p[..512], &cut, &kinds), Err(Malformed::UnverifiedChecksum));
+        let vouched = PacketMeta { checksum: KernelChecksum::Valid, ..cut };
+        assert!(matches!(inspect_network(ETHERTYPE_IPV4, &p[..512], &vouched, &kinds), Ok(Observation::Toa { .. })));
+    }
+
+    #[test]
+    fn a_packet_longer_than_its_frame_teaches_nothing() {
+        let kinds = ToaKinds::default();
+        let p = toa_syn();
+        // The frame lost its last 4 bytes on the wire (not to the snap length).
+        let short = &p[..p.len() - 4];
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &WHOLE, &kinds), Err(Malformed::Ipv4LongerThanFrame));
+        let vouched = PacketMeta::verified();
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &vouched, &kinds), Err(Malformed::Ipv4LongerThanFrame));
+    }
+
+    #[test]
+    fn an_announcement_with_a_wrong_icmp_checksum_teaches_nothing() {
+        let kinds = ToaKinds::default();
+        let a = announce::Announcement {
+            proto: Proto::Udp,
+            lb_port: 50001,
+            rs_port: 53,
+            client: "198.51.100.7:1111".parse().unwrap(),
+        };
+        let mut m = announce::emit(&a, 200, announce::IdentifierOrder::LittleEndian);
+        let p = packet(PROTO_ICMP, &[], &m);
+        assert!(matches!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Ok(Observation::Announcement { .. })));
+        m[21] ^= 1;
+        let p = packet(PROTO_ICMP, &[], &m);
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Err(Malformed::BadIcmpChecksum));
     }
 
     proptest! {
         #[test]
-        fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), cut in 0usize..100) {
             for link in [LinkType::Ethernet, LinkType::LinuxSll, LinkType::LinuxSll2, LinkType::RawIp] {
-                let _ = inspect_frame(&bytes, link, &ToaKinds::default());
+                let _ = inspect_frame(&bytes, link, &PacketMeta { cut, ..WHOLE }, &ToaKinds::default());
             }
         }
 
@@ -175,7 +324,8 @@ mod tests {
             let sum = crate::wire::checksum::checksum(&p);
             p[10..12].copy_from_slice(&sum.to_be_bytes());
             p.extend_from_slice(&tail);
-            let _ = inspect_network(ETHERTYPE_IPV4, &p, &ToaKinds::default());
+            let _ = inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &ToaKinds::default());
+            let _ = inspect_network(ETHERTYPE_IPV4, &p, &PacketMeta::verified(), &ToaKinds::default());
         }
     }
 }

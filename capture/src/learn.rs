@@ -12,10 +12,11 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::counter_set;
 use crate::counters::Counter;
-use crate::flow::{FlowKey, Proto, Via};
-use crate::inspect::{LinkType, Observation, inspect_frame, inspect_network};
+use crate::flow::{FlowKey, Proto, Via, can_be_balancer, can_be_client};
+use crate::host::HostView;
+use crate::inspect::{LinkType, Observation, PacketMeta, inspect_frame, inspect_network};
 use crate::table::{Announced, Learned, MappingTable};
-use crate::trust::Trust;
+use crate::trust::{Trust, Verdict};
 use crate::wire::Malformed;
 use crate::wire::toa::{SharedToaKinds, ToaKinds};
 
@@ -34,6 +35,12 @@ counter_set! {
         malformed,
         /// TOAs and announcements dropped because their source is outside `--trust`.
         untrusted,
+        /// TOAs and announcements naming an address no balancer or client can have
+        /// (loopback, multicast, broadcast, unspecified, port 0): dropped.
+        implausible,
+        /// TOAs and announcements dropped because this host sent them (a loopback
+        /// interface, or one of its own addresses as the source), whatever `--trust` says.
+        untrusted_local,
         /// Packets the kernel dropped before the capture read them (`PACKET_STATISTICS`).
         kernel_drops,
     }
@@ -55,12 +62,23 @@ pub struct MappingEvent {
 }
 
 /// Rules the capture applies to every packet.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LearnConfig {
     /// Option kinds accepted as TOA and in announcements.
     pub kinds: ToaKinds,
     /// Sources that may create mappings.
     pub trust: Trust,
+}
+
+impl Default for LearnConfig {
+    /// The default kinds, and the default trust (`connected`) on a host view that a live
+    /// capture reads when it opens.
+    fn default() -> Self {
+        LearnConfig {
+            kinds: ToaKinds::default(),
+            trust: Trust::new(&[], Arc::new(HostView::default())).expect("no --trust value"),
+        }
+    }
 }
 
 /// Applies captured packets to a table.
@@ -107,13 +125,19 @@ impl Learner {
     }
 
     /// Learns from a frame captured with the given link type.
-    pub fn observe_frame(&self, frame: &[u8], link: LinkType, now: Millis) -> Option<MappingEvent> {
-        self.apply(inspect_frame(frame, link, &self.kinds.load()), now)
+    pub fn observe_frame(&self, frame: &[u8], link: LinkType, meta: &PacketMeta, now: Millis) -> Option<MappingEvent> {
+        self.apply(inspect_frame(frame, link, meta, &self.kinds.load()), meta, now)
     }
 
     /// Learns from a network-layer packet whose protocol the link layer gave as `ethertype`.
-    pub fn observe_network(&self, ethertype: u16, packet: &[u8], now: Millis) -> Option<MappingEvent> {
-        self.apply(inspect_network(ethertype, packet, &self.kinds.load()), now)
+    pub fn observe_network(
+        &self,
+        ethertype: u16,
+        packet: &[u8],
+        meta: &PacketMeta,
+        now: Millis,
+    ) -> Option<MappingEvent> {
+        self.apply(inspect_network(ethertype, packet, meta, &self.kinds.load()), meta, now)
     }
 
     /// Counts packets the kernel dropped before they could be read.
@@ -121,7 +145,7 @@ impl Learner {
         self.counters.kernel_drops.add(n);
     }
 
-    fn apply(&self, observed: Result<Observation, Malformed>, now: Millis) -> Option<MappingEvent> {
+    fn apply(&self, observed: Result<Observation, Malformed>, meta: &PacketMeta, now: Millis) -> Option<MappingEvent> {
         self.counters.packets.inc();
         let (key, client, via, announced) = match observed {
             Err(reason) => {
@@ -134,7 +158,7 @@ impl Learner {
                     self.count_malformed(reason);
                 }
                 self.counters.connection_requests.inc();
-                if self.trust.allows(key.lb.ip()) {
+                if self.trust.verdict(key.lb.ip(), meta.loopback) == Verdict::Trusted {
                     self.table.connection_requested(&key);
                 }
                 return None;
@@ -149,13 +173,24 @@ impl Learner {
                 (key, client, Via::Icmp, Announced::NewFlow)
             }
         };
-        if !self.trust.allows(key.lb.ip()) {
-            self.counters.untrusted.inc();
+        match self.trust.verdict(key.lb.ip(), meta.loopback) {
+            Verdict::Trusted => {}
+            Verdict::Local => {
+                self.counters.untrusted_local.inc();
+                return None;
+            }
+            Verdict::Untrusted => {
+                self.counters.untrusted.inc();
+                return None;
+            }
+        }
+        if !(can_be_balancer(key.lb) && can_be_client(client) && key.rs.port() != 0) {
+            self.counters.implausible.inc();
             return None;
         }
         match self.table.learn(key, client, via, announced, now) {
-            Learned::Created | Learned::Replaced { .. } => Some(event(key, client, via)),
-            Learned::Refreshed | Learned::Kept => None,
+            Learned::Provisional => Some(event(key, client, via)),
+            Learned::Created | Learned::Replaced { .. } | Learned::Refreshed | Learned::Kept | Learned::Refused => None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod counters;
 pub mod flow;
+pub mod host;
 pub mod inspect;
 pub mod learn;
 pub mod live;

@@ -18,7 +18,9 @@ use std::os::fd::AsFd;
 
 use crate::bpf::{SNAP_LEN, capture_filter};
 use crate::clock::monotonic_millis;
+use crate::inspect::{KernelChecksum, PacketMeta};
 use crate::learn::{Learner, MappingEvent};
+use crate::sys::netlink::AddressWatch;
 use crate::sys::packet_socket::{PacketSocket, interface_index};
 use crate::wire::toa::ToaKinds;
 
@@ -29,6 +31,10 @@ pub const RECEIVE_BUFFER: usize = 32 << 20;
 /// The most packets one drain reads from one socket, so that a flood cannot hold a caller
 /// forever; when it is reached the drain says so and the capture thread carries on.
 pub const MAX_DRAIN: usize = 1 << 16;
+
+/// How long a drain for a lookup ([`LiveCapture::drain_for_lookup`]) may take: a flood
+/// must not hold a service's `accept` (`docs/trust.md`, "Bounds").
+pub const LOOKUP_DRAIN_TIME: Duration = Duration::from_millis(2);
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 
@@ -54,6 +60,10 @@ pub enum CaptureError {
     /// Another failure of the capture's sockets.
     #[error("packet capture: {0}")]
     Socket(io::Error),
+    /// The addresses of this host could not be read or watched: without them the capture
+    /// cannot tell this host's own packets from a balancer's.
+    #[error("reading or watching this host's addresses (getifaddrs, netlink): {0}")]
+    HostAddresses(io::Error),
 }
 
 /// Where mappings created or changed by the live capture are reported, in packet order.
@@ -70,6 +80,7 @@ struct DrainState {
 /// The running capture of one network namespace.
 pub struct LiveCapture {
     sockets: Vec<(String, PacketSocket)>,
+    addresses: AddressWatch,
     learner: Arc<Learner>,
     drain: Mutex<DrainState>,
     kinds_change: Mutex<()>,
@@ -84,8 +95,12 @@ impl std::fmt::Debug for LiveCapture {
 
 impl LiveCapture {
     /// Opens the capture on `ifaces` (every interface when empty) in the calling thread's
-    /// network namespace, feeding `learner`.
+    /// network namespace, feeding `learner`; reads this host's addresses for the learner's
+    /// trust and keeps them current.
     pub fn open(ifaces: &[String], learner: Arc<Learner>) -> Result<Self, CaptureError> {
+        // Watch first, then read: a change between the two is seen at the next drain.
+        let addresses = AddressWatch::open().map_err(CaptureError::HostAddresses)?;
+        learner.trust().host().refresh().map_err(CaptureError::HostAddresses)?;
         let filter = capture_filter(&learner.kinds());
         let open = |index| {
             PacketSocket::open(index, &filter, RECEIVE_BUFFER).map_err(|e| match e.kind() {
@@ -107,6 +122,7 @@ impl LiveCapture {
             .map_err(|e| CaptureError::Socket(e.into()))?;
         Ok(LiveCapture {
             sockets,
+            addresses,
             learner,
             drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None, first: 0 }),
             kinds_change: Mutex::new(()),
@@ -170,7 +186,24 @@ impl LiveCapture {
     /// every packet queued before the call began has been applied to the table, unless a
     /// socket held more than [`MAX_DRAIN`] packets (logged).
     pub fn drain(&self) -> usize {
+        self.drain_until(None)
+    }
+
+    /// As [`LiveCapture::drain`], for a lookup that missed: also stops after
+    /// [`LOOKUP_DRAIN_TIME`], so that a flood delays a service's call by at most that much.
+    pub fn drain_for_lookup(&self) -> usize {
+        self.drain_until(Some(Instant::now() + LOOKUP_DRAIN_TIME))
+    }
+
+    fn drain_until(&self, deadline: Option<Instant>) -> usize {
         let mut state = self.lock();
+        // Addresses first: a packet from an address added since the last reading must be
+        // judged with it (netlink reports the address before anything can use it).
+        if self.addresses.changed() {
+            if let Err(e) = self.learner.trust().host().refresh() {
+                tracing::warn!(error = %e, "reading this host's addresses failed; the last reading stays");
+            }
+        }
         let DrainState { buf, on_event, first } = &mut *state;
         let now = monotonic_millis();
         let mut read = 0;
@@ -184,10 +217,24 @@ impl LiveCapture {
                     tracing::warn!(interface = %name, "capture drain stopped after {MAX_DRAIN} packets; lookups may miss");
                     break;
                 }
+                if from_this % 64 == 63 && deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 match socket.recv(buf) {
-                    Ok(Some((len, ethertype))) => {
+                    Ok(Some(got)) => {
                         from_this += 1;
-                        let event = self.learner.observe_network(ethertype, &buf[..len], now);
+                        let meta = PacketMeta {
+                            cut: got.original_len.saturating_sub(got.len),
+                            checksum: if got.checksum_valid {
+                                KernelChecksum::Valid
+                            } else if got.checksum_not_ready {
+                                KernelChecksum::NotReady
+                            } else {
+                                KernelChecksum::Unknown
+                            },
+                            loopback: got.loopback,
+                        };
+                        let event = self.learner.observe_network(got.ethertype, &buf[..got.len], &meta, now);
                         if let (Some(event), Some(sink)) = (event, on_event.as_ref()) {
                             // A closed receiver only means nobody prints the events any more.
                             let _ = sink.send(event);
@@ -213,6 +260,7 @@ impl LiveCapture {
         loop {
             let mut fds: Vec<PollFd> =
                 self.sockets.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+            fds.push(PollFd::new(self.addresses.as_fd(), PollFlags::POLLIN));
             fds.push(PollFd::new(self.stop.as_fd(), PollFlags::POLLIN));
             match poll(&mut fds, PollTimeout::from(1000u16)) {
                 Ok(_) => {}
@@ -239,7 +287,7 @@ impl LiveCapture {
     }
 
     fn housekeeping(&self) {
-        self.learner.table().expire(monotonic_millis());
+        self.learner.table().housekeeping(monotonic_millis());
         for (name, socket) in &self.sockets {
             match socket.take_stats() {
                 Ok(stats) if stats.drops > 0 => {

@@ -17,7 +17,7 @@ use pcap_file::pcapng::{Block, PcapNgReader};
 use pcap_file::{DataLink, PcapError, TsResolution};
 
 use crate::clock::Millis;
-use crate::inspect::LinkType;
+use crate::inspect::{LinkType, PacketMeta};
 use crate::learn::{Learner, MappingEvent};
 
 /// How often, in capture time, idle mappings are swept while a file is replayed.
@@ -105,7 +105,7 @@ impl Replay<'_> {
         while let Some(record) = reader.next_raw_packet() {
             let record = record.map_err(|e| self.damaged(e))?;
             let now = u64::from(record.ts_sec) * 1000 + u64::from(record.ts_frac) * 1000 / frac_per_sec;
-            self.packet(&record.data, link, now, on_event);
+            self.packet(&record.data, record.orig_len, link, now, on_event);
         }
         Ok(self.packets)
     }
@@ -115,7 +115,7 @@ impl Replay<'_> {
         // Per interface of the current section: link type and timestamp resolution.
         let mut interfaces: Vec<(DataLink, Option<u8>)> = Vec::new();
         while let Some(block) = reader.next_block() {
-            let (interface, raw_ts, data) = match block.map_err(|e| self.damaged(e))? {
+            let (interface, raw_ts, original_len, data) = match block.map_err(|e| self.damaged(e))? {
                 Block::SectionHeader(_) => {
                     interfaces.clear();
                     continue;
@@ -128,9 +128,11 @@ impl Replay<'_> {
                     interfaces.push((idb.linktype, resolution));
                     continue;
                 }
-                Block::EnhancedPacket(epb) => (epb.interface_id, Some(epb.timestamp), epb.data),
-                Block::SimplePacket(spb) => (0, None, spb.data),
-                Block::Packet(pb) => (u32::from(pb.interface_id), Some(Duration::from_nanos(pb.timestamp)), pb.data),
+                Block::EnhancedPacket(epb) => (epb.interface_id, Some(epb.timestamp), epb.original_len, epb.data),
+                Block::SimplePacket(spb) => (0, None, spb.original_len, spb.data),
+                Block::Packet(pb) => {
+                    (u32::from(pb.interface_id), Some(Duration::from_nanos(pb.timestamp)), pb.original_len, pb.data)
+                }
                 _ => continue,
             };
             let Some(&(datalink, resolution)) = interfaces.get(interface as usize) else {
@@ -143,7 +145,7 @@ impl Replay<'_> {
             };
             // A simple packet block has no timestamp: it happens at the last time seen.
             let now = raw_ts.map_or(self.last_time, |ts| pcapng_millis(ts, resolution));
-            self.packet(&data, link, now, on_event);
+            self.packet(&data, original_len, link, now, on_event);
         }
         if self.skipped > 0 {
             tracing::warn!(
@@ -158,7 +160,15 @@ impl Replay<'_> {
         Ok(self.packets)
     }
 
-    fn packet(&mut self, data: &[u8], link: LinkType, now: Millis, on_event: &mut impl FnMut(MappingEvent)) {
+    /// One packet, `original_len` bytes long on the wire of which `data` was captured.
+    fn packet(
+        &mut self,
+        data: &[u8],
+        original_len: u32,
+        link: LinkType,
+        now: Millis,
+        on_event: &mut impl FnMut(MappingEvent),
+    ) {
         let due = self.last_sweep.is_none_or(|last| now >= last.saturating_add(SWEEP_EVERY));
         if due {
             self.learner.table().expire(now);
@@ -166,7 +176,9 @@ impl Replay<'_> {
         }
         self.packets += 1;
         self.last_time = now;
-        if let Some(event) = self.learner.observe_frame(data, link, now) {
+        // A file says only how much was cut: checksums are computed, nothing is loopback.
+        let meta = PacketMeta { cut: (original_len as usize).saturating_sub(data.len()), ..PacketMeta::default() };
+        if let Some(event) = self.learner.observe_frame(data, link, &meta, now) {
             on_event(event);
         }
     }

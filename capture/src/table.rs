@@ -1,23 +1,31 @@
 //! The mapping table: `(proto, lb ip:port, rs ip:port) -> client ip:port`, and its reverse
 //! `(proto, client ip:port, rs ip:port) -> lb ip:port` for the tx direction.
 //!
-//! Owns the replacement rules and expiry. Lookups (the supervisor's hot path) take only
-//! shard read locks and refresh an atomic; every change to the table is serialised by one
-//! writer lock so the indexes never disagree. A lookup never returns an entry that has
-//! outlived its timeout, whether or not the sweep has removed it yet.
+//! Owns the replacement rules, the provisional stage, expiry and the bound. Lookups (the
+//! supervisor's hot path) take only shard read locks and refresh an atomic; every change to
+//! the table is serialised by one writer lock so the indexes never disagree. A lookup never
+//! returns an entry that has outlived its timeout, whether or not the sweep has removed it
+//! yet.
+//!
+//! What a packet teaches is provisional (`docs/trust.md`): a forged packet must not be able
+//! to create, replace or evict a mapping by itself. A provisional entry becomes a mapping
+//! when the service meets its flow (an rx lookup from `accept`, `recvfrom` or
+//! `getpeername`, see [`Seen`]); until then tx lookups never see it, it lives
+//! [`PROVISIONAL_LIFETIME`], and provisional entries have their own small bound.
 //!
 //! Two secondary indexes serve sockets that do not know their full local address: a UDP
 //! socket bound to the wildcard address (rx: any real-server address with the socket's
-//! port) and an unbound socket that connects or sends (tx: any real-server address).
-//! Guards of two maps are never held at once.
+//! port) and a socket bound to the wildcard address that connects or sends (tx: any
+//! real-server address with the socket's port). Guards of two maps are never held at once.
 
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
+use smallvec::SmallVec;
 
 use crate::clock::Millis;
 use crate::counter_set;
@@ -27,13 +35,33 @@ use crate::flow::{FlowKey, Proto, Via};
 pub const DEFAULT_TCP_TIMEOUT: Duration = Duration::from_secs(100);
 /// Default idle timeout of a UDP mapping (spec: `udp_timeout`).
 pub const DEFAULT_UDP_TIMEOUT: Duration = Duration::from_secs(310);
+/// How long a provisional entry waits for the service to meet its flow.
+pub const PROVISIONAL_LIFETIME: Duration = Duration::from_secs(10);
+/// Default bound on the number of entries (`--max-entries`).
+pub const DEFAULT_MAX_ENTRIES: usize = 1_000_000;
+/// The smallest bound accepted.
+pub const MIN_MAX_ENTRIES: usize = 16;
+/// Provisional entries never exceed this many, whatever the bound.
+pub const MAX_PROVISIONAL: usize = 65_536;
+
+const WARN_EVERY: Millis = 10_000;
+
+/// How many of `max_entries` entries may be provisional: 1/16, at least 1, at most
+/// [`MAX_PROVISIONAL`]. The rest is for mappings.
+pub fn provisional_bound(max_entries: usize) -> usize {
+    (max_entries / 16).clamp(1, MAX_PROVISIONAL)
+}
 
 counter_set! {
     /// What the table did.
     pub struct TableCounters => TableStats {
-        /// Mappings created for a flow that had none (learned or static): with `expired` and
-        /// `deleted`, what the table's size follows.
+        /// Mappings created for a flow that had none (confirmed or static): with `expired`,
+        /// `evicted` and `deleted`, what the table's size follows.
         created,
+        /// Provisional entries made or given a new client by a TOA or announcement.
+        provisional,
+        /// Provisional entries the service met, now mappings (created or replacing one).
+        confirmed,
         /// Mappings whose client changed: a new connection on a reused balancer port.
         replaced,
         /// Announcements that repeated the current client and refreshed it.
@@ -43,6 +71,14 @@ counter_set! {
         conflicts_kept,
         /// Mappings removed after their idle timeout.
         expired,
+        /// Provisional entries that nobody met within their lifetime.
+        provisional_expired,
+        /// Mappings evicted, least recently used first, to stay within `max_entries`.
+        evicted,
+        /// Provisional entries evicted, oldest first, to stay within their bound.
+        provisional_evicted,
+        /// Static mappings refused because the table is full of static mappings.
+        refused_full,
         /// Static mappings added by the operator (`ipvsca map add`), also counted as
         /// created or replaced.
         static_added,
@@ -55,33 +91,52 @@ counter_set! {
     }
 }
 
-/// What [`MappingTable::learn`] did with an announcement.
+/// What [`MappingTable::learn`] or [`MappingTable::add_static`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Learned {
-    /// The flow had no live mapping; it has one now.
+    /// A provisional entry was made, or given a new client, for the flow.
+    Provisional,
+    /// The flow had no live mapping; it has one now (static mappings only).
     Created,
-    /// The flow's client changed.
+    /// The flow's client changed (static mappings only).
     Replaced {
         /// The client it had before.
         previous: SocketAddr,
     },
-    /// The announcement repeated the current client.
+    /// The announcement repeated the current client (of the mapping or of the provisional
+    /// entry).
     Refreshed,
     /// The announcement named another client on a connection already mapped, outside a
     /// handshake, or on a static mapping; the current client is kept (spec: "keep the
     /// first value"; the operator's mapping wins).
     Kept,
+    /// The table is full of static mappings: nothing was added.
+    Refused,
 }
 
 /// Whether an announcement begins a new connection or flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Announced {
     /// On a connection request (TOA on a SYN) or by an ICMP announcement, which the
-    /// balancer sends only for a new flow: replaces whatever the flow had.
+    /// balancer sends only for a new flow: may stand for a new connection on the flow.
     NewFlow,
-    /// On a later packet of a connection (handshake ACK, data): replaces only when a
-    /// connection request without TOA was seen on the flow since its last TOA.
+    /// On a later packet of a connection (handshake ACK, data): stands for a new connection
+    /// only when a connection request without TOA was seen on the flow since its last TOA.
     InFlow,
+}
+
+/// How the service met a flow, for an rx lookup: decides between the flow's mapping and a
+/// provisional entry that names another client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// `accept` returned a connection (the socket's inode, 0 if unknown): a connection the
+    /// kernel has just completed, so the latest announcement for the flow is its own.
+    Accepted(u64),
+    /// `recvfrom` returned a datagram: the latest announcement for the flow is its own.
+    Datagram,
+    /// `getpeername` on an existing socket (its inode, 0 if unknown): the mapping this
+    /// socket confirmed keeps its client; another socket on the flow is a newer connection.
+    Socket(u64),
 }
 
 /// A copy of one mapping, for display and tests.
@@ -103,14 +158,23 @@ struct Mapping {
     via: Via,
     learned_at: Millis,
     last_used: AtomicU64,
+    /// The socket (inode) that confirmed the mapping or was last accepted on it; 0 unknown.
+    owner: AtomicU64,
     /// A connection request without TOA was seen since the last TOA: the next TOA on the
     /// flow belongs to the new connection's handshake.
     handshake_open: AtomicBool,
 }
 
 impl Mapping {
-    fn new(client: SocketAddr, via: Via, now: Millis) -> Self {
-        Mapping { client, via, learned_at: now, last_used: AtomicU64::new(now), handshake_open: AtomicBool::new(false) }
+    fn new(client: SocketAddr, via: Via, now: Millis, owner: u64) -> Self {
+        Mapping {
+            client,
+            via,
+            learned_at: now,
+            last_used: AtomicU64::new(now),
+            owner: AtomicU64::new(owner),
+            handshake_open: AtomicBool::new(false),
+        }
     }
 
     fn is_live(&self, now: Millis, timeout: Millis) -> bool {
@@ -131,26 +195,63 @@ impl Mapping {
     }
 }
 
-/// The flows mapped to one client: the tx index.
+/// What a packet taught, waiting for the service to meet the flow. One per balancer
+/// address and real-server port: the real-server address is kept beside the client.
+#[derive(Debug, Clone, Copy)]
+struct Provisional {
+    rs_ip: IpAddr,
+    client: SocketAddr,
+    via: Via,
+    /// When it was made or last announced again.
+    at: Millis,
+    /// Tells this entry from an earlier one under the same key in the lifetime queue.
+    generation: u64,
+}
+
+impl Provisional {
+    fn is_live(&self, now: Millis) -> bool {
+        now.saturating_sub(self.at) < duration_millis(PROVISIONAL_LIFETIME)
+    }
+
+    fn serves(&self, local: SocketAddr) -> bool {
+        local.ip().is_unspecified() || local.ip() == self.rs_ip
+    }
+}
+
+/// The flows mapped to one client: the tx index. Nearly always one, kept inline.
 type ClientKey = (Proto, SocketAddr);
-/// The real-server addresses a balancer address talks to on one port: the wildcard rx index.
+/// The real-server addresses a balancer address talks to on one port: the wildcard rx
+/// index, and the key of provisional entries.
 type LbPortKey = (Proto, SocketAddr, u16);
 
-/// Whether a socket's local address `local` (its IP and port possibly unspecified) can be
-/// the real-server address `rs`.
+/// State only writers touch, under the writer lock: provisional entries in the order they
+/// were made, `(key, generation, made at)`, for expiry and eviction without a scan.
+#[derive(Debug, Default)]
+struct WriterState {
+    provisional_order: VecDeque<(LbPortKey, u64, Millis)>,
+    next_generation: u64,
+}
+
+/// Whether a socket whose local address is `local` (its IP possibly unspecified) sends from
+/// the real-server side of `rs`: the same port, and the same address or the wildcard. An
+/// unbound socket (port 0) or one on another port never does (`docs/trust.md`).
 fn local_matches(local: SocketAddr, rs: SocketAddr) -> bool {
-    (local.ip().is_unspecified() || local.ip() == rs.ip()) && (local.port() == 0 || local.port() == rs.port())
+    local.port() != 0 && local.port() == rs.port() && (local.ip().is_unspecified() || local.ip() == rs.ip())
 }
 
 /// The table shared by the capture (writer) and the supervisor (reader).
 #[derive(Debug)]
 pub struct MappingTable {
     forward: DashMap<FlowKey, Mapping>,
-    by_client: DashMap<ClientKey, Vec<FlowKey>>,
-    by_lb_port: DashMap<LbPortKey, Vec<std::net::IpAddr>>,
-    writer: Mutex<()>,
+    provisional: DashMap<LbPortKey, Provisional>,
+    by_client: DashMap<ClientKey, SmallVec<[FlowKey; 1]>>,
+    by_lb_port: DashMap<LbPortKey, SmallVec<[IpAddr; 1]>>,
+    writer: Mutex<WriterState>,
     tcp_timeout_ms: AtomicU64,
     udp_timeout_ms: AtomicU64,
+    max_entries: AtomicUsize,
+    last_sweep: AtomicU64,
+    last_full_warning: AtomicU64,
     counters: TableCounters,
 }
 
@@ -161,17 +262,25 @@ impl Default for MappingTable {
 }
 
 impl MappingTable {
-    /// An empty table with the given idle timeouts.
+    /// An empty table with the given idle timeouts and the default bound.
     pub fn new(tcp_timeout: Duration, udp_timeout: Duration) -> Self {
         MappingTable {
             forward: DashMap::new(),
+            provisional: DashMap::new(),
             by_client: DashMap::new(),
             by_lb_port: DashMap::new(),
-            writer: Mutex::new(()),
+            writer: Mutex::new(WriterState::default()),
             tcp_timeout_ms: AtomicU64::new(duration_millis(tcp_timeout)),
             udp_timeout_ms: AtomicU64::new(duration_millis(udp_timeout)),
+            max_entries: AtomicUsize::new(DEFAULT_MAX_ENTRIES),
+            last_sweep: AtomicU64::new(0),
+            last_full_warning: AtomicU64::new(0),
             counters: TableCounters::default(),
         }
+    }
+
+    fn write(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The idle timeout of `proto` mappings.
@@ -195,64 +304,122 @@ impl MappingTable {
         }
     }
 
-    /// Records that the balancer announced `client` for `key`.
+    /// The bound on the number of entries, provisional ones included.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries.load(Ordering::Relaxed)
+    }
+
+    /// Changes the bound (at least [`MIN_MAX_ENTRIES`]; smaller values are raised to it).
+    /// A table above the new bound is brought under it at once: the oldest provisional
+    /// entries, then the least recently used mappings, go.
+    pub fn set_max_entries(&self, max_entries: usize) {
+        let max_entries = max_entries.max(MIN_MAX_ENTRIES);
+        self.max_entries.store(max_entries, Ordering::Relaxed);
+        let mut w = self.write();
+        while self.provisional.len() > provisional_bound(max_entries) {
+            if !self.evict_oldest_provisional(&mut w) {
+                break;
+            }
+        }
+        let bound = self.mapping_bound();
+        if self.forward.len() > bound {
+            self.evict_least_recently_used(self.forward.len() - bound);
+        }
+    }
+
+    fn mapping_bound(&self) -> usize {
+        let max = self.max_entries();
+        max - provisional_bound(max)
+    }
+
+    /// Records that the balancer announced `client` for `key`. It is provisional until the
+    /// service meets the flow (see [`Seen`]); a mapping with another client stays as it is
+    /// meanwhile.
     pub fn learn(&self, key: FlowKey, client: SocketAddr, via: Via, announced: Announced, now: Millis) -> Learned {
         let timeout = self.timeout_ms(key.proto);
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let (learned, old_client) = match self.forward.entry(key) {
-            Entry::Vacant(v) => {
-                v.insert(Mapping::new(client, via, now));
-                (Learned::Created, None)
+        let mut w = self.write();
+        let decided = self.forward.get(&key).filter(|m| m.is_live(now, timeout)).and_then(|m| {
+            if m.client == client {
+                m.touch(now);
+                m.handshake_open.store(false, Ordering::Relaxed);
+                Some(Learned::Refreshed)
+            } else if m.via == Via::Static
+                || (announced == Announced::InFlow && !m.handshake_open.load(Ordering::Relaxed))
+            {
+                Some(Learned::Kept)
+            } else {
+                None
             }
-            Entry::Occupied(mut o) => {
-                let m = o.get();
-                if !m.is_live(now, timeout) {
-                    let old = m.client;
-                    o.insert(Mapping::new(client, via, now));
-                    self.counters.expired.inc();
-                    (Learned::Created, Some(old))
-                } else if m.via == Via::Static {
-                    m.touch(now);
-                    (if m.client == client { Learned::Refreshed } else { Learned::Kept }, None)
-                } else if m.client == client {
-                    m.touch(now);
-                    m.handshake_open.store(false, Ordering::Relaxed);
-                    (Learned::Refreshed, None)
-                } else if announced == Announced::NewFlow || m.handshake_open.load(Ordering::Relaxed) {
-                    let previous = m.client;
-                    o.insert(Mapping::new(client, via, now));
-                    (Learned::Replaced { previous }, Some(previous))
-                } else {
-                    (Learned::Kept, None)
-                }
-            }
+        });
+        let learned = match decided {
+            Some(learned) => learned,
+            None => self.learn_provisional(&mut w, key, client, via, now),
         };
-        if let Some(old) = old_client {
-            self.unindex_client(&key, old);
-        }
-        match learned {
-            Learned::Created if old_client.is_none() => {
-                self.index_client(&key, client);
-                self.index_lb_port(&key);
-            }
-            Learned::Created | Learned::Replaced { .. } => self.index_client(&key, client),
-            Learned::Refreshed | Learned::Kept => {}
-        }
         let counter = match learned {
-            Learned::Created => &self.counters.created,
-            Learned::Replaced { .. } => &self.counters.replaced,
+            Learned::Provisional => &self.counters.provisional,
             Learned::Refreshed => &self.counters.refreshed,
-            Learned::Kept => &self.counters.conflicts_kept,
+            _ => &self.counters.conflicts_kept,
         };
         counter.inc();
         learned
     }
 
+    fn learn_provisional(
+        &self,
+        w: &mut WriterState,
+        key: FlowKey,
+        client: SocketAddr,
+        via: Via,
+        now: Millis,
+    ) -> Learned {
+        let pk = (key.proto, key.lb, key.rs.port());
+        if let Some(mut p) = self.provisional.get_mut(&pk) {
+            if p.rs_ip == key.rs.ip() && p.client == client && p.is_live(now) {
+                p.at = p.at.max(now);
+                return Learned::Refreshed;
+            }
+        }
+        if !self.provisional.contains_key(&pk) && self.provisional.len() >= provisional_bound(self.max_entries()) {
+            self.evict_oldest_provisional(w);
+        }
+        let generation = w.next_generation;
+        w.next_generation += 1;
+        self.provisional.insert(pk, Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation });
+        w.provisional_order.push_back((pk, generation, now));
+        // Stale queue items (entries confirmed or replaced since) are dropped as the queue
+        // is read; this keeps the queue itself bounded when nothing expires for a while.
+        while w.provisional_order.len() > 2 * provisional_bound(self.max_entries()) {
+            self.pop_provisional(w, |_| true);
+        }
+        Learned::Provisional
+    }
+
+    /// Takes the queue's first item; removes its entry if it is still the one queued and
+    /// `expired` says so for it. Returns whether an entry was removed.
+    fn pop_provisional(&self, w: &mut WriterState, expired: impl Fn(&Provisional) -> bool) -> bool {
+        let Some((pk, generation, _)) = w.provisional_order.pop_front() else { return false };
+        self.provisional.remove_if(&pk, |_, p| p.generation == generation && expired(p)).is_some()
+    }
+
+    fn evict_oldest_provisional(&self, w: &mut WriterState) -> bool {
+        while !w.provisional_order.is_empty() {
+            if self.pop_provisional(w, |_| true) {
+                self.counters.provisional_evicted.inc();
+                return true;
+            }
+        }
+        false
+    }
+
     /// Adds the operator's mapping `key -> client` (`ipvsca map add`), replacing whatever
     /// `key` had: it never expires, and announcements do not replace it.
     pub fn add_static(&self, key: FlowKey, client: SocketAddr, now: Millis) -> Learned {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.forward.insert(key, Mapping::new(client, Via::Static, now));
+        let _w = self.write();
+        if !self.forward.contains_key(&key) && !self.make_room(now) {
+            self.counters.refused_full.inc();
+            return Learned::Refused;
+        }
+        let old = self.forward.insert(key, Mapping::new(client, Via::Static, now, 0));
         let learned = match &old {
             None => {
                 self.index_lb_port(&key);
@@ -270,10 +437,52 @@ impl MappingTable {
         learned
     }
 
+    /// Makes room for one more mapping, evicting the least recently used learned ones when
+    /// the bound is reached; false when only static mappings are left to evict.
+    fn make_room(&self, now: Millis) -> bool {
+        let bound = self.mapping_bound();
+        if self.forward.len() < bound {
+            return true;
+        }
+        let warned = self.last_full_warning.load(Ordering::Relaxed);
+        if now.saturating_sub(warned) >= WARN_EVERY || warned == 0 {
+            self.last_full_warning.store(now.max(1), Ordering::Relaxed);
+            tracing::warn!(
+                max_entries = self.max_entries(),
+                "the mapping table is full: evicting the least recently used mappings (raise with --max-entries or `ipvsca set max_entries`)"
+            );
+        }
+        let batch = (bound / 64).max(1) + self.forward.len() - bound;
+        self.evict_least_recently_used(batch);
+        self.forward.len() < bound
+    }
+
+    /// Removes the `count` least recently used learned mappings, found in one pass.
+    fn evict_least_recently_used(&self, count: usize) {
+        let mut oldest: BinaryHeap<(Millis, FlowKey)> = BinaryHeap::with_capacity(count + 1);
+        for e in self.forward.iter().filter(|e| e.value().via != Via::Static) {
+            let used = e.value().last_used.load(Ordering::Relaxed);
+            if oldest.len() < count {
+                oldest.push((used, *e.key()));
+            } else if oldest.peek().is_some_and(|&(newest, _)| used < newest) {
+                oldest.pop();
+                oldest.push((used, *e.key()));
+            }
+        }
+        for (used, key) in oldest {
+            let gone = self.forward.remove_if(&key, |_, m| m.last_used.load(Ordering::Relaxed) == used);
+            if let Some((key, m)) = gone {
+                self.unindex_client(&key, m.client);
+                self.unindex_lb_port(&key);
+                self.counters.evicted.inc();
+            }
+        }
+    }
+
     /// Removes the mapping of `key`, learned or static (`ipvsca map del`), if it shows
     /// `client` (any client when `None`); returns it, or the mapping that stays.
     pub fn remove(&self, key: &FlowKey, client: Option<SocketAddr>) -> Result<MappingInfo, Option<MappingInfo>> {
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let _w = self.write();
         let shows = |m: &Mapping| client.is_none_or(|c| c == m.client);
         let Some((key, m)) = self.forward.remove_if(key, |_, m| shows(m)) else {
             return Err(self.forward.get(key).map(|m| m.info()));
@@ -285,65 +494,153 @@ impl MappingTable {
     }
 
     /// Records a connection request without TOA on `key`: a TOA on its handshake ACK or
-    /// first data may then replace the flow's client (a reused balancer port).
+    /// first data may then stand for a new connection (a reused balancer port).
     pub fn connection_requested(&self, key: &FlowKey) {
         if let Some(m) = self.forward.get(key) {
             m.handshake_open.store(true, Ordering::Relaxed);
         }
     }
 
-    /// rx: the client behind the balancer address `key.lb`, as seen on `key.rs`.
+    /// The mapping of `key` if it is live, without counting, refreshing or confirming
+    /// anything.
     pub fn client_of(&self, key: &FlowKey, now: Millis) -> Option<SocketAddr> {
         let timeout = self.timeout_ms(key.proto);
-        let found = self.forward.get(key).filter(|m| m.is_live(now, timeout)).map(|m| {
+        self.forward.get(key).filter(|m| m.is_live(now, timeout)).map(|m| m.client)
+    }
+
+    /// rx: the client behind `lb` as the service sees it on a socket whose local address is
+    /// `local` (its IP unspecified for a socket bound to the wildcard address). A live
+    /// provisional entry for the flow is confirmed here when `seen` says it is the flow's
+    /// newest (see [`Seen`]). With several candidate real-server addresses, the most
+    /// recently used live mapping wins.
+    pub fn client_for_local(
+        &self,
+        proto: Proto,
+        lb: SocketAddr,
+        local: SocketAddr,
+        seen: Seen,
+        now: Millis,
+    ) -> Option<SocketAddr> {
+        let pk = (proto, lb, local.port());
+        let provisional = self.provisional.get(&pk).map(|p| *p).filter(|p| p.is_live(now) && p.serves(local));
+        let mapped = if local.ip().is_unspecified() {
+            let ips = self.by_lb_port.get(&pk).map(|ips| ips.clone()).unwrap_or_default();
+            self.most_recent(
+                ips.into_iter().map(|ip| FlowKey { proto, lb, rs: SocketAddr::new(ip, local.port()) }),
+                now,
+            )
+        } else {
+            let key = FlowKey { proto, lb, rs: local };
+            self.live(&key, now).then_some(key)
+        };
+        let found = match (provisional, mapped) {
+            (Some(p), Some(key)) if !self.keeps_mapping(&key, seen, &p) => self.confirm(pk, p, seen, now),
+            (_, Some(key)) => self.use_mapping(&key, seen, now),
+            (Some(p), None) => self.confirm(pk, p, seen, now),
+            (None, None) => None,
+        };
+        self.count_lookup(found.is_some());
+        found
+    }
+
+    fn live(&self, key: &FlowKey, now: Millis) -> bool {
+        let timeout = self.timeout_ms(key.proto);
+        self.forward.get(key).is_some_and(|m| m.is_live(now, timeout))
+    }
+
+    /// Whether the mapping of `key` answers `seen` rather than the provisional entry `p`.
+    fn keeps_mapping(&self, key: &FlowKey, seen: Seen, p: &Provisional) -> bool {
+        let Some(m) = self.forward.get(key) else { return false };
+        if m.via == Via::Static || (m.client == p.client && key.rs.ip() == p.rs_ip) {
+            return true;
+        }
+        match seen {
+            Seen::Accepted(_) | Seen::Datagram => false,
+            Seen::Socket(inode) => {
+                let owner = m.owner.load(Ordering::Relaxed);
+                owner == 0 || owner == inode
+            }
+        }
+    }
+
+    fn use_mapping(&self, key: &FlowKey, seen: Seen, now: Millis) -> Option<SocketAddr> {
+        let m = self.forward.get(key)?;
+        m.touch(now);
+        if let Seen::Accepted(inode) = seen {
+            m.owner.store(inode, Ordering::Relaxed);
+        }
+        Some(m.client)
+    }
+
+    /// Makes the provisional entry `p` (under `pk`) the flow's mapping, owned by the socket
+    /// `seen` names. If another thread confirmed or replaced it first, answers from the
+    /// table as it now is.
+    fn confirm(&self, pk: LbPortKey, p: Provisional, seen: Seen, now: Millis) -> Option<SocketAddr> {
+        let key = FlowKey { proto: pk.0, lb: pk.1, rs: SocketAddr::new(p.rs_ip, pk.2) };
+        let w = self.write();
+        let still_there = self.provisional.remove_if(&pk, |_, q| q.generation == p.generation).is_some();
+        let is_static = self.forward.get(&key).is_some_and(|m| m.via == Via::Static);
+        if !still_there || is_static {
+            drop(w);
+            return if self.live(&key, now) { self.use_mapping(&key, seen, now) } else { None };
+        }
+        let owner = match seen {
+            Seen::Accepted(inode) | Seen::Socket(inode) => inode,
+            Seen::Datagram => 0,
+        };
+        if !self.forward.contains_key(&key) && !self.make_room(now) {
+            self.counters.refused_full.inc();
+            return None;
+        }
+        let timeout = self.timeout_ms(key.proto);
+        match self.forward.insert(key, Mapping::new(p.client, p.via, now, owner)) {
+            None => {
+                self.index_lb_port(&key);
+                self.counters.created.inc();
+            }
+            Some(old) => {
+                self.unindex_client(&key, old.client);
+                if old.is_live(now, timeout) {
+                    self.counters.replaced.inc();
+                } else {
+                    self.counters.expired.inc();
+                    self.counters.created.inc();
+                }
+            }
+        }
+        self.index_client(&key, p.client);
+        self.counters.confirmed.inc();
+        Some(p.client)
+    }
+
+    /// tx: the balancer address to send to instead of `client`, from a socket whose local
+    /// address is `local` (IP possibly unspecified). Only mappings confirmed by the service
+    /// count, and only from the real-server side of the flow (see `local_matches`).
+    pub fn lb_for_local(&self, proto: Proto, client: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
+        let keys = self.by_client.get(&(proto, client)).map(|keys| keys.clone()).unwrap_or_default();
+        let keys = keys.into_iter().filter(|k| local_matches(local, k.rs));
+        let found = self.most_recent(keys, now).and_then(|key| {
+            let m = self.forward.get(&key).filter(|m| m.client == client)?;
             m.touch(now);
-            m.client
+            Some(key.lb)
         });
         self.count_lookup(found.is_some());
         found
     }
 
-    /// rx for a socket whose local address may have an unspecified IP (a UDP socket bound
-    /// to the wildcard address): the client behind `lb` as seen on `local`. With several
-    /// candidate real-server addresses, the most recently used live one wins.
-    pub fn client_for_local(&self, proto: Proto, lb: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
-        if !local.ip().is_unspecified() {
-            return self.client_of(&FlowKey { proto, lb, rs: local }, now);
-        }
-        let ips = self.by_lb_port.get(&(proto, lb, local.port())).map(|ips| ips.clone()).unwrap_or_default();
-        let keys = ips.into_iter().map(|ip| FlowKey { proto, lb, rs: SocketAddr::new(ip, local.port()) });
-        let found = self.most_recent(keys, now).map(|(_, client)| client);
-        self.count_lookup(found.is_some());
-        found
-    }
-
-    /// tx: the balancer address to send to instead of `client`, from a socket whose local
-    /// address is `local` (IP and port possibly unspecified: an unbound socket).
-    pub fn lb_for_local(&self, proto: Proto, client: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
-        let keys = self.by_client.get(&(proto, client)).map(|keys| keys.clone()).unwrap_or_default();
-        let keys = keys.into_iter().filter(|k| local_matches(local, k.rs));
-        let found = self.most_recent(keys, now).filter(|&(_, c)| c == client).map(|(key, _)| key.lb);
-        self.count_lookup(found.is_some());
-        found
-    }
-
-    /// Among `keys`, the live mapping used last; refreshes it.
-    fn most_recent(&self, keys: impl Iterator<Item = FlowKey>, now: Millis) -> Option<(FlowKey, SocketAddr)> {
-        let mut best: Option<(Millis, FlowKey, SocketAddr)> = None;
+    /// Among `keys`, the live mapping used last.
+    fn most_recent(&self, keys: impl Iterator<Item = FlowKey>, now: Millis) -> Option<FlowKey> {
+        let mut best: Option<(Millis, FlowKey)> = None;
         for key in keys {
             let timeout = self.timeout_ms(key.proto);
             if let Some(m) = self.forward.get(&key).filter(|m| m.is_live(now, timeout)) {
                 let used = m.last_used.load(Ordering::Relaxed);
-                if best.is_none_or(|(b, _, _)| used > b) {
-                    best = Some((used, key, m.client));
+                if best.is_none_or(|(b, _)| used > b) {
+                    best = Some((used, key));
                 }
             }
         }
-        let (_, key, client) = best?;
-        if let Some(m) = self.forward.get(&key) {
-            m.touch(now);
-        }
-        Some((key, client))
+        best.map(|(_, key)| key)
     }
 
     fn index_client(&self, key: &FlowKey, client: SocketAddr) {
@@ -382,26 +679,52 @@ impl MappingTable {
         self.forward.get(key).map(|m| m.info())
     }
 
-    /// Every stored mapping, live or not yet swept.
+    /// The provisional entry of `key`, if one is live at `now`.
+    pub fn get_provisional(&self, key: &FlowKey, now: Millis) -> Option<MappingInfo> {
+        let p = self.provisional.get(&(key.proto, key.lb, key.rs.port())).map(|p| *p)?;
+        (p.rs_ip == key.rs.ip() && p.is_live(now)).then_some(MappingInfo {
+            client: p.client,
+            via: p.via,
+            learned_at: p.at,
+            last_used: p.at,
+        })
+    }
+
+    /// Every stored mapping, live or not yet swept (provisional entries are not mappings).
     pub fn entries(&self) -> Vec<(FlowKey, MappingInfo)> {
         self.forward.iter().map(|e| (*e.key(), e.value().info())).collect()
     }
 
     /// The mappings live at `now` (static, or used within their timeout), as lookups see
-    /// them: what `ipvsca mappings` lists.
+    /// them.
     pub fn live_entries(&self, now: Millis) -> Vec<(FlowKey, MappingInfo)> {
-        self.forward
-            .iter()
-            .filter(|e| e.value().is_live(now, self.timeout_ms(e.key().proto)))
-            .map(|e| (*e.key(), e.value().info()))
-            .collect()
+        let mut all = Vec::new();
+        self.visit_live(now, |k, m| {
+            all.push((*k, m));
+            true
+        });
+        all
     }
 
-    /// Removes the mappings idle for longer than their timeout; returns how many.
+    /// Calls `visit` with each mapping live at `now`, one shard locked for reading at a
+    /// time, until it returns false: what `ipvsca mappings` streams. Writers of the shard
+    /// being read wait, so `visit` must not block for long.
+    pub fn visit_live(&self, now: Millis, mut visit: impl FnMut(&FlowKey, MappingInfo) -> bool) {
+        for e in self.forward.iter() {
+            if e.value().is_live(now, self.timeout_ms(e.key().proto)) && !visit(e.key(), e.value().info()) {
+                return;
+            }
+        }
+    }
+
+    /// Removes the mappings idle for longer than their timeout and the provisional entries
+    /// past their lifetime; returns how many mappings went.
     ///
     /// Lookups go on meanwhile: the stale keys are collected under shard read locks, then
     /// removed one by one, each only if it is still stale.
     pub fn expire(&self, now: Millis) -> usize {
+        self.expire_provisional(now);
+        self.last_sweep.store(now, Ordering::Relaxed);
         let tcp = self.timeout_ms(Proto::Tcp);
         let udp = self.timeout_ms(Proto::Udp);
         let timeout = |p: Proto| if p == Proto::Tcp { tcp } else { udp };
@@ -409,7 +732,7 @@ impl MappingTable {
             self.forward.iter().filter(|e| !e.value().is_live(now, timeout(e.key().proto))).map(|e| *e.key()).collect();
         let mut removed = 0;
         for key in stale {
-            let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let _w = self.write();
             let gone = self.forward.remove_if(&key, |k, m| !m.is_live(now, timeout(k.proto)));
             if let Some((key, m)) = gone {
                 self.unindex_client(&key, m.client);
@@ -418,12 +741,59 @@ impl MappingTable {
             }
         }
         self.counters.expired.add(removed as u64);
+        if self.forward.len() * 4 < self.forward.capacity() && self.forward.capacity() > 1024 {
+            self.forward.shrink_to_fit();
+            self.by_client.shrink_to_fit();
+            self.by_lb_port.shrink_to_fit();
+        }
         removed
     }
 
-    /// Number of stored mappings (live or not yet swept).
+    /// Removes the provisional entries past their lifetime, oldest first, reading only the
+    /// front of their queue.
+    fn expire_provisional(&self, now: Millis) {
+        let lifetime = duration_millis(PROVISIONAL_LIFETIME);
+        let mut w = self.write();
+        while let Some(&(pk, generation, at)) = w.provisional_order.front() {
+            if now.saturating_sub(at) < lifetime {
+                break;
+            }
+            w.provisional_order.pop_front();
+            // Announced again since it was queued: queue it again at its new time.
+            let renewed =
+                self.provisional.get(&pk).filter(|p| p.generation == generation && p.is_live(now)).map(|p| p.at);
+            if let Some(at) = renewed {
+                w.provisional_order.push_back((pk, generation, at));
+            } else if self.provisional.remove_if(&pk, |_, p| p.generation == generation).is_some() {
+                self.counters.provisional_expired.inc();
+            }
+        }
+        if self.provisional.len() * 4 < self.provisional.capacity() && self.provisional.capacity() > 1024 {
+            self.provisional.shrink_to_fit();
+            w.provisional_order.shrink_to_fit();
+        }
+    }
+
+    /// The periodic upkeep of a live capture, run about every second: provisional entries
+    /// expire at once; mappings are swept every tenth of the shorter timeout (1 s to 10 s),
+    /// since lookups never return a stale one anyway.
+    pub fn housekeeping(&self, now: Millis) {
+        let every = (self.timeout_ms(Proto::Tcp).min(self.timeout_ms(Proto::Udp)) / 10).clamp(1_000, 10_000);
+        if now.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) >= every {
+            self.expire(now);
+        } else {
+            self.expire_provisional(now);
+        }
+    }
+
+    /// Number of stored mappings (live or not yet swept), provisional entries not counted.
     pub fn len(&self) -> usize {
         self.forward.len()
+    }
+
+    /// Number of provisional entries stored.
+    pub fn provisional_len(&self) -> usize {
+        self.provisional.len()
     }
 
     /// True when no mapping is stored.
@@ -440,7 +810,6 @@ impl MappingTable {
 fn duration_millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,29 +829,115 @@ mod tests {
     const A: &str = "198.51.100.10:1111";
     const B: &str = "198.51.100.11:2222";
 
+    /// Learns `client` for `k` on a SYN and confirms it by an accept on socket `inode`.
+    fn mapped(t: &MappingTable, k: FlowKey, client: &str, inode: u64, now: Millis) {
+        assert_eq!(t.learn(k, addr(client), Via::Toa, Announced::NewFlow, now), Learned::Provisional);
+        assert_eq!(t.client_for_local(k.proto, k.lb, k.rs, Seen::Accepted(inode), now), Some(addr(client)));
+    }
+
     #[test]
-    fn first_announcement_creates_and_lookup_finds_it() {
+    fn a_toa_is_provisional_until_the_service_accepts_the_connection() {
         let t = MappingTable::default();
-        assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0), Learned::Created);
-        assert_eq!(t.client_of(&key(40001, 80), 5), Some(addr(A)));
-        assert_eq!(t.client_of(&key(40001, 81), 5), None);
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 5), Some(addr("10.1.0.5:40001")));
+        let k = key(40001, 80);
+        assert_eq!(t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 0), Learned::Provisional);
+        assert_eq!(t.client_of(&k, 1), None, "not a mapping yet");
+        assert_eq!(t.get_provisional(&k, 1).map(|p| p.client), Some(addr(A)));
+        let rs = addr("10.1.0.9:80");
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 1), None, "tx never uses a provisional entry");
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(7), 2), Some(addr(A)));
+        assert_eq!(t.client_of(&k, 3), Some(addr(A)));
+        assert_eq!(t.provisional_len(), 0);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 3), Some(k.lb));
         let s = t.stats();
-        assert_eq!((s.created, s.lookups_hit, s.lookups_miss), (1, 2, 1));
+        assert_eq!((s.provisional, s.confirmed, s.created), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_provisional_entry_nobody_meets_expires_after_its_lifetime() {
+        let t = MappingTable::default();
+        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
+        t.learn(key(40002, 80), addr(B), Via::Toa, Announced::NewFlow, 5_000);
+        let life = duration_millis(PROVISIONAL_LIFETIME);
+        t.expire(life);
+        assert_eq!(t.provisional_len(), 1);
+        let k = key(40002, 80);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(1), 5_000 + life), None);
+        t.expire(5_000 + life);
+        assert_eq!(t.provisional_len(), 0);
+        assert_eq!(t.stats().provisional_expired, 2);
+    }
+
+    #[test]
+    fn a_forged_syn_does_not_change_what_an_existing_connection_shows() {
+        let t = MappingTable::default();
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 10), Learned::Provisional);
+        // getpeername on the connection that confirmed A: still A, and tx still goes to A's flow.
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(7), 11), Some(addr(A)));
+        assert_eq!(t.client_of(&k, 12), Some(addr(A)));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), k.rs, 12), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), k.rs, 12), Some(k.lb));
+    }
+
+    #[test]
+    fn a_reused_balancer_port_shows_the_new_client_on_the_new_connection() {
+        let t = MappingTable::default();
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 10);
+        // The new connection, accepted: B; the old socket still says A.
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(8), 11), Some(addr(B)));
+        assert_eq!(t.client_of(&k, 12), Some(addr(B)));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), k.rs, 12), None, "the old client's index entry is gone");
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), k.rs, 12), Some(k.lb));
+        assert_eq!(t.stats().replaced, 1);
+        // A service that accepts without an address (libuv) and asks getpeername on the new
+        // socket: a socket other than the owner is the newer connection.
+        t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 20);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(9), 21), Some(addr(A)));
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(9), 22), Some(addr(A)));
+    }
+
+    #[test]
+    fn a_datagram_confirms_the_latest_announcement() {
+        let t = MappingTable::default();
+        let k = FlowKey { proto: Proto::Udp, ..key(50001, 53) };
+        t.learn(k, addr(A), Via::Icmp, Announced::NewFlow, 0);
+        assert_eq!(t.client_for_local(Proto::Udp, k.lb, k.rs, Seen::Datagram, 1), Some(addr(A)));
+        t.learn(k, addr(B), Via::Icmp, Announced::NewFlow, 2);
+        assert_eq!(t.client_for_local(Proto::Udp, k.lb, addr("0.0.0.0:53"), Seen::Datagram, 3), Some(addr(B)));
+        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("0.0.0.0:53"), 4), Some(k.lb));
+    }
+
+    #[test]
+    fn tx_is_rewritten_only_from_the_real_server_side() {
+        let t = MappingTable::default();
+        let k = FlowKey { proto: Proto::Udp, ..key(50001, 53) };
+        t.learn(k, addr(A), Via::Icmp, Announced::NewFlow, 0);
+        t.client_for_local(Proto::Udp, k.lb, k.rs, Seen::Datagram, 1);
+        for local in ["10.1.0.9:53", "0.0.0.0:53"] {
+            assert_eq!(t.lb_for_local(Proto::Udp, addr(A), addr(local), 2), Some(k.lb), "{local}");
+        }
+        for local in ["0.0.0.0:0", "10.1.0.9:0", "10.1.0.9:41234", "0.0.0.0:41234", "10.1.0.10:53"] {
+            assert_eq!(t.lb_for_local(Proto::Udp, addr(A), addr(local), 2), None, "{local}");
+        }
     }
 
     #[test]
     fn static_mapping_never_expires_and_wins_over_announcements() {
         let t = MappingTable::new(Duration::from_millis(100), Duration::from_millis(100));
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
-        assert_eq!(t.add_static(key(40001, 80), addr(B), 10), Learned::Replaced { previous: addr(A) });
-        assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 20), Learned::Kept);
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        assert_eq!(t.add_static(k, addr(B), 10), Learned::Replaced { previous: addr(A) });
+        assert_eq!(t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 20), Learned::Kept);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(9), 30), Some(addr(B)));
         assert_eq!(t.expire(1_000_000), 0);
-        assert_eq!(t.client_of(&key(40001, 80), 1_000_000), Some(addr(B)));
+        assert_eq!(t.client_of(&k, 1_000_000), Some(addr(B)));
         let rs = addr("10.1.0.9:80");
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), rs, 1_000_000), Some(addr("10.1.0.5:40001")));
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 1_000_000), None);
-        assert_eq!(t.get(&key(40001, 80)).unwrap().via, Via::Static);
+        assert_eq!(t.get(&k).unwrap().via, Via::Static);
         let s = t.stats();
         assert_eq!((s.created, s.replaced, s.static_added, s.conflicts_kept, s.expired), (1, 1, 1, 1, 0));
     }
@@ -491,13 +946,14 @@ mod tests {
     fn remove_drops_the_mapping_and_its_indexes() {
         let t = MappingTable::default();
         assert_eq!(t.add_static(key(40001, 80), addr(A), 0), Learned::Created);
-        t.learn(key(40002, 80), addr(B), Via::Toa, Announced::NewFlow, 0);
+        mapped(&t, key(40002, 80), B, 7, 0);
         assert_eq!(t.remove(&key(40001, 80), Some(addr(B))).unwrap_err().map(|m| m.client), Some(addr(A)));
         assert_eq!(t.remove(&key(40001, 80), Some(addr(A))).map(|m| m.client), Ok(addr(A)));
         assert_eq!(t.remove(&key(40001, 80), None), Err(None));
         assert_eq!(t.client_of(&key(40001, 80), 1), None);
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("0.0.0.0:0"), 1), None);
-        assert_eq!(t.client_for_local(Proto::Tcp, addr("10.1.0.5:40001"), addr("0.0.0.0:80"), 1), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("0.0.0.0:80"), 1), None);
+        let lb = addr("10.1.0.5:40001");
+        assert_eq!(t.client_for_local(Proto::Tcp, lb, addr("0.0.0.0:80"), Seen::Socket(1), 1), None);
         assert_eq!(t.by_client.len(), 1);
         assert_eq!(t.remove(&key(40002, 80), None).map(|m| m.via), Ok(Via::Toa));
         assert!(t.by_client.is_empty() && t.by_lb_port.is_empty() && t.is_empty());
@@ -505,74 +961,61 @@ mod tests {
     }
 
     #[test]
-    fn connection_request_replaces_and_moves_the_reverse_entry() {
-        let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
-        let got = t.learn(key(40001, 80), addr(B), Via::Toa, Announced::NewFlow, 10);
-        assert_eq!(got, Learned::Replaced { previous: addr(A) });
-        assert_eq!(t.client_of(&key(40001, 80), 11), Some(addr(B)));
-        assert_eq!(t.by_client.len(), 1, "the old client's index entry is gone");
-        let rs = addr("10.1.0.9:80");
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), rs, 11), None);
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), rs, 11), Some(addr("10.1.0.5:40001")));
-    }
-
-    #[test]
     fn in_flow_toa_with_another_client_is_kept_unless_a_handshake_began() {
         let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 0);
-        assert_eq!(t.learn(key(40001, 80), addr(B), Via::Toa, Announced::InFlow, 1), Learned::Kept);
-        assert_eq!(t.client_of(&key(40001, 80), 2), Some(addr(A)));
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::InFlow, 1), Learned::Kept);
+        assert_eq!(t.get_provisional(&k, 2), None);
 
-        t.connection_requested(&key(40001, 80));
-        assert_eq!(
-            t.learn(key(40001, 80), addr(B), Via::Toa, Announced::InFlow, 3),
-            Learned::Replaced { previous: addr(A) }
-        );
-        // The handshake is closed by the TOA that replaced it.
-        assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 4), Learned::Kept);
+        t.connection_requested(&k);
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::InFlow, 3), Learned::Provisional);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(8), 4), Some(addr(B)));
+        // The new mapping has no open handshake.
+        assert_eq!(t.learn(k, addr(A), Via::Toa, Announced::InFlow, 5), Learned::Kept);
         assert_eq!(t.stats().conflicts_kept, 2);
     }
 
     #[test]
     fn repeat_refreshes_and_closes_the_handshake() {
         let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 0);
-        t.connection_requested(&key(40001, 80));
-        assert_eq!(t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 50_000), Learned::Refreshed);
-        assert_eq!(t.learn(key(40001, 80), addr(B), Via::Toa, Announced::InFlow, 50_001), Learned::Kept);
-        assert_eq!(t.get(&key(40001, 80)).unwrap().last_used, 50_000);
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        t.connection_requested(&k);
+        assert_eq!(t.learn(k, addr(A), Via::Toa, Announced::InFlow, 50_000), Learned::Refreshed);
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::InFlow, 50_001), Learned::Kept);
+        assert_eq!(t.get(&k).unwrap().last_used, 50_000);
     }
 
     #[test]
     fn wildcard_local_addresses_find_the_flow_by_port() {
         let t = MappingTable::default();
         let udp = |lb: u16, rs: &str| FlowKey { proto: Proto::Udp, lb: addr(&format!("10.1.0.5:{lb}")), rs: addr(rs) };
-        t.learn(udp(50001, "10.1.0.9:53"), addr(A), Via::Icmp, Announced::NewFlow, 0);
-        t.learn(udp(50001, "10.1.0.10:53"), addr(B), Via::Icmp, Announced::NewFlow, 5);
         let lb = addr("10.1.0.5:50001");
+        t.learn(udp(50001, "10.1.0.9:53"), addr(A), Via::Icmp, Announced::NewFlow, 0);
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), Seen::Datagram, 1), Some(addr(A)));
+        t.learn(udp(50001, "10.1.0.10:53"), addr(B), Via::Icmp, Announced::NewFlow, 5);
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("10.1.0.10:53"), Seen::Datagram, 5), Some(addr(B)));
         // A socket bound to 0.0.0.0:53 sees both real-server addresses: the latest used wins.
-        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 6), Some(addr(B)));
-        assert_eq!(t.client_of(&udp(50001, "10.1.0.9:53"), 7), Some(addr(A)));
-        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 8), Some(addr(A)));
-        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:54"), 8), None);
-        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("10.1.0.10:53"), 9), Some(addr(B)));
-        // tx from a wildcard or unbound socket.
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), Seen::Datagram, 6), Some(addr(B)));
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("10.1.0.9:53"), Seen::Datagram, 7), Some(addr(A)));
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), Seen::Datagram, 8), Some(addr(A)));
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:54"), Seen::Datagram, 8), None);
+        // tx from a wildcard socket on the real-server port.
         assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("0.0.0.0:53"), 10), Some(lb));
-        assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("0.0.0.0:0"), 10), Some(lb));
         assert_eq!(t.lb_for_local(Proto::Udp, addr(B), addr("10.1.0.9:53"), 10), None);
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), addr("0.0.0.0:0"), 10), None);
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(B), addr("0.0.0.0:53"), 10), None);
         // Expiry removes the index entries too.
         assert_eq!(t.expire(1_000_000), 2);
-        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), 1_000_000), None);
+        assert_eq!(t.client_for_local(Proto::Udp, lb, addr("0.0.0.0:53"), Seen::Datagram, 1_000_000), None);
         assert!(t.by_lb_port.is_empty() && t.by_client.is_empty());
     }
 
     #[test]
     fn same_lb_port_towards_two_rs_ports_is_two_flows() {
         let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
-        t.learn(key(40001, 443), addr(B), Via::Toa, Announced::NewFlow, 0);
+        mapped(&t, key(40001, 80), A, 1, 0);
+        mapped(&t, key(40001, 443), B, 2, 0);
         assert_eq!(t.client_of(&key(40001, 80), 1), Some(addr(A)));
         assert_eq!(t.client_of(&key(40001, 443), 1), Some(addr(B)));
         assert_eq!(t.len(), 2);
@@ -582,13 +1025,15 @@ mod tests {
     fn idle_entries_expire_by_protocol_and_lookups_refresh() {
         let t = MappingTable::new(Duration::from_secs(100), Duration::from_secs(310));
         let udp = FlowKey { proto: Proto::Udp, ..key(40002, 53) };
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
+        mapped(&t, key(40001, 80), A, 1, 0);
         t.learn(udp, addr(B), Via::Icmp, Announced::NewFlow, 0);
-        assert_eq!(t.client_of(&key(40001, 80), 99_999), Some(addr(A)));
+        t.client_for_local(Proto::Udp, udp.lb, udp.rs, Seen::Datagram, 0);
+        let k = key(40001, 80);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(1), 99_999), Some(addr(A)));
         assert_eq!(t.expire(150_000), 0, "the lookup at 99.999 s refreshed the TCP entry");
-        assert_eq!(t.client_of(&key(40001, 80), 200_000), None, "stale entries are never returned");
+        assert_eq!(t.client_of(&k, 200_000), None, "stale entries are never returned");
         assert_eq!(t.expire(200_000), 1);
-        assert_eq!(t.client_of(&udp, 300_000), Some(addr(B)));
+        assert_eq!(t.client_for_local(Proto::Udp, udp.lb, udp.rs, Seen::Datagram, 300_000), Some(addr(B)));
         assert_eq!(t.expire(610_001), 1);
         assert!(t.is_empty());
         assert_eq!(t.stats().expired, 2);
@@ -596,27 +1041,93 @@ mod tests {
     }
 
     #[test]
-    fn stale_entry_is_recreated_not_replaced() {
+    fn stale_mapping_is_recreated_not_replaced() {
         let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::InFlow, 0);
-        assert_eq!(t.learn(key(40001, 80), addr(B), Via::Toa, Announced::InFlow, 100_000), Learned::Created);
-        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), addr("10.1.0.9:80"), 100_001), None);
-        assert_eq!(t.stats().expired, 1);
+        let k = key(40001, 80);
+        mapped(&t, k, A, 1, 0);
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::InFlow, 100_000), Learned::Provisional);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(1), 100_001), Some(addr(B)));
+        assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), k.rs, 100_001), None);
+        let s = t.stats();
+        assert_eq!((s.expired, s.created, s.replaced), (1, 2, 0));
     }
 
     #[test]
     fn timeout_changes_apply_to_existing_entries() {
         let t = MappingTable::default();
-        t.learn(key(40001, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
+        mapped(&t, key(40001, 80), A, 1, 0);
         t.set_timeout(Proto::Tcp, Duration::from_secs(1));
         assert_eq!(t.timeout(Proto::Tcp), Duration::from_secs(1));
         assert_eq!(t.expire(1_000), 1);
     }
 
     #[test]
+    fn provisional_entries_have_their_own_bound_and_the_oldest_goes() {
+        let t = MappingTable::default();
+        t.set_max_entries(64);
+        let bound = provisional_bound(64);
+        assert_eq!(bound, 4);
+        mapped(&t, key(1, 80), A, 1, 0);
+        for port in 100..100 + 10 {
+            t.learn(key(port, 80), addr(B), Via::Toa, Announced::NewFlow, u64::from(port));
+        }
+        assert_eq!(t.provisional_len(), bound);
+        assert_eq!(t.stats().provisional_evicted, 10 - bound as u64);
+        assert!(t.get_provisional(&key(109, 80), 200).is_some() && t.get_provisional(&key(100, 80), 200).is_none());
+        assert_eq!(t.client_of(&key(1, 80), 200), Some(addr(A)), "a flood of provisional entries evicts no mapping");
+        // The queue stays bounded although entries keep being confirmed.
+        for port in 200..400u16 {
+            mapped(&t, key(port, 80), A, u64::from(port), 300);
+        }
+        assert!(t.writer.lock().unwrap().provisional_order.len() <= 2 * bound);
+    }
+
+    #[test]
+    fn at_the_bound_the_least_recently_used_mappings_go_and_static_ones_stay() {
+        let t = MappingTable::default();
+        t.set_max_entries(MIN_MAX_ENTRIES);
+        let bound = MIN_MAX_ENTRIES - provisional_bound(MIN_MAX_ENTRIES);
+        t.add_static(key(1, 80), addr(A), 0);
+        for port in 2..2 + bound as u16 {
+            mapped(&t, key(port, 80), A, u64::from(port), u64::from(port));
+        }
+        assert!(t.len() <= bound);
+        // Port 3 was used last: it stays; port 2 (least recently used) went.
+        let k3 = key(3, 80);
+        t.client_for_local(Proto::Tcp, k3.lb, k3.rs, Seen::Socket(3), 1_000);
+        mapped(&t, key(500, 80), B, 500, 1_001);
+        assert!(t.len() <= bound, "{}", t.len());
+        assert!(t.get(&key(1, 80)).is_some(), "static mappings are never evicted");
+        assert!(t.get(&key(3, 80)).is_some());
+        assert!(t.get(&key(2, 80)).is_none());
+        assert!(t.get(&key(500, 80)).is_some());
+        assert!(t.stats().evicted >= 2);
+        // Lowering the bound live brings the table under it.
+        t.set_max_entries(8);
+        assert_eq!(t.max_entries(), MIN_MAX_ENTRIES, "raised to the smallest bound");
+        let indexed: usize = t.by_client.iter().map(|e| e.value().len()).sum();
+        assert_eq!(indexed, t.len());
+    }
+
+    #[test]
+    fn a_table_full_of_static_mappings_refuses_another() {
+        let t = MappingTable::default();
+        t.set_max_entries(MIN_MAX_ENTRIES);
+        let bound = MIN_MAX_ENTRIES - provisional_bound(MIN_MAX_ENTRIES);
+        for port in 1..=bound as u16 {
+            assert_eq!(t.add_static(key(port, 80), addr(A), 0), Learned::Created);
+        }
+        assert_eq!(t.add_static(key(999, 80), addr(A), 0), Learned::Refused);
+        assert_eq!(t.stats().refused_full, 1);
+        let k = key(1000, 80);
+        t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 1);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(1), 2), None);
+    }
+
+    #[test]
     fn lookups_run_while_the_table_is_written_and_swept() {
-        // 1 s timeout, writers replacing clients, a sweeper removing what went idle, and
-        // readers checking that a lookup only ever returns a client of its own flow.
+        // 1 s timeout, writers announcing new clients, readers confirming them and checking
+        // that a lookup only ever returns a client of its own flow, and a sweeper.
         let t = std::sync::Arc::new(MappingTable::new(Duration::from_secs(1), Duration::from_secs(1)));
         let client_for = |port: u16, generation: u64| addr(&format!("198.51.100.{}:{port}", generation % 2 + 1));
         const ROUNDS: u64 = 20_000;
@@ -637,12 +1148,13 @@ mod tests {
                     sweeper.expire(now + 1_500);
                 }
             });
-            for _ in 0..2 {
+            for reader in 0..2u64 {
                 let t = t.clone();
                 s.spawn(move || {
                     for i in 0..ROUNDS {
                         let port = (i % 200) as u16 + 1;
-                        if let Some(c) = t.client_of(&key(port, 80), i * 10) {
+                        let k = key(port, 80);
+                        if let Some(c) = t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(reader), i * 10) {
                             assert_eq!(c.port(), port, "a client of another flow");
                             if let Some(lb) = t.lb_for_local(Proto::Tcp, c, addr("10.1.0.9:80"), i * 10) {
                                 assert_eq!(lb.port(), port, "a balancer of another flow");
@@ -652,7 +1164,8 @@ mod tests {
                 });
             }
         });
-        assert!(t.stats().expired > 0, "the sweep removed entries while lookups ran");
+        let s = t.stats();
+        assert!(s.expired > 0 && s.confirmed > 0, "{s:?}");
         // Quiet now: every index agrees with the forward map.
         let now = ROUNDS * 10;
         for (k, m) in t.entries() {

@@ -119,16 +119,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(control) = cli.supervisor {
         if cli.capture != CaptureArgs::default() {
             anyhow::bail!(
-                "--iface, --toa-kind, --trust, --tcp-timeout and --udp-timeout belong to the daemon with --supervisor (ipvsca supervise takes them)"
+                "--iface, --toa-kind, --trust, --tcp-timeout, --udp-timeout and --max-entries belong to the daemon with --supervisor (ipvsca supervise takes them)"
             );
         }
         let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
         return run::supervise_with_daemon(&program, &cli.command, daemon);
     }
-    cli.capture.log_start();
-    let learner = Arc::new(cli.capture.learner());
+    let learner = Arc::new(cli.capture.learner()?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&cli.capture.ifaces, learner).context("opening the capture")?);
+    cli.capture.log_start(capture.learner());
     let supervision = Supervision {
         table,
         capture: Some(capture),

@@ -79,10 +79,10 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     stop.thread_block().context("blocking the stop signals")?;
     abort_on_panic();
-    config.capture.log_start();
-    let learner = Arc::new(config.capture.learner());
+    let learner = Arc::new(config.capture.learner()?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&config.capture.ifaces, learner).context("opening the capture")?);
+    config.capture.log_start(capture.learner());
     let control = ControlServer::bind(&config.control)
         .with_context(|| format!("opening the control socket {}", config.control.display()))?;
     raise_descriptor_limit();

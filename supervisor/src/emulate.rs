@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use capture::Proto;
+use capture::table::Seen;
 use nix::errno::Errno;
 use tracing::warn;
 
@@ -205,10 +206,12 @@ impl Emulator<'_> {
     ///
     /// `socket` is given for a socket the service may have connected itself: its peer may
     /// be a balancer ipvsca connected it to instead of a client (see `connected`).
+    /// `seen` says how the service met the flow (a provisional entry may be confirmed).
     fn rx_rewrite(
         &self,
         proto: Proto,
         socket: Option<BorrowedFd<'_>>,
+        seen: Seen,
         peer: &RawSockAddr,
         local: &RawSockAddr,
     ) -> Result<RawSockAddr, RxMiss> {
@@ -217,7 +220,7 @@ impl Emulator<'_> {
         };
         let connected = socket.and_then(|s| self.connected.client(|| net::inode(s).ok(), peer_inet));
         let client =
-            connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet)).ok_or(RxMiss::Unmapped)?;
+            connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)?;
         sockaddr::replace(peer, client).ok_or_else(|| {
             self.counters.unrepresentable.inc();
             RxMiss::Unrepresentable
@@ -241,7 +244,9 @@ impl Emulator<'_> {
             return bypass();
         }
         let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return bypass() };
-        let shown = match self.rx_rewrite(proto, Some(fd), &peer, &local) {
+        // The socket that asks: the mapping it confirmed keeps its client (docs/trust.md).
+        let seen = Seen::Socket(net::inode(fd).unwrap_or(0));
+        let shown = match self.rx_rewrite(proto, Some(fd), seen, &peer, &local) {
             Ok(shown) => shown,
             Err(miss) => {
                 match miss {
@@ -312,7 +317,10 @@ impl Emulator<'_> {
         // From here on the supervisor holds a connection: it reaches the caller, the
         // stash, or is closed exactly where the kernel would close it.
         let shown = match net::sock_name(socket.as_fd()) {
-            Ok(local) => self.rx_rewrite(Proto::Tcp, None, &peer, &local).ok(),
+            Ok(local) => {
+                let seen = Seen::Accepted(net::inode(socket.as_fd()).unwrap_or(0));
+                self.rx_rewrite(Proto::Tcp, None, seen, &peer, &local).ok()
+            }
             Err(_) => None,
         };
         let rewritten = shown.is_some();
@@ -457,7 +465,7 @@ impl Emulator<'_> {
         from: &RawSockAddr,
         peek: bool,
     ) -> Handled {
-        let shown = self.rx_rewrite(Proto::Udp, Some(socket), from, local).ok();
+        let shown = self.rx_rewrite(Proto::Udp, Some(socket), Seen::Datagram, from, local).ok();
         let keep = |this: &Self| {
             if !peek {
                 if let Ok(inode) = net::inode(socket) {

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use capture::clock::monotonic_millis;
+use capture::table::Seen;
 use capture::trust::Trust;
 use capture::{LiveCapture, MappingTable, Proto};
 
@@ -35,15 +36,16 @@ impl Resolver {
         Resolver { table, capture, trust, counters }
     }
 
-    /// rx: the client behind `peer`, seen on a socket whose local address is `local`.
-    pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
-        if let Some(client) = self.table.client_for_local(proto, peer, local, monotonic_millis()) {
+    /// rx: the client behind `peer`, seen on a socket whose local address is `local`, as
+    /// the service met the flow (`seen`: a provisional entry may be confirmed here).
+    pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr, seen: Seen) -> Option<SocketAddr> {
+        if let Some(client) = self.table.client_for_local(proto, peer, local, seen, monotonic_millis()) {
             return Some(client);
         }
         let capture = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()))?;
-        capture.drain();
+        capture.drain_for_lookup();
         self.counters.drains.inc();
-        let found = self.table.client_for_local(proto, peer, local, monotonic_millis());
+        let found = self.table.client_for_local(proto, peer, local, seen, monotonic_millis());
         if found.is_none() {
             self.counters.unmapped.inc();
         }

@@ -345,7 +345,9 @@ fn ipvsca_capture_prints_live_mappings_until_interrupted() {
     assert!(out.status.success(), "{:?}", out.status);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ipvsca capture summary"), "{stderr}");
-    assert!(stderr.contains("trusting TOA and announcements from every source"), "{stderr}");
+    // The default trusts the real server's connected subnet, and says so.
+    assert!(stderr.contains("trusting TOA and announcements only from these networks"), "{stderr}");
+    assert!(stderr.contains("10.1.0.0/24"), "{stderr}");
 }
 
 /// Kills a child process if the test fails before reaping it.

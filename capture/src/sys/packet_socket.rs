@@ -17,6 +17,24 @@ pub struct PacketSocket {
     fd: OwnedFd,
 }
 
+/// One packet read from the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes written to the buffer (at most the snap length).
+    pub len: usize,
+    /// The packet's length as it arrived, before the snap length cut it.
+    pub original_len: usize,
+    /// Its protocol, as an ethertype.
+    pub ethertype: u16,
+    /// It arrived on a loopback device (`ARPHRD_LOOPBACK`): this host sent it.
+    pub loopback: bool,
+    /// The kernel verified the transport checksum (`TP_STATUS_CSUM_VALID`).
+    pub checksum_valid: bool,
+    /// The transport checksum is not computed yet: the packet comes from a local stack
+    /// (`TP_STATUS_CSUMNOTREADY`).
+    pub checksum_not_ready: bool,
+}
+
 /// Counts from `PACKET_STATISTICS`, which the kernel resets on every read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelStats {
@@ -51,6 +69,8 @@ impl PacketSocket {
         if socket.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size).is_err() {
             socket.setsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, &size)?;
         }
+        // The original length and the checksum status of each packet, as a control message.
+        socket.setsockopt(libc::SOL_PACKET, libc::PACKET_AUXDATA, &1 as &libc::c_int)?;
         // Linux 4.20+: outgoing packets are not even cloned. The filter drops them anyway.
         let _ = socket.setsockopt(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1 as &libc::c_int);
 
@@ -100,24 +120,26 @@ impl PacketSocket {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    /// Reads one queued packet into `buf` without blocking: its length (cut to `buf`) and
-    /// its protocol as an ethertype; `None` when the queue is empty.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, u16)>> {
-        // SAFETY: zeroed is a valid sockaddr_ll.
+    /// Reads one queued packet into `buf` without blocking, with what the kernel says of it;
+    /// `None` when the queue is empty.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<Received>> {
+        // SAFETY: zeroed is a valid sockaddr_ll (all-integer struct).
         let mut from: libc::sockaddr_ll = unsafe { zeroed() };
-        let mut from_len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-        // SAFETY: `buf` is writable for `buf.len()` bytes, `from` for `from_len` bytes, and
-        // both outlive the call.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from as *mut libc::sockaddr_ll).cast(),
-                &mut from_len,
-            )
-        };
+        // Room for one cmsghdr and a tpacket_auxdata, aligned for cmsghdr.
+        let mut control = [0u64; 8];
+        const _: () = assert!(size_of::<libc::cmsghdr>() + size_of::<libc::tpacket_auxdata>() <= 64);
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        // SAFETY: zeroed is a valid msghdr (integers and null pointers).
+        let mut msg: libc::msghdr = unsafe { zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = size_of::<[u64; 8]>();
+        // SAFETY: every pointer in `msg` (the address, the one iovec over `buf`, the control
+        // buffer) is live and writable for the length given, for the whole call.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
         if n < 0 {
             let err = io::Error::last_os_error();
             return match err.kind() {
@@ -125,7 +147,38 @@ impl PacketSocket {
                 _ => Err(err),
             };
         }
-        Ok(Some((n as usize, u16::from_be(from.sll_protocol))))
+        let len = n as usize;
+        let mut got = Received {
+            len,
+            original_len: len,
+            ethertype: u16::from_be(from.sll_protocol),
+            loopback: from.sll_hatype == libc::ARPHRD_LOOPBACK,
+            checksum_valid: false,
+            checksum_not_ready: false,
+        };
+        // SAFETY: `msg` was filled by recvmsg; CMSG_FIRSTHDR and CMSG_NXTHDR stay within
+        // `msg_controllen` bytes of the control buffer, which outlives the loop.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: `cmsg` is non-null and points inside the control buffer (above).
+            let header = unsafe { &*cmsg };
+            let wanted = size_of::<libc::tpacket_auxdata>();
+            if header.cmsg_level == libc::SOL_PACKET
+                && header.cmsg_type == libc::PACKET_AUXDATA
+                && header.cmsg_len as usize >= size_of::<libc::cmsghdr>() + wanted
+            {
+                // SAFETY: the kernel wrote a whole tpacket_auxdata after this header (length
+                // checked above); read_unaligned because the buffer gives no alignment promise.
+                let aux: libc::tpacket_auxdata =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::tpacket_auxdata>()) };
+                got.original_len = aux.tp_len as usize;
+                got.checksum_valid = aux.tp_status & libc::TP_STATUS_CSUM_VALID != 0;
+                got.checksum_not_ready = aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0;
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+        Ok(Some(got))
     }
 
     /// Reads and resets the kernel's counters for this socket.

@@ -26,6 +26,21 @@ pub fn checksum(data: &[u8]) -> u16 {
     finish(accumulate(0, data))
 }
 
+/// Whether a TCP or UDP `segment` (header and payload, as long as the IP header says)
+/// between `src` and `dst` carries a correct checksum, pseudo-header included (RFC 793,
+/// RFC 8200 section 8.1).
+pub fn transport_verifies(src: std::net::IpAddr, dst: std::net::IpAddr, protocol: u8, segment: &[u8]) -> bool {
+    use std::net::IpAddr;
+    let mut sum = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => accumulate(accumulate(0, &s.octets()), &d.octets()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => accumulate(accumulate(0, &s.octets()), &d.octets()),
+        _ => return false,
+    };
+    let Ok(len) = u32::try_from(segment.len()) else { return false };
+    sum += (len >> 16) + (len & 0xffff) + u32::from(protocol);
+    finish(accumulate(sum, segment)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,9 @@ pub enum Malformed {
     /// IPv4 header checksum does not verify; the kernel would drop the packet.
     #[error("IPv4 header checksum mismatch")]
     BadIpv4Checksum,
+    /// IPv4 total length larger than the frame that arrived: the kernel drops the packet.
+    #[error("IPv4 total length larger than the frame")]
+    Ipv4LongerThanFrame,
     /// Fewer bytes than the IPv6 fixed header needs.
     #[error("IPv6 header truncated")]
     TruncatedIpv6,
@@ -56,6 +59,16 @@ pub enum Malformed {
     /// A TCP option with a length below 2 or running past the header ended the walk.
     #[error("TCP option with a length below 2 or past the header")]
     BadTcpOption,
+    /// The TCP checksum (pseudo-header included) does not verify: the kernel drops it.
+    #[error("TCP checksum mismatch")]
+    BadTcpChecksum,
+    /// The ICMP checksum of an announcement does not verify: the kernel drops it.
+    #[error("ICMP checksum mismatch")]
+    BadIcmpChecksum,
+    /// A TCP segment longer than what was captured, whose checksum the kernel had not
+    /// verified: it cannot be checked, so it teaches nothing.
+    #[error("TCP checksum not verifiable (segment cut by the snap length)")]
+    UnverifiedChecksum,
     /// An ip_vs_ca announcement (identifier and magic match) that breaks another rule.
     #[error("ip_vs_ca announcement rejected: {0}")]
     BadAnnouncement(AnnounceDefect),
@@ -87,7 +100,7 @@ pub enum AnnounceDefect {
 
 impl Malformed {
     /// Every reason, in the order of [`Malformed::index`]; used to size per-reason counters.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 21;
 
     /// Every reason, in index order.
     pub const ALL: [Malformed; Malformed::COUNT] = {
@@ -100,11 +113,15 @@ impl Malformed {
             M::BadIpv4HeaderLength,
             M::BadIpv4TotalLength,
             M::BadIpv4Checksum,
+            M::Ipv4LongerThanFrame,
             M::TruncatedIpv6,
             M::BadIpv6Extension,
             M::TruncatedTcp,
             M::BadTcpDataOffset,
             M::BadTcpOption,
+            M::BadTcpChecksum,
+            M::BadIcmpChecksum,
+            M::UnverifiedChecksum,
             M::BadAnnouncement(D::Length),
             M::BadAnnouncement(D::Code),
             M::BadAnnouncement(D::Sequence),
@@ -123,17 +140,21 @@ impl Malformed {
             Malformed::BadIpv4HeaderLength => 3,
             Malformed::BadIpv4TotalLength => 4,
             Malformed::BadIpv4Checksum => 5,
-            Malformed::TruncatedIpv6 => 6,
-            Malformed::BadIpv6Extension => 7,
-            Malformed::TruncatedTcp => 8,
-            Malformed::BadTcpDataOffset => 9,
-            Malformed::BadTcpOption => 10,
-            Malformed::BadAnnouncement(AnnounceDefect::Length) => 11,
-            Malformed::BadAnnouncement(AnnounceDefect::Code) => 12,
-            Malformed::BadAnnouncement(AnnounceDefect::Sequence) => 13,
-            Malformed::BadAnnouncement(AnnounceDefect::Protocol) => 14,
-            Malformed::BadAnnouncement(AnnounceDefect::ToaKind) => 15,
-            Malformed::BadAnnouncement(AnnounceDefect::ToaLength) => 16,
+            Malformed::Ipv4LongerThanFrame => 6,
+            Malformed::TruncatedIpv6 => 7,
+            Malformed::BadIpv6Extension => 8,
+            Malformed::TruncatedTcp => 9,
+            Malformed::BadTcpDataOffset => 10,
+            Malformed::BadTcpOption => 11,
+            Malformed::BadTcpChecksum => 12,
+            Malformed::BadIcmpChecksum => 13,
+            Malformed::UnverifiedChecksum => 14,
+            Malformed::BadAnnouncement(AnnounceDefect::Length) => 15,
+            Malformed::BadAnnouncement(AnnounceDefect::Code) => 16,
+            Malformed::BadAnnouncement(AnnounceDefect::Sequence) => 17,
+            Malformed::BadAnnouncement(AnnounceDefect::Protocol) => 18,
+            Malformed::BadAnnouncement(AnnounceDefect::ToaKind) => 19,
+            Malformed::BadAnnouncement(AnnounceDefect::ToaLength) => 20,
         }
     }
 
@@ -146,11 +167,15 @@ impl Malformed {
             "bad_ipv4_header_length",
             "bad_ipv4_total_length",
             "bad_ipv4_checksum",
+            "ipv4_longer_than_frame",
             "truncated_ipv6",
             "bad_ipv6_extension",
             "truncated_tcp",
             "bad_tcp_data_offset",
             "bad_tcp_option",
+            "bad_tcp_checksum",
+            "bad_icmp_checksum",
+            "unverified_checksum",
             "announce_length",
             "announce_code",
             "announce_sequence",

@@ -31,11 +31,14 @@ pub struct CaptureCommand {
 
 /// Runs the subcommand.
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
-    cmd.capture.log_start();
-    let learner = Arc::new(cmd.capture.learner());
     let json = cmd.json;
+    let learner = Arc::new(match &cmd.read {
+        Some(_) => cmd.capture.file_learner()?,
+        None => cmd.capture.learner()?,
+    });
     let result = match &cmd.read {
         Some(path) => {
+            cmd.capture.log_start(&learner);
             let mut out = std::io::stdout().lock();
             let mut write_error = None;
             let replayed = capture::pcapfile::replay(path, &learner, |event| {
@@ -49,20 +52,21 @@ pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
                 None => replayed.map(drop).map_err(anyhow::Error::new),
             }
         }
-        None => run_live(&cmd.capture.ifaces, learner.clone(), json),
+        None => run_live(&cmd.capture, learner.clone(), json),
     };
     report::write_summary(&mut std::io::stderr().lock(), &learner).ok();
     result
 }
 
-fn run_live(ifaces: &[String], learner: Arc<Learner>, json: bool) -> anyhow::Result<()> {
+fn run_live(args: &CaptureArgs, learner: Arc<Learner>, json: bool) -> anyhow::Result<()> {
     // Block the stop signals before any thread starts, so only the waiting thread takes them.
     let mut stop_signals = SigSet::empty();
     stop_signals.add(Signal::SIGINT);
     stop_signals.add(Signal::SIGTERM);
     stop_signals.thread_block().context("blocking SIGINT and SIGTERM")?;
 
-    let capture = Arc::new(LiveCapture::open(ifaces, learner)?);
+    let capture = Arc::new(LiveCapture::open(&args.ifaces, learner)?);
+    args.log_start(capture.learner());
     let (events, printed) = std::sync::mpsc::channel();
     capture.set_event_sink(events);
     let printer = std::thread::Builder::new()

@@ -205,7 +205,7 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
         let supervision = Supervision {
             table,
             capture: None,
-            trust: Trust::default(),
+            trust: Trust::any(),
             io_uring: IoUring::Deny,
             options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
             control: ControlSocket::Off,

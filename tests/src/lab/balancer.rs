@@ -333,7 +333,7 @@ mod tests {
         let out = insert_toa(packet, &config(ToaOn::Syn)).unwrap();
         assert_eq!(out.len(), packet.len() + 8);
         assert_eq!(checksum::checksum(&out[..20]), 0, "IPv4 header checksum");
-        let got = capture::inspect::inspect_network(0x0800, &out, &Default::default()).unwrap();
+        let got = capture::inspect::inspect_network(0x0800, &out, &Default::default(), &Default::default()).unwrap();
         assert!(
             matches!(got, capture::inspect::Observation::Toa { client: c, connection_request: true, .. } if c == client.into()),
             "{got:?}"
