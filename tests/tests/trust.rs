@@ -188,7 +188,7 @@ fn announcements_from_an_unprivileged_local_process_change_nothing() {
     assert!(counter(&stats, "capture.announcements_found") >= 2, "the capture read both: {stats}");
     assert!(counter(&stats, "capture.untrusted_local") >= 2, "both counted untrusted_local: {stats}");
     assert_eq!(counter(&stats, "supervisor.rewrites_tx"), 0, "{stats}");
-    assert_eq!(counter(&stats, "table.provisional_size"), 0, "nothing provisional either: {stats}");
+    assert_eq!(counter(&stats, "table.provisional"), 0, "nothing provisional either: {stats}");
     assert_eq!(puppet.mappings(rs), Vec::<Value>::new());
 }
 
@@ -213,7 +213,7 @@ fn a_toa_and_an_announcement_from_the_real_servers_own_address_teach_nothing() {
     assert_eq!(counter(&stats, "capture.untrusted_local"), 2, "{stats}");
     assert_eq!(counter(&stats, "capture.toa_found"), 1, "{stats}");
     assert_eq!(counter(&stats, "capture.announcements_found"), 1, "{stats}");
-    assert_eq!(counter(&stats, "table.provisional_size"), 0, "{stats}");
+    assert_eq!(counter(&stats, "table.provisional"), 0, "{stats}");
     assert_eq!(puppet.mappings(rs), Vec::<Value>::new());
 }
 
@@ -240,7 +240,7 @@ fn by_default_only_sources_in_the_connected_subnets_teach() {
     let stats = puppet.stats(rs);
     let untrusted = counter(&stats, "capture.untrusted");
     assert!(untrusted >= 2, "the TOA and the announcement: {stats}");
-    assert_eq!(counter(&stats, "table.provisional_size"), 0, "{stats}");
+    assert_eq!(counter(&stats, "table.provisional"), 0, "{stats}");
     assert_eq!(puppet.mappings(rs), Vec::<Value>::new());
 
     let (inside_tcp, inside_udp) = (SocketAddrV4::new(LB1, 40002), SocketAddrV4::new(LB1, 50002));
@@ -250,6 +250,7 @@ fn by_default_only_sources_in_the_connected_subnets_teach() {
     assert_eq!(received(&puppet, &speaker, inside_udp), udp_client.to_string(), "an announcement from it");
     let stats = puppet.stats(rs);
     assert_eq!(counter(&stats, "capture.untrusted"), untrusted, "nothing more untrusted: {stats}");
+    assert_eq!(counter(&stats, "table.confirmed"), 2, "the accept and the recvfrom confirmed: {stats}");
     let mappings = puppet.mappings(rs);
     assert_eq!(mappings.len(), 2, "{mappings:#?}");
     let tcp = mapping_of(&mappings, "tcp", inside_tcp, TCP_SERVICE).expect("the TCP flow is mapped");
@@ -320,17 +321,25 @@ fn a_forged_syn_with_toa_does_not_change_what_an_accepted_connection_shows() {
     let (lb, a, b) = (SocketAddrV4::new(LB1, 40001), client(31, 3131), client(32, 3232));
     connect(&speaker, lb, a, ToaOn::Syn);
     assert_eq!(accepted(&puppet), a.to_string());
-    let before = counter(&puppet.stats(rs), "capture.toa_found");
+    let before = puppet.stats(rs);
+    assert_eq!(counter(&before, "table.confirmed"), 1, "the accept confirmed A: {before}");
 
     speaker.inject(&syn_with_toa(&speaker, lb, b, 0x7000_0000)).unwrap();
-    let stats = puppet.wait_counter(rs, "capture.toa_found", before + 1, WAIT);
-    assert!(counter(&stats, "capture.toa_found") > before, "the capture read the forged TOA: {stats}");
+    let toa_found = counter(&before, "capture.toa_found");
+    let stats = puppet.wait_counter(rs, "capture.toa_found", toa_found + 1, WAIT);
+    assert!(counter(&stats, "capture.toa_found") > toa_found, "the capture read the forged TOA: {stats}");
+    // What it taught is provisional, beside the confirmed mapping (docs/trust.md).
+    let provisional = counter(&before, "table.provisional");
+    assert_eq!(counter(&stats, "table.provisional"), provisional + 1, "{stats}");
 
     let peers = puppet.command(rs, json!({"op": "peers"}), WAIT);
     assert_eq!(peers["peers"], json!([a.to_string()]), "getpeername on the accepted connection: {peers}");
     let mappings = puppet.mappings(rs);
     let mapping = mapping_of(&mappings, "tcp", lb, TCP_SERVICE).unwrap_or_else(|| panic!("no mapping: {mappings:#?}"));
     assert_eq!(mapping["client"], a.to_string(), "{mappings:#?}");
+    let stats = puppet.stats(rs);
+    assert_eq!(counter(&stats, "table.confirmed"), 1, "B was never confirmed: {stats}");
+    assert_eq!(counter(&stats, "table.provisional_size"), 1, "B waits, provisional: {stats}");
 }
 
 /// A SYN with a TOA whose TCP checksum is wrong (the kernel drops it) teaches nothing:
@@ -355,7 +364,7 @@ fn a_toa_with_a_bad_tcp_checksum_teaches_nothing() {
     assert_eq!(accepted(&puppet), bad_lb.to_string(), "the connection shows the balancer");
     let stats = puppet.wait_counter(rs, "malformed.bad_tcp_checksum", 1, WAIT);
     assert_eq!(counter(&stats, "malformed.bad_tcp_checksum"), 1, "{stats}");
-    assert_eq!(counter(&stats, "table.provisional_size"), 0, "{stats}");
+    assert_eq!(counter(&stats, "table.provisional"), 0, "{stats}");
     assert_eq!(puppet.mappings(rs), Vec::<Value>::new());
 
     // The control: the same SYN, checksum intact, from the next port.
@@ -388,7 +397,7 @@ fn an_announcement_with_a_bad_icmp_checksum_teaches_nothing() {
     assert_eq!(received(&puppet, &speaker, bad_lb), bad_lb.to_string(), "the datagram shows the balancer");
     let stats = puppet.wait_counter(rs, "malformed.bad_icmp_checksum", 1, WAIT);
     assert_eq!(counter(&stats, "malformed.bad_icmp_checksum"), 1, "{stats}");
-    assert_eq!(counter(&stats, "table.provisional_size"), 0, "{stats}");
+    assert_eq!(counter(&stats, "table.provisional"), 0, "{stats}");
     assert_eq!(puppet.mappings(rs), Vec::<Value>::new());
 
     // The control: the same announcement, checksum intact, for the next port.
