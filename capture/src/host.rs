@@ -18,8 +18,9 @@ use nix::net::if_::InterfaceFlags;
 pub struct HostAddrs {
     /// Every address of every interface of the network namespace.
     pub local: Vec<IpAddr>,
-    /// The subnets of the captured interfaces (loopback interfaces excluded).
-    pub connected: Vec<IpNet>,
+    /// The subnets of the captured interfaces (loopback interfaces excluded), each with the
+    /// index of its interface.
+    pub connected: Vec<(u32, IpNet)>,
 }
 
 impl HostAddrs {
@@ -35,8 +36,9 @@ impl HostAddrs {
                 continue;
             }
             let Some(mask) = ifa.netmask.as_ref().and_then(ip_of) else { continue };
+            let Ok(index) = nix::net::if_::if_nametoindex(ifa.interface_name.as_str()) else { continue };
             if let Ok(net) = ipnet::ip_mask_to_prefix(mask).and_then(|p| IpNet::new(ip, p)) {
-                let net = net.trunc();
+                let net = (index, net.trunc());
                 if !addrs.connected.contains(&net) {
                     addrs.connected.push(net);
                 }
@@ -95,10 +97,17 @@ impl HostView {
         self.addrs.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|a| a.is_local(ip))
     }
 
-    /// Whether `ip` is in a connected subnet and not an address of this host.
-    pub fn is_connected_peer(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is in a subnet connected to the interface `ifindex` (any captured
+    /// interface when 0: not known) and not an address of this host. A packet that arrives
+    /// on another interface than its source's subnet is not believed: it may be forged by a
+    /// host on that other interface (a packet socket reads packets before reverse-path
+    /// filtering would drop them).
+    pub fn is_connected_peer(&self, ip: IpAddr, ifindex: u32) -> bool {
+        let ip = ip.to_canonical();
         let guard = self.addrs.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().is_some_and(|a| !a.is_local(ip) && a.connected.iter().any(|n| n.contains(&ip.to_canonical())))
+        guard.as_ref().is_some_and(|a| {
+            !a.is_local(ip) && a.connected.iter().any(|&(i, n)| (ifindex == 0 || i == ifindex) && n.contains(&ip))
+        })
     }
 }
 
@@ -111,7 +120,7 @@ mod tests {
         let addrs = HostAddrs::read(&[]).expect("getifaddrs");
         // Every network namespace has lo; its 127.0.0.1 is local when lo is up, and lo's
         // subnet is never a connected subnet.
-        assert!(addrs.connected.iter().all(|n| !n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap())));
+        assert!(addrs.connected.iter().all(|(_, n)| !n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap())));
         for ip in &addrs.local {
             assert!(addrs.is_local(*ip));
         }

@@ -52,6 +52,8 @@ pub struct PacketMeta {
     pub checksum: KernelChecksum,
     /// It arrived on a loopback interface: sent by this host.
     pub loopback: bool,
+    /// The interface it arrived on (0: not known, as in a file).
+    pub ifindex: u32,
 }
 
 impl PacketMeta {
@@ -216,7 +218,7 @@ mod tests {
     use crate::wire::tcp::tests::header;
     use proptest::prelude::*;
 
-    const WHOLE: PacketMeta = PacketMeta { cut: 0, checksum: KernelChecksum::Unknown, loopback: false };
+    const WHOLE: PacketMeta = PacketMeta { cut: 0, checksum: KernelChecksum::Unknown, loopback: false, ifindex: 0 };
 
     /// An IPv4 packet around the TCP header `tcp`, both checksums correct (the addresses are
     /// those of `packet`: 10.1.0.5 to 10.1.0.9).

@@ -84,6 +84,7 @@ impl Default for LearnConfig {
 /// Applies captured packets to a table.
 #[derive(Debug)]
 pub struct Learner {
+    confirm_at_once: bool,
     kinds: SharedToaKinds,
     trust: Trust,
     table: Arc<MappingTable>,
@@ -95,12 +96,22 @@ impl Learner {
     /// A learner feeding `table`.
     pub fn new(config: LearnConfig, table: Arc<MappingTable>) -> Self {
         Learner {
+            confirm_at_once: false,
             kinds: SharedToaKinds::new(config.kinds),
             trust: config.trust,
             table,
             counters: CaptureCounters::default(),
             malformed_by_reason: Default::default(),
         }
+    }
+
+    /// A learner that serves no service (`ipvsca capture`): what it learns is confirmed at
+    /// once, so that it reports what the kernel module would have mapped, under the
+    /// module's rules (the first value kept, the timeouts). A supervisor's learner never
+    /// does this: there, only the service meeting a flow confirms it (`docs/trust.md`).
+    pub fn confirming_at_once(mut self) -> Self {
+        self.confirm_at_once = true;
+        self
     }
 
     /// The table this learner feeds.
@@ -158,7 +169,7 @@ impl Learner {
                     self.count_malformed(reason);
                 }
                 self.counters.connection_requests.inc();
-                if self.trust.verdict(key.lb.ip(), meta.loopback) == Verdict::Trusted {
+                if self.trust.verdict(key.lb.ip(), meta.loopback, meta.ifindex) == Verdict::Trusted {
                     self.table.connection_requested(&key);
                 }
                 return None;
@@ -173,7 +184,7 @@ impl Learner {
                 (key, client, Via::Icmp, Announced::NewFlow)
             }
         };
-        match self.trust.verdict(key.lb.ip(), meta.loopback) {
+        match self.trust.verdict(key.lb.ip(), meta.loopback, meta.ifindex) {
             Verdict::Trusted => {}
             Verdict::Local => {
                 self.counters.untrusted_local.inc();
@@ -189,7 +200,12 @@ impl Learner {
             return None;
         }
         match self.table.learn(key, client, via, announced, now) {
-            Learned::Provisional => Some(event(key, client, via)),
+            Learned::Provisional => {
+                if self.confirm_at_once {
+                    self.table.confirm_provisional(&key, now);
+                }
+                Some(event(key, client, via))
+            }
             Learned::Created | Learned::Replaced { .. } | Learned::Refreshed | Learned::Kept | Learned::Refused => None,
         }
     }

@@ -233,6 +233,7 @@ impl LiveCapture {
                                 KernelChecksum::Unknown
                             },
                             loopback: got.loopback,
+                            ifindex: got.ifindex,
                         };
                         let event = self.learner.observe_network(got.ethertype, &buf[..got.len], &meta, now);
                         if let (Some(event), Some(sink)) = (event, on_event.as_ref()) {

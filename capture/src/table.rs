@@ -206,6 +206,9 @@ struct Provisional {
     at: Millis,
     /// Tells this entry from an earlier one under the same key in the lifetime queue.
     generation: u64,
+    /// A connection request without TOA was seen since: the next in-flow TOA may name
+    /// another client (as for a mapping).
+    handshake_open: bool,
 }
 
 impl Provisional {
@@ -353,7 +356,7 @@ impl MappingTable {
         });
         let learned = match decided {
             Some(learned) => learned,
-            None => self.learn_provisional(&mut w, key, client, via, now),
+            None => self.learn_provisional(&mut w, key, client, via, announced, now),
         };
         let counter = match learned {
             Learned::Provisional => &self.counters.provisional,
@@ -370,13 +373,21 @@ impl MappingTable {
         key: FlowKey,
         client: SocketAddr,
         via: Via,
+        announced: Announced,
         now: Millis,
     ) -> Learned {
         let pk = (key.proto, key.lb, key.rs.port());
         if let Some(mut p) = self.provisional.get_mut(&pk) {
-            if p.rs_ip == key.rs.ip() && p.client == client && p.is_live(now) {
-                p.at = p.at.max(now);
-                return Learned::Refreshed;
+            if p.rs_ip == key.rs.ip() && p.is_live(now) {
+                if p.client == client {
+                    p.at = p.at.max(now);
+                    p.handshake_open = false;
+                    return Learned::Refreshed;
+                }
+                // Spec, "TCP: the TOA option": keep the first value on a connection.
+                if announced == Announced::InFlow && !p.handshake_open {
+                    return Learned::Kept;
+                }
             }
         }
         if !self.provisional.contains_key(&pk) && self.provisional.len() >= provisional_bound(self.max_entries()) {
@@ -384,7 +395,10 @@ impl MappingTable {
         }
         let generation = w.next_generation;
         w.next_generation += 1;
-        self.provisional.insert(pk, Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation });
+        self.provisional.insert(
+            pk,
+            Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation, handshake_open: false },
+        );
         w.provisional_order.push_back((pk, generation, now));
         // Stale queue items (entries confirmed or replaced since) are dropped as the queue
         // is read; this keeps the queue itself bounded when nothing expires for a while.
@@ -499,6 +513,20 @@ impl MappingTable {
         if let Some(m) = self.forward.get(key) {
             m.handshake_open.store(true, Ordering::Relaxed);
         }
+        if let Some(mut p) = self.provisional.get_mut(&(key.proto, key.lb, key.rs.port())) {
+            if p.rs_ip == key.rs.ip() {
+                p.handshake_open = true;
+            }
+        }
+    }
+
+    /// Confirms the live provisional entry of `key`, if any, as if the service had met the
+    /// flow on a new connection: for a learner that serves no service
+    /// (`Learner::confirming_at_once`).
+    pub fn confirm_provisional(&self, key: &FlowKey, now: Millis) -> Option<SocketAddr> {
+        let pk = (key.proto, key.lb, key.rs.port());
+        let p = self.provisional.get(&pk).map(|p| *p).filter(|p| p.rs_ip == key.rs.ip() && p.is_live(now))?;
+        self.confirm(pk, p, Seen::Datagram, now)
     }
 
     /// The mapping of `key` if it is live, without counting, refreshing or confirming

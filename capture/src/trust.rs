@@ -102,16 +102,17 @@ impl Trust {
         &self.host
     }
 
-    /// What the rules say of a packet from `source` that did (or did not) arrive on a
-    /// loopback interface.
-    pub fn verdict(&self, source: IpAddr, on_loopback: bool) -> Verdict {
+    /// What the rules say of a packet from `source` that arrived on the interface `ifindex`
+    /// (0: not known), a loopback one or not. `connected` admits a source only from the
+    /// interface its subnet is on.
+    pub fn verdict(&self, source: IpAddr, on_loopback: bool, ifindex: u32) -> Verdict {
         if on_loopback || self.host.is_local(source) {
             return Verdict::Local;
         }
         let source = source.to_canonical();
         if self.any
             || self.nets.iter().any(|n| n.contains(&source))
-            || (self.connected && self.host.is_connected_peer(source))
+            || (self.connected && self.host.is_connected_peer(source, ifindex))
         {
             Verdict::Trusted
         } else {
@@ -119,9 +120,9 @@ impl Trust {
         }
     }
 
-    /// Whether `source` may teach mappings (arriving on a non-loopback interface).
+    /// Whether `source` may teach mappings (arriving on some non-loopback interface).
     pub fn allows(&self, source: IpAddr) -> bool {
-        self.verdict(source, false) == Verdict::Trusted
+        self.verdict(source, false, 0) == Verdict::Trusted
     }
 
     /// Whether every source but this host is trusted (`--trust any`).
@@ -134,7 +135,7 @@ impl Trust {
     pub fn nets(&self) -> Vec<IpNet> {
         let mut nets = self.nets.clone();
         if self.connected {
-            for net in self.host.addrs().connected {
+            for (_, net) in self.host.addrs().connected {
                 if !nets.contains(&net) {
                     nets.push(net);
                 }
@@ -185,7 +186,7 @@ mod tests {
         assert!(!t.allows("10.1.1.5".parse().unwrap()));
         assert!(t.allows("2001:db8::5".parse().unwrap()));
         assert!(!t.allows("2001:db9::5".parse().unwrap()));
-        assert_eq!(t.verdict("10.1.0.5".parse().unwrap(), true), Verdict::Local, "loopback never teaches");
+        assert_eq!(t.verdict("10.1.0.5".parse().unwrap(), true, 0), Verdict::Local, "loopback never teaches");
     }
 
     #[test]
@@ -195,11 +196,11 @@ mod tests {
         let locals = host.addrs().local;
         let any = Trust::new(&[TrustRule::Any], host.clone()).unwrap();
         for ip in locals {
-            assert_eq!(any.verdict(ip, false), Verdict::Local, "{ip}");
+            assert_eq!(any.verdict(ip, false, 0), Verdict::Local, "{ip}");
         }
         // The default trusts no subnet of a loopback interface.
         let default = Trust::new(&[], host).unwrap();
         assert!(default.trusts_connected());
-        assert_eq!(default.verdict("127.0.0.2".parse().unwrap(), false), Verdict::Untrusted);
+        assert_eq!(default.verdict("127.0.0.2".parse().unwrap(), false, 0), Verdict::Untrusted);
     }
 }

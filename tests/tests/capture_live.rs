@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capture::clock::monotonic_millis;
+use capture::table::Seen;
 use capture::{FlowKey, LearnConfig, Learner, LiveCapture, MappingTable, Proto, report};
 use ipvsca_tests::corpus::{self, Case, Expected, LB1, RS};
 use ipvsca_tests::frames::{self, ACK, PSH, Segment};
@@ -29,12 +30,16 @@ struct Running {
 
 impl Running {
     /// Opens the capture in the real server's namespace and runs its loop on a thread.
+    /// What it learns is confirmed at once (as `ipvsca capture` does): tests of learning.
     fn start(topo: &LbRs, ifaces: &[String]) -> Running {
-        Running::open(topo, ifaces, true)
+        Running::open(topo, ifaces, true, true)
     }
 
-    fn open(topo: &LbRs, ifaces: &[String], thread: bool) -> Running {
-        let learner = Arc::new(Learner::new(LearnConfig::default(), Arc::new(MappingTable::default())));
+    /// `confirm_at_once` false: entries stay provisional until a lookup as the supervisor
+    /// makes it confirms them.
+    fn open(topo: &LbRs, ifaces: &[String], thread: bool, confirm_at_once: bool) -> Running {
+        let learner = Learner::new(LearnConfig::default(), Arc::new(MappingTable::default()));
+        let learner = Arc::new(if confirm_at_once { learner.confirming_at_once() } else { learner });
         let capture = Arc::new(topo.rs.run(|| LiveCapture::open(ifaces, learner)).expect("opening the capture"));
         let (sink, events) = std::sync::mpsc::channel();
         capture.set_event_sink(sink);
@@ -206,16 +211,19 @@ fn accept_and_look_up(
             Err(e) => panic!("accept: {e}"),
         };
         r.accepted += 1;
-        let key = FlowKey { proto: Proto::Tcp, lb: peer, rs: stream.local_addr().unwrap() };
+        // As the supervisor looks up an accepted connection: its provisional entry is
+        // confirmed by the lookup.
+        let (local, seen) = (stream.local_addr().unwrap(), Seen::Accepted(r.accepted as u64));
         let table = capture.learner().table();
-        let found = match table.client_of(&key, monotonic_millis()) {
+        let look_up = || table.client_for_local(Proto::Tcp, peer, local, seen, monotonic_millis());
+        let found = match look_up() {
             Some(c) => {
                 r.found_at_once += 1;
                 Some(c)
             }
             None => {
                 capture.drain();
-                let c = table.client_of(&key, monotonic_millis());
+                let c = look_up();
                 r.found_after_drain += usize::from(c.is_some());
                 c
             }
@@ -237,7 +245,7 @@ fn drain_finds_every_connection(toa_on: ToaOn, first_port: u16, capture_thread: 
     const CONNECTIONS: usize = 3000;
     let lb_hosts: Vec<Ipv4Addr> = (20..28).map(|h| Ipv4Addr::new(10, 1, 0, h)).collect();
     let topo = LbRs::new("drain", &lb_hosts).unwrap();
-    let running = Running::open(&topo, &[], capture_thread);
+    let running = Running::open(&topo, &[], capture_thread, false);
     let rs = SocketAddrV4::new(RS, 8080);
     let listener = topo.rs.run(|| listen(rs.into()));
     let flows = speaker::flows(CONNECTIONS, &lb_hosts, first_port, rs);

@@ -28,6 +28,8 @@ pub struct Received {
     pub ethertype: u16,
     /// It arrived on a loopback device (`ARPHRD_LOOPBACK`): this host sent it.
     pub loopback: bool,
+    /// The index of the interface it arrived on.
+    pub ifindex: u32,
     /// The kernel verified the transport checksum (`TP_STATUS_CSUM_VALID`).
     pub checksum_valid: bool,
     /// The transport checksum is not computed yet: the packet comes from a local stack
@@ -153,6 +155,7 @@ impl PacketSocket {
             original_len: len,
             ethertype: u16::from_be(from.sll_protocol),
             loopback: from.sll_hatype == libc::ARPHRD_LOOPBACK,
+            ifindex: u32::try_from(from.sll_ifindex).unwrap_or(0),
             checksum_valid: false,
             checksum_not_ready: false,
         };

@@ -32,10 +32,14 @@ pub struct CaptureCommand {
 /// Runs the subcommand.
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
     let json = cmd.json;
-    let learner = Arc::new(match &cmd.read {
-        Some(_) => cmd.capture.file_learner()?,
-        None => cmd.capture.learner()?,
-    });
+    // No service is served here: report what the module would have mapped.
+    let learner = Arc::new(
+        match &cmd.read {
+            Some(_) => cmd.capture.file_learner()?,
+            None => cmd.capture.learner()?,
+        }
+        .confirming_at_once(),
+    );
     let result = match &cmd.read {
         Some(path) => {
             cmd.capture.log_start(&learner);
