@@ -255,7 +255,8 @@ impl LiveCapture {
     }
 
     /// Runs the capture in the calling thread until [`LiveCapture::stop`]: drains what
-    /// arrives, sweeps idle mappings and collects the kernel's drop counts every second.
+    /// arrives, and every second runs the table's housekeeping (`MappingTable::housekeeping`) and
+    /// collects the kernel's drop counts.
     pub fn run(&self) -> Result<(), CaptureError> {
         let mut last_housekeeping = Instant::now();
         loop {

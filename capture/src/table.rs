@@ -395,10 +395,8 @@ impl MappingTable {
         }
         let generation = w.next_generation;
         w.next_generation += 1;
-        self.provisional.insert(
-            pk,
-            Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation, handshake_open: false },
-        );
+        self.provisional
+            .insert(pk, Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation, handshake_open: false });
         w.provisional_order.push_back((pk, generation, now));
         // Stale queue items (entries confirmed or replaced since) are dropped as the queue
         // is read; this keeps the queue itself bounded when nothing expires for a while.

@@ -148,7 +148,13 @@ fn debian_package_holds_both_binaries_the_unit_and_the_defaults_and_never_starts
     for binary in ["./usr/bin/ipvsca", "./usr/bin/ipvsca-run"] {
         assert_eq!(files.get(binary).map(String::as_str), Some("-rwxr-xr-x"), "{binary} in {files:#?}");
     }
-    for file in [&format!("./{UNIT}"), "./etc/default/ipvsca", "./usr/share/doc/ipvsca/README.md"] {
+    for file in [
+        &format!("./{UNIT}"),
+        "./etc/default/ipvsca",
+        "./usr/share/doc/ipvsca/README.md",
+        "./usr/share/doc/ipvsca/SECURITY.md",
+        "./usr/share/doc/ipvsca/trust.md",
+    ] {
         assert_eq!(files.get(file).map(String::as_str), Some("-rw-r--r--"), "{file} in {files:#?}");
     }
 

@@ -407,3 +407,46 @@ fn an_announcement_with_a_bad_icmp_checksum_teaches_nothing() {
     assert_eq!(mappings.len(), 1, "{mappings:#?}");
     assert!(mapping_of(&mappings, "udp", good_lb, UDP_SERVICE).is_some(), "{mappings:#?}");
 }
+
+/// A second interface on the real server (another network, 192.0.2.0/24), where a host
+/// forges a TOA and an announcement with a source inside the first interface's connected
+/// subnet. A packet socket reads it before reverse-path filtering could drop it: the
+/// default trust admits a connected subnet's sources only from the subnet's own interface,
+/// so it teaches nothing; the same from the balancer's side teaches.
+#[test]
+fn a_connected_subnets_source_is_believed_only_on_its_own_interface() {
+    if !netns::can_run("a_connected_subnets_source_is_believed_only_on_its_own_interface") {
+        return;
+    }
+    let topo = topology("iface", &[]);
+    let rs = &topo.rs;
+    let other = netns::Netns::new("iface-other").unwrap();
+    netns::veth(&other, "ot0", rs, "ext0").unwrap();
+    rs.ip(&["addr", "add", "192.0.2.9/24", "dev", "ext0"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let puppet = puppet(&topo, &dir, &[]);
+    let link = frames::Link { src_mac: other.mac("ot0").unwrap(), dst_mac: rs.mac("ext0").unwrap(), vlan: None };
+    let forger = other.run(|| Speaker::open("ot0", link, 254)).unwrap();
+    let speaker = balancer(&topo);
+
+    // From the other interface, claiming the balancer's address 10.1.0.5.
+    let (forged_tcp, forged_udp) = (SocketAddrV4::new(LB1, 40007), SocketAddrV4::new(LB1, 50007));
+    forger.inject(&syn_with_toa(&forger, forged_tcp, client(41, 4141), 1)).unwrap();
+    let a = Announcement {
+        proto: Proto::Udp,
+        lb_port: forged_udp.port(),
+        rs_port: UDP_SERVICE.port(),
+        client: client(42, 4242),
+    };
+    forger.announce(LB1, RS, &a).unwrap();
+    let stats = puppet.wait_counter(rs, "capture.untrusted", 2, WAIT);
+    assert_eq!(counter(&stats, "table.provisional"), 0, "{stats}");
+    // A datagram of the forged UDP flow from the balancer's side shows the balancer
+    // (nothing was learned; the forged SYN's own flow is left alone: the kernel answered it)...
+    assert_eq!(received(&puppet, &speaker, forged_udp), forged_udp.to_string());
+    // ... and a TOA arriving there teaches.
+    let honest = SocketAddrV4::new(LB1, 40008);
+    connect(&speaker, honest, client(44, 4444), ToaOn::Syn);
+    assert_eq!(accepted(&puppet), client(44, 4444).to_string());
+    assert_eq!(counter(&puppet.stats(rs), "capture.untrusted"), counter(&stats, "capture.untrusted"));
+}
