@@ -324,6 +324,11 @@ fn recvfrom_under_a_signal_storm_loses_no_datagram() {
     }
 }
 
+/// `connect` from the service's own port to a mapped client goes to the balancer: UDP (a
+/// server's per-client connected socket), non-blocking TCP (answered at once) and blocking
+/// TCP (answered by a worker). The same connect from an unbound socket goes where it was
+/// asked (docs/trust.md). The mappings are the operator's (`ipvsca map add`): confirmed from
+/// the start, as a lone SYN's never is.
 #[test]
 fn connect_to_a_mapped_client_goes_to_the_balancer() {
     let name = "connect_to_a_mapped_client_goes_to_the_balancer";
@@ -334,34 +339,44 @@ fn connect_to_a_mapped_client_goes_to_the_balancer() {
     let speaker = balancer(&topo);
     let tcp_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 90), 9000);
     let udp_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 91), 9001);
+    let dir = tempfile::tempdir().unwrap();
+    let (control, go) = (dir.path().join("ctl.sock"), dir.path().join("go"));
     let probe_bin = bins::path("ipvsca-probe");
-    // Non-blocking TCP (answered at once), UDP, then blocking TCP (answered by a worker).
     let script = format!(
-        "echo '{{\"ready\":true,\"pids\":[]}}'; sleep 1; {p} connect --to {t} --nonblocking; {p} connect --to {u} --udp; {p} connect --to {t}",
+        "echo '{{\"ready\":true,\"pids\":[]}}'; while [ ! -e {go} ]; do sleep 0.05; done; \
+         {p} connect --to {t} --nonblocking --bind 10.1.0.9:8080; {p} connect --to {u} --udp --bind 10.1.0.9:5353; \
+         {p} connect --to {t} --bind 10.1.0.9:8080; {p} connect --to {t} --nonblocking",
+        go = go.display(),
         p = probe_bin.display(),
         t = tcp_client,
         u = udp_client
     );
     let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
-    cmd.args(["--", "sh", "-c", &script]).env("RUST_LOG", "warn");
+    cmd.arg("--control").arg(&control).args(["--", "sh", "-c", &script]).env("RUST_LOG", "warn");
     let server = Service::start(cmd).unwrap();
     ready(&server);
-    // The capture is open before the service starts: announce a TCP flow by a TOA on a SYN
-    // (no listener is needed to map it) and a UDP flow by ICMP.
-    let syn =
-        ipvsca_tests::frames::Segment::new((LB1, 40001).into(), (RS, 8080).into(), ipvsca_tests::frames::SYN, 1, 0)
-            .options(&ipvsca_tests::frames::toa(254, tcp_client));
-    speaker.inject(&syn.frame(&topo.link)).unwrap();
-    speaker
-        .announce(LB1, RS, &Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 5353, client: udp_client })
-        .unwrap();
+    for (proto, lb, rs, client) in
+        [("tcp", "10.1.0.5:40001", "10.1.0.9:8080", tcp_client), ("udp", "10.1.0.5:50001", "10.1.0.9:5353", udp_client)]
+    {
+        let out = topo
+            .rs
+            .command(bins::path("ipvsca").to_str().unwrap())
+            .args(["map", "add", proto, lb, rs, &client.to_string(), "--control"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "map add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::write(&go, b"").unwrap();
     let frames = speaker.listen(Duration::from_secs(3), true).unwrap();
-    let lines = server.json_lines(3, WAIT);
-    assert_eq!(lines.len(), 3, "{lines:#?}\n{}", server.stderr_text());
+    let lines = server.json_lines(4, WAIT);
+    assert_eq!(lines.len(), 4, "{lines:#?}\n{}", server.stderr_text());
     assert_eq!(lines[0]["connect"]["errno"], libc::EINPROGRESS, "{}", lines[0]);
     assert_eq!(lines[1]["connect"]["ret"], 0, "{}", lines[1]);
     assert_eq!(s(&lines[1]["getpeername"]), udp_client.to_string(), "the connected peer shows as the client");
     assert_eq!(lines[2]["connect"]["errno"], libc::ECONNREFUSED, "the balancer refused it: {}", lines[2]);
+    // Unbound: not redirected; the real server has no route to the client.
+    assert_eq!(lines[3]["connect"]["errno"], libc::ENETUNREACH, "an unbound socket goes to the client: {}", lines[3]);
     let syns: Vec<String> = frames
         .iter()
         .filter_map(|f| {

@@ -114,12 +114,13 @@ fn local_of(fd: RawFd) -> Value {
     if r < 0 { Value::Null } else { show(&buf, len) }
 }
 
+/// A listener on `addr`, with SO_REUSEPORT so that the service may connect from its port.
 fn listener(addr: SocketAddr, backlog: i32) -> OwnedFd {
-    let l = TcpListener::bind(addr).expect("bind");
-    let fd = l.into_raw_fd();
+    let fd = service_socket(libc::SOCK_STREAM, addr);
     // SAFETY: listen on a descriptor we own.
-    unsafe { libc::listen(fd, backlog) };
-    // SAFETY: `fd` came from into_raw_fd and nothing else owns it.
+    let r = unsafe { libc::listen(fd, backlog) };
+    assert_eq!(r, 0, "listen on {addr}: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a fresh descriptor and nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -342,9 +343,46 @@ fn socket(kind: i32) -> RawFd {
     unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) }
 }
 
+/// A socket bound to `addr` beside the service's own (SO_REUSEADDR and SO_REUSEPORT, as a
+/// server that connects per-client sockets from its port does): what ipvsca redirects to
+/// the balancer. Sends from anywhere else are left alone (docs/trust.md).
+fn service_socket(kind: i32, addr: SocketAddr) -> RawFd {
+    let fd = socket(kind);
+    reuse(fd);
+    let a = sockaddr_bytes(addr);
+    // SAFETY: `a` is a live sockaddr of the length given.
+    let r = unsafe { libc::bind(fd, a.as_ptr().cast(), a.len() as u32) };
+    assert_eq!(r, 0, "binding beside the service on {addr}: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn reuse(fd: RawFd) {
+    for option in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+        // SAFETY: an int option value, live for the call.
+        unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&1 as *const libc::c_int).cast(), 4) };
+    }
+}
+
+/// Closes `fd` with a reset, leaving no TIME_WAIT behind: its address pair is free again.
+fn reset(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a live linger struct of the size given; then close of a descriptor we own.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as u32,
+        );
+        libc::close(fd);
+    }
+}
+
 fn connect(o: &Opts) {
     let to = sockaddr_bytes(o.addr("to"));
-    let fd = socket(if o.flag("udp") { libc::SOCK_DGRAM } else { libc::SOCK_STREAM });
+    let kind = if o.flag("udp") { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
+    let fd = if o.flag("bind") { service_socket(kind, o.addr("bind")) } else { socket(kind) };
     if o.flag("nonblocking") {
         calls::set_nonblocking(fd);
     }
@@ -355,8 +393,11 @@ fn connect(o: &Opts) {
 /// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
 /// (the test's balancer sends them once "ready" is printed).
 fn errors(o: &Opts) {
+    // The service's sockets, and beside them (same ports) the sockets it sends from.
     let tcp = listener(o.addr("tcp"), 16);
-    let udp = UdpSocket::bind(o.addr("udp")).expect("bind udp");
+    let udp_fd = service_socket(libc::SOCK_DGRAM, o.addr("udp"));
+    // SAFETY: a fresh descriptor nothing else owns.
+    let udp = unsafe { UdpSocket::from_raw_fd(udp_fd) };
     let (tcp_peer, udp_peer) = (o.addr("tcp-peer"), o.addr("udp-peer"));
     emit(json!({"ready": true, "pids": [std::process::id()]}));
     let mut results = serde_json::Map::new();
@@ -470,7 +511,12 @@ fn errors(o: &Opts) {
     let r = calls::recvfrom(9999, data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
     case("recvfrom_ebadf", outcome(r));
 
-    // tx to the peer the service saw (the client under ipvsca, the balancer natively).
+    // tx to the peer the service saw (the client under ipvsca, the balancer natively), from
+    // the service's ports. The accepted connections go first, reset, so that a connection
+    // from the service's port to the balancer's address is a new pair.
+    reset(conn);
+    reset(b.ret as RawFd);
+    let (tcp_at, udp_at) = (o.addr("tcp"), o.addr("udp"));
     let to = sockaddr_bytes(udp_peer);
     let s = calls::sendto(u, b"pong".as_ptr(), 4, 0, to.as_ptr(), 16);
     case("sendto_peer", outcome(s));
@@ -481,21 +527,23 @@ fn errors(o: &Opts) {
     let unix = [1u8, 0, b'/', b'x'];
     case("sendto_unix_address", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, unix.as_ptr(), 4)));
 
-    let shut = socket(libc::SOCK_DGRAM);
+    let shut = service_socket(libc::SOCK_DGRAM, udp_at);
     // SAFETY: shutdown on a descriptor the probe owns.
     unsafe { libc::shutdown(shut, libc::SHUT_WR) };
     case("sendto_after_shutdown", outcome(calls::sendto(shut, b"x".as_ptr(), 1, 0, to.as_ptr(), 16)));
 
-    let c = socket(libc::SOCK_DGRAM);
+    let c = service_socket(libc::SOCK_DGRAM, udp_at);
     case("connect_udp_peer", json!({"o": outcome(calls::connect(c, to.as_ptr(), 16)), "peer": peer_of(c)}));
     let tcp_to = sockaddr_bytes(tcp_peer);
-    let t = socket(libc::SOCK_STREAM);
+    let t = service_socket(libc::SOCK_STREAM, tcp_at);
     calls::set_nonblocking(t);
     case("connect_tcp_nonblocking_peer", outcome(calls::connect(t, tcp_to.as_ptr(), 16)));
-    case("connect_bad_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), BAD_POINTER, 16)));
-    case("connect_short_address", outcome(calls::connect(socket(libc::SOCK_DGRAM), to.as_ptr(), 8)));
+    reset(t);
+    let bad = service_socket(libc::SOCK_DGRAM, udp_at);
+    case("connect_bad_address", outcome(calls::connect(bad, BAD_POINTER, 16)));
+    case("connect_short_address", outcome(calls::connect(bad, to.as_ptr(), 8)));
     // A blocking Fast Open send: the balancer refuses the connection.
-    let tfo = socket(libc::SOCK_STREAM);
+    let tfo = service_socket(libc::SOCK_STREAM, tcp_at);
     case(
         "sendto_fastopen_blocking",
         outcome(calls::sendto(tfo, b"hello".as_ptr(), 5, libc::MSG_FASTOPEN, tcp_to.as_ptr(), 16)),
