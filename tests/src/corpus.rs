@@ -326,8 +326,20 @@ pub fn corpus(link: Link) -> Vec<Case> {
     let mut f = toa_frame(&b, false);
     f[14 + 2..14 + 4].copy_from_slice(&19u16.to_be_bytes());
     b.malformed("ipv4_total_length_below_header", "bad_ipv4_total_length", f, false);
+    // The IP header says 30 bytes: a 10-byte TCP header.
+    let mut f = toa_frame(&b, false);
+    f.truncate(14 + 20 + 10);
+    f[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes());
+    f[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let sum = capture::wire::checksum::checksum(&f[14..14 + 20]);
+    f[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    b.malformed("truncated_tcp_header", "truncated_tcp", f, false);
+    // The frame lost bytes the IP header still counts: the kernel drops it (ip_rcv).
     let f = toa_frame(&b, false);
-    b.malformed("truncated_tcp_header", "truncated_tcp", f[..14 + 20 + 10].to_vec(), false);
+    b.malformed("ipv4_longer_than_its_frame", "ipv4_longer_than_frame", f[..14 + 20 + 10].to_vec(), false);
+    let mut f = toa_frame(&b, false);
+    f[14 + 20 + 16] ^= 0x5a;
+    b.malformed("toa_with_a_bad_tcp_checksum", "bad_tcp_checksum", f, false);
     let mut f = toa_frame(&b, false);
     f[14 + 20 + 12] = 4 << 4;
     b.malformed("tcp_data_offset_below_5", "bad_tcp_data_offset", f, false);
