@@ -11,7 +11,7 @@ use crate::flow::{FlowKey, Proto};
 use crate::wire::checksum::{self, transport_verifies};
 use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP};
-use crate::wire::ipv6::Ipv6Packet;
+use crate::wire::ipv6::{HEADER_LEN as IPV6_HEADER_LEN, Ipv6Packet};
 use crate::wire::sll::{self, SllVersion};
 use crate::wire::tcp::TcpHeader;
 use crate::wire::toa::{ToaKinds, find_toa};
@@ -139,7 +139,7 @@ pub fn inspect_network(
             // ip_rcv drops a packet whose total length runs past what arrived.
             let whole = packet.len() + meta.cut >= usize::from(ip.total_len());
             if !whole {
-                return Err(Malformed::Ipv4LongerThanFrame);
+                return Err(Malformed::LongerThanFrame);
             }
             if !ip.is_first_fragment() {
                 return Ok(Observation::Nothing);
@@ -168,9 +168,15 @@ pub fn inspect_network(
         }
         ETHERTYPE_IPV6 => {
             let ip = Ipv6Packet::new_checked(packet)?;
+            // ip6_rcv_core drops a packet whose payload length runs past what arrived.
+            let sent = IPV6_HEADER_LEN + usize::from(ip.payload_len());
+            if packet.len() + meta.cut < sent {
+                return Err(Malformed::LongerThanFrame);
+            }
+            let complete = ip.payload_len() != 0 && packet.len() >= sent;
             let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
             match ip.upper_layer()? {
-                Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, meta.cut == 0, meta, kinds),
+                Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, complete, meta, kinds),
                 _ => Ok(Observation::Nothing),
             }
         }
@@ -283,9 +289,9 @@ mod tests {
         let p = toa_syn();
         // The frame lost its last 4 bytes on the wire (not to the snap length).
         let short = &p[..p.len() - 4];
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &WHOLE, &kinds), Err(Malformed::Ipv4LongerThanFrame));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &WHOLE, &kinds), Err(Malformed::LongerThanFrame));
         let vouched = PacketMeta::verified();
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &vouched, &kinds), Err(Malformed::Ipv4LongerThanFrame));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, short, &vouched, &kinds), Err(Malformed::LongerThanFrame));
     }
 
     #[test]

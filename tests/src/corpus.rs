@@ -336,7 +336,7 @@ pub fn corpus(link: Link) -> Vec<Case> {
     b.malformed("truncated_tcp_header", "truncated_tcp", f, false);
     // The frame lost bytes the IP header still counts: the kernel drops it (ip_rcv).
     let f = toa_frame(&b, false);
-    b.malformed("ipv4_longer_than_its_frame", "ipv4_longer_than_frame", f[..14 + 20 + 10].to_vec(), false);
+    b.malformed("ipv4_longer_than_its_frame", "longer_than_frame", f[..14 + 20 + 10].to_vec(), false);
     let mut f = toa_frame(&b, false);
     f[14 + 20 + 16] ^= 0x5a;
     b.malformed("toa_with_a_bad_tcp_checksum", "bad_tcp_checksum", f, false);

@@ -10,7 +10,8 @@ use std::net::Ipv6Addr;
 
 use super::{Malformed, be16};
 
-const HEADER_LEN: usize = 40;
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 40;
 /// The longest extension-header chain walked before the packet is called malformed.
 pub const MAX_EXTENSION_HEADERS: usize = 8;
 
@@ -42,6 +43,11 @@ impl<'a> Ipv6Packet<'a> {
         let payload_len = usize::from(be16(buf, 4));
         let end = if payload_len == 0 { buf.len() } else { (HEADER_LEN + payload_len).min(buf.len()) };
         Ok(Ipv6Packet { buf: &buf[..end] })
+    }
+
+    /// The payload length field (0 for a jumbogram), whatever was captured.
+    pub fn payload_len(&self) -> u16 {
+        be16(self.buf, 4)
     }
 
     /// Source address.

@@ -41,9 +41,10 @@ pub enum Malformed {
     /// IPv4 header checksum does not verify; the kernel would drop the packet.
     #[error("IPv4 header checksum mismatch")]
     BadIpv4Checksum,
-    /// IPv4 total length larger than the frame that arrived: the kernel drops the packet.
-    #[error("IPv4 total length larger than the frame")]
-    Ipv4LongerThanFrame,
+    /// IPv4 total length or IPv6 payload length larger than the frame that arrived: the
+    /// kernel drops the packet.
+    #[error("IP length larger than the frame")]
+    LongerThanFrame,
     /// Fewer bytes than the IPv6 fixed header needs.
     #[error("IPv6 header truncated")]
     TruncatedIpv6,
@@ -113,7 +114,7 @@ impl Malformed {
             M::BadIpv4HeaderLength,
             M::BadIpv4TotalLength,
             M::BadIpv4Checksum,
-            M::Ipv4LongerThanFrame,
+            M::LongerThanFrame,
             M::TruncatedIpv6,
             M::BadIpv6Extension,
             M::TruncatedTcp,
@@ -140,7 +141,7 @@ impl Malformed {
             Malformed::BadIpv4HeaderLength => 3,
             Malformed::BadIpv4TotalLength => 4,
             Malformed::BadIpv4Checksum => 5,
-            Malformed::Ipv4LongerThanFrame => 6,
+            Malformed::LongerThanFrame => 6,
             Malformed::TruncatedIpv6 => 7,
             Malformed::BadIpv6Extension => 8,
             Malformed::TruncatedTcp => 9,
@@ -167,7 +168,7 @@ impl Malformed {
             "bad_ipv4_header_length",
             "bad_ipv4_total_length",
             "bad_ipv4_checksum",
-            "ipv4_longer_than_frame",
+            "longer_than_frame",
             "truncated_ipv6",
             "bad_ipv6_extension",
             "truncated_tcp",
