@@ -8,6 +8,7 @@ pub mod calls;
 pub mod cbuild;
 pub mod container;
 pub mod corpus;
+pub mod flood;
 pub mod frames;
 pub mod gobuild;
 pub mod lab;
