@@ -34,7 +34,7 @@ pub struct StatsCommand {
     prometheus: bool,
 }
 
-/// The settings of ip_vs_ca's /proc/sys/net/ca.
+/// The settings of ip_vs_ca's /proc/sys/net/ca, and ipvsca's own.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Setting {
@@ -45,6 +45,11 @@ pub enum Setting {
     /// The TCP option kinds taken as TOA, separated by spaces or commas (default "200 254";
     /// the module had one).
     TcpoptAddr,
+    /// The most entries the mapping table holds, provisional ones included (of which at
+    /// most 1/16, and at most 65536); at least 16 (default 1000000, or --max-entries). A
+    /// bound below the table's size evicts at once: the oldest provisional entries, then
+    /// the least recently used learned mappings (never static ones).
+    MaxEntries,
 }
 
 impl Setting {
@@ -53,6 +58,7 @@ impl Setting {
             Setting::TcpTimeout => "tcp_timeout",
             Setting::UdpTimeout => "udp_timeout",
             Setting::TcpoptAddr => "tcpopt_addr",
+            Setting::MaxEntries => "max_entries",
         }
     }
 }
@@ -70,7 +76,9 @@ pub struct GetCommand {
 /// Change a setting of the running supervisor, live; prints the new value.
 ///
 /// Timeouts apply to existing mappings at once (an entry idle for longer than a new, shorter timeout is
-/// gone). Settings last until the supervisor stops; make them permanent with its flags.
+/// gone); so does max_entries (a table above the new bound is brought under it). Settings last
+/// until the supervisor stops; make them permanent with its flags (--tcp-timeout,
+/// --udp-timeout, --toa-kind, --max-entries).
 #[derive(Debug, clap::Args)]
 pub struct SetCommand {
     #[command(flatten)]
@@ -78,7 +86,8 @@ pub struct SetCommand {
     /// The setting.
     #[arg(value_enum)]
     name: Setting,
-    /// The new value (seconds, or option kinds such as "254" or "200 254").
+    /// The new value (seconds, option kinds such as "254" or "200 254", or a number of
+    /// entries).
     value: String,
 }
 
@@ -138,7 +147,10 @@ pub enum MapCommand {
     ///
     /// Connections from LB_ADDR to RS_ADDR show CLIENT_ADDR, and sends to CLIENT_ADDR from
     /// RS_ADDR go to LB_ADDR. A static mapping never expires and no announcement replaces
-    /// it; it replaces a learned one.
+    /// it; it replaces a learned one. Refused: an LB_ADDR no balancer can connect from, a
+    /// CLIENT_ADDR no client can have (multicast, broadcast, loopback, unspecified, port 0;
+    /// IPv4 as a.b.c.d:port, not ::ffff:a.b.c.d), and any new mapping when the table is full
+    /// of static mappings (see `ipvsca set max_entries`).
     Add {
         #[command(flatten)]
         flow: MapFlow,

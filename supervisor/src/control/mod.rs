@@ -53,8 +53,8 @@ pub fn wait_until_closed(stream: &mut UnixStream) {
 /// The longest request a server reads.
 pub const MAX_REQUEST: usize = 64 << 10;
 
-/// The settings of `ipvsca get|set`, named as ip_vs_ca's sysctls.
-pub const SETTINGS: [&str; 3] = ["tcp_timeout", "udp_timeout", "tcpopt_addr"];
+/// The settings of `ipvsca get|set`: ip_vs_ca's sysctls, then ipvsca's own.
+pub const SETTINGS: [&str; 4] = ["tcp_timeout", "udp_timeout", "tcpopt_addr", "max_entries"];
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

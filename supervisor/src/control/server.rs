@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capture::clock::monotonic_millis;
+use capture::flow::{can_be_balancer, can_be_client};
+use capture::table::Learned;
 use capture::wire::toa::ToaKinds;
 use capture::{FlowKey, LiveCapture, MappingTable, Proto};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
@@ -424,10 +426,28 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             for (what, a) in [("balancer", lb), ("real-server", rs), ("client", client)] {
                 check_address(what, a)?;
             }
+            if !can_be_balancer(lb) {
+                return Err(format!(
+                    "balancer address {lb} is {}: no balancer connects from one; give the balancer's local address, the peer the real server sees",
+                    not_unicast(lb)
+                ));
+            }
+            if !can_be_client(client) {
+                return Err(format!(
+                    "client address {client} is {}: no client connects from one; give the client's own address",
+                    not_unicast(client)
+                ));
+            }
             if lb.is_ipv4() != rs.is_ipv4() {
                 return Err("the balancer and real-server addresses must be of one family".into());
             }
             let learned = node.table.add_static(key, client, monotonic_millis());
+            if learned == Learned::Refused {
+                return Err(format!(
+                    "the table is full of static mappings (max_entries {}): nothing added; remove some with `ipvsca map del` or raise the bound with `ipvsca set max_entries N`",
+                    node.table.max_entries()
+                ));
+            }
             tracing::info!(%proto, %lb, %rs, %client, "static mapping added");
             Ok(json!(format!("{learned:?}").to_lowercase()))
         }
@@ -460,6 +480,17 @@ fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
     Ok(())
 }
 
+/// What makes `a` no host's unicast address, for a refusal (see [`can_be_balancer`]).
+fn not_unicast(a: SocketAddr) -> &'static str {
+    match a.ip().to_canonical() {
+        ip if ip.is_multicast() => "a multicast address",
+        ip if ip.is_loopback() => "a loopback address",
+        ip if ip.is_unspecified() => "the unspecified address",
+        std::net::IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        _ => "not a unicast address",
+    }
+}
+
 fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
     let proto = match proto {
         "tcp" => Proto::Tcp,
@@ -474,6 +505,7 @@ fn get(node: &Node, name: &str) -> Result<Value, String> {
     match name {
         "tcp_timeout" => Ok(json!(secs(Proto::Tcp))),
         "udp_timeout" => Ok(json!(secs(Proto::Udp))),
+        "max_entries" => Ok(json!(node.table.max_entries().to_string())),
         "tcpopt_addr" => {
             let kinds = match &node.capture {
                 Some(c) => c.learner().kinds(),
@@ -505,6 +537,12 @@ fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
             let kinds = parse_kinds(value)?;
             let capture = node.capture.as_ref().ok_or("this supervisor has no capture")?;
             capture.set_kinds(kinds).map_err(|e| e.to_string())
+        }
+        "max_entries" => {
+            let max = capture::cli::parse_max_entries(value).map_err(|e| format!("max_entries: {e}"))?;
+            // Evicts at once when the table holds more.
+            node.table.set_max_entries(max);
+            Ok(())
         }
         other => Err(unknown_setting(other)),
     }
@@ -565,6 +603,8 @@ pub fn stats(node: &Node) -> Value {
     let learner = node.capture.as_ref().map(|c| c.learner());
     let mut table = Map::new();
     table.insert("size".into(), json!(node.table.len()));
+    table.insert("provisional_size".into(), json!(node.table.provisional_len()));
+    table.insert("max_entries".into(), json!(node.table.max_entries()));
     if let Value::Object(counters) = section(t.pairs()) {
         table.extend(counters);
     }
@@ -630,6 +670,55 @@ mod tests {
             assert!(answer(&n, Request::Set { name: "tcp_timeout".into(), value: bad.into() }).is_err(), "{bad}");
         }
         assert!(answer(&n, Request::Get { name: "tcp_timeout_ms".into() }).unwrap_err().contains("tcpopt_addr"));
+    }
+
+    fn add(n: &Node, lb: &str, client: &str) -> Result<Value, String> {
+        let (lb, rs, client) = (lb.parse().unwrap(), "10.1.0.9:80".parse().unwrap(), client.parse().unwrap());
+        answer(n, Request::MapAdd { proto: "tcp".into(), lb, rs, client })
+    }
+
+    #[test]
+    fn map_add_refuses_addresses_no_balancer_or_client_can_have() {
+        let n = node();
+        for (lb, client, says) in [
+            ("224.0.0.1:40001", "198.51.100.7:9", "balancer address 224.0.0.1:40001 is a multicast address"),
+            ("255.255.255.255:40001", "198.51.100.7:9", "is the broadcast address"),
+            ("127.0.0.1:40001", "198.51.100.7:9", "is a loopback address"),
+            ("10.1.0.5:40001", "127.0.0.1:9", "client address 127.0.0.1:9 is a loopback address"),
+            ("10.1.0.5:40001", "255.255.255.255:9", "client address 255.255.255.255:9 is the broadcast address"),
+            ("10.1.0.5:40001", "[ff02::1]:9", "is a multicast address"),
+            ("10.1.0.5:40001", "[::ffff:198.51.100.7]:9", "give a real address"),
+            ("10.1.0.5:40001", "198.51.100.7:0", "give a real address"),
+        ] {
+            let refusal = add(&n, lb, client).unwrap_err();
+            assert!(refusal.contains(says), "{lb} {client}: {refusal}");
+        }
+        assert!(n.table.is_empty());
+        assert_eq!(add(&n, "10.1.0.5:40001", "[2001:db8::7]:9").unwrap(), json!("created"));
+    }
+
+    #[test]
+    fn max_entries_is_read_and_set_and_a_table_full_of_static_mappings_refuses_more() {
+        let n = node();
+        let get = |n: &Node| answer(n, Request::Get { name: "max_entries".into() });
+        assert_eq!(get(&n).unwrap(), json!(capture::table::DEFAULT_MAX_ENTRIES.to_string()));
+        let set = |n: &Node, v: &str| answer(n, Request::Set { name: "max_entries".into(), value: v.into() });
+        assert_eq!(set(&n, "16").unwrap(), json!("16"));
+        for bad in ["15", "0", "-1", "many", ""] {
+            let refusal = set(&n, bad).unwrap_err();
+            assert!(refusal.contains("at least 16"), "{bad}: {refusal}");
+        }
+        assert_eq!(get(&n).unwrap(), json!("16"));
+        // 16 entries, one of which may be provisional: room for 15 mappings.
+        for port in 1..=15 {
+            add(&n, &format!("10.1.0.5:{port}"), "198.51.100.7:9").unwrap();
+        }
+        let refusal = add(&n, "10.1.0.5:16", "198.51.100.7:9").unwrap_err();
+        assert!(refusal.contains("full of static mappings (max_entries 16)"), "{refusal}");
+        assert_eq!(n.table.stats().refused_full, 1);
+        let table = &stats(&n)["table"];
+        assert_eq!((table["size"].as_u64(), table["max_entries"].as_u64()), (Some(15), Some(16)), "{table}");
+        assert_eq!(table["provisional_size"].as_u64(), Some(0), "{table}");
     }
 
     #[test]
