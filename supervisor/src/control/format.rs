@@ -136,23 +136,24 @@ pub fn stats_prometheus(stats: &Value) -> String {
     out
 }
 
-/// The mappings as a table, one line each.
-pub fn mappings_text(mappings: &Value) -> String {
-    let mut out = format!("{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n", "PROTO", "LB", "RS", "CLIENT", "VIA", "IDLE_S");
-    for m in mappings.as_array().into_iter().flatten() {
-        let s = |k: &str| m[k].as_str().unwrap_or("?").to_owned();
-        let _ = writeln!(
-            out,
-            "{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}",
-            s("proto"),
-            s("lb"),
-            s("rs"),
-            s("client"),
-            s("via"),
-            m["idle_s"]
-        );
-    }
-    out
+/// The header line of the mappings table.
+pub fn mappings_header() -> String {
+    format!("{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n", "PROTO", "LB", "RS", "CLIENT", "VIA", "IDLE_S")
+}
+
+/// One mapping (an element of the `mappings` answer) as a line of the table under
+/// [`mappings_header`].
+pub fn mapping_line(m: &Value) -> String {
+    let s = |k: &str| m[k].as_str().unwrap_or("?");
+    format!(
+        "{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n",
+        s("proto"),
+        s("lb"),
+        s("rs"),
+        s("client"),
+        s("via"),
+        m["idle_s"]
+    )
 }
 
 #[cfg(test)]
