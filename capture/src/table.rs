@@ -1,11 +1,12 @@
 //! The mapping table: `(proto, lb ip:port, rs ip:port) -> client ip:port`, and its reverse
 //! `(proto, client ip:port, rs ip:port) -> lb ip:port` for the tx direction.
 //!
-//! Owns the replacement rules, the provisional stage, expiry and the bound. Lookups (the
-//! supervisor's hot path) take only shard read locks and refresh an atomic; every change to
-//! the table is serialised by one writer lock so the indexes never disagree. A lookup never
+//! Owns the replacement rules, the provisional stage, expiry and the bound; where and how
+//! the mappings are stored is `store.rs`'s. Lookups (the supervisor's hot path) take only
+//! shard read locks, one at a time, and refresh atomics; every change to the table is
+//! serialised by one writer lock, then made under the shard's write lock. A lookup never
 //! returns an entry that has outlived its timeout, whether or not the sweep has removed it
-//! yet.
+//! yet, and answers from one shard's consistent state, so never with another flow's client.
 //!
 //! What a packet teaches is provisional (`docs/trust.md`): a forged packet must not be able
 //! to create, replace or evict a mapping by itself. A provisional entry becomes a mapping
@@ -16,16 +17,27 @@
 //! Two secondary indexes serve sockets that do not know their full local address: a UDP
 //! socket bound to the wildcard address (rx: any real-server address with the socket's
 //! port) and a socket bound to the wildcard address that connects or sends (tx: any
-//! real-server address with the socket's port). Guards of two maps are never held at once.
+//! real-server address with the socket's port). Guards of two shards are never held at
+//! once.
+//!
+//! Expiry does not walk the table at once: each housekeeping tick sweeps a share of every
+//! shard from where the last one stopped, so that each mapping is visited about once every
+//! tenth of the shorter timeout; memory is returned as shards empty. Provisional entries
+//! (at most 65,536) keep a map of their own and leave in lifetime order.
+
+mod store;
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use smallvec::SmallVec;
+
+#[cfg(test)]
+use store::List;
+use store::{Entry, SHARDS, Store};
 
 use crate::clock::Millis;
 use crate::counter_set;
@@ -152,49 +164,6 @@ pub struct MappingInfo {
     pub last_used: Millis,
 }
 
-#[derive(Debug)]
-struct Mapping {
-    client: SocketAddr,
-    via: Via,
-    learned_at: Millis,
-    last_used: AtomicU64,
-    /// The socket (inode) that confirmed the mapping or was last accepted on it; 0 unknown.
-    owner: AtomicU64,
-    /// A connection request without TOA was seen since the last TOA: the next TOA on the
-    /// flow belongs to the new connection's handshake.
-    handshake_open: AtomicBool,
-}
-
-impl Mapping {
-    fn new(client: SocketAddr, via: Via, now: Millis, owner: u64) -> Self {
-        Mapping {
-            client,
-            via,
-            learned_at: now,
-            last_used: AtomicU64::new(now),
-            owner: AtomicU64::new(owner),
-            handshake_open: AtomicBool::new(false),
-        }
-    }
-
-    fn is_live(&self, now: Millis, timeout: Millis) -> bool {
-        self.via == Via::Static || now.saturating_sub(self.last_used.load(Ordering::Relaxed)) < timeout
-    }
-
-    fn touch(&self, now: Millis) {
-        self.last_used.fetch_max(now, Ordering::Relaxed);
-    }
-
-    fn info(&self) -> MappingInfo {
-        MappingInfo {
-            client: self.client,
-            via: self.via,
-            learned_at: self.learned_at,
-            last_used: self.last_used.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// What a packet taught, waiting for the service to meet the flow. One per balancer
 /// address and real-server port: the real-server address is kept beside the client.
 #[derive(Debug, Clone, Copy)]
@@ -221,8 +190,6 @@ impl Provisional {
     }
 }
 
-/// The flows mapped to one client: the tx index. Nearly always one, kept inline.
-type ClientKey = (Proto, SocketAddr);
 /// The real-server addresses a balancer address talks to on one port: the wildcard rx
 /// index, and the key of provisional entries.
 type LbPortKey = (Proto, SocketAddr, u16);
@@ -245,14 +212,19 @@ fn local_matches(local: SocketAddr, rs: SocketAddr) -> bool {
 /// The table shared by the capture (writer) and the supervisor (reader).
 #[derive(Debug)]
 pub struct MappingTable {
-    forward: DashMap<FlowKey, Mapping>,
+    store: Arc<Store>,
     provisional: DashMap<LbPortKey, Provisional>,
-    by_client: DashMap<ClientKey, SmallVec<[FlowKey; 1]>>,
-    by_lb_port: DashMap<LbPortKey, SmallVec<[IpAddr; 1]>>,
+    /// The tx index, as the tests count it.
+    #[cfg(test)]
+    by_client: IndexView,
+    /// The wildcard rx index, as the tests count it.
+    #[cfg(test)]
+    by_lb_port: IndexView,
     writer: Mutex<WriterState>,
     tcp_timeout_ms: AtomicU64,
     udp_timeout_ms: AtomicU64,
     max_entries: AtomicUsize,
+    /// When housekeeping last swept (part of) the mappings.
     last_sweep: AtomicU64,
     last_full_warning: AtomicU64,
     counters: TableCounters,
@@ -267,11 +239,14 @@ impl Default for MappingTable {
 impl MappingTable {
     /// An empty table with the given idle timeouts and the default bound.
     pub fn new(tcp_timeout: Duration, udp_timeout: Duration) -> Self {
+        let store = Arc::new(Store::new());
         MappingTable {
-            forward: DashMap::new(),
+            #[cfg(test)]
+            by_client: IndexView { store: store.clone(), list: List::Client },
+            #[cfg(test)]
+            by_lb_port: IndexView { store: store.clone(), list: List::LbPort },
+            store,
             provisional: DashMap::new(),
-            by_client: DashMap::new(),
-            by_lb_port: DashMap::new(),
             writer: Mutex::new(WriterState::default()),
             tcp_timeout_ms: AtomicU64::new(duration_millis(tcp_timeout)),
             udp_timeout_ms: AtomicU64::new(duration_millis(udp_timeout)),
@@ -325,8 +300,8 @@ impl MappingTable {
             }
         }
         let bound = self.mapping_bound();
-        if self.forward.len() > bound {
-            self.evict_least_recently_used(self.forward.len() - bound);
+        if self.store.len() > bound {
+            self.evict_least_recently_used(self.store.len() - bound);
         }
     }
 
@@ -341,20 +316,20 @@ impl MappingTable {
     pub fn learn(&self, key: FlowKey, client: SocketAddr, via: Via, announced: Announced, now: Millis) -> Learned {
         let timeout = self.timeout_ms(key.proto);
         let mut w = self.write();
-        let decided = self.forward.get(&key).filter(|m| m.is_live(now, timeout)).and_then(|m| {
-            if m.client == client {
+        let decided = self.store.with(&key, |m| {
+            if !m.is_live(now, timeout) {
+                None
+            } else if m.client() == client {
                 m.touch(now);
-                m.handshake_open.store(false, Ordering::Relaxed);
+                m.set_handshake_open(false);
                 Some(Learned::Refreshed)
-            } else if m.via == Via::Static
-                || (announced == Announced::InFlow && !m.handshake_open.load(Ordering::Relaxed))
-            {
+            } else if m.via() == Via::Static || (announced == Announced::InFlow && !m.handshake_open()) {
                 Some(Learned::Kept)
             } else {
                 None
             }
         });
-        let learned = match decided {
+        let learned = match decided.flatten() {
             Some(learned) => learned,
             None => self.learn_provisional(&mut w, key, client, via, announced, now),
         };
@@ -427,24 +402,20 @@ impl MappingTable {
     /// `key` had: it never expires, and announcements do not replace it.
     pub fn add_static(&self, key: FlowKey, client: SocketAddr, now: Millis) -> Learned {
         let _w = self.write();
-        if !self.forward.contains_key(&key) && !self.make_room(now) {
+        if self.store.with(&key, |_| ()).is_none() && !self.make_room(now) {
             self.counters.refused_full.inc();
             return Learned::Refused;
         }
-        let old = self.forward.insert(key, Mapping::new(client, Via::Static, now, 0));
-        let learned = match &old {
+        let learned = match self.store.put(&key, client, Via::Static, now, 0) {
             None => {
-                self.index_lb_port(&key);
                 self.counters.created.inc();
                 Learned::Created
             }
-            Some(m) => {
-                self.unindex_client(&key, m.client);
+            Some(old) => {
                 self.counters.replaced.inc();
-                Learned::Replaced { previous: m.client }
+                Learned::Replaced { previous: old.client }
             }
         };
-        self.index_client(&key, client);
         self.counters.static_added.inc();
         learned
     }
@@ -453,7 +424,7 @@ impl MappingTable {
     /// the bound is reached; false when only static mappings are left to evict.
     fn make_room(&self, now: Millis) -> bool {
         let bound = self.mapping_bound();
-        if self.forward.len() < bound {
+        if self.store.len() < bound {
             return true;
         }
         let warned = self.last_full_warning.load(Ordering::Relaxed);
@@ -464,28 +435,29 @@ impl MappingTable {
                 "the mapping table is full: evicting the least recently used mappings (raise with --max-entries or `ipvsca set max_entries`)"
             );
         }
-        let batch = (bound / 64).max(1) + self.forward.len() - bound;
+        let batch = (bound / 64).max(1) + self.store.len() - bound;
         self.evict_least_recently_used(batch);
-        self.forward.len() < bound
+        self.store.len() < bound
     }
 
-    /// Removes the `count` least recently used learned mappings, found in one pass.
+    /// Removes the `count` least recently used learned mappings, found in one pass (a shard
+    /// read at a time). Runs under the writer lock: nothing else removes meanwhile.
     fn evict_least_recently_used(&self, count: usize) {
         let mut oldest: BinaryHeap<(Millis, FlowKey)> = BinaryHeap::with_capacity(count + 1);
-        for e in self.forward.iter().filter(|e| e.value().via != Via::Static) {
-            let used = e.value().last_used.load(Ordering::Relaxed);
-            if oldest.len() < count {
-                oldest.push((used, *e.key()));
-            } else if oldest.peek().is_some_and(|&(newest, _)| used < newest) {
-                oldest.pop();
-                oldest.push((used, *e.key()));
+        for s in 0..SHARDS {
+            let shard = self.store.read(s);
+            for e in shard.entries().iter().filter(|e| e.via() != Via::Static) {
+                let used = e.last_used();
+                if oldest.len() < count {
+                    oldest.push((used, e.key()));
+                } else if oldest.peek().is_some_and(|&(newest, _)| used < newest) {
+                    oldest.pop();
+                    oldest.push((used, e.key()));
+                }
             }
         }
         for (used, key) in oldest {
-            let gone = self.forward.remove_if(&key, |_, m| m.last_used.load(Ordering::Relaxed) == used);
-            if let Some((key, m)) = gone {
-                self.unindex_client(&key, m.client);
-                self.unindex_lb_port(&key);
+            if self.store.remove_if(&key, |m| m.last_used() == used).is_some() {
                 self.counters.evicted.inc();
             }
         }
@@ -495,22 +467,17 @@ impl MappingTable {
     /// `client` (any client when `None`); returns it, or the mapping that stays.
     pub fn remove(&self, key: &FlowKey, client: Option<SocketAddr>) -> Result<MappingInfo, Option<MappingInfo>> {
         let _w = self.write();
-        let shows = |m: &Mapping| client.is_none_or(|c| c == m.client);
-        let Some((key, m)) = self.forward.remove_if(key, |_, m| shows(m)) else {
-            return Err(self.forward.get(key).map(|m| m.info()));
+        let Some(m) = self.store.remove_if(key, |m| client.is_none_or(|c| c == m.client())) else {
+            return Err(self.get(key));
         };
-        self.unindex_client(&key, m.client);
-        self.unindex_lb_port(&key);
         self.counters.deleted.inc();
-        Ok(m.info())
+        Ok(m)
     }
 
     /// Records a connection request without TOA on `key`: a TOA on its handshake ACK or
     /// first data may then stand for a new connection (a reused balancer port).
     pub fn connection_requested(&self, key: &FlowKey) {
-        if let Some(m) = self.forward.get(key) {
-            m.handshake_open.store(true, Ordering::Relaxed);
-        }
+        self.store.with(key, |m| m.set_handshake_open(true));
         if let Some(mut p) = self.provisional.get_mut(&(key.proto, key.lb, key.rs.port())) {
             if p.rs_ip == key.rs.ip() {
                 p.handshake_open = true;
@@ -531,7 +498,7 @@ impl MappingTable {
     /// anything.
     pub fn client_of(&self, key: &FlowKey, now: Millis) -> Option<SocketAddr> {
         let timeout = self.timeout_ms(key.proto);
-        self.forward.get(key).filter(|m| m.is_live(now, timeout)).map(|m| m.client)
+        self.store.with(key, |m| m.is_live(now, timeout).then(|| m.client())).flatten()
     }
 
     /// rx: the client behind `lb` as the service sees it on a socket whose local address is
@@ -549,53 +516,35 @@ impl MappingTable {
     ) -> Option<SocketAddr> {
         let pk = (proto, lb, local.port());
         let provisional = self.provisional.get(&pk).map(|p| *p).filter(|p| p.is_live(now) && p.serves(local));
-        let mapped = if local.ip().is_unspecified() {
-            let ips = self.by_lb_port.get(&pk).map(|ips| ips.clone()).unwrap_or_default();
-            self.most_recent(
-                ips.into_iter().map(|ip| FlowKey { proto, lb, rs: SocketAddr::new(ip, local.port()) }),
-                now,
-            )
-        } else {
-            let key = FlowKey { proto, lb, rs: local };
-            self.live(&key, now).then_some(key)
+        // The mapping answers unless the provisional entry is the flow's newest; both are
+        // judged under the shard's read lock, so the mapping cannot change in between.
+        let mapped = {
+            let timeout = self.timeout_ms(proto);
+            let shard = self.store.read_for(proto, lb);
+            let found = if local.ip().is_unspecified() {
+                let mut best: Option<&Entry> = None;
+                for m in shard.lb_port_list(proto, lb, local.port()).map(|i| shard.entry(i)) {
+                    if m.is_live(now, timeout) && best.is_none_or(|b| m.last_used() > b.last_used()) {
+                        best = Some(m);
+                    }
+                }
+                best
+            } else {
+                let key = FlowKey { proto, lb, rs: local };
+                shard.find(&key).map(|i| shard.entry(i)).filter(|m| m.is_live(now, timeout))
+            };
+            found.map(|m| match provisional {
+                Some(p) if !keeps_mapping(m, seen, &p) => None,
+                _ => Some(use_mapping(m, seen, now)),
+            })
         };
         let found = match (provisional, mapped) {
-            (Some(p), Some(key)) if !self.keeps_mapping(&key, seen, &p) => self.confirm(pk, p, seen, now),
-            (_, Some(key)) => self.use_mapping(&key, seen, now),
-            (Some(p), None) => self.confirm(pk, p, seen, now),
-            (None, None) => None,
+            (_, Some(Some(client))) => Some(client),
+            (Some(p), _) => self.confirm(pk, p, seen, now),
+            (None, _) => None,
         };
         self.count_lookup(found.is_some());
         found
-    }
-
-    fn live(&self, key: &FlowKey, now: Millis) -> bool {
-        let timeout = self.timeout_ms(key.proto);
-        self.forward.get(key).is_some_and(|m| m.is_live(now, timeout))
-    }
-
-    /// Whether the mapping of `key` answers `seen` rather than the provisional entry `p`.
-    fn keeps_mapping(&self, key: &FlowKey, seen: Seen, p: &Provisional) -> bool {
-        let Some(m) = self.forward.get(key) else { return false };
-        if m.via == Via::Static || (m.client == p.client && key.rs.ip() == p.rs_ip) {
-            return true;
-        }
-        match seen {
-            Seen::Accepted(_) | Seen::Datagram => false,
-            Seen::Socket(inode) => {
-                let owner = m.owner.load(Ordering::Relaxed);
-                owner == 0 || owner == inode
-            }
-        }
-    }
-
-    fn use_mapping(&self, key: &FlowKey, seen: Seen, now: Millis) -> Option<SocketAddr> {
-        let m = self.forward.get(key)?;
-        m.touch(now);
-        if let Seen::Accepted(inode) = seen {
-            m.owner.store(inode, Ordering::Relaxed);
-        }
-        Some(m.client)
     }
 
     /// Makes the provisional entry `p` (under `pk`) the flow's mapping, owned by the socket
@@ -603,38 +552,33 @@ impl MappingTable {
     /// table as it now is.
     fn confirm(&self, pk: LbPortKey, p: Provisional, seen: Seen, now: Millis) -> Option<SocketAddr> {
         let key = FlowKey { proto: pk.0, lb: pk.1, rs: SocketAddr::new(p.rs_ip, pk.2) };
+        let timeout = self.timeout_ms(key.proto);
         let w = self.write();
         let still_there = self.provisional.remove_if(&pk, |_, q| q.generation == p.generation).is_some();
-        let is_static = self.forward.get(&key).is_some_and(|m| m.via == Via::Static);
+        let is_static = self.store.with(&key, |m| m.via() == Via::Static).unwrap_or(false);
         if !still_there || is_static {
             drop(w);
-            return if self.live(&key, now) { self.use_mapping(&key, seen, now) } else { None };
+            let live = |m: &Entry| m.is_live(now, timeout).then(|| use_mapping(m, seen, now));
+            return self.store.with(&key, live).flatten();
         }
         let owner = match seen {
             Seen::Accepted(inode) | Seen::Socket(inode) => inode,
             Seen::Datagram => 0,
         };
-        if !self.forward.contains_key(&key) && !self.make_room(now) {
+        if self.store.with(&key, |_| ()).is_none() && !self.make_room(now) {
             self.counters.refused_full.inc();
             return None;
         }
-        let timeout = self.timeout_ms(key.proto);
-        match self.forward.insert(key, Mapping::new(p.client, p.via, now, owner)) {
-            None => {
-                self.index_lb_port(&key);
+        match self.store.put(&key, p.client, p.via, now, owner) {
+            None => self.counters.created.inc(),
+            Some(old) if old.via == Via::Static || now.saturating_sub(old.last_used) < timeout => {
+                self.counters.replaced.inc()
+            }
+            Some(_) => {
+                self.counters.expired.inc();
                 self.counters.created.inc();
             }
-            Some(old) => {
-                self.unindex_client(&key, old.client);
-                if old.is_live(now, timeout) {
-                    self.counters.replaced.inc();
-                } else {
-                    self.counters.expired.inc();
-                    self.counters.created.inc();
-                }
-            }
         }
-        self.index_client(&key, p.client);
         self.counters.confirmed.inc();
         Some(p.client)
     }
@@ -642,58 +586,35 @@ impl MappingTable {
     /// tx: the balancer address to send to instead of `client`, from a socket whose local
     /// address is `local` (IP possibly unspecified). Only mappings confirmed by the service
     /// count, and only from the real-server side of the flow (see `local_matches`).
+    ///
+    /// A client's flows may lie in any shard: each is read in turn, one lock at a time,
+    /// and the mapping used last is refreshed if it is still the client's.
     pub fn lb_for_local(&self, proto: Proto, client: SocketAddr, local: SocketAddr, now: Millis) -> Option<SocketAddr> {
-        let keys = self.by_client.get(&(proto, client)).map(|keys| keys.clone()).unwrap_or_default();
-        let keys = keys.into_iter().filter(|k| local_matches(local, k.rs));
-        let found = self.most_recent(keys, now).and_then(|key| {
-            let m = self.forward.get(&key).filter(|m| m.client == client)?;
-            m.touch(now);
-            Some(key.lb)
-        });
-        self.count_lookup(found.is_some());
-        found
-    }
-
-    /// Among `keys`, the live mapping used last.
-    fn most_recent(&self, keys: impl Iterator<Item = FlowKey>, now: Millis) -> Option<FlowKey> {
+        let timeout = self.timeout_ms(proto);
         let mut best: Option<(Millis, FlowKey)> = None;
-        for key in keys {
-            let timeout = self.timeout_ms(key.proto);
-            if let Some(m) = self.forward.get(&key).filter(|m| m.is_live(now, timeout)) {
-                let used = m.last_used.load(Ordering::Relaxed);
-                if best.is_none_or(|(b, _)| used > b) {
-                    best = Some((used, key));
+        let client_key = self.store.client_key(proto, client);
+        for s in 0..SHARDS {
+            let shard = self.store.read(s);
+            for m in shard.client_list(&client_key).map(|i| shard.entry(i)) {
+                if local_matches(local, m.rs()) && m.is_live(now, timeout) {
+                    let used = m.last_used();
+                    if best.is_none_or(|(b, _)| used > b) {
+                        best = Some((used, m.key()));
+                    }
                 }
             }
         }
-        best.map(|(_, key)| key)
-    }
-
-    fn index_client(&self, key: &FlowKey, client: SocketAddr) {
-        let mut keys = self.by_client.entry((key.proto, client)).or_default();
-        if !keys.contains(key) {
-            keys.push(*key);
-        }
-    }
-
-    fn unindex_client(&self, key: &FlowKey, client: SocketAddr) {
-        let ck = (key.proto, client);
-        if let Some(mut keys) = self.by_client.get_mut(&ck) {
-            keys.retain(|k| k != key);
-        }
-        self.by_client.remove_if(&ck, |_, keys| keys.is_empty());
-    }
-
-    fn index_lb_port(&self, key: &FlowKey) {
-        self.by_lb_port.entry((key.proto, key.lb, key.rs.port())).or_default().push(key.rs.ip());
-    }
-
-    fn unindex_lb_port(&self, key: &FlowKey) {
-        let lk = (key.proto, key.lb, key.rs.port());
-        if let Some(mut ips) = self.by_lb_port.get_mut(&lk) {
-            ips.retain(|ip| *ip != key.rs.ip());
-        }
-        self.by_lb_port.remove_if(&lk, |_, ips| ips.is_empty());
+        let found = best.and_then(|(_, key)| {
+            let still = |m: &Entry| {
+                (m.client() == client && m.is_live(now, timeout)).then(|| {
+                    m.touch(now);
+                    key.lb
+                })
+            };
+            self.store.with(&key, still).flatten()
+        });
+        self.count_lookup(found.is_some());
+        found
     }
 
     fn count_lookup(&self, hit: bool) {
@@ -702,7 +623,7 @@ impl MappingTable {
 
     /// The mapping of `key` as stored, live or not, without counting or refreshing it.
     pub fn get(&self, key: &FlowKey) -> Option<MappingInfo> {
-        self.forward.get(key).map(|m| m.info())
+        self.store.with(key, |m| m.info())
     }
 
     /// The provisional entry of `key`, if one is live at `now`.
@@ -718,7 +639,11 @@ impl MappingTable {
 
     /// Every stored mapping, live or not yet swept (provisional entries are not mappings).
     pub fn entries(&self) -> Vec<(FlowKey, MappingInfo)> {
-        self.forward.iter().map(|e| (*e.key(), e.value().info())).collect()
+        let mut all = Vec::with_capacity(self.len());
+        for s in 0..SHARDS {
+            all.extend(self.store.read(s).entries().iter().map(|m| (m.key(), m.info())));
+        }
+        all
     }
 
     /// The mappings live at `now` (static, or used within their timeout), as lookups see
@@ -736,42 +661,31 @@ impl MappingTable {
     /// time, until it returns false: what `ipvsca mappings` streams. Writers of the shard
     /// being read wait, so `visit` must not block for long.
     pub fn visit_live(&self, now: Millis, mut visit: impl FnMut(&FlowKey, MappingInfo) -> bool) {
-        for e in self.forward.iter() {
-            if e.value().is_live(now, self.timeout_ms(e.key().proto)) && !visit(e.key(), e.value().info()) {
-                return;
+        for s in 0..SHARDS {
+            let shard = self.store.read(s);
+            for m in shard.entries() {
+                if m.is_live(now, self.timeout_ms(m.proto())) && !visit(&m.key(), m.info()) {
+                    return;
+                }
             }
         }
+    }
+
+    /// Whether a mapping is past its timeout at `now`, with the timeouts read once.
+    fn stale_at(&self, now: Millis) -> impl Fn(&Entry) -> bool + use<> {
+        let (tcp, udp) = (self.timeout_ms(Proto::Tcp), self.timeout_ms(Proto::Udp));
+        move |m: &Entry| !m.is_live(now, if m.proto() == Proto::Tcp { tcp } else { udp })
     }
 
     /// Removes the mappings idle for longer than their timeout and the provisional entries
     /// past their lifetime; returns how many mappings went.
     ///
-    /// Lookups go on meanwhile: the stale keys are collected under shard read locks, then
-    /// removed one by one, each only if it is still stale.
+    /// Lookups go on meanwhile: each shard is swept a chunk of entries per write-lock hold.
     pub fn expire(&self, now: Millis) -> usize {
         self.expire_provisional(now);
         self.last_sweep.store(now, Ordering::Relaxed);
-        let tcp = self.timeout_ms(Proto::Tcp);
-        let udp = self.timeout_ms(Proto::Udp);
-        let timeout = |p: Proto| if p == Proto::Tcp { tcp } else { udp };
-        let stale: Vec<FlowKey> =
-            self.forward.iter().filter(|e| !e.value().is_live(now, timeout(e.key().proto))).map(|e| *e.key()).collect();
-        let mut removed = 0;
-        for key in stale {
-            let _w = self.write();
-            let gone = self.forward.remove_if(&key, |k, m| !m.is_live(now, timeout(k.proto)));
-            if let Some((key, m)) = gone {
-                self.unindex_client(&key, m.client);
-                self.unindex_lb_port(&key);
-                removed += 1;
-            }
-        }
+        let removed = self.store.sweep_all(|| self.write(), self.stale_at(now));
         self.counters.expired.add(removed as u64);
-        if self.forward.len() * 4 < self.forward.capacity() && self.forward.capacity() > 1024 {
-            self.forward.shrink_to_fit();
-            self.by_client.shrink_to_fit();
-            self.by_lb_port.shrink_to_fit();
-        }
         removed
     }
 
@@ -801,20 +715,30 @@ impl MappingTable {
     }
 
     /// The periodic upkeep of a live capture, run about every second: provisional entries
-    /// expire at once; mappings are swept every tenth of the shorter timeout (1 s to 10 s),
-    /// since lookups never return a stale one anyway.
+    /// expire at once; mappings are swept incrementally, each shard from where the last
+    /// tick stopped, so that every mapping is visited about once every tenth of the shorter
+    /// timeout (1 s to 10 s) without a tick walking the whole table. Lookups never return a
+    /// stale mapping anyway.
     pub fn housekeeping(&self, now: Millis) {
+        self.expire_provisional(now);
         let every = (self.timeout_ms(Proto::Tcp).min(self.timeout_ms(Proto::Udp)) / 10).clamp(1_000, 10_000);
-        if now.saturating_sub(self.last_sweep.load(Ordering::Relaxed)) >= every {
-            self.expire(now);
-        } else {
-            self.expire_provisional(now);
+        // The first tick counts as one second's: the time since the clock's origin says
+        // nothing of how long the table went unswept.
+        let last = self.last_sweep.swap(now, Ordering::Relaxed);
+        let elapsed = if last == 0 { 1_000 } else { now.saturating_sub(last) }.min(every);
+        let stale = self.stale_at(now);
+        let mut removed = 0;
+        for s in 0..SHARDS {
+            // This tick's share of the shard, rounded up so that a small shard is swept too.
+            let share = (self.store.shard_len(s) as u64 * elapsed).div_ceil(every);
+            removed += self.store.sweep(s, None, share as usize, || self.write(), &stale);
         }
+        self.counters.expired.add(removed as u64);
     }
 
     /// Number of stored mappings (live or not yet swept), provisional entries not counted.
     pub fn len(&self) -> usize {
-        self.forward.len()
+        self.store.len()
     }
 
     /// Number of provisional entries stored.
@@ -824,7 +748,7 @@ impl MappingTable {
 
     /// True when no mapping is stored.
     pub fn is_empty(&self) -> bool {
-        self.forward.is_empty()
+        self.store.len() == 0
     }
 
     /// The table's counters.
@@ -833,9 +757,67 @@ impl MappingTable {
     }
 }
 
+/// Whether mapping `m` answers `seen` rather than the provisional entry `p`.
+fn keeps_mapping(m: &Entry, seen: Seen, p: &Provisional) -> bool {
+    if m.via() == Via::Static || (m.client() == p.client && m.rs().ip() == p.rs_ip) {
+        return true;
+    }
+    match seen {
+        Seen::Accepted(_) | Seen::Datagram => false,
+        Seen::Socket(inode) => {
+            let owner = m.owner();
+            owner == 0 || owner == inode
+        }
+    }
+}
+
+/// Answers a lookup from mapping `m`: refreshes it, and an accepted socket owns it.
+fn use_mapping(m: &Entry, seen: Seen, now: Millis) -> SocketAddr {
+    m.touch(now);
+    if let Seen::Accepted(inode) = seen {
+        m.set_owner(inode);
+    }
+    m.client()
+}
+
 fn duration_millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// An index of the store seen as the former maps were: one row of flows per list.
+#[cfg(test)]
+#[derive(Debug)]
+struct IndexView {
+    store: Arc<Store>,
+    list: List,
+}
+
+#[cfg(test)]
+impl IndexView {
+    fn len(&self) -> usize {
+        self.store.heads(self.list).len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = IndexRow> {
+        self.store.heads(self.list).into_iter().map(IndexRow)
+    }
+}
+
+/// One list of an [`IndexView`].
+#[cfg(test)]
+struct IndexRow(Vec<FlowKey>);
+
+#[cfg(test)]
+impl IndexRow {
+    fn value(&self) -> &Vec<FlowKey> {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

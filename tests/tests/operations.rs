@@ -482,3 +482,201 @@ fn a_control_connection_is_served_for_at_most_a_minute() {
     assert!(ipvsca(&ns, &sock, &["stats"]).status.success());
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// `ipvsca supervise` in `ns` with its control socket at `sock`, once it answers.
+fn supervise(ns: &Netns, sock: &Path) -> Service {
+    let mut cmd = ns.command(bins::path("ipvsca").to_str().unwrap());
+    cmd.args(["supervise", "--control", sock.to_str().unwrap()]).env("RUST_LOG", "warn");
+    let daemon = Service::start(cmd).unwrap();
+    eventually("the daemon answers", || ipvsca(ns, sock, &["stats"]).status.success());
+    daemon
+}
+
+/// The high-water mark of a process's resident memory, in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = status_lines(pid);
+    field(&status, "VmHWM:").trim_end_matches("kB").trim().parse().unwrap()
+}
+
+#[test]
+fn max_entries_is_a_live_setting_and_map_add_refuses_addresses_no_peer_can_have() {
+    if !netns::can_run("max_entries_is_a_live_setting_and_map_add_refuses_addresses_no_peer_can_have") {
+        return;
+    }
+    let ns = Netns::new("bounds").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("daemon.sock");
+    let daemon = supervise(&ns, &sock);
+
+    assert_eq!(ok(ipvsca(&ns, &sock, &["get", "max_entries"])).trim(), "1000000");
+    assert_eq!(ok(ipvsca(&ns, &sock, &["set", "max_entries", "20"])).trim(), "20");
+    assert_eq!(ok(ipvsca(&ns, &sock, &["get", "max_entries"])).trim(), "20");
+    let small = refused(ipvsca(&ns, &sock, &["set", "max_entries", "15"]));
+    assert!(small.contains("at least 16"), "{small}");
+    assert_eq!(ok(ipvsca(&ns, &sock, &["get", "max_entries"])).trim(), "20");
+    let table = &stats(&ns, &sock)["table"];
+    assert_eq!((n(&table["max_entries"]), n(&table["provisional_size"]), n(&table["size"])), (20, 0, 0), "{table}");
+    let help = ok(ns.command(bins::path("ipvsca").to_str().unwrap()).args(["set", "--help"]).output().unwrap());
+    assert!(help.contains("max_entries"), "{help}");
+
+    let rs = "10.1.0.9:8080";
+    for (lb, client, says) in [
+        ("224.0.0.5:40001", "198.51.100.7:5555", "is a multicast address"),
+        ("255.255.255.255:40001", "198.51.100.7:5555", "is the broadcast address"),
+        ("10.1.0.5:40001", "127.0.0.1:5555", "is a loopback address"),
+        ("10.1.0.5:40001", "255.255.255.255:5555", "is the broadcast address"),
+    ] {
+        let refusal = refused(ipvsca(&ns, &sock, &["map", "add", "tcp", lb, rs, client]));
+        assert!(refusal.contains(says) && (refusal.contains(lb) || refusal.contains(client)), "{refusal}");
+    }
+    assert_eq!(n(&stats(&ns, &sock)["table"]["size"]), 0, "a refused mapping was added");
+    ok(ipvsca(&ns, &sock, &["map", "add", "tcp", "10.1.0.5:40001", rs, "198.51.100.7:5555"]));
+
+    // A table full of static mappings refuses one more: an error, not a success.
+    ok(ipvsca(&ns, &sock, &["set", "max_entries", "16"]));
+    for port in 40002..40016 {
+        ok(ipvsca(&ns, &sock, &["map", "add", "tcp", &format!("10.1.0.5:{port}"), rs, "198.51.100.7:5555"]));
+    }
+    let full = refused(ipvsca(&ns, &sock, &["map", "add", "tcp", "10.1.0.5:40016", rs, "198.51.100.7:5555"]));
+    assert!(full.contains("full of static mappings"), "{full}");
+    let table = &stats(&ns, &sock)["table"];
+    assert_eq!((n(&table["size"]), n(&table["refused_full"])), (15, 1), "{table}");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn mappings_can_be_limited_and_filtered_by_address() {
+    if !netns::can_run("mappings_can_be_limited_and_filtered_by_address") {
+        return;
+    }
+    let ns = Netns::new("listing").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("daemon.sock");
+    let daemon = supervise(&ns, &sock);
+    let flows = [
+        ("10.1.0.5:40001", "198.51.100.1:1111"),
+        ("10.1.0.5:40002", "198.51.100.2:2222"),
+        ("10.1.0.6:40003", "203.0.113.3:3333"),
+    ];
+    for (lb, client) in flows {
+        ok(ipvsca(&ns, &sock, &["map", "add", "tcp", lb, "10.1.0.9:8080", client]));
+    }
+    let all = mappings(&ns, &sock);
+    assert_eq!(all.len(), 3, "{all:?}");
+
+    // --limit: 2 of the 3, as text (a header and two lines) and as JSON.
+    let text = ok(ipvsca(&ns, &sock, &["mappings", "--limit", "2"]));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].starts_with("PROTO"), "{text}");
+    assert_eq!(lines.iter().filter(|l| l.contains("static")).count(), 2, "{text}");
+    let two: Value = serde_json::from_str(&ok(ipvsca(&ns, &sock, &["mappings", "--json", "--limit", "2"]))).unwrap();
+    assert_eq!(two.as_array().unwrap().len(), 2, "{two}");
+
+    // --filter: a client address (with its port, or without) keeps its mapping only; a
+    // balancer IP keeps its two; the real server's address keeps all.
+    for filter in ["203.0.113.3:3333", "203.0.113.3"] {
+        let one: Value =
+            serde_json::from_str(&ok(ipvsca(&ns, &sock, &["mappings", "--json", "--filter", filter]))).unwrap();
+        let one = one.as_array().unwrap();
+        assert_eq!(one.len(), 1, "{filter}: {one:?}");
+        assert_eq!(
+            (one[0]["lb"].as_str(), one[0]["client"].as_str()),
+            (Some("10.1.0.6:40003"), Some("203.0.113.3:3333"))
+        );
+    }
+    let text = ok(ipvsca(&ns, &sock, &["mappings", "--filter", "198.51.100.2:2222"]));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("10.1.0.5:40002") && text.contains("198.51.100.2:2222"), "{text}");
+    let by_lb: Value =
+        serde_json::from_str(&ok(ipvsca(&ns, &sock, &["mappings", "--json", "--filter", "10.1.0.5"]))).unwrap();
+    assert_eq!(by_lb.as_array().unwrap().len(), 2, "{by_lb}");
+    let by_rs: Value =
+        serde_json::from_str(&ok(ipvsca(&ns, &sock, &["mappings", "--json", "--filter", "10.1.0.9:8080"]))).unwrap();
+    assert_eq!(by_rs.as_array().unwrap().len(), 3, "{by_rs}");
+    let none = ok(ipvsca(&ns, &sock, &["mappings", "--json", "--filter", "192.0.2.1"]));
+    assert_eq!(none.trim(), "[]");
+    assert!(refused(ipvsca(&ns, &sock, &["mappings", "--filter", "nowhere"])).contains("give an IP address"));
+    // Old clients send no limit nor filter, and read one answer line.
+    let mut stream = UnixStream::connect(&sock).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"{\"op\":\"mappings\"}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["ok"].as_array().map(Vec::len), Some(3), "{line}");
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn mappings_are_streamed_without_growing_the_supervisor_and_a_stalled_reader_is_dropped() {
+    if !netns::can_run("mappings_are_streamed_without_growing_the_supervisor_and_a_stalled_reader_is_dropped") {
+        return;
+    }
+    const COUNT: u32 = 20_000;
+    let ns = Netns::new("stream").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("daemon.sock");
+    let daemon = supervise(&ns, &sock);
+
+    // 20,000 static mappings, pipelined on one connection: the answers are read while the
+    // requests are written.
+    let started = Instant::now();
+    let stream = UnixStream::connect(&sock).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let requests = std::thread::spawn(move || {
+        let mut batch = String::new();
+        for i in 0..COUNT {
+            let lb = format!("10.1.{}.{}:{}", i / 200, i % 200 + 1, 40000 + i % 1000);
+            let client = format!("198.51.100.{}:{}", i % 250 + 1, 1024 + i);
+            batch.push_str(&format!(
+                "{{\"op\":\"map_add\",\"proto\":\"tcp\",\"lb\":\"{lb}\",\"rs\":\"10.1.0.9:8080\",\"client\":\"{client}\"}}\n"
+            ));
+        }
+        writer.write_all(batch.as_bytes()).unwrap();
+    });
+    let mut answers = BufReader::new(&stream);
+    for i in 0..COUNT {
+        let mut line = String::new();
+        answers.read_line(&mut line).unwrap();
+        assert_eq!(line, "{\"ok\":\"created\"}\n", "answer {i}");
+    }
+    requests.join().unwrap();
+    drop(answers);
+    drop(stream);
+    eprintln!("{COUNT} mappings added in {:?}", started.elapsed());
+    assert_eq!(n(&stats(&ns, &sock)["table"]["size"]), u64::from(COUNT));
+
+    // Listing them all costs the supervisor no memory to speak of: it writes them as it
+    // reads the table. Built whole in memory (as before), the answer grew it by 54 MB here.
+    let before = peak_rss_kb(daemon.pid());
+    let listed = mappings(&ns, &sock);
+    let after = peak_rss_kb(daemon.pid());
+    assert_eq!(listed.len(), COUNT as usize);
+    let mut clients: Vec<&str> = listed.iter().map(|m| m["client"].as_str().unwrap()).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    assert_eq!(clients.len(), COUNT as usize, "a mapping listed twice");
+    eprintln!("peak RSS of the supervisor: {before} kB before the listing, {after} kB after");
+    assert!(after - before < 4096, "the listing grew the supervisor from {before} kB to {after} kB");
+    let text = ok(ipvsca(&ns, &sock, &["mappings"]));
+    assert_eq!(text.lines().count(), COUNT as usize + 1);
+
+    // A client that stops reading has its answer abandoned and its connection closed after
+    // about 2 s; the table is not held meanwhile for longer, and the daemon serves on.
+    let mut stalled = UnixStream::connect(&sock).unwrap();
+    stalled.set_read_timeout(Some(WAIT)).unwrap();
+    stalled.write_all(b"{\"op\":\"mappings\"}\n").unwrap();
+    let added = Instant::now();
+    ok(ipvsca(&ns, &sock, &["map", "add", "tcp", "10.9.0.1:40001", "10.1.0.9:8080", "192.0.2.1:1"]));
+    assert!(added.elapsed() < Duration::from_secs(4), "map add waited {:?}", added.elapsed());
+    std::thread::sleep(Duration::from_secs(4));
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut stalled, &mut got).unwrap();
+    assert!(got.starts_with(b"{\"ok\":["), "{:?}", String::from_utf8_lossy(&got[..got.len().min(100)]));
+    let sent = got.windows(8).filter(|w| w == b"\"proto\":").count();
+    assert!(!got.ends_with(b"]}\n") && sent < COUNT as usize, "the whole answer was written ({sent} mappings)");
+    assert_eq!(n(&stats(&ns, &sock)["table"]["size"]), u64::from(COUNT) + 1);
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+}

@@ -450,3 +450,29 @@ fn a_connected_subnets_source_is_believed_only_on_its_own_interface() {
     assert_eq!(accepted(&puppet), client(44, 4444).to_string());
     assert_eq!(counter(&puppet.stats(rs), "capture.untrusted"), counter(&stats, "capture.untrusted"));
 }
+
+/// An address the real server takes after ipvsca started is its own from then on: a TOA
+/// from it teaches nothing (netlink tells the capture before the next packet is judged),
+/// where the same TOA from the same source taught before the address was added.
+#[test]
+fn an_address_added_while_running_never_teaches() {
+    if !netns::can_run("an_address_added_while_running_never_teaches") {
+        return;
+    }
+    let topo = topology("added", &[]);
+    let rs = &topo.rs;
+    let dir = tempfile::tempdir().unwrap();
+    let puppet = puppet(&topo, &dir, &[]);
+    let speaker = balancer(&topo);
+    let newcomer = Ipv4Addr::new(10, 1, 0, 7);
+    let lb = SocketAddrV4::new(newcomer, 40001);
+    speaker.inject(&syn_with_toa(&speaker, lb, client(51, 5151), 1)).unwrap();
+    let before = puppet.wait_counter(rs, "table.provisional", 1, WAIT);
+    assert_eq!(counter(&before, "capture.untrusted_local"), 0, "{before}");
+
+    rs.ip(&["addr", "add", &format!("{newcomer}/24"), "dev", RS_DEV]).unwrap();
+    let lb = SocketAddrV4::new(newcomer, 40002);
+    speaker.inject(&syn_with_toa(&speaker, lb, client(52, 5252), 2)).unwrap();
+    let after = puppet.wait_counter(rs, "capture.untrusted_local", 1, WAIT);
+    assert_eq!(counter(&after, "table.provisional"), 1, "nothing more learned: {after}");
+}

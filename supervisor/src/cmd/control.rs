@@ -1,10 +1,11 @@
 //! The control subcommands: `ipvsca stats`, `get`, `set`, `mappings`, `map`, `version`.
 //! Each sends one request to a running supervisor's control socket and prints the answer.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use supervisor::control::{self, DEFAULT_SOCKET, Request, format};
+use supervisor::control::{self, Connection, DEFAULT_SOCKET, MappingFilter, Request, format};
 
 /// Where the supervisor is.
 #[derive(Debug, clap::Args)]
@@ -34,7 +35,7 @@ pub struct StatsCommand {
     prometheus: bool,
 }
 
-/// The settings of ip_vs_ca's /proc/sys/net/ca.
+/// The settings of ip_vs_ca's /proc/sys/net/ca, and ipvsca's own.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Setting {
@@ -45,6 +46,11 @@ pub enum Setting {
     /// The TCP option kinds taken as TOA, separated by spaces or commas (default "200 254";
     /// the module had one).
     TcpoptAddr,
+    /// The most entries the mapping table holds, provisional ones included (of which at
+    /// most 1/16, and at most 65536); at least 16 (default 1000000, or --max-entries). A
+    /// bound below the table's size evicts at once: the oldest provisional entries, then
+    /// the least recently used learned mappings (never static ones).
+    MaxEntries,
 }
 
 impl Setting {
@@ -53,6 +59,7 @@ impl Setting {
             Setting::TcpTimeout => "tcp_timeout",
             Setting::UdpTimeout => "udp_timeout",
             Setting::TcpoptAddr => "tcpopt_addr",
+            Setting::MaxEntries => "max_entries",
         }
     }
 }
@@ -70,7 +77,9 @@ pub struct GetCommand {
 /// Change a setting of the running supervisor, live; prints the new value.
 ///
 /// Timeouts apply to existing mappings at once (an entry idle for longer than a new, shorter timeout is
-/// gone). Settings last until the supervisor stops; make them permanent with its flags.
+/// gone); so does max_entries (a table above the new bound is brought under it). Settings last
+/// until the supervisor stops; make them permanent with its flags (--tcp-timeout,
+/// --udp-timeout, --toa-kind, --max-entries).
 #[derive(Debug, clap::Args)]
 pub struct SetCommand {
     #[command(flatten)]
@@ -78,14 +87,18 @@ pub struct SetCommand {
     /// The setting.
     #[arg(value_enum)]
     name: Setting,
-    /// The new value (seconds, or option kinds such as "254" or "200 254").
+    /// The new value (seconds, option kinds such as "254" or "200 254", or a number of
+    /// entries).
     value: String,
 }
 
 /// Print the live mappings.
 ///
-/// Protocol, balancer address, real-server address, client, how
-/// it was learned (toa, icmp, static) and seconds since last use.
+/// Protocol, balancer address, real-server address, client, how it was learned (toa, icmp,
+/// static) and seconds since last use; provisional entries (announced, not yet met by the
+/// service) are not mappings and are not listed. The order is unspecified: the supervisor
+/// writes the table as it reads it, without sorting or holding it, and this command prints
+/// each mapping as it arrives (pipe it to `sort` for an order).
 #[derive(Debug, clap::Args)]
 pub struct MappingsCommand {
     #[command(flatten)]
@@ -93,6 +106,13 @@ pub struct MappingsCommand {
     /// One JSON array of {"proto","lb","rs","client","via","age_s","idle_s"}.
     #[arg(long)]
     json: bool,
+    /// Print at most N mappings.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// Only the mappings whose balancer, real-server or client address is ADDR: an IP
+    /// address (any port) or ip:port ([v6]:port).
+    #[arg(long, value_name = "ADDR")]
+    filter: Option<MappingFilter>,
 }
 
 /// Protocol of a static mapping.
@@ -138,7 +158,10 @@ pub enum MapCommand {
     ///
     /// Connections from LB_ADDR to RS_ADDR show CLIENT_ADDR, and sends to CLIENT_ADDR from
     /// RS_ADDR go to LB_ADDR. A static mapping never expires and no announcement replaces
-    /// it; it replaces a learned one.
+    /// it; it replaces a learned one. Refused: an LB_ADDR no balancer can connect from, a
+    /// CLIENT_ADDR no client can have (multicast, broadcast, loopback, unspecified, port 0;
+    /// IPv4 as a.b.c.d:port, not ::ffff:a.b.c.d), and any new mapping when the table is full
+    /// of static mappings (see `ipvsca set max_entries`).
     Add {
         #[command(flatten)]
         flow: MapFlow,
@@ -202,15 +225,58 @@ pub fn set(cmd: SetCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ipvsca mappings`.
-pub fn mappings(cmd: MappingsCommand) -> anyhow::Result<()> {
-    let mappings = control::request(&cmd.target.control, &Request::Mappings)?;
-    if cmd.json {
-        println!("{mappings}");
-    } else {
-        print(&format::mappings_text(&mappings));
+/// Prints mappings as they arrive, as text or as one JSON array.
+struct MappingsPrinter<W: Write> {
+    out: W,
+    json: bool,
+    printed: u64,
+}
+
+impl<W: Write> MappingsPrinter<W> {
+    /// What comes before the first mapping: the array's opening, or the table's header.
+    fn begin(&mut self) -> std::io::Result<()> {
+        if self.json { self.out.write_all(b"[") } else { self.out.write_all(format::mappings_header().as_bytes()) }
     }
-    Ok(())
+
+    fn entry(&mut self, m: &serde_json::Value) -> std::io::Result<()> {
+        if self.printed == 0 {
+            self.begin()?;
+        } else if self.json {
+            self.out.write_all(b",")?;
+        }
+        self.printed += 1;
+        if self.json { write!(self.out, "{m}") } else { self.out.write_all(format::mapping_line(m).as_bytes()) }
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.printed == 0 {
+            self.begin()?;
+        }
+        if self.json {
+            self.out.write_all(b"]\n")?;
+        }
+        self.out.flush()
+    }
+}
+
+/// `ipvsca mappings`: prints each mapping as it arrives, never holding the whole table.
+pub fn mappings(cmd: MappingsCommand) -> anyhow::Result<()> {
+    let request = Request::Mappings { limit: cmd.limit, filter: cmd.filter.map(|f| f.to_string()) };
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printer = MappingsPrinter { out, json: cmd.json, printed: 0 };
+    let mut failed = None;
+    Connection::open(&cmd.target.control)?.request_each(&request, |m| match printer.entry(&m) {
+        Ok(()) => true,
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    match failed.map_or_else(|| printer.finish(), Err) {
+        // The reader went away (`ipvsca mappings | head`): it has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// `ipvsca map add|del`.

@@ -9,6 +9,13 @@ use serde_json::Value;
 /// Sections of the stats answer whose counters are gauges (a current level), not totals.
 const GAUGE_SECTIONS: [&str; 1] = ["services"];
 
+/// Members of the `table` section that are levels, with their metric name and help.
+const TABLE_GAUGES: [(&str, &str, &str); 3] = [
+    ("size", "ipvsca_table_entries", "Mappings stored"),
+    ("provisional_size", "ipvsca_table_provisional_entries", "Provisional entries stored"),
+    ("max_entries", "ipvsca_table_max_entries", "The bound on entries, provisional ones included"),
+];
+
 /// Counters of the `supervisor` section that count notifications of one call (i386's
 /// `socketcall` ones are counted there too, by the call they carry, and again on their own).
 const SYSCALLS: [&str; 6] = ["accept", "accept4", "getpeername", "recvfrom", "sendto", "connect"];
@@ -105,8 +112,8 @@ pub fn stats_prometheus(stats: &Value) -> String {
         );
     }
     for (name, value) in counters(&stats["table"]) {
-        if name == "size" {
-            metric("ipvsca_table_entries", "gauge", "Mappings stored", &[(String::new(), value)]);
+        if let Some((_, gauge, help)) = TABLE_GAUGES.iter().find(|(member, _, _)| *member == name) {
+            metric(gauge, "gauge", help, &[(String::new(), value)]);
         } else {
             metric(
                 &format!("ipvsca_table_{name}_total"),
@@ -129,23 +136,24 @@ pub fn stats_prometheus(stats: &Value) -> String {
     out
 }
 
-/// The mappings as a table, one line each.
-pub fn mappings_text(mappings: &Value) -> String {
-    let mut out = format!("{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n", "PROTO", "LB", "RS", "CLIENT", "VIA", "IDLE_S");
-    for m in mappings.as_array().into_iter().flatten() {
-        let s = |k: &str| m[k].as_str().unwrap_or("?").to_owned();
-        let _ = writeln!(
-            out,
-            "{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}",
-            s("proto"),
-            s("lb"),
-            s("rs"),
-            s("client"),
-            s("via"),
-            m["idle_s"]
-        );
-    }
-    out
+/// The header line of the mappings table.
+pub fn mappings_header() -> String {
+    format!("{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n", "PROTO", "LB", "RS", "CLIENT", "VIA", "IDLE_S")
+}
+
+/// One mapping (an element of the `mappings` answer) as a line of the table under
+/// [`mappings_header`].
+pub fn mapping_line(m: &Value) -> String {
+    let s = |k: &str| m[k].as_str().unwrap_or("?");
+    format!(
+        "{:<5} {:<47} {:<47} {:<47} {:<6} {:>6}\n",
+        s("proto"),
+        s("lb"),
+        s("rs"),
+        s("client"),
+        s("via"),
+        m["idle_s"]
+    )
 }
 
 #[cfg(test)]
@@ -160,7 +168,7 @@ mod tests {
             "supervisor": {"notifications": 9, "accept4": 5, "rewrites_rx": 5},
             "capture": {"packets": 11},
             "malformed": {"tcp_option_truncated": 1},
-            "table": {"size": 2, "created": 2},
+            "table": {"size": 2, "provisional_size": 1, "max_entries": 16, "created": 2},
             "services": {"services": 1, "processes": 3},
         })
     }
@@ -181,6 +189,8 @@ mod tests {
         assert!(text.contains("ipvsca_notifications_by_syscall_total{syscall=\"accept4\"} 5\n"));
         assert!(text.contains("ipvsca_supervisor_notifications_total 9\n"));
         assert!(text.contains("# TYPE ipvsca_table_entries gauge\nipvsca_table_entries 2\n"));
+        assert!(text.contains("# TYPE ipvsca_table_provisional_entries gauge\nipvsca_table_provisional_entries 1\n"));
+        assert!(text.contains("# TYPE ipvsca_table_max_entries gauge\nipvsca_table_max_entries 16\n"));
         assert!(text.contains("ipvsca_processes 3\n"));
         assert!(text.contains("ipvsca_capture_malformed_by_reason_total{reason=\"tcp_option_truncated\"} 1\n"));
         let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();

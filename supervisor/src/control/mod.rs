@@ -4,7 +4,9 @@
 //!
 //! A Unix stream socket (mode 0600; the peer must be root or the supervisor's own user).
 //! Requests are JSON objects, one a line, each answered by one line, `{"ok": VALUE}` or
-//! `{"error": "message"}`, in order; a connection carries as many as the client sends.
+//! `{"error": "message"}`, in order; a connection carries as many as the client sends. The
+//! answer to `mappings` is written as the table is read, piece by piece (still one line): a
+//! client reads its elements as they come ([`Connection::request_each`]).
 //! `attach`, alone on its connection, carries the service's seccomp listener
 //! (`SCM_RIGHTS`) and keeps the connection open for as long as the daemon serves the
 //! service: the launcher reads end-of-file when the daemon goes away.
@@ -14,12 +16,14 @@
 pub mod format;
 pub mod server;
 
+use std::fmt;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -53,8 +57,8 @@ pub fn wait_until_closed(stream: &mut UnixStream) {
 /// The longest request a server reads.
 pub const MAX_REQUEST: usize = 64 << 10;
 
-/// The settings of `ipvsca get|set`, named as ip_vs_ca's sysctls.
-pub const SETTINGS: [&str; 3] = ["tcp_timeout", "udp_timeout", "tcpopt_addr"];
+/// The settings of `ipvsca get|set`: ip_vs_ca's sysctls, then ipvsca's own.
+pub const SETTINGS: [&str; 4] = ["tcp_timeout", "udp_timeout", "tcpopt_addr", "max_entries"];
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,8 +80,17 @@ pub enum Request {
         /// As `ipvsca get` prints it.
         value: String,
     },
-    /// The live mappings.
-    Mappings,
+    /// The live mappings, in no particular order (the answer is streamed as the table is
+    /// read; it is never sorted nor held whole).
+    Mappings {
+        /// At most this many.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+        /// Only those whose balancer, real-server or client address matches: a
+        /// [`MappingFilter`] as text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filter: Option<String>,
+    },
     /// Adds a static mapping.
     MapAdd {
         /// `tcp` or `udp`.
@@ -152,7 +165,8 @@ pub enum ControlError {
     },
 }
 
-/// How long a client waits for a supervisor's answer.
+/// How long a client waits for the next bytes of an answer: an idle timeout, so that a
+/// long `mappings` answer that keeps coming is read to its end.
 pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open exchange with a supervisor.
@@ -206,6 +220,41 @@ impl Connection {
         }
     }
 
+    /// Sends `request`, whose answer is an array, and calls `each` with its elements as they
+    /// arrive, never holding the whole answer (`mappings`, a million entries or more). Stops
+    /// reading when `each` returns false; the connection, left in the middle of an answer,
+    /// is closed.
+    pub fn request_each(mut self, request: &Request, mut each: impl FnMut(Value) -> bool) -> Result<(), ControlError> {
+        let mut line = serde_json::to_vec(request).expect("requests serialise");
+        line.push(b'\n');
+        self.reader.get_mut().write_all(&line).map_err(self.io())?;
+        let mut stopped = false;
+        let answer = {
+            let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
+            de.deserialize_map(StreamedAnswer { each: &mut each, stopped: &mut stopped })
+        };
+        match answer {
+            _ if stopped => Ok(()),
+            Ok(Ok(())) => {
+                // The rest of the line: its end.
+                let mut rest = String::new();
+                self.reader.read_line(&mut rest).map_err(self.io())?;
+                if rest.trim().is_empty() {
+                    Ok(())
+                } else {
+                    Err(ControlError::Garbled { path: self.path.clone(), answer: rest.trim().to_owned() })
+                }
+            }
+            Ok(Err(refusal)) => Err(ControlError::Refused(refusal)),
+            Err(e) if e.is_io() => Err(self.io()(e.into())),
+            Err(e) if e.is_eof() => Err(self.io()(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the supervisor closed the connection before the end of its answer",
+            ))),
+            Err(e) => Err(ControlError::Garbled { path: self.path.clone(), answer: e.to_string() }),
+        }
+    }
+
     /// The stream, once a request was answered, without timeouts: `attach` keeps it open
     /// as a lifeline.
     pub fn into_stream(self) -> std::io::Result<UnixStream> {
@@ -219,6 +268,114 @@ impl Connection {
 /// One request on a fresh connection.
 pub fn request(path: &Path, request: &Request) -> Result<Value, ControlError> {
     Connection::open(path)?.request(request, None)
+}
+
+/// Reads an answer `{"ok": [...]}` element by element, or `{"error": "..."}` (as the
+/// refusal, `Ok(Err)`).
+struct StreamedAnswer<'a, F> {
+    each: &'a mut F,
+    stopped: &'a mut bool,
+}
+
+impl<'de, F: FnMut(Value) -> bool> Visitor<'de> for StreamedAnswer<'_, F> {
+    type Value = Result<(), String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"{"ok": [...]} or {"error": "..."}"#)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let key: String = map.next_key()?.ok_or_else(|| de::Error::custom("an empty answer"))?;
+        let answer = match key.as_str() {
+            "ok" => map.next_value_seed(Elements { each: self.each, stopped: self.stopped }).map(Ok)?,
+            "error" => Err(map.next_value::<String>()?),
+            other => return Err(de::Error::custom(format!("an answer with {other:?}"))),
+        };
+        if map.next_key::<IgnoredAny>()?.is_some() {
+            return Err(de::Error::custom("an answer with more than one member"));
+        }
+        Ok(answer)
+    }
+}
+
+/// The elements of the array of a [`StreamedAnswer`], each handed over as it is read.
+struct Elements<'a, F> {
+    each: &'a mut F,
+    stopped: &'a mut bool,
+}
+
+impl<'de, F: FnMut(Value) -> bool> DeserializeSeed<'de> for Elements<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(Value) -> bool> Visitor<'de> for Elements<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(element) = seq.next_element::<Value>()? {
+            if !(self.each)(element) {
+                // Not an error of the answer: `request_each` looks at `stopped` first.
+                *self.stopped = true;
+                return Err(de::Error::custom("stopped by the reader"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which mappings `ipvsca mappings --filter` keeps: those whose balancer, real-server or
+/// client address is this IP (any port), or this IP and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingFilter {
+    /// An IP address, any port.
+    Ip(IpAddr),
+    /// An IP address and port.
+    Addr(SocketAddr),
+}
+
+impl MappingFilter {
+    /// Whether `a` (a balancer, real-server or client address) matches.
+    pub fn matches(&self, a: SocketAddr) -> bool {
+        match *self {
+            MappingFilter::Ip(ip) => a.ip() == ip,
+            MappingFilter::Addr(addr) => a == addr,
+        }
+    }
+}
+
+impl std::str::FromStr for MappingFilter {
+    type Err = String;
+
+    /// `10.1.0.5`, `2001:db8::5` or `[2001:db8::5]`, `10.1.0.5:40001`, `[2001:db8::5]:443`.
+    /// IPv4-mapped IPv6 forms are taken as the IPv4 address, as the table stores it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(MappingFilter::Addr(SocketAddr::new(a.ip().to_canonical(), a.port())));
+        }
+        let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => Ok(MappingFilter::Ip(ip.to_canonical())),
+            Err(_) => Err(format!("filter {s:?}: give an IP address, or ip:port ([v6]:port)")),
+        }
+    }
+}
+
+impl fmt::Display for MappingFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MappingFilter::Ip(ip) => ip.fmt(f),
+            MappingFilter::Addr(a) => a.fmt(f),
+        }
+    }
 }
 
 /// Writes `value` as the answer line.
@@ -252,5 +409,87 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert_eq!(serde_json::to_string(&Request::Stats).unwrap(), r#"{"op":"stats"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_mappings_request_without_limit_or_filter_is_the_old_one() {
+        let plain = Request::Mappings { limit: None, filter: None };
+        assert_eq!(serde_json::to_string(&plain).unwrap(), r#"{"op":"mappings"}"#);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"op":"mappings"}"#).unwrap(), plain);
+        let narrowed = Request::Mappings { limit: Some(2), filter: Some("10.1.0.5".into()) };
+        let text = serde_json::to_string(&narrowed).unwrap();
+        assert_eq!(text, r#"{"op":"mappings","limit":2,"filter":"10.1.0.5"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), narrowed);
+    }
+
+    /// A connection whose other end is `server`, answering as the test writes.
+    fn connected() -> (Connection, UnixStream) {
+        let (client, server) = UnixStream::pair().unwrap();
+        client.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
+        (Connection { path: "test.sock".into(), reader: BufReader::new(client) }, server)
+    }
+
+    #[test]
+    fn a_streamed_answer_is_read_element_by_element() {
+        let (connection, mut server) = connected();
+        let writer = std::thread::spawn(move || {
+            let mut request = String::new();
+            BufReader::new(&server).read_line(&mut request).unwrap();
+            assert_eq!(request, "{\"op\":\"mappings\",\"limit\":3}\n");
+            for piece in ["{\"ok\":[", "{\"a\":1}", ",{\"a\":2}", ",{\"a\":3}", "]}\n"] {
+                server.write_all(piece.as_bytes()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let mut seen = Vec::new();
+        connection
+            .request_each(&Request::Mappings { limit: Some(3), filter: None }, |v| {
+                seen.push(v["a"].as_u64().unwrap());
+                true
+            })
+            .unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        writer.join().unwrap();
+
+        let (connection, mut server) = connected();
+        server.write_all(b"{\"error\":\"filter \\\"x\\\": give an IP address\"}\n").unwrap();
+        let refused = connection.request_each(&Request::Mappings { limit: None, filter: None }, |_| true);
+        assert!(matches!(refused, Err(ControlError::Refused(e)) if e.starts_with("filter \"x\"")));
+
+        // Stopped by the reader: no error.
+        let (connection, mut server) = connected();
+        server.write_all(b"{\"ok\":[1,2,3").unwrap();
+        let mut count = 0;
+        connection
+            .request_each(&Request::Mappings { limit: None, filter: None }, |_| {
+                count += 1;
+                count < 2
+            })
+            .unwrap();
+        assert_eq!(count, 2);
+
+        // Cut short by the server: an error.
+        let (connection, mut server) = connected();
+        server.write_all(b"{\"ok\":[1,2").unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let cut = connection.request_each(&Request::Mappings { limit: None, filter: None }, |_| true);
+        assert!(
+            matches!(&cut, Err(ControlError::Io { error, .. }) if error.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{cut:?}"
+        );
+    }
+
+    #[test]
+    fn filters_are_an_ip_or_an_ip_and_port() {
+        let a: SocketAddr = "10.1.0.5:40001".parse().unwrap();
+        let f = |s: &str| s.parse::<MappingFilter>().unwrap();
+        assert!(f("10.1.0.5").matches(a) && f("10.1.0.5:40001").matches(a) && f("::ffff:10.1.0.5").matches(a));
+        assert!(!f("10.1.0.5:40002").matches(a) && !f("10.1.0.6").matches(a));
+        let v6: SocketAddr = "[2001:db8::5]:443".parse().unwrap();
+        assert!(f("2001:db8::5").matches(v6) && f("[2001:db8::5]").matches(v6) && f("[2001:db8::5]:443").matches(v6));
+        for bad in ["", "10.1.0", "host:80", "10.1.0.5:99999"] {
+            assert!(bad.parse::<MappingFilter>().is_err(), "{bad}");
+        }
+        assert_eq!(f(" 10.1.0.5:1 ").to_string(), "10.1.0.5:1");
     }
 }

@@ -4,10 +4,11 @@
 //! One thread accepts; each connection gets a thread of its own (at most [`MAX_CONNECTIONS`] at
 //! once) that answers its requests in turn and closes it after [`READ_TIMEOUT`] without a
 //! complete one or once it has lasted [`CONNECTION_LIFETIME`], so a stuck or greedy client
-//! blocks nobody.
+//! blocks nobody. The answer to `mappings` is written as the table is read, through a small
+//! buffer, and abandoned when the client stops reading it ([`STALLED_READER`]).
 
 use std::collections::BTreeMap;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -17,13 +18,16 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use capture::clock::monotonic_millis;
+use capture::clock::{Millis, monotonic_millis};
+use capture::flow::{Via, can_be_balancer, can_be_client};
+use capture::table::{Learned, MappingInfo};
 use capture::wire::toa::ToaKinds;
 use capture::{FlowKey, LiveCapture, MappingTable, Proto};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{MAX_REQUEST, Request, trusted_user, write_answer};
+use super::{MAX_REQUEST, MappingFilter, Request, trusted_user, write_answer};
 use crate::procs;
 use crate::stats::SupervisorCounters;
 use crate::sys::unix;
@@ -38,6 +42,21 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// that long-lived clients cannot keep every slot of [`MAX_CONNECTIONS`] (and a launcher
 /// could not attach).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// How long a piece of a `mappings` answer may wait for the client to read: the table is
+/// read one shard at a time under its read lock while the answer is written, and the
+/// writers of that shard (learning, confirming, expiring) wait meanwhile. A client that
+/// reads nothing for this long has its answer abandoned and its connection closed.
+pub const STALLED_READER: Duration = Duration::from_secs(2);
+
+/// How much of a `mappings` answer is gathered before it is written: the only memory the
+/// answer costs, whatever the table's size.
+const ANSWER_CHUNK: usize = 32 << 10;
+
+/// A piece of a `mappings` answer this old is written however small (checked as mappings
+/// are added to it), so that the client of a filtered listing of a large table sees the
+/// matches as they are found.
+const ANSWER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Which kind of supervisor answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -306,10 +325,128 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             let _ = write_answer(&stream, answer);
             return;
         }
-        if write_answer(&stream, answer(node, request)).is_err() {
+        let answered = match request {
+            Request::Mappings { limit, filter } => write_mappings(node, &stream, limit, filter.as_deref()),
+            other => write_answer(&stream, answer(node, other)),
+        };
+        if answered.is_err() {
             return;
         }
     }
+}
+
+/// Answers `mappings` on `stream` as the table is read. A failure to write (the client
+/// closed, or stopped reading for [`STALLED_READER`]) leaves the answer unfinished: the
+/// connection must then be closed.
+fn write_mappings(node: &Node, stream: &UnixStream, limit: Option<u64>, filter: Option<&str>) -> io::Result<()> {
+    let filter = match filter.map(str::parse::<MappingFilter>).transpose() {
+        Ok(f) => f,
+        Err(e) => return write_answer(stream, Err(e)),
+    };
+    // Each piece is written while a shard of the table is read-locked: a client that stops
+    // reading for STALLED_READER (2 s) has its answer abandoned and its connection closed,
+    // rather than hold the shard's writers.
+    let written = mappings_answer(node, limit, filter, |piece| write_within(stream, piece, STALLED_READER));
+    match &written {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            tracing::warn!("a control client stopped reading its mappings for {STALLED_READER:?}: answer abandoned")
+        }
+        // It went away (`ipvsca mappings | head`).
+        Err(e) => tracing::debug!(error = %e, "a mappings answer was cut short"),
+        Ok(()) => {}
+    }
+    // Back to the timeout of the other answers.
+    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    written
+}
+
+/// Writes `bytes` to `stream` within `limit`, however the kernel splits the write.
+fn write_within(stream: &UnixStream, mut bytes: &[u8], limit: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match (&*stream).write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The write timeout (EAGAIN).
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One element of the `mappings` answer, serialised without building a JSON value.
+#[derive(Serialize)]
+struct MappingEntry {
+    proto: Proto,
+    lb: SocketAddr,
+    rs: SocketAddr,
+    client: SocketAddr,
+    via: Via,
+    age_s: Millis,
+    idle_s: Millis,
+}
+
+impl MappingEntry {
+    fn new(key: &FlowKey, m: &MappingInfo, now: Millis) -> Self {
+        MappingEntry {
+            proto: key.proto,
+            lb: key.lb,
+            rs: key.rs,
+            client: m.client,
+            via: m.via,
+            age_s: now.saturating_sub(m.learned_at) / 1000,
+            idle_s: now.saturating_sub(m.last_used) / 1000,
+        }
+    }
+}
+
+/// The answer line `{"ok":[...]}` to `mappings`, handed to `send` in pieces of about
+/// [`ANSWER_CHUNK`] bytes as the table is read (in its own order: sorting would need the
+/// whole set). `send` is called while a shard of the table is read-locked: it must not
+/// block for long. Stops at the first error of `send`.
+fn mappings_answer(
+    node: &Node,
+    limit: Option<u64>,
+    filter: Option<MappingFilter>,
+    mut send: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let now = monotonic_millis();
+    let mut buf = Vec::with_capacity(ANSWER_CHUNK + 1024);
+    buf.extend_from_slice(b"{\"ok\":[");
+    let mut last_sent = Instant::now();
+    let mut listed = 0u64;
+    let mut failed = Ok(());
+    node.table.visit_live(now, |key, m| {
+        if limit.is_some_and(|l| listed >= l) {
+            return false;
+        }
+        if filter.is_some_and(|f| !(f.matches(key.lb) || f.matches(key.rs) || f.matches(m.client))) {
+            return true;
+        }
+        if listed > 0 {
+            buf.push(b',');
+        }
+        serde_json::to_writer(&mut buf, &MappingEntry::new(key, &m, now)).expect("entries serialise");
+        listed += 1;
+        if buf.len() >= ANSWER_CHUNK || last_sent.elapsed() >= ANSWER_PAUSE {
+            failed = send(&buf);
+            buf.clear();
+            last_sent = Instant::now();
+        }
+        failed.is_ok() && limit.is_none_or(|l| listed < l)
+    });
+    failed?;
+    buf.extend_from_slice(b"]}\n");
+    send(&buf)
 }
 
 /// What the client sent next.
@@ -418,16 +555,33 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             tracing::info!(setting = %name, value = %now.as_str().unwrap_or_default(), "setting changed");
             Ok(now)
         }
-        Request::Mappings => Ok(mappings(node)),
         Request::MapAdd { proto, lb, rs, client } => {
             let key = flow_key(&proto, lb, rs)?;
             for (what, a) in [("balancer", lb), ("real-server", rs), ("client", client)] {
                 check_address(what, a)?;
             }
+            if !can_be_balancer(lb) {
+                return Err(format!(
+                    "balancer address {lb} is {}: no balancer connects from one; give the balancer's local address, the peer the real server sees",
+                    not_unicast(lb)
+                ));
+            }
+            if !can_be_client(client) {
+                return Err(format!(
+                    "client address {client} is {}: no client connects from one; give the client's own address",
+                    not_unicast(client)
+                ));
+            }
             if lb.is_ipv4() != rs.is_ipv4() {
                 return Err("the balancer and real-server addresses must be of one family".into());
             }
             let learned = node.table.add_static(key, client, monotonic_millis());
+            if learned == Learned::Refused {
+                return Err(format!(
+                    "the table is full of static mappings (max_entries {}): nothing added; remove some with `ipvsca map del` or raise the bound with `ipvsca set max_entries N`",
+                    node.table.max_entries()
+                ));
+            }
             tracing::info!(%proto, %lb, %rs, %client, "static mapping added");
             Ok(json!(format!("{learned:?}").to_lowercase()))
         }
@@ -446,7 +600,7 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
                 Err(None) => Err(format!("no mapping for {proto} {lb} {rs}")),
             }
         }
-        Request::Attach { .. } => Err("attach is answered by the control server only".into()),
+        Request::Attach { .. } | Request::Mappings { .. } => Err("answered by the control server only".into()),
     }
 }
 
@@ -458,6 +612,17 @@ fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
         return Err(format!("{what} address {a}: give a real address and port (IPv4 as a.b.c.d:port)"));
     }
     Ok(())
+}
+
+/// What makes `a` no host's unicast address, for a refusal (see [`can_be_balancer`]).
+fn not_unicast(a: SocketAddr) -> &'static str {
+    match a.ip().to_canonical() {
+        ip if ip.is_multicast() => "a multicast address",
+        ip if ip.is_loopback() => "a loopback address",
+        ip if ip.is_unspecified() => "the unspecified address",
+        std::net::IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
+        _ => "not a unicast address",
+    }
 }
 
 fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
@@ -474,6 +639,7 @@ fn get(node: &Node, name: &str) -> Result<Value, String> {
     match name {
         "tcp_timeout" => Ok(json!(secs(Proto::Tcp))),
         "udp_timeout" => Ok(json!(secs(Proto::Udp))),
+        "max_entries" => Ok(json!(node.table.max_entries().to_string())),
         "tcpopt_addr" => {
             let kinds = match &node.capture {
                 Some(c) => c.learner().kinds(),
@@ -506,6 +672,12 @@ fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
             let capture = node.capture.as_ref().ok_or("this supervisor has no capture")?;
             capture.set_kinds(kinds).map_err(|e| e.to_string())
         }
+        "max_entries" => {
+            let max = capture::cli::parse_max_entries(value).map_err(|e| format!("max_entries: {e}"))?;
+            // Evicts at once when the table holds more.
+            node.table.set_max_entries(max);
+            Ok(())
+        }
         other => Err(unknown_setting(other)),
     }
 }
@@ -532,28 +704,6 @@ pub fn parse_kinds(value: &str) -> Result<ToaKinds, String> {
     Ok(kinds)
 }
 
-fn mappings(node: &Node) -> Value {
-    let now = monotonic_millis();
-    let mut entries = node.table.live_entries(now);
-    entries.sort_by_key(|(k, _)| (k.proto.as_str(), k.rs, k.lb));
-    Value::Array(
-        entries
-            .into_iter()
-            .map(|(k, m)| {
-                json!({
-                    "proto": k.proto.as_str(),
-                    "lb": k.lb.to_string(),
-                    "rs": k.rs.to_string(),
-                    "client": m.client.to_string(),
-                    "via": m.via.as_str(),
-                    "age_s": now.saturating_sub(m.learned_at) / 1000,
-                    "idle_s": now.saturating_sub(m.last_used) / 1000,
-                })
-            })
-            .collect(),
-    )
-}
-
 fn section(pairs: Vec<(&'static str, u64)>) -> Value {
     Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect::<Map<_, _>>())
 }
@@ -565,6 +715,8 @@ pub fn stats(node: &Node) -> Value {
     let learner = node.capture.as_ref().map(|c| c.learner());
     let mut table = Map::new();
     table.insert("size".into(), json!(node.table.len()));
+    table.insert("provisional_size".into(), json!(node.table.provisional_len()));
+    table.insert("max_entries".into(), json!(node.table.max_entries()));
     if let Value::Object(counters) = section(t.pairs()) {
         table.extend(counters);
     }
@@ -632,20 +784,136 @@ mod tests {
         assert!(answer(&n, Request::Get { name: "tcp_timeout_ms".into() }).unwrap_err().contains("tcpopt_addr"));
     }
 
+    /// The `mappings` answer, in the pieces it was sent in.
+    fn pieces(n: &Node, limit: Option<u64>, filter: Option<&str>) -> Vec<Vec<u8>> {
+        let mut pieces = Vec::new();
+        let filter = filter.map(|f| f.parse().unwrap());
+        mappings_answer(n, limit, filter, |piece| {
+            pieces.push(piece.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        pieces
+    }
+
+    fn listed(n: &Node, limit: Option<u64>, filter: Option<&str>) -> Vec<Value> {
+        let line = pieces(n, limit, filter).concat();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        let answer: Value = serde_json::from_slice(&line).unwrap();
+        answer["ok"].as_array().unwrap().clone()
+    }
+
+    fn add(n: &Node, lb: &str, client: &str) -> Result<Value, String> {
+        let (lb, rs, client) = (lb.parse().unwrap(), "10.1.0.9:80".parse().unwrap(), client.parse().unwrap());
+        answer(n, Request::MapAdd { proto: "tcp".into(), lb, rs, client })
+    }
+
+    #[test]
+    fn mappings_are_written_in_small_pieces_limited_and_filtered() {
+        let n = node();
+        for i in 0..2000u32 {
+            add(&n, &format!("10.1.{}.{}:40001", i / 250, i % 250 + 1), &format!("198.51.100.7:{}", i + 1)).unwrap();
+        }
+        let pieces = pieces(&n, None, None);
+        assert!(pieces.len() > 4, "{} pieces", pieces.len());
+        assert!(pieces.iter().all(|p| p.len() < ANSWER_CHUNK + 512), "a piece larger than the chunk");
+        let all = listed(&n, None, None);
+        assert_eq!(all.len(), 2000);
+        let keys: Vec<&str> = all[0].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["proto", "lb", "rs", "client", "via", "age_s", "idle_s"]);
+        assert_eq!(listed(&n, Some(3), None).len(), 3);
+        assert!(listed(&n, Some(0), None).is_empty());
+        assert_eq!(listed(&n, None, Some("10.1.0.9")).len(), 2000, "every rs");
+        assert_eq!(listed(&n, None, Some("10.1.0.9:81")).len(), 0);
+        let one = listed(&n, None, Some("198.51.100.7:77"));
+        assert_eq!((one.len(), one[0]["lb"].as_str()), (1, Some("10.1.0.77:40001")));
+        assert_eq!(listed(&n, None, Some("10.1.0.77")).len(), 1);
+        assert_eq!(listed(&n, Some(1), Some("10.1.0.9")).len(), 1);
+    }
+
+    #[test]
+    fn a_mappings_answer_stops_at_the_first_failed_write() {
+        let n = node();
+        for i in 1..=2000u16 {
+            add(&n, &format!("10.1.0.5:{i}"), "198.51.100.7:9").unwrap();
+        }
+        let mut sent = 0;
+        let answered = mappings_answer(&n, None, None, |_| {
+            sent += 1;
+            Err(io::ErrorKind::BrokenPipe.into())
+        });
+        assert!(answered.is_err());
+        assert_eq!(sent, 1);
+    }
+
+    #[test]
+    fn a_reader_that_stops_reading_makes_the_write_fail_within_the_limit() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let start = Instant::now();
+        let written = write_within(&ours, &vec![b'x'; 8 << 20], Duration::from_millis(300));
+        assert_eq!(written.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{took:?}");
+    }
+
+    #[test]
+    fn map_add_refuses_addresses_no_balancer_or_client_can_have() {
+        let n = node();
+        for (lb, client, says) in [
+            ("224.0.0.1:40001", "198.51.100.7:9", "balancer address 224.0.0.1:40001 is a multicast address"),
+            ("255.255.255.255:40001", "198.51.100.7:9", "is the broadcast address"),
+            ("127.0.0.1:40001", "198.51.100.7:9", "is a loopback address"),
+            ("10.1.0.5:40001", "127.0.0.1:9", "client address 127.0.0.1:9 is a loopback address"),
+            ("10.1.0.5:40001", "255.255.255.255:9", "client address 255.255.255.255:9 is the broadcast address"),
+            ("10.1.0.5:40001", "[ff02::1]:9", "is a multicast address"),
+            ("10.1.0.5:40001", "[::ffff:198.51.100.7]:9", "give a real address"),
+            ("10.1.0.5:40001", "198.51.100.7:0", "give a real address"),
+        ] {
+            let refusal = add(&n, lb, client).unwrap_err();
+            assert!(refusal.contains(says), "{lb} {client}: {refusal}");
+        }
+        assert!(n.table.is_empty());
+        assert_eq!(add(&n, "10.1.0.5:40001", "[2001:db8::7]:9").unwrap(), json!("created"));
+    }
+
+    #[test]
+    fn max_entries_is_read_and_set_and_a_table_full_of_static_mappings_refuses_more() {
+        let n = node();
+        let get = |n: &Node| answer(n, Request::Get { name: "max_entries".into() });
+        assert_eq!(get(&n).unwrap(), json!(capture::table::DEFAULT_MAX_ENTRIES.to_string()));
+        let set = |n: &Node, v: &str| answer(n, Request::Set { name: "max_entries".into(), value: v.into() });
+        assert_eq!(set(&n, "16").unwrap(), json!("16"));
+        for bad in ["15", "0", "-1", "many", ""] {
+            let refusal = set(&n, bad).unwrap_err();
+            assert!(refusal.contains("at least 16"), "{bad}: {refusal}");
+        }
+        assert_eq!(get(&n).unwrap(), json!("16"));
+        // 16 entries, one of which may be provisional: room for 15 mappings.
+        for port in 1..=15 {
+            add(&n, &format!("10.1.0.5:{port}"), "198.51.100.7:9").unwrap();
+        }
+        let refusal = add(&n, "10.1.0.5:16", "198.51.100.7:9").unwrap_err();
+        assert!(refusal.contains("full of static mappings (max_entries 16)"), "{refusal}");
+        assert_eq!(n.table.stats().refused_full, 1);
+        let table = &stats(&n)["table"];
+        assert_eq!((table["size"].as_u64(), table["max_entries"].as_u64()), (Some(15), Some(16)), "{table}");
+        assert_eq!(table["provisional_size"].as_u64(), Some(0), "{table}");
+    }
+
     #[test]
     fn map_add_and_del_change_the_table_and_del_checks_the_client() {
         let n = node();
         let (lb, rs, c): (SocketAddr, SocketAddr, SocketAddr) =
             ("10.1.0.5:40001".parse().unwrap(), "10.1.0.9:80".parse().unwrap(), "198.51.100.7:9".parse().unwrap());
         answer(&n, Request::MapAdd { proto: "tcp".into(), lb, rs, client: c }).unwrap();
-        let listed = answer(&n, Request::Mappings).unwrap();
-        assert_eq!(listed[0]["client"], json!(c.to_string()));
-        assert_eq!(listed[0]["via"], json!("static"));
+        let all = listed(&n, None, None);
+        assert_eq!(all[0]["client"], json!(c.to_string()));
+        assert_eq!(all[0]["via"], json!("static"));
         let other: SocketAddr = "198.51.100.8:9".parse().unwrap();
         assert!(answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(other) }).is_err());
         assert!(answer(&n, Request::MapDel { proto: "udp".into(), lb, rs, client: None }).is_err());
         answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(c) }).unwrap();
-        assert_eq!(answer(&n, Request::Mappings).unwrap(), json!([]));
+        assert!(listed(&n, None, None).is_empty());
         let st = stats(&n);
         assert_eq!((st["ip_vs_ca"]["conn_new"].as_u64(), st["ip_vs_ca"]["conn_del"].as_u64()), (Some(1), Some(1)));
         assert!(answer(&n, Request::MapAdd { proto: "sctp".into(), lb, rs, client: c }).is_err());
