@@ -1,11 +1,20 @@
 //! A flood (issue 9; docs/trust.md, "Bounds"; SECURITY.md, "Limits of the bounds"): a
 //! million forged SYNs with a TOA and four thousand ip_vs_ca announcements, each from a
 //! different balancer address and port inside the real server's connected (so trusted)
-//! subnet, sent over the balancer's veth as fast as a raw socket goes, towards a service
-//! under `ipvsca-run` with the default `--max-entries`. Meanwhile real connections from the
-//! raw-frame balancer are accepted and never shown with a wrong client, and the supervisor's
-//! memory stays bounded; afterwards the service still answers with the client, the
-//! provisional entries expire and the flood left no mapping.
+//! subnet, sent over the balancer's veth as fast as one raw socket a CPU goes, towards a
+//! service under `ipvsca-run` with the default `--max-entries`.
+//!
+//! Asserted: the whole flood is sent within a minute and fills the provisional entries to
+//! their bound (evictions), never past it; the supervisor's peak memory stays within a
+//! bound derived from `--max-entries`; 20 real connections opened from the raw-frame
+//! balancer during the flood are all accepted, and `accept` and `getpeername` show each
+//! its client or its balancer, never another address; where the capture lost no packet,
+//! every connection whose provisional entry cannot have been evicted before its accept
+//! shows its client (where it lost some, the test prints how many and how many connections
+//! showed their client). Afterwards a real connection shows its client, the provisional
+//! entries expire, and the only mappings are the real connections' whose client was shown.
+//! Printed: the flood's rate, the kernel's drops, the evictions, the supervisor's memory,
+//! and each real connection's timing and what the service saw.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -127,10 +136,19 @@ impl Shown {
         self.with_client() || self.accepted.getpeername == self.opened.flow.client.to_string()
     }
 
-    /// Frames of the flood sent between the SYN and the accept: with fewer than the
-    /// provisional bound, the connection's entry cannot have been evicted before it.
+    /// Frames of the flood sent between the SYN and the accept (counted from before the SYN
+    /// left to after the service printed the accept: more than the capture can have read
+    /// in between).
     fn frames_between(&self) -> u64 {
         self.accepted.flood_at.saturating_sub(self.opened.flood_at)
+    }
+
+    /// Whether the connection's provisional entry cannot have been evicted before the
+    /// accept: the oldest entry goes first, so an entry goes only once `bound` entries
+    /// were made after it, and fewer were (the flood's frames, and the other real
+    /// connections' SYNs).
+    fn kept_at_bound(&self, bound: u64) -> bool {
+        self.frames_between() + (REAL as u64) < bound
     }
 
     fn accept_delay(&self) -> Duration {
@@ -415,7 +433,7 @@ fn a_million_forged_syns_leave_memory_bounded_and_real_connections_right() {
             c.accept_delay(),
             c.accepted.flood_at,
             c.frames_between(),
-            if c.frames_between() >= bound { ", may have been evicted" } else { "" },
+            if c.kept_at_bound(bound) { "" } else { ", may have been evicted" },
             c.describe(&c.accepted.accept),
             c.describe(&c.accepted.getpeername),
         );
@@ -445,8 +463,19 @@ fn a_million_forged_syns_leave_memory_bounded_and_real_connections_right() {
         mib(baseline.rss_kib),
         mib(GROWTH_BOUND_KIB)
     );
-    if drops == 0 && evicted == 0 {
-        assert_eq!(shown, REAL, "no capture drop and no eviction: every real connection shows its client");
+    // With no packet lost by the capture, a connection whose entry was not evicted shows
+    // its client (and with no eviction at all, every one does).
+    let kept: Vec<&Shown> = during.iter().filter(|c| c.kept_at_bound(bound) || evicted == 0).collect();
+    eprintln!(
+        "real connections whose entry cannot have been evicted before the accept: {}, {} of them shown with their client{}",
+        kept.len(),
+        kept.iter().filter(|c| c.with_client()).count(),
+        if drops == 0 { "" } else { " (not asserted: the capture lost packets)" }
+    );
+    if drops == 0 {
+        for c in &kept {
+            assert!(c.with_client(), "no capture drop, no eviction before the accept, yet no client: {c:#?}");
+        }
     }
 
     // After: the service answers, with the client.
