@@ -1118,6 +1118,33 @@ mod tests {
     }
 
     #[test]
+    fn created_less_expired_evicted_and_deleted_is_the_size() {
+        let t = MappingTable::new(Duration::from_secs(1), Duration::from_secs(1));
+        t.set_max_entries(MIN_MAX_ENTRIES);
+        let adds_up = |t: &MappingTable| {
+            let s = t.stats();
+            assert_eq!(s.created - s.expired - s.evicted - s.deleted, t.len() as u64, "{s:?}");
+        };
+        t.add_static(key(1, 80), addr(A), 0);
+        for port in 2..40u16 {
+            mapped(&t, key(port, 80), A, u64::from(port), u64::from(port));
+            adds_up(&t);
+        }
+        // A reused balancer port (replaced), a stale mapping made anew, a removal, a sweep.
+        let k = key(39, 80);
+        t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 100);
+        t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(1_000), 100);
+        mapped(&t, key(38, 80), B, 1_001, 5_000);
+        t.remove(&key(1, 80), None).unwrap();
+        adds_up(&t);
+        t.expire(10_000);
+        adds_up(&t);
+        assert!(t.is_empty());
+        let s = t.stats();
+        assert!(s.evicted > 0 && s.replaced > 0 && s.deleted == 1 && s.expired > 0, "{s:?}");
+    }
+
+    #[test]
     fn a_table_full_of_static_mappings_refuses_another() {
         let t = MappingTable::default();
         t.set_max_entries(MIN_MAX_ENTRIES);

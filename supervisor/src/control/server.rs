@@ -729,7 +729,7 @@ pub fn stats(node: &Node) -> Value {
             "syn_recv_sock_ip_vs_ca": s.accept_rewritten,
             "syn_recv_sock_no_ip_vs_ca": s.accept_unmapped,
             "conn_new": t.created,
-            "conn_del": t.expired + t.deleted,
+            "conn_del": t.expired + t.evicted + t.deleted,
             "getname_ip_vs_ca_ok": s.getpeername_rewritten,
             "getname_ip_vs_ca_mismatch": s.getpeername_unrepresentable,
             "getname_ip_vs_ca_bypass": s.getpeername_bypass,

@@ -1,8 +1,11 @@
 //! `ipvsca-bench`: what a trapped call costs, native and supervised side by side, in one run.
 //!
 //! - `getpeername` on a socket whose peer is mapped (the supervisor rewrites it);
-//! - `connect` + `accept4` + `close` over loopback, one-threaded, the accepted peer mapped,
-//!   with accepts answered with the caller held on the answering CPU and without.
+//! - `connect` + `accept4` + `close` over local addresses, one-threaded, the accepted peer
+//!   mapped, with accepts answered with the caller held on the answering CPU and without.
+//!
+//! As root everything runs in a network namespace of the bench's own, where 10.254.0.0/16
+//! is local (`OWN_NET`); unprivileged, on loopback.
 //!
 //! Each supervised run is a fresh process (`--under MODE`) that fills a table with the
 //! workload's mappings and supervises the workload (`--workload ...`) with it, as
@@ -25,12 +28,17 @@ use capture::table::Announced;
 use capture::trust::Trust;
 use capture::{FlowKey, MappingTable, Proto, Via};
 use ipvsca_tests::calls;
+use ipvsca_tests::netns::Netns;
 use launcher::run::{ControlSocket, DaemonSupervision, Supervision, supervise, supervise_with_daemon};
 use supervisor::control::{Connection, Request};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 
-const LISTEN: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// As root, the bench runs in a network namespace of its own where this network is local
+/// (routed to `lo`, as 127.0.0.0/8 is): the balancer addresses of its mappings are then not
+/// loopback ones, which `map add` refuses (no balancer has one), and nothing leaves the
+/// namespace. Unprivileged, it runs on loopback (and without the daemon rows).
+const OWN_NET: [u8; 2] = [10, 254];
 const GETPEERNAME_PORT: u16 = 39000;
 const ACCEPT_PORT: u16 = 39001;
 const FIRST_CLIENT_PORT: u16 = 20000;
@@ -49,6 +57,12 @@ fn main() {
     }
 }
 
+/// The address after `key` (`--from`, `--listen`), which `compare` always passes.
+fn addr_arg(args: &[String], key: &str) -> Ipv4Addr {
+    let i = args.iter().position(|a| a == key).unwrap_or_else(|| panic!("{key} ADDRESS"));
+    args[i + 1].parse().expect("an IPv4 address")
+}
+
 fn arg(args: &[String], key: &str, default: usize) -> usize {
     args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).map_or(default, |v| v.parse().expect("a number"))
 }
@@ -57,13 +71,13 @@ fn arg(args: &[String], key: &str, default: usize) -> usize {
 fn workload(args: &[String]) {
     let kind = args[0].as_str();
     let n = arg(args, "--n", 10_000);
-    let client_ip: Ipv4Addr =
-        args.iter().position(|a| a == "--from").map_or(Ipv4Addr::new(127, 0, 0, 2), |i| args[i + 1].parse().unwrap());
+    let client_ip = addr_arg(args, "--from");
+    let listen = addr_arg(args, "--listen");
     match kind {
         "getpeername" => {
-            let listener = TcpListener::bind((LISTEN, GETPEERNAME_PORT)).unwrap();
+            let listener = TcpListener::bind((listen, GETPEERNAME_PORT)).unwrap();
             let client = socket_bound(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT));
-            connect(&client, SocketAddrV4::new(LISTEN, GETPEERNAME_PORT));
+            connect(&client, SocketAddrV4::new(listen, GETPEERNAME_PORT));
             let (conn, _) = listener.accept().unwrap();
             let fd = conn.as_raw_fd();
             let mut buf = [0u8; 128];
@@ -80,14 +94,14 @@ fn workload(args: &[String]) {
             println!("getpeername {ns:.0} {seen}");
         }
         "accept" => {
-            let listener = TcpListener::bind((LISTEN, ACCEPT_PORT)).unwrap();
+            let listener = TcpListener::bind((listen, ACCEPT_PORT)).unwrap();
             listener.set_nonblocking(true).unwrap();
             let lfd = listener.as_raw_fd();
             let start = Instant::now();
             let mut seen = None;
             for i in 0..n {
                 let client = socket_bound(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT + i as u16));
-                connect(&client, SocketAddrV4::new(LISTEN, ACCEPT_PORT));
+                connect(&client, SocketAddrV4::new(listen, ACCEPT_PORT));
                 let mut buf = [0u8; 128];
                 let mut len = 128u32;
                 let r = calls::accept4(lfd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
@@ -167,16 +181,13 @@ mod socket2_free {
 /// The mappings of the workload `workload_args[0]`: `(balancer, real server)` pairs, each shown as `client_of(balancer)`.
 fn mappings(workload_args: &[String]) -> Vec<(SocketAddrV4, SocketAddr)> {
     let n = arg(workload_args, "--n", 10_000);
-    let from: Ipv4Addr = workload_args
-        .iter()
-        .position(|a| a == "--from")
-        .map_or(Ipv4Addr::new(127, 0, 0, 2), |i| workload_args[i + 1].parse().unwrap());
+    let (from, listen) = (addr_arg(workload_args, "--from"), addr_arg(workload_args, "--listen"));
     let (port, count) = match workload_args[0].as_str() {
         "getpeername" => (GETPEERNAME_PORT, 1),
         _ => (ACCEPT_PORT, n),
     };
     (0..count)
-        .map(|i| (SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16), SocketAddr::from((LISTEN, port))))
+        .map(|i| (SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16), SocketAddr::from((listen, port))))
         .collect()
 }
 
@@ -268,7 +279,9 @@ impl Daemon {
         let child = Command::new(&binary)
             .args(["supervise", "--iface", &link.0, "--control"])
             .arg(&socket)
-            .env("RUST_LOG", "warn")
+            // Its link has no address, so it trusts no source (warned): the bench's mappings
+            // come from `map add`.
+            .env("RUST_LOG", "error")
             .spawn()
             .map_err(|e| format!("starting {}: {e}", binary.display()))?;
         let mut daemon = Daemon { child, dir, _link: link };
@@ -320,6 +333,22 @@ fn run(under: Option<&str>, workload: &[&str]) -> Vec<String> {
 }
 
 fn compare(args: &[String]) {
+    if nix::unistd::geteuid().is_root() {
+        let own = Netns::new("bench").and_then(|ns| {
+            ns.ip(&["route", "add", "local", &format!("{}.{}.0.0/16", OWN_NET[0], OWN_NET[1]), "dev", "lo"])?;
+            Ok(ns)
+        });
+        match own {
+            Ok(ns) => return ns.run(|| compare_in(args, OWN_NET)),
+            Err(e) => println!("(no network namespace of its own: {e}; on loopback, no daemon rows)"),
+        }
+    }
+    compare_in(args, [127, 0]);
+}
+
+/// The comparison, every workload connecting from and to addresses in `net`/16 (local).
+fn compare_in(args: &[String], net: [u8; 2]) {
+    let listen = Ipv4Addr::new(net[0], net[1], 0, 1).to_string();
     let calls_n = arg(args, "--calls", 200_000).to_string();
     let conns_n = arg(args, "--connections", 20_000).to_string();
     let rounds = arg(args, "--rounds", 3);
@@ -348,8 +377,8 @@ fn compare(args: &[String]) {
     let daemon = daemon.ok().map(|d| (daemon_mode(&d.socket()), d));
     let daemon_mode = daemon.as_ref().map(|(mode, _)| mode.as_str());
 
-    // Every run connects from its own loopback address: no 4-tuple is ever reused.
-    let from = |round: usize, run: usize| format!("127.0.{}.{}", round + 1, run + 2);
+    // Every run connects from its own local address: no 4-tuple is ever reused.
+    let from = |round: usize, run: usize| format!("{}.{}.{}.{}", net[0], net[1], round + 1, run + 2);
     let gpn_modes: Vec<(Option<&str>, &str)> = [(None, "native"), (Some("pin"), "ipvsca")]
         .into_iter()
         .chain(daemon_mode.map(|m| (Some(m), "ipvsca supervise (daemon)")))
@@ -358,7 +387,7 @@ fn compare(args: &[String]) {
     let mut shown = vec![String::new(); gpn_modes.len()];
     for round in 0..rounds {
         for (i, (under, _)) in gpn_modes.iter().enumerate() {
-            let out = run(*under, &["getpeername", "--n", &calls_n, "--from", &from(round, i)]);
+            let out = run(*under, &["getpeername", "--n", &calls_n, "--from", &from(round, i), "--listen", &listen]);
             gpn[i].push(out[1].parse().unwrap());
             shown[i] = out[2].clone();
         }
@@ -387,7 +416,8 @@ fn compare(args: &[String]) {
     let mut peers = vec![String::new(); acc_modes.len()];
     for round in 0..rounds {
         for (i, (under, _)) in acc_modes.iter().enumerate() {
-            let out = run(*under, &["accept", "--n", &conns_n, "--from", &from(round, i + gpn_modes.len())]);
+            let from = from(round, i + gpn_modes.len());
+            let out = run(*under, &["accept", "--n", &conns_n, "--from", &from, "--listen", &listen]);
             acc[i].push(out[1].parse().unwrap());
             peers[i] = out[2].clone();
         }
