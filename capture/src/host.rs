@@ -35,6 +35,11 @@ impl HostAddrs {
             if !captured || ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
                 continue;
             }
+            // Every IPv6 interface has fe80::/64: trusting link-local subnets would trust every
+            // neighbour on every link, whatever the operator's network.
+            if is_link_local(ip) {
+                continue;
+            }
             let Some(mask) = ifa.netmask.as_ref().and_then(ip_of) else { continue };
             let Ok(index) = nix::net::if_::if_nametoindex(ifa.interface_name.as_str()) else { continue };
             if let Ok(net) = ipnet::ip_mask_to_prefix(mask).and_then(|p| IpNet::new(ip, p)) {
@@ -51,6 +56,13 @@ impl HostAddrs {
     pub fn is_local(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.local.contains(&ip)
+    }
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
     }
 }
 
@@ -121,6 +133,7 @@ mod tests {
         // Every network namespace has lo; its 127.0.0.1 is local when lo is up, and lo's
         // subnet is never a connected subnet.
         assert!(addrs.connected.iter().all(|(_, n)| !n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap())));
+        assert!(addrs.connected.iter().all(|(_, n)| !is_link_local(n.addr())), "{:?}", addrs.connected);
         for ip in &addrs.local {
             assert!(addrs.is_local(*ip));
         }

@@ -141,7 +141,10 @@ pub fn inspect_network(
             if !whole {
                 return Err(Malformed::LongerThanFrame);
             }
-            if !ip.is_first_fragment() {
+            // A fragment's transport checksum covers the whole datagram, which one fragment
+            // cannot show: fragments teach nothing (balancers never fragment a SYN or an
+            // announcement).
+            if ip.is_fragment() {
                 return Ok(Observation::Nothing);
             }
             let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));

@@ -195,7 +195,9 @@ impl Learner {
                 return None;
             }
         }
-        if !(can_be_balancer(key.lb) && can_be_client(client) && key.rs.port() != 0) {
+        // A client naming this host would put the server's own address in its logs and ACLs.
+        let own_client = self.trust.host().is_local(client.ip());
+        if !(can_be_balancer(key.lb) && can_be_client(client) && key.rs.port() != 0) || own_client {
             self.counters.implausible.inc();
             return None;
         }

@@ -9,6 +9,7 @@
 //! periodic sweep; must never block a drain on anything but another drain.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,27 @@ pub enum CaptureError {
 /// A channel: sending never blocks a drain, whatever the receiver does with the events.
 pub type EventSink = std::sync::mpsc::Sender<MappingEvent>;
 
+/// How long a drain goes on.
+#[derive(Debug, Clone, Copy)]
+enum Drain {
+    /// Until the queues are empty (or [`MAX_DRAIN`] packets a socket).
+    Whole,
+    /// Also not past this instant (a lookup's drain).
+    Until(Instant),
+    /// Also not while a lookup waits for the lock (the capture thread's drain).
+    YieldToLookups,
+}
+
+impl Drain {
+    fn stops_now(self, lookups_waiting: &AtomicUsize) -> bool {
+        match self {
+            Drain::Whole => false,
+            Drain::Until(deadline) => Instant::now() >= deadline,
+            Drain::YieldToLookups => lookups_waiting.load(Ordering::SeqCst) > 0,
+        }
+    }
+}
+
 struct DrainState {
     buf: Vec<u8>,
     on_event: Option<EventSink>,
@@ -84,6 +106,8 @@ pub struct LiveCapture {
     learner: Arc<Learner>,
     drain: Mutex<DrainState>,
     kinds_change: Mutex<()>,
+    /// Lookups waiting for the drain lock: the capture thread gives it up to them.
+    lookups_waiting: AtomicUsize,
     stop: EventFd,
 }
 
@@ -126,6 +150,7 @@ impl LiveCapture {
             learner,
             drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None, first: 0 }),
             kinds_change: Mutex::new(()),
+            lookups_waiting: AtomicUsize::new(0),
             stop,
         })
     }
@@ -186,17 +211,42 @@ impl LiveCapture {
     /// every packet queued before the call began has been applied to the table, unless a
     /// socket held more than [`MAX_DRAIN`] packets (logged).
     pub fn drain(&self) -> usize {
-        self.drain_until(None)
+        self.drain_locked(self.lock(), Drain::Whole)
     }
 
     /// As [`LiveCapture::drain`], for a lookup that missed: also stops after
     /// [`LOOKUP_DRAIN_TIME`], so that a flood delays a service's call by at most that much.
+    /// The capture thread gives the drain lock up to a waiting lookup within 64 packets
+    /// (`Drain::YieldToLookups`), so the wait for the lock is short too.
     pub fn drain_for_lookup(&self) -> usize {
-        self.drain_until(Some(Instant::now() + LOOKUP_DRAIN_TIME))
+        let deadline = Instant::now() + LOOKUP_DRAIN_TIME;
+        self.lookups_waiting.fetch_add(1, Ordering::SeqCst);
+        let state = self.lock();
+        self.lookups_waiting.fetch_sub(1, Ordering::SeqCst);
+        self.drain_locked(state, Drain::Until(deadline))
     }
 
-    fn drain_until(&self, deadline: Option<Instant>) -> usize {
-        let mut state = self.lock();
+    /// Whether a packet is queued on a capture socket, not yet learned (one `poll`).
+    pub fn has_pending(&self) -> bool {
+        let mut fds: Vec<PollFd> =
+            self.sockets.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+    }
+
+    /// The capture thread's drain: everything queued, unless a lookup waits for the lock.
+    fn drain_in_turn(&self) -> usize {
+        // A lookup woken by our last unlock may not have run yet: let it take the lock
+        // first (the lock itself is not fair).
+        for _ in 0..1_000 {
+            if self.lookups_waiting.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        self.drain_locked(self.lock(), Drain::YieldToLookups)
+    }
+
+    fn drain_locked(&self, mut state: std::sync::MutexGuard<'_, DrainState>, how: Drain) -> usize {
         // Addresses first: a packet from an address added since the last reading must be
         // judged with it (netlink reports the address before anything can use it).
         if self.addresses.changed() {
@@ -207,9 +257,13 @@ impl LiveCapture {
         let DrainState { buf, on_event, first } = &mut *state;
         let now = monotonic_millis();
         let mut read = 0;
+        let mut stopped = false;
         let n = self.sockets.len();
         *first = (*first + 1) % n;
         for i in 0..n {
+            if stopped {
+                break;
+            }
             let (name, socket) = &self.sockets[(*first + i) % n];
             let mut from_this = 0;
             loop {
@@ -217,7 +271,8 @@ impl LiveCapture {
                     tracing::warn!(interface = %name, "capture drain stopped after {MAX_DRAIN} packets; lookups may miss");
                     break;
                 }
-                if from_this % 64 == 63 && deadline.is_some_and(|d| Instant::now() >= d) {
+                if from_this % 64 == 63 && how.stops_now(&self.lookups_waiting) {
+                    stopped = true;
                     break;
                 }
                 match socket.recv(buf) {
@@ -280,7 +335,7 @@ impl LiveCapture {
                     tracing::warn!(interface = %name, error = %e, "capture socket reported an error");
                 }
             }
-            self.drain();
+            self.drain_in_turn();
             if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
                 last_housekeeping = Instant::now();
                 self.housekeeping();

@@ -57,6 +57,8 @@ pub const MIN_MAX_ENTRIES: usize = 16;
 pub const MAX_PROVISIONAL: usize = 65_536;
 
 const WARN_EVERY: Millis = 10_000;
+/// Mappings copied per shard lock hold by [`MappingTable::visit_live`].
+pub const VISIT_CHUNK: usize = 1_024;
 
 /// How many of `max_entries` entries may be provisional: 1/16, at least 1, at most
 /// [`MAX_PROVISIONAL`]. The rest is for mappings.
@@ -96,6 +98,10 @@ counter_set! {
         static_added,
         /// Mappings removed by the operator (`ipvsca map del`).
         deleted,
+        /// Lookups for a new connection on a flow whose mapping an earlier connection
+        /// confirmed, with no newer TOA known: answered with no client rather than the
+        /// earlier connection's (a reused balancer port whose TOA was lost or is late).
+        stale_refused,
         /// Lookups that found a live mapping.
         lookups_hit,
         /// Lookups that found none.
@@ -175,6 +181,9 @@ struct Provisional {
     at: Millis,
     /// Tells this entry from an earlier one under the same key in the lifetime queue.
     generation: u64,
+    /// Changed whenever the entry takes a new client in place: a lookup confirms only the
+    /// content it read.
+    version: u64,
     /// A connection request without TOA was seen since: the next in-flow TOA may name
     /// another client (as for a mapping).
     handshake_open: bool,
@@ -202,6 +211,13 @@ struct WriterState {
     next_generation: u64,
 }
 
+impl WriterState {
+    fn next(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+}
+
 /// Whether a socket whose local address is `local` (its IP possibly unspecified) sends from
 /// the real-server side of `rs`: the same port, and the same address or the wildcard. An
 /// unbound socket (port 0) or one on another port never does (`docs/trust.md`).
@@ -224,6 +240,8 @@ pub struct MappingTable {
     tcp_timeout_ms: AtomicU64,
     udp_timeout_ms: AtomicU64,
     max_entries: AtomicUsize,
+    /// How many provisional entries there are (changed under the writer lock only).
+    provisional_count: AtomicUsize,
     /// When housekeeping last swept (part of) the mappings.
     last_sweep: AtomicU64,
     last_full_warning: AtomicU64,
@@ -251,6 +269,7 @@ impl MappingTable {
             tcp_timeout_ms: AtomicU64::new(duration_millis(tcp_timeout)),
             udp_timeout_ms: AtomicU64::new(duration_millis(udp_timeout)),
             max_entries: AtomicUsize::new(DEFAULT_MAX_ENTRIES),
+            provisional_count: AtomicUsize::new(0),
             last_sweep: AtomicU64::new(0),
             last_full_warning: AtomicU64::new(0),
             counters: TableCounters::default(),
@@ -294,7 +313,7 @@ impl MappingTable {
         let max_entries = max_entries.max(MIN_MAX_ENTRIES);
         self.max_entries.store(max_entries, Ordering::Relaxed);
         let mut w = self.write();
-        while self.provisional.len() > provisional_bound(max_entries) {
+        while self.provisional_len() > provisional_bound(max_entries) {
             if !self.evict_oldest_provisional(&mut w) {
                 break;
             }
@@ -352,6 +371,7 @@ impl MappingTable {
         now: Millis,
     ) -> Learned {
         let pk = (key.proto, key.lb, key.rs.port());
+        let bound = provisional_bound(self.max_entries());
         if let Some(mut p) = self.provisional.get_mut(&pk) {
             if p.rs_ip == key.rs.ip() && p.is_live(now) {
                 if p.client == client {
@@ -364,19 +384,35 @@ impl MappingTable {
                     return Learned::Kept;
                 }
             }
+            // Another client for the flow: taken in place, keeping the entry's place in the
+            // lifetime queue (where it is queued again at its new time when it comes up), so
+            // that re-announcing one flow cannot fill the queue.
+            let version = w.next();
+            *p = Provisional { rs_ip: key.rs.ip(), client, via, at: now, version, handshake_open: false, ..*p };
+            return Learned::Provisional;
         }
-        if !self.provisional.contains_key(&pk) && self.provisional.len() >= provisional_bound(self.max_entries()) {
+        if self.provisional_len() >= bound {
             self.evict_oldest_provisional(w);
         }
-        let generation = w.next_generation;
-        w.next_generation += 1;
-        self.provisional
-            .insert(pk, Provisional { rs_ip: key.rs.ip(), client, via, at: now, generation, handshake_open: false });
+        let generation = w.next();
+        let entry = Provisional {
+            rs_ip: key.rs.ip(),
+            client,
+            via,
+            at: now,
+            generation,
+            version: generation,
+            handshake_open: false,
+        };
+        self.provisional.insert(pk, entry);
+        self.provisional_count.fetch_add(1, Ordering::Relaxed);
         w.provisional_order.push_back((pk, generation, now));
-        // Stale queue items (entries confirmed or replaced since) are dropped as the queue
-        // is read; this keeps the queue itself bounded when nothing expires for a while.
-        while w.provisional_order.len() > 2 * provisional_bound(self.max_entries()) {
-            self.pop_provisional(w, |_| true);
+        // Queue items of entries confirmed since are dropped as the queue is read; past twice
+        // the bound, the oldest entries go as at the bound (counted).
+        while w.provisional_order.len() > 2 * bound {
+            if self.pop_provisional(w, |_| true) {
+                self.counters.provisional_evicted.inc();
+            }
         }
         Learned::Provisional
     }
@@ -385,7 +421,17 @@ impl MappingTable {
     /// `expired` says so for it. Returns whether an entry was removed.
     fn pop_provisional(&self, w: &mut WriterState, expired: impl Fn(&Provisional) -> bool) -> bool {
         let Some((pk, generation, _)) = w.provisional_order.pop_front() else { return false };
-        self.provisional.remove_if(&pk, |_, p| p.generation == generation && expired(p)).is_some()
+        self.remove_provisional(&pk, |p| p.generation == generation && expired(p))
+    }
+
+    /// Removes the provisional entry of `pk` if `which` says so; keeps the count exact (every
+    /// change to provisional entries is made under the writer lock).
+    fn remove_provisional(&self, pk: &LbPortKey, which: impl Fn(&Provisional) -> bool) -> bool {
+        let removed = self.provisional.remove_if(pk, |_, p| which(p)).is_some();
+        if removed {
+            self.provisional_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
     }
 
     fn evict_oldest_provisional(&self, w: &mut WriterState) -> bool {
@@ -535,7 +581,11 @@ impl MappingTable {
             };
             found.map(|m| match provisional {
                 Some(p) if !keeps_mapping(m, seen, &p) => None,
-                _ => Some(use_mapping(m, seen, now)),
+                None if owned_elsewhere(m, seen) => {
+                    self.counters.stale_refused.inc();
+                    None
+                }
+                _ => Some(use_mapping(m, now)),
             })
         };
         let found = match (provisional, mapped) {
@@ -554,11 +604,11 @@ impl MappingTable {
         let key = FlowKey { proto: pk.0, lb: pk.1, rs: SocketAddr::new(p.rs_ip, pk.2) };
         let timeout = self.timeout_ms(key.proto);
         let w = self.write();
-        let still_there = self.provisional.remove_if(&pk, |_, q| q.generation == p.generation).is_some();
+        let still_there = self.remove_provisional(&pk, |q| (q.generation, q.version) == (p.generation, p.version));
         let is_static = self.store.with(&key, |m| m.via() == Via::Static).unwrap_or(false);
         if !still_there || is_static {
             drop(w);
-            let live = |m: &Entry| m.is_live(now, timeout).then(|| use_mapping(m, seen, now));
+            let live = |m: &Entry| m.is_live(now, timeout).then(|| use_mapping(m, now));
             return self.store.with(&key, live).flatten();
         }
         let owner = match seen {
@@ -657,15 +707,34 @@ impl MappingTable {
         all
     }
 
-    /// Calls `visit` with each mapping live at `now`, one shard locked for reading at a
-    /// time, until it returns false: what `ipvsca mappings` streams. Writers of the shard
-    /// being read wait, so `visit` must not block for long.
+    /// Calls `visit` with each mapping live at `now`, until it returns false: what
+    /// `ipvsca mappings` streams. Mappings are copied [`VISIT_CHUNK`] at a time under a
+    /// shard's read lock, and `visit` runs with no lock held, so a slow reader of the
+    /// listing holds up no lookup and no writer. A mapping that moves meanwhile (another was
+    /// removed from its shard) may be skipped or visited twice.
     pub fn visit_live(&self, now: Millis, mut visit: impl FnMut(&FlowKey, MappingInfo) -> bool) {
+        let mut chunk = Vec::with_capacity(VISIT_CHUNK);
         for s in 0..SHARDS {
-            let shard = self.store.read(s);
-            for m in shard.entries() {
-                if m.is_live(now, self.timeout_ms(m.proto())) && !visit(&m.key(), m.info()) {
-                    return;
+            let mut at = 0;
+            loop {
+                chunk.clear();
+                {
+                    let shard = self.store.read(s);
+                    let entries = shard.entries();
+                    for m in entries.iter().skip(at).take(VISIT_CHUNK) {
+                        if m.is_live(now, self.timeout_ms(m.proto())) {
+                            chunk.push((m.key(), m.info()));
+                        }
+                    }
+                    at += VISIT_CHUNK;
+                    if chunk.is_empty() && at >= entries.len() {
+                        break;
+                    }
+                }
+                for (key, info) in &chunk {
+                    if !visit(key, *info) {
+                        return;
+                    }
                 }
             }
         }
@@ -704,11 +773,11 @@ impl MappingTable {
                 self.provisional.get(&pk).filter(|p| p.generation == generation && p.is_live(now)).map(|p| p.at);
             if let Some(at) = renewed {
                 w.provisional_order.push_back((pk, generation, at));
-            } else if self.provisional.remove_if(&pk, |_, p| p.generation == generation).is_some() {
+            } else if self.remove_provisional(&pk, |p| p.generation == generation) {
                 self.counters.provisional_expired.inc();
             }
         }
-        if self.provisional.len() * 4 < self.provisional.capacity() && self.provisional.capacity() > 1024 {
+        if self.provisional_len() * 4 < self.provisional.capacity() && self.provisional.capacity() > 1024 {
             self.provisional.shrink_to_fit();
             w.provisional_order.shrink_to_fit();
         }
@@ -743,7 +812,7 @@ impl MappingTable {
 
     /// Number of provisional entries stored.
     pub fn provisional_len(&self) -> usize {
-        self.provisional.len()
+        self.provisional_count.load(Ordering::Relaxed)
     }
 
     /// True when no mapping is stored.
@@ -764,19 +833,30 @@ fn keeps_mapping(m: &Entry, seen: Seen, p: &Provisional) -> bool {
     }
     match seen {
         Seen::Accepted(_) | Seen::Datagram => false,
+        // A socket that cannot be told apart (inode 0) keeps what it had.
         Seen::Socket(inode) => {
             let owner = m.owner();
-            owner == 0 || owner == inode
+            inode == 0 || owner == 0 || owner == inode
         }
     }
 }
 
-/// Answers a lookup from mapping `m`: refreshes it, and an accepted socket owns it.
-fn use_mapping(m: &Entry, seen: Seen, now: Millis) -> SocketAddr {
-    m.touch(now);
-    if let Seen::Accepted(inode) = seen {
-        m.set_owner(inode);
+/// Whether mapping `m` was confirmed by another connection than the one `seen` names: a
+/// balancer port reused for a new connection whose TOA is not known (yet). The previous
+/// connection's client must not be shown for it.
+fn owned_elsewhere(m: &Entry, seen: Seen) -> bool {
+    let owner = m.owner();
+    match seen {
+        Seen::Accepted(inode) | Seen::Socket(inode) => {
+            m.via() != Via::Static && owner != 0 && inode != 0 && owner != inode
+        }
+        Seen::Datagram => false,
     }
+}
+
+/// Answers a lookup from mapping `m`, and refreshes it.
+fn use_mapping(m: &Entry, now: Millis) -> SocketAddr {
+    m.touch(now);
     m.client()
 }
 
@@ -894,7 +974,8 @@ mod tests {
         let k = key(40001, 80);
         mapped(&t, k, A, 7, 0);
         t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 10);
-        // The new connection, accepted: B; the old socket still says A.
+        // The new connection, accepted: B. (The old socket is answered by the supervisor from
+        // what its accept showed, not from the table.)
         assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(8), 11), Some(addr(B)));
         assert_eq!(t.client_of(&k, 12), Some(addr(B)));
         assert_eq!(t.lb_for_local(Proto::Tcp, addr(A), k.rs, 12), None, "the old client's index entry is gone");
@@ -905,6 +986,23 @@ mod tests {
         t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 20);
         assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(9), 21), Some(addr(A)));
         assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(9), 22), Some(addr(A)));
+    }
+
+    #[test]
+    fn a_connection_accepted_before_its_toa_never_shows_the_previous_connections_client() {
+        let t = MappingTable::default();
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        // The balancer reuses the port; the new connection is accepted before its TOA was read.
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(8), 10), None);
+        assert_eq!(t.stats().stale_refused, 1);
+        // Its TOA arrives: the new connection's getpeername shows it, and owns the mapping.
+        assert_eq!(t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 11), Learned::Provisional);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(8), 12), Some(addr(B)));
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(8), 13), Some(addr(B)));
+        // A socket the supervisor cannot tell apart (inode 0) keeps what the flow has.
+        t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 14);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(0), 15), Some(addr(B)));
     }
 
     #[test]
@@ -1088,6 +1186,28 @@ mod tests {
             mapped(&t, key(port, 80), A, u64::from(port), 300);
         }
         assert!(t.writer.lock().unwrap().provisional_order.len() <= 2 * bound);
+    }
+
+    #[test]
+    fn re_announcing_one_flow_with_new_clients_pushes_nothing_out() {
+        let t = MappingTable::default();
+        t.set_max_entries(64);
+        t.learn(key(1, 80), addr(A), Via::Toa, Announced::NewFlow, 0);
+        for i in 0..100u16 {
+            let client = addr(&format!("198.51.100.{}:{}", i % 2 + 20, 1000 + i));
+            assert_eq!(t.learn(key(2, 80), client, Via::Toa, Announced::NewFlow, 1), Learned::Provisional);
+        }
+        assert_eq!(t.provisional_len(), 2);
+        assert!(t.get_provisional(&key(1, 80), 2).is_some(), "the real entry is still there");
+        assert_eq!(t.stats().provisional_evicted, 0);
+        assert!(t.writer.lock().unwrap().provisional_order.len() <= 2);
+        // A lookup that read one client confirms nothing once another took its place.
+        let k = key(2, 80);
+        let p = t.provisional.get(&(k.proto, k.lb, k.rs.port())).map(|p| *p).unwrap();
+        t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 3);
+        assert_eq!(t.confirm((k.proto, k.lb, k.rs.port()), p, Seen::Accepted(9), 4), None);
+        assert_eq!(t.client_for_local(k.proto, k.lb, k.rs, Seen::Accepted(9), 5), Some(addr(B)));
+        assert_eq!(t.provisional_len(), 1);
     }
 
     #[test]

@@ -1,37 +1,57 @@
-//! Sockets the service connected to a mapped client, which ipvsca connected to the
-//! balancer instead: their peer is the balancer, and the service must keep seeing the
-//! client it asked for (`getpeername`, `recvfrom` on a connected UDP socket).
+//! What the service was shown for each of its sockets, remembered per socket (by inode) for
+//! at most [`CAPACITY`] sockets, the oldest forgotten first:
 //!
-//! The table cannot answer for them: the flow was announced towards the server's port,
-//! while such a socket has an ephemeral one. So the rewrite is remembered per socket
-//! (by inode), for at most [`CAPACITY`] sockets, the oldest forgotten first.
+//! - [`Connected`]: sockets the service connected to a mapped client, which ipvsca
+//!   connected to the balancer instead. Their peer is the balancer, and the service must
+//!   keep seeing the client it asked for (`getpeername`, `recvfrom` on a connected UDP
+//!   socket). The table cannot answer for them: the flow was announced towards the server's
+//!   port, while such a socket has an ephemeral one.
+//! - [`Accepted`]: what `accept` showed for each accepted socket (the client, or the peer
+//!   as it is). `getpeername` answers the same whatever the table says since: a forged
+//!   TOA, an expiry or an eviction cannot change what an accepted connection shows
+//!   (`docs/trust.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// How many connected sockets are remembered.
+/// How many sockets each memory keeps.
 pub const CAPACITY: usize = 65_536;
 
-#[derive(Debug, Default)]
-struct Inner {
-    by_inode: HashMap<u64, (SocketAddr, SocketAddr)>,
+#[derive(Debug)]
+struct Inner<V> {
+    by_inode: HashMap<u64, (SocketAddr, V)>,
     order: VecDeque<u64>,
 }
 
-/// Balancer and client of each socket connected through a rewrite.
-#[derive(Debug, Default)]
-pub struct Connected {
-    inner: Mutex<Inner>,
+/// For each remembered socket, its peer when it was remembered, and what was shown for it.
+#[derive(Debug)]
+pub struct SocketMemory<V> {
+    inner: Mutex<Inner<V>>,
     any: AtomicBool,
 }
 
-impl Connected {
-    /// Remembers that socket `inode` asked for `client` and was connected to `lb`.
-    pub fn remember(&self, inode: u64, lb: SocketAddr, client: SocketAddr) {
+/// Balancer and client of each socket connected through a rewrite.
+pub type Connected = SocketMemory<SocketAddr>;
+
+/// Peer and shown client (`None`: the peer as it is) of each accepted socket.
+pub type Accepted = SocketMemory<Option<SocketAddr>>;
+
+impl<V> Default for SocketMemory<V> {
+    fn default() -> Self {
+        SocketMemory {
+            inner: Mutex::new(Inner { by_inode: HashMap::new(), order: VecDeque::new() }),
+            any: false.into(),
+        }
+    }
+}
+
+impl<V: Copy> SocketMemory<V> {
+    /// Remembers that socket `inode`, whose peer is `peer`, was shown `shown`.
+    pub fn remember(&self, inode: u64, peer: SocketAddr, shown: V) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if inner.by_inode.insert(inode, (lb, client)).is_none() {
+        if inner.by_inode.insert(inode, (peer, shown)).is_none() {
             inner.order.push_back(inode);
         }
         while inner.order.len() > CAPACITY {
@@ -54,15 +74,15 @@ impl Connected {
         }
     }
 
-    /// The client socket `inode` asked for, if its peer `lb` is the balancer it was
-    /// connected to instead.
-    pub fn client(&self, inode: impl FnOnce() -> Option<u64>, lb: SocketAddr) -> Option<SocketAddr> {
+    /// What socket `inode` was shown, if it is remembered with the peer `peer` it has now
+    /// (another peer: the inode was reused by another socket since).
+    pub fn recall(&self, inode: impl FnOnce() -> Option<u64>, peer: SocketAddr) -> Option<V> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
         let inode = inode()?;
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.by_inode.get(&inode).filter(|(peer, _)| *peer == lb).map(|&(_, client)| client)
+        inner.by_inode.get(&inode).filter(|(was, _)| *was == peer).map(|&(_, shown)| shown)
     }
 }
 
@@ -74,13 +94,13 @@ mod tests {
     fn the_client_comes_back_only_for_the_same_socket_and_balancer() {
         let c = Connected::default();
         let (lb, client) = ("10.1.0.5:1".parse().unwrap(), "198.51.100.1:2".parse().unwrap());
-        assert_eq!(c.client(|| Some(7), lb), None);
+        assert_eq!(c.recall(|| Some(7), lb), None);
         c.remember(7, lb, client);
-        assert_eq!(c.client(|| Some(7), lb), Some(client));
-        assert_eq!(c.client(|| Some(8), lb), None);
-        assert_eq!(c.client(|| Some(7), "10.1.0.6:1".parse().unwrap()), None);
+        assert_eq!(c.recall(|| Some(7), lb), Some(client));
+        assert_eq!(c.recall(|| Some(8), lb), None);
+        assert_eq!(c.recall(|| Some(7), "10.1.0.6:1".parse().unwrap()), None);
         c.forget(|| Some(7));
-        assert_eq!(c.client(|| Some(7), lb), None);
+        assert_eq!(c.recall(|| Some(7), lb), None);
     }
 
     #[test]
@@ -90,7 +110,7 @@ mod tests {
         for inode in 0..=CAPACITY as u64 {
             c.remember(inode, lb, client);
         }
-        assert_eq!(c.client(|| Some(0), lb), None);
-        assert_eq!(c.client(|| Some(CAPACITY as u64), lb), Some(client));
+        assert_eq!(c.recall(|| Some(0), lb), None);
+        assert_eq!(c.recall(|| Some(CAPACITY as u64), lb), Some(client));
     }
 }

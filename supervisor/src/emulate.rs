@@ -23,7 +23,7 @@ use nix::errno::Errno;
 use tracing::warn;
 
 use crate::abi::{Call, Syscall};
-use crate::connected::Connected;
+use crate::connected::{Accepted, Connected};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
 use crate::sockaddr;
@@ -108,6 +108,8 @@ pub struct Emulator<'a> {
     pub stash: &'a Stash,
     /// Sockets connected to a balancer in a client's stead.
     pub connected: &'a Connected,
+    /// What `accept` showed for each accepted socket.
+    pub accepted: &'a Accepted,
     /// Answers kept for interrupted calls.
     pub restarts: &'a Restarts,
     /// Counters.
@@ -218,7 +220,14 @@ impl Emulator<'_> {
         let (Some(peer_inet), Some(local_inet)) = (sockaddr::kernel_inet(peer), sockaddr::kernel_inet(local)) else {
             return Err(RxMiss::NotInet);
         };
-        let connected = socket.and_then(|s| self.connected.client(|| net::inode(s).ok(), peer_inet));
+        // An accepted socket is shown what its accept showed (`connected::Accepted`).
+        if let Seen::Socket(inode) = seen {
+            if let Some(shown) = self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet) {
+                let client = shown.ok_or(RxMiss::Unmapped)?;
+                return sockaddr::replace(peer, client).ok_or(RxMiss::Unrepresentable);
+            }
+        }
+        let connected = socket.and_then(|s| self.connected.recall(|| net::inode(s).ok(), peer_inet));
         let client =
             connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)?;
         sockaddr::replace(peer, client).ok_or_else(|| {
@@ -316,13 +325,15 @@ impl Emulator<'_> {
         };
         // From here on the supervisor holds a connection: it reaches the caller, the
         // stash, or is closed exactly where the kernel would close it.
+        let inode = net::inode(socket.as_fd()).unwrap_or(0);
         let shown = match net::sock_name(socket.as_fd()) {
-            Ok(local) => {
-                let seen = Seen::Accepted(net::inode(socket.as_fd()).unwrap_or(0));
-                self.rx_rewrite(Proto::Tcp, None, seen, &peer, &local).ok()
-            }
+            Ok(local) => self.rx_rewrite(Proto::Tcp, None, Seen::Accepted(inode), &peer, &local).ok(),
             Err(_) => None,
         };
+        // What getpeername on this socket answers from now on, whatever the table says.
+        if let (Some(peer_inet), true) = (sockaddr::kernel_inet(&peer), inode != 0) {
+            self.accepted.remember(inode, peer_inet, shown.as_ref().and_then(sockaddr::kernel_inet));
+        }
         let rewritten = shown.is_some();
         let shown = shown.unwrap_or(peer);
         // The kernel reads *addrlen only after accepting; a bad pointer then loses the

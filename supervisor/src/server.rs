@@ -22,7 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tracing::{debug, warn};
 
 use crate::abi::{self, Call, Decoded, Syscall, SyscallTable};
-use crate::connected::Connected;
+use crate::connected::{Accepted, Connected};
 use crate::emulate::{Emulator, Handled, Options, Place};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
@@ -95,6 +95,7 @@ struct Shared {
     resolver: Resolver,
     stash: Stash,
     connected: Connected,
+    accepted: Accepted,
     restarts: Restarts,
     counters: Arc<SupervisorCounters>,
     options: Options,
@@ -109,6 +110,7 @@ impl Shared {
             resolver: &self.resolver,
             stash: &self.stash,
             connected: &self.connected,
+            accepted: &self.accepted,
             restarts: &self.restarts,
             counters: &self.counters,
             options: self.options,
@@ -150,6 +152,7 @@ impl Supervisor {
             resolver,
             stash: Stash::default(),
             connected: Connected::default(),
+            accepted: Accepted::default(),
             restarts: Restarts::default(),
             counters,
             options,

@@ -180,10 +180,6 @@ impl Entry {
         self.owner.load(Ordering::Relaxed)
     }
 
-    pub(super) fn set_owner(&self, inode: u64) {
-        self.owner.store(inode, Ordering::Relaxed);
-    }
-
     pub(super) fn handshake_open(&self) -> bool {
         self.handshake_open.load(Ordering::Relaxed)
     }

@@ -81,9 +81,9 @@ impl<'a> Ipv4Packet<'a> {
         Ipv4Addr::new(self.buf[16], self.buf[17], self.buf[18], self.buf[19])
     }
 
-    /// True unless this is a later fragment, whose payload holds no transport header.
-    pub fn is_first_fragment(&self) -> bool {
-        be16(self.buf, 6) & 0x1fff == 0
+    /// True for any fragment: a later one, or a first one with more to come (MF).
+    pub fn is_fragment(&self) -> bool {
+        be16(self.buf, 6) & 0x3fff != 0
     }
 
     /// The payload: bounded by the total length, and by what was captured.
@@ -120,7 +120,7 @@ pub(crate) mod tests {
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(10, 1, 0, 9));
         assert_eq!(ip.protocol(), PROTO_TCP);
         assert_eq!(ip.total_len(), 23);
-        assert!(ip.is_first_fragment());
+        assert!(!ip.is_fragment());
         assert_eq!(ip.payload(), &[1, 2, 3]);
     }
 
@@ -174,6 +174,6 @@ pub(crate) mod tests {
         p[10..12].copy_from_slice(&[0, 0]);
         let sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
-        assert!(!Ipv4Packet::new_checked(&p).unwrap().is_first_fragment());
+        assert!(Ipv4Packet::new_checked(&p).unwrap().is_fragment());
     }
 }

@@ -343,9 +343,9 @@ fn write_mappings(node: &Node, stream: &UnixStream, limit: Option<u64>, filter: 
         Ok(f) => f,
         Err(e) => return write_answer(stream, Err(e)),
     };
-    // Each piece is written while a shard of the table is read-locked: a client that stops
-    // reading for STALLED_READER (2 s) has its answer abandoned and its connection closed,
-    // rather than hold the shard's writers.
+    // The table is copied a chunk at a time and each piece written with no lock held
+    // (`MappingTable::visit_live`); a client that stops reading for STALLED_READER (2 s) has
+    // its answer abandoned and its connection closed, so it holds no connection slot either.
     let written = mappings_answer(node, limit, filter, |piece| write_within(stream, piece, STALLED_READER));
     match &written {
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
