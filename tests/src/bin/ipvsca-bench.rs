@@ -491,8 +491,20 @@ fn table_figures(args: &[String]) {
     let fill = start.elapsed();
     let filled = resident_bytes();
     assert_eq!(table.len() as u64, n);
+    // The provisional entries of a full default table, in a table of their own.
+    let provisional = MappingTable::default();
+    let count = capture::table::provisional_bound(capture::table::DEFAULT_MAX_ENTRIES) as u64;
+    let empty = resident_bytes();
+    for i in 0..count {
+        let (key, client) = table_flow(n + i, v6);
+        provisional.learn(key, client, Via::Toa, Announced::NewFlow, now);
+    }
+    assert_eq!(provisional.provisional_len() as u64, count);
+    let per_provisional = resident_bytes().saturating_sub(empty) as f64 / count as f64;
+    drop(provisional);
     let per_entry = filled.saturating_sub(before) as f64 / n as f64;
     println!("resident: {:.1} MiB before, {:.1} MiB filled: {per_entry:.1} bytes per entry", mib(before), mib(filled));
+    println!("{count} provisional entries (a full default table's share): {per_provisional:.1} bytes per entry");
     println!(
         "insert (learn + confirming accept): {:.0} per second ({:.2} s)",
         n as f64 / fill.as_secs_f64(),
