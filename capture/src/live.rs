@@ -226,11 +226,21 @@ impl LiveCapture {
         self.drain_locked(state, Drain::Until(deadline))
     }
 
-    /// Whether a packet is queued on a capture socket, not yet learned (one `poll`).
-    pub fn has_pending(&self) -> bool {
+    /// For a lookup that found a mapping which a packet still queued may change (a datagram
+    /// on a reused balancer port whose announcement is not read yet): drains for at most
+    /// [`LOOKUP_DRAIN_TIME`] / 10 if packets are queued and no drain is under way (the
+    /// capture thread, draining, will read them anyway). Returns whether it drained. Costs
+    /// one `poll` when nothing is queued, so that a hit stays cheap under a flood.
+    pub fn drain_if_pending(&self) -> bool {
         let mut fds: Vec<PollFd> =
             self.sockets.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
-        poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        if !poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+            return false;
+        }
+        drop(fds);
+        let Ok(state) = self.drain.try_lock() else { return false };
+        self.drain_locked(state, Drain::Until(Instant::now() + LOOKUP_DRAIN_TIME / 10));
+        true
     }
 
     /// The capture thread's drain: everything queued, unless a lookup waits for the lock.

@@ -341,6 +341,11 @@ impl MappingTable {
             } else if m.client() == client {
                 m.touch(now);
                 m.set_handshake_open(false);
+                // The same client announced for a new connection (a reused balancer port):
+                // that connection may take the mapping when it is accepted.
+                if announced == Announced::NewFlow && m.via() != Via::Static {
+                    m.release_owner();
+                }
                 Some(Learned::Refreshed)
             } else if m.via() == Via::Static || (announced == Announced::InFlow && !m.handshake_open()) {
                 Some(Learned::Kept)
@@ -585,7 +590,7 @@ impl MappingTable {
                     self.counters.stale_refused.inc();
                     None
                 }
-                _ => Some(use_mapping(m, now)),
+                _ => Some(use_mapping(m, seen, now)),
             })
         };
         let found = match (provisional, mapped) {
@@ -608,8 +613,19 @@ impl MappingTable {
         let is_static = self.store.with(&key, |m| m.via() == Via::Static).unwrap_or(false);
         if !still_there || is_static {
             drop(w);
-            let live = |m: &Entry| m.is_live(now, timeout).then(|| use_mapping(m, now));
-            return self.store.with(&key, live).flatten();
+            // The entry was confirmed or changed by another lookup meanwhile, or evicted: answer
+            // from the mapping as the flow now has it, under the same rule as a lookup.
+            let answer = |m: &Entry| {
+                if !m.is_live(now, timeout) {
+                    None
+                } else if owned_elsewhere(m, seen) {
+                    self.counters.stale_refused.inc();
+                    None
+                } else {
+                    Some(use_mapping(m, seen, now))
+                }
+            };
+            return self.store.with(&key, answer).flatten();
         }
         let owner = match seen {
             Seen::Accepted(inode) | Seen::Socket(inode) => inode,
@@ -854,9 +870,15 @@ fn owned_elsewhere(m: &Entry, seen: Seen) -> bool {
     }
 }
 
-/// Answers a lookup from mapping `m`, and refreshes it.
-fn use_mapping(m: &Entry, now: Millis) -> SocketAddr {
+/// Answers a lookup from mapping `m`, and refreshes it; an accepted socket owns a mapping
+/// nobody owns.
+fn use_mapping(m: &Entry, seen: Seen, now: Millis) -> SocketAddr {
     m.touch(now);
+    if let (Seen::Accepted(inode), false) = (seen, m.via() == Via::Static) {
+        if inode != 0 {
+            m.claim_owner(inode);
+        }
+    }
     m.client()
 }
 
@@ -1003,6 +1025,33 @@ mod tests {
         // A socket the supervisor cannot tell apart (inode 0) keeps what the flow has.
         t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 14);
         assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(0), 15), Some(addr(B)));
+    }
+
+    #[test]
+    fn a_lookup_that_lost_its_provisional_entry_never_shows_the_previous_connections_client() {
+        let t = MappingTable::default();
+        let k = key(40001, 80);
+        let pk = (k.proto, k.lb, k.rs.port());
+        mapped(&t, k, A, 7, 0);
+        t.learn(k, addr(B), Via::Toa, Announced::NewFlow, 1);
+        let read = t.provisional.get(&pk).map(|p| *p).unwrap();
+        // Another TOA takes the entry in place before the lookup confirms what it read.
+        t.learn(k, addr("198.51.100.12:3333"), Via::Toa, Announced::NewFlow, 2);
+        assert_eq!(t.confirm(pk, read, Seen::Accepted(8), 3), None, "not A, the previous connection's");
+        assert_eq!(t.stats().stale_refused, 1);
+    }
+
+    #[test]
+    fn the_same_client_on_a_reused_port_is_shown_to_the_new_connection() {
+        let t = MappingTable::default();
+        let k = key(40001, 80);
+        mapped(&t, k, A, 7, 0);
+        // The new connection's SYN announces the same client: nothing provisional to confirm.
+        assert_eq!(t.learn(k, addr(A), Via::Toa, Announced::NewFlow, 10), Learned::Refreshed);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(8), 11), Some(addr(A)));
+        // It owns the mapping now: a third connection with no TOA of its own is refused.
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Accepted(9), 12), None);
+        assert_eq!(t.client_for_local(Proto::Tcp, k.lb, k.rs, Seen::Socket(8), 13), Some(addr(A)));
     }
 
     #[test]

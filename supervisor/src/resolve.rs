@@ -40,15 +40,16 @@ impl Resolver {
     /// the service met the flow (`seen`: a provisional entry may be confirmed here).
     pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr, seen: Seen) -> Option<SocketAddr> {
         let capture = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()));
-        // A datagram has no connection to tell a flow's new client from its old one: an
-        // announcement still queued may be for this very datagram (a reused balancer port).
-        if let (Seen::Datagram, Some(capture)) = (seen, capture) {
-            if capture.has_pending() {
-                capture.drain_for_lookup();
-                self.counters.drains.inc();
-            }
-        }
         if let Some(client) = self.table.client_for_local(proto, peer, local, seen, monotonic_millis()) {
+            // A datagram has no connection to tell a flow's new client from its old one: an
+            // announcement still queued may be for this very datagram (a balancer port
+            // reused for a new client). Read it if that is cheap, then look again.
+            if let (Seen::Datagram, Some(capture)) = (seen, capture) {
+                if capture.drain_if_pending() {
+                    self.counters.drains.inc();
+                    return self.table.client_for_local(proto, peer, local, seen, monotonic_millis()).or(Some(client));
+                }
+            }
             return Some(client);
         }
         let capture = capture?;

@@ -180,6 +180,16 @@ impl Entry {
         self.owner.load(Ordering::Relaxed)
     }
 
+    /// Leaves the mapping to whichever connection is accepted on it next.
+    pub(super) fn release_owner(&self) {
+        self.owner.store(0, Ordering::Relaxed);
+    }
+
+    /// Makes socket `inode` the owner if the mapping has none.
+    pub(super) fn claim_owner(&self, inode: u64) {
+        let _ = self.owner.compare_exchange(0, inode, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     pub(super) fn handshake_open(&self) -> bool {
         self.handshake_open.load(Ordering::Relaxed)
     }

@@ -60,8 +60,9 @@ impl<'a> Ipv6Packet<'a> {
         Ipv6Addr::from(<[u8; 16]>::try_from(&self.buf[24..40]).expect("checked length"))
     }
 
-    /// The upper-layer protocol and its bytes, after any extension headers; `None` for a
-    /// later fragment.
+    /// The upper-layer protocol and its bytes, after any extension headers; `None` for any
+    /// fragment (a later one, or a first one with more to come: its transport checksum
+    /// covers the whole datagram, which one fragment cannot show).
     pub fn upper_layer(&self) -> Result<Option<(u8, &'a [u8])>, Malformed> {
         let mut next = self.buf[6];
         let mut rest = &self.buf[HEADER_LEN..];
@@ -79,7 +80,8 @@ impl<'a> Ipv6Packet<'a> {
                     if rest.len() < 8 {
                         return Err(Malformed::BadIpv6Extension);
                     }
-                    if be16(rest, 2) & 0xfff8 != 0 {
+                    // Fragment offset, or the M flag.
+                    if be16(rest, 2) & 0xfff9 != 0 {
                         return Ok(None);
                     }
                     8
@@ -123,12 +125,17 @@ mod tests {
 
     #[test]
     fn extension_headers_are_walked() {
-        // hop-by-hop (8 bytes) -> destination options (16 bytes) -> first fragment -> TCP
+        // hop-by-hop (8 bytes) -> destination options (16 bytes) -> atomic fragment -> TCP
         let mut ext = vec![DEST_OPTS, 0, 1, 4, 0, 0, 0, 0];
         ext.extend_from_slice(&[FRAGMENT, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        ext.extend_from_slice(&[6, 0, 0, 1, 0, 0, 0, 7]);
+        ext.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 7]);
         let p = packet(HOP_BY_HOP, &ext, &[9]);
         assert_eq!(Ipv6Packet::new_checked(&p).unwrap().upper_layer().unwrap(), Some((6, &[9][..])));
+        // A first fragment with more to come: nothing to learn from.
+        let n = ext.len();
+        ext[n - 5] = 1;
+        let p = packet(HOP_BY_HOP, &ext, &[9]);
+        assert_eq!(Ipv6Packet::new_checked(&p).unwrap().upper_layer().unwrap(), None);
     }
 
     #[test]
