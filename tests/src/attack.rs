@@ -25,15 +25,8 @@ pub const PYTHON: &str = "/usr/bin/python3";
 /// The unprivileged user the attacker runs as (`nobody`).
 pub const NOBODY: u32 = 65534;
 
-/// The service: a TCP listener and a UDP socket as asked, and a control socket on
-/// 127.0.0.1 taking one JSON command a datagram. Prints one JSON object a line: `ready`,
-/// then an `event` line for each connection accepted (what `accept` and `getpeername`
-/// said), datagram received (what `recvfrom` said) and command run. Every call it makes
-/// on its sockets is one ipvsca traps (Python's `accept`, `recvfrom`, `sendto`, `connect`
-/// and `getpeername` pass an address). Exits after `--lifetime` seconds.
-const PUPPET: &str = r#"
-import json, os, select, socket, sys, time
-
+/// The helpers both scripts below begin with (they import json and sys).
+const SCRIPT_HELPERS: &str = r#"
 def addr(text):
     host, port = text.rsplit(":", 1)
     return host, int(port)
@@ -44,6 +37,23 @@ def show(a):
 def emit(fields):
     sys.stdout.write(json.dumps(fields) + "\n")
     sys.stdout.flush()
+"#;
+
+/// A script's first line (its imports), then [`SCRIPT_HELPERS`], then the rest of it.
+fn script(source: &str) -> String {
+    let (imports, rest) = source.trim_start().split_once('\n').expect("a script of several lines");
+    format!("{imports}\n{SCRIPT_HELPERS}\n{rest}")
+}
+
+/// The service: a TCP listener and a UDP socket as asked, and a control socket on
+/// 127.0.0.1 taking one JSON command a datagram. Prints one JSON object a line: `ready`,
+/// then an `event` line for each connection accepted (what `accept` and `getpeername`
+/// said), datagram received (what `recvfrom` said) and command run. Every call it makes
+/// on its sockets is one ipvsca traps (Python's `accept`, `recvfrom`, `sendto`, `connect`
+/// and `getpeername` pass an address). Exits after `--lifetime` seconds.
+const PUPPET: &str = r#"
+import json, os, select, socket, sys, time
+
 
 opts = dict(zip(sys.argv[1::2], sys.argv[2::2]))
 control = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -125,16 +135,6 @@ while time.monotonic() < end:
 const LOCAL_ANNOUNCER: &str = r#"
 import json, os, select, socket, struct, sys, time
 
-def addr(text):
-    host, port = text.rsplit(":", 1)
-    return host, int(port)
-
-def show(a):
-    return "%s:%d" % (a[0], a[1])
-
-def emit(fields):
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
 
 host, udp_service, tcp_service = sys.argv[1], addr(sys.argv[2]), addr(sys.argv[3])
 udp_client, tcp_client = addr(sys.argv[4]), addr(sys.argv[5])
@@ -190,7 +190,7 @@ impl Puppet {
     pub fn start(ns: &Netns, socket: &Path, launcher_args: &[&str], args: &[&str], wait: Duration) -> Puppet {
         let mut cmd = ns.command(bins::path("ipvsca-run").to_str().expect("UTF-8 path"));
         cmd.arg("--control").arg(socket).args(launcher_args);
-        cmd.args(["--", PYTHON, "-u", "-c", PUPPET]).args(args).env("RUST_LOG", "warn");
+        cmd.args(["--", PYTHON, "-u", "-c", &script(PUPPET)]).args(args).env("RUST_LOG", "warn");
         let service = Service::start(cmd).expect("starting ipvsca-run with the puppet service");
         let ready = service.json(wait);
         assert_eq!(ready["ready"], true, "{ready}\n{}", service.stderr_text());
@@ -308,7 +308,7 @@ pub fn local_announcer(
     let mut cmd = ns.command("setpriv");
     let id = NOBODY.to_string();
     cmd.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--inh-caps=-all", "--", PYTHON, "-u", "-c"]);
-    cmd.arg(LOCAL_ANNOUNCER).arg(host.to_string());
+    cmd.arg(script(LOCAL_ANNOUNCER)).arg(host.to_string());
     for a in [udp_service, tcp_service, udp_client, tcp_client] {
         cmd.arg(a.to_string());
     }
