@@ -39,12 +39,13 @@ impl Resolver {
     /// rx: the client behind `peer`, seen on a socket whose local address is `local`, as
     /// the service met the flow (`seen`: a provisional entry may be confirmed here).
     pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr, seen: Seen) -> Option<SocketAddr> {
-        let capture = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()));
+        // Only a trusted source's flows are worth a drain (judged only when one is due).
+        let capture = || self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()));
         if let Some(client) = self.table.client_for_local(proto, peer, local, seen, monotonic_millis()) {
             // A datagram has no connection to tell a flow's new client from its old one: an
             // announcement still queued may be for this very datagram (a balancer port
             // reused for a new client). Read it if that is cheap, then look again.
-            if let (Seen::Datagram, Some(capture)) = (seen, capture) {
+            if let (Seen::Datagram, Some(capture)) = (seen, capture()) {
                 if capture.drain_if_pending() {
                     self.counters.drains.inc();
                     return self.table.client_for_local(proto, peer, local, seen, monotonic_millis()).or(Some(client));
@@ -52,7 +53,7 @@ impl Resolver {
             }
             return Some(client);
         }
-        let capture = capture?;
+        let capture = capture()?;
         capture.drain_for_lookup();
         self.counters.drains.inc();
         let found = self.table.client_for_local(proto, peer, local, seen, monotonic_millis());
