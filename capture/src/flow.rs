@@ -68,25 +68,25 @@ pub struct FlowKey {
     pub rs: SocketAddr,
 }
 
-/// Whether `ip` can be a host's own unicast address on a network: not unspecified,
-/// loopback, multicast or the IPv4 limited broadcast (IPv4-mapped forms judged as IPv4).
-fn unicast_host(ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
-    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || broadcast)
+/// Why `a` cannot be a peer's address (a balancer's local address or a client): it must be
+/// a unicast address of another host, not unspecified, loopback, multicast or the IPv4
+/// limited broadcast (IPv4-mapped forms judged as IPv4), with a port. `None` if it can be.
+/// Nothing else is ever learned or added: a TOA naming a loopback or broadcast client
+/// would put a service's own address, or one no peer can have, in its logs and ACLs.
+pub fn not_a_peer(a: SocketAddr) -> Option<&'static str> {
+    match a.ip().to_canonical() {
+        ip if ip.is_multicast() => Some("a multicast address"),
+        ip if ip.is_loopback() => Some("a loopback address"),
+        ip if ip.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        _ if a.port() == 0 => Some("port 0"),
+        _ => None,
+    }
 }
 
-/// Whether a balancer's local address (the peer a real server sees) can be `a`: a unicast
-/// address of another host, and a port. Nothing else is ever learned or added.
-pub fn can_be_balancer(a: SocketAddr) -> bool {
-    a.port() != 0 && unicast_host(a.ip())
-}
-
-/// Whether an announced client can be `a`: a unicast address of another host, and a port.
-/// A TOA naming a loopback or broadcast client would put a service's own address, or one
-/// no peer can have, in its logs and ACLs.
-pub fn can_be_client(a: SocketAddr) -> bool {
-    a.port() != 0 && unicast_host(a.ip())
+/// Whether a balancer's local address or a client can be `a` (see [`not_a_peer`]).
+pub fn can_be_peer(a: SocketAddr) -> bool {
+    not_a_peer(a).is_none()
 }
 
 /// How a mapping was learned.
@@ -121,7 +121,7 @@ mod tests {
     fn only_unicast_addresses_of_other_hosts_with_a_port_are_balancers_or_clients() {
         for ok in ["10.1.0.5:40001", "198.51.100.7:1", "[2001:db8::5]:443", "[::ffff:10.1.0.5]:80"] {
             let a: SocketAddr = ok.parse().unwrap();
-            assert!(can_be_balancer(a) && can_be_client(a), "{ok}");
+            assert!(can_be_peer(a), "{ok}");
         }
         for bad in [
             "10.1.0.5:0",
@@ -136,7 +136,7 @@ mod tests {
             "[::ffff:127.0.0.1]:80",
         ] {
             let a: SocketAddr = bad.parse().unwrap();
-            assert!(!can_be_balancer(a) && !can_be_client(a), "{bad}");
+            assert!(!can_be_peer(a), "{bad}");
         }
     }
 }

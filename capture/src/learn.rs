@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::clock::Millis;
 use crate::counter_set;
 use crate::counters::Counter;
-use crate::flow::{FlowKey, Proto, Via, can_be_balancer, can_be_client};
+use crate::flow::{FlowKey, Proto, Via, can_be_peer};
 use crate::host::HostView;
 use crate::inspect::{LinkType, Observation, PacketMeta, inspect_frame, inspect_network};
 use crate::table::{Announced, Learned, MappingTable};
@@ -36,7 +36,8 @@ counter_set! {
         /// TOAs and announcements dropped because their source is outside `--trust`.
         untrusted,
         /// TOAs and announcements naming an address no balancer or client can have
-        /// (loopback, multicast, broadcast, unspecified, port 0): dropped.
+        /// (loopback, multicast, broadcast, unspecified, port 0), or this host as the
+        /// client: dropped.
         implausible,
         /// TOAs and announcements dropped because this host sent them (a loopback
         /// interface, or one of its own addresses as the source), whatever `--trust` says.
@@ -197,7 +198,7 @@ impl Learner {
         }
         // A client naming this host would put the server's own address in its logs and ACLs.
         let own_client = self.trust.host().is_local(client.ip());
-        if !(can_be_balancer(key.lb) && can_be_client(client) && key.rs.port() != 0) || own_client {
+        if !(can_be_peer(key.lb) && can_be_peer(client) && key.rs.port() != 0) || own_client {
             self.counters.implausible.inc();
             return None;
         }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capture::clock::{Millis, monotonic_millis};
-use capture::flow::{Via, can_be_balancer, can_be_client};
+use capture::flow::{Via, not_a_peer};
 use capture::table::{Learned, MappingInfo};
 use capture::wire::toa::ToaKinds;
 use capture::{FlowKey, LiveCapture, MappingTable, Proto};
@@ -560,17 +560,14 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             for (what, a) in [("balancer", lb), ("real-server", rs), ("client", client)] {
                 check_address(what, a)?;
             }
-            if !can_be_balancer(lb) {
-                return Err(format!(
-                    "balancer address {lb} is {}: no balancer connects from one; give the balancer's local address, the peer the real server sees",
-                    not_unicast(lb)
-                ));
-            }
-            if !can_be_client(client) {
-                return Err(format!(
-                    "client address {client} is {}: no client connects from one; give the client's own address",
-                    not_unicast(client)
-                ));
+            let peers = [
+                ("balancer", lb, "the balancer's local address, the peer the real server sees"),
+                ("client", client, "the client's own address"),
+            ];
+            for (what, a, give) in peers {
+                if let Some(why) = not_a_peer(a) {
+                    return Err(format!("{what} address {a} is {why}: no {what} connects from one; give {give}"));
+                }
             }
             if lb.is_ipv4() != rs.is_ipv4() {
                 return Err("the balancer and real-server addresses must be of one family".into());
@@ -612,17 +609,6 @@ fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
         return Err(format!("{what} address {a}: give a real address and port (IPv4 as a.b.c.d:port)"));
     }
     Ok(())
-}
-
-/// What makes `a` no host's unicast address, for a refusal (see [`can_be_balancer`]).
-fn not_unicast(a: SocketAddr) -> &'static str {
-    match a.ip().to_canonical() {
-        ip if ip.is_multicast() => "a multicast address",
-        ip if ip.is_loopback() => "a loopback address",
-        ip if ip.is_unspecified() => "the unspecified address",
-        std::net::IpAddr::V4(v4) if v4.is_broadcast() => "the broadcast address",
-        _ => "not a unicast address",
-    }
 }
 
 fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
