@@ -110,16 +110,16 @@ impl HostView {
     }
 
     /// Whether `ip` is in a subnet connected to the interface `ifindex` (any captured
-    /// interface when 0: not known) and not an address of this host. A packet that arrives
-    /// on another interface than its source's subnet is not believed: it may be forged by a
-    /// host on that other interface (a packet socket reads packets before reverse-path
-    /// filtering would drop them).
-    pub fn is_connected_peer(&self, ip: IpAddr, ifindex: u32) -> bool {
+    /// interface when 0: not known); whether it is this host's own is [`HostView::is_local`].
+    /// A packet that arrives on another interface than its source's subnet is not believed:
+    /// it may be forged by a host on that other interface (a packet socket reads packets
+    /// before reverse-path filtering would drop them).
+    pub fn in_connected_subnet(&self, ip: IpAddr, ifindex: u32) -> bool {
         let ip = ip.to_canonical();
         let guard = self.addrs.read().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().is_some_and(|a| {
-            !a.is_local(ip) && a.connected.iter().any(|&(i, n)| (ifindex == 0 || i == ifindex) && n.contains(&ip))
-        })
+        guard
+            .as_ref()
+            .is_some_and(|a| a.connected.iter().any(|&(i, n)| (ifindex == 0 || i == ifindex) && n.contains(&ip)))
     }
 }
 

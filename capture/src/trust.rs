@@ -112,7 +112,7 @@ impl Trust {
         let source = source.to_canonical();
         if self.any
             || self.nets.iter().any(|n| n.contains(&source))
-            || (self.connected && self.host.is_connected_peer(source, ifindex))
+            || (self.connected && self.host.in_connected_subnet(source, ifindex))
         {
             Verdict::Trusted
         } else {
