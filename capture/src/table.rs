@@ -586,11 +586,8 @@ impl MappingTable {
             };
             found.map(|m| match provisional {
                 Some(p) if !keeps_mapping(m, seen, &p) => None,
-                None if owned_elsewhere(m, seen) => {
-                    self.counters.stale_refused.inc();
-                    None
-                }
-                _ => Some(use_mapping(m, seen, now)),
+                Some(_) => Some(use_mapping(m, seen, now)),
+                None => self.answer(m, seen, now),
             })
         };
         let found = match (provisional, mapped) {
@@ -600,6 +597,17 @@ impl MappingTable {
         };
         self.count_lookup(found.is_some());
         found
+    }
+
+    /// Answers a lookup from the live mapping `m` when no newer provisional entry competes:
+    /// its client, unless another connection confirmed it (a reused balancer port whose new
+    /// TOA is not known: counted, and no client rather than the earlier one).
+    fn answer(&self, m: &Entry, seen: Seen, now: Millis) -> Option<SocketAddr> {
+        if owned_elsewhere(m, seen) {
+            self.counters.stale_refused.inc();
+            return None;
+        }
+        Some(use_mapping(m, seen, now))
     }
 
     /// Makes the provisional entry `p` (under `pk`) the flow's mapping, owned by the socket
@@ -615,16 +623,7 @@ impl MappingTable {
             drop(w);
             // The entry was confirmed or changed by another lookup meanwhile, or evicted: answer
             // from the mapping as the flow now has it, under the same rule as a lookup.
-            let answer = |m: &Entry| {
-                if !m.is_live(now, timeout) {
-                    None
-                } else if owned_elsewhere(m, seen) {
-                    self.counters.stale_refused.inc();
-                    None
-                } else {
-                    Some(use_mapping(m, seen, now))
-                }
-            };
+            let answer = |m: &Entry| m.is_live(now, timeout).then(|| self.answer(m, seen, now)).flatten();
             return self.store.with(&key, answer).flatten();
         }
         let owner = match seen {
