@@ -19,9 +19,9 @@ if ! command -v dpkg-shlibdeps >/dev/null; then
     exit 1
 fi
 
-# The package's metadata is in launcher/Cargo.toml, but ipvsca belongs to ipvsca-supervisor,
-# which `cargo deb` would not build: build both packages' binaries, then package them as built.
-"$cargo" build --release --locked -p ipvsca-supervisor -p ipvsca-launcher --bins
+# The package's metadata is in cli/Cargo.toml; the binaries are built first because the man
+# pages are written from them, then packaged as built.
+"$cargo" build --release --locked -p ipvsca-cli --bins
 bash deploy/man-pages.sh
 built=$("$cargo" deb -p ipvsca-launcher --no-build --locked)
 # cargo-deb prints the .ddeb and the .deb, one a line.

@@ -14,7 +14,7 @@ if ! "$cargo" generate-rpm --version >/dev/null 2>&1; then
     exit 1
 fi
 
-"$cargo" build --release --locked -p ipvsca-supervisor -p ipvsca-launcher --bins
+"$cargo" build --release --locked -p ipvsca-cli --bins
 bash deploy/man-pages.sh
 # cargo-generate-rpm packages files as they are: strip copies (the release profile keeps line
 # tables for backtraces; the Debian package moves them to a -dbgsym package instead).
@@ -28,5 +28,5 @@ rm -rf "$out"
 mkdir -p "$out"
 # The file times and the build time from the last commit, so that one commit gives one package.
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
-"$cargo" generate-rpm -p launcher -o "$out/" >&2
+"$cargo" generate-rpm -p cli -o "$out/" >&2
 realpath "$out"/*.rpm

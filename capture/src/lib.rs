@@ -6,7 +6,6 @@
 //! `shared/spec/ip_vs_ca.md`; comments cite its sections as "spec, ...".
 
 pub mod bpf;
-pub mod cli;
 pub mod clock;
 pub mod counters;
 pub mod flow;

@@ -56,6 +56,14 @@ pub const MIN_MAX_ENTRIES: usize = 16;
 /// Provisional entries never exceed this many, whatever the bound.
 pub const MAX_PROVISIONAL: usize = 65_536;
 
+/// `--max-entries`: a count of at least [`MIN_MAX_ENTRIES`].
+pub fn parse_max_entries(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= MIN_MAX_ENTRIES => Ok(n),
+        _ => Err(format!("{value:?}: give a number of entries of at least {MIN_MAX_ENTRIES}")),
+    }
+}
+
 const WARN_EVERY: Millis = 10_000;
 /// Mappings copied per shard lock hold by [`MappingTable::visit_live`].
 pub const VISIT_CHUNK: usize = 1_024;

@@ -10,24 +10,80 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use capture::trust::Trust;
 use capture::{LiveCapture, MappingTable};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitStatus, waitpid};
 use supervisor::control::server::{ControlGuard, ControlServer, Mode, Node, ServiceInfo, Services};
-use supervisor::control::{self, Connection, Request};
-use supervisor::daemon::{abort_on_panic, raise_descriptor_limit, spawn_capture};
+use supervisor::control::{self, Connection, ControlError, Request};
 use supervisor::emulate::Options;
-use supervisor::filter::IoUring;
+use supervisor::filter::{FilterError, IoUring};
 use supervisor::privileges;
+use supervisor::process::{abort_on_panic, raise_descriptor_limit, spawn_capture};
 use supervisor::resolve::Resolver;
-use supervisor::server::Supervisor;
+use supervisor::server::{ServeError, Supervisor};
 use supervisor::stats::SupervisorCounters;
 use supervisor::sys::seccomp::Listener;
 
 use crate::keeper::{FORWARDED, SI_KERNEL};
-use crate::spawn::{self, Credentials, Launched};
+use crate::spawn::{self, Credentials, LaunchError, Launched};
+
+/// Why a service could not be run (or stopped being served).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Starting the service failed; the exit code says at which stage.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The seccomp filter could not be built.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    /// The embedded supervisor could not start.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The control socket asked for could not be made.
+    #[error("opening the control socket {path}: {source}")]
+    ControlSocket {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The daemon could not be reached.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// The daemon refused the service, or the handover failed half-way.
+    #[error("handing the service to the supervisor at {path}: {source}")]
+    Handover {
+        /// The daemon's control socket.
+        path: PathBuf,
+        /// Why.
+        source: ControlError,
+    },
+    /// A step of this process (a thread, a signal mask, a wait) failed.
+    #[error("{what}: {source}")]
+    System {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// The exit status `ipvsca-run` ends with: the launch stage's (as `env`'s 126/127 for a
+    /// program that cannot run), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Launch(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// `RunError::System` for `what`, for `map_err`.
+fn system<E: Into<std::io::Error>>(what: &'static str) -> impl FnOnce(E) -> RunError {
+    move |e| RunError::System { what, source: e.into() }
+}
 
 /// Where the embedded supervisor's control socket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +135,7 @@ fn start(
     argv: &[OsString],
     io_uring: IoUring,
     user: Option<&Credentials>,
-) -> anyhow::Result<(Launched, OwnedFd, SigSet)> {
+) -> Result<(Launched, OwnedFd, SigSet), RunError> {
     let filter = supervisor::filter::build(io_uring)?;
     // Forks the keeper and the service: the last moment this process has one thread.
     let (launched, listener) = spawn::launch(program, argv, &filter, user)?;
@@ -87,7 +143,7 @@ fn start(
     for sig in FORWARDED {
         forwarded.add(sig);
     }
-    forwarded.thread_block().context("blocking the forwarded signals")?;
+    forwarded.thread_block().map_err(system("blocking the forwarded signals"))?;
     // A supervisor that panics must not leave the service half-supervised.
     abort_on_panic();
     raise_descriptor_limit();
@@ -96,18 +152,21 @@ fn start(
 
 /// Forwards the signals sent to this process to the keeper, lets the service exec, and
 /// waits for the keeper: the service's exit status.
-fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) -> anyhow::Result<i32> {
+fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) -> Result<i32, RunError> {
     let keeper = launched.keeper;
-    std::thread::Builder::new().name("ipvsca-signals".into()).spawn(move || {
-        // A terminal's Ctrl-C reached the whole process group, the service included.
-        while let Ok((sig, code)) = crate::sys::wait_signal(&forwarded) {
-            if code != SI_KERNEL {
-                if let Ok(signal) = Signal::try_from(sig) {
-                    let _ = nix::sys::signal::kill(keeper, signal);
+    std::thread::Builder::new()
+        .name("ipvsca-signals".into())
+        .spawn(move || {
+            // A terminal's Ctrl-C reached the whole process group, the service included.
+            while let Ok((sig, code)) = crate::sys::wait_signal(&forwarded) {
+                if code != SI_KERNEL {
+                    if let Ok(signal) = Signal::try_from(sig) {
+                        let _ = nix::sys::signal::kill(keeper, signal);
+                    }
                 }
             }
-        }
-    })?;
+        })
+        .map_err(system("starting the signal thread"))?;
     if let Err(e) = launched.go() {
         let _ = waitpid(keeper, None);
         return Err(e.into());
@@ -123,7 +182,7 @@ fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) 
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e).context("waiting for the service"),
+            Err(e) => return Err(system("waiting for the service")(e)),
         }
     }
 }
@@ -131,11 +190,12 @@ fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) 
 /// Runs `argv` (`program` resolved) under the embedded supervisor until its last process
 /// exits; returns its exit status (128+N for signal N). Must be called while the process
 /// has a single thread: it forks.
-pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::Result<i32> {
+pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> Result<i32, RunError> {
     // An explicit control socket is bound before anything starts, so a bad path stops here.
     let explicit = match &s.control {
         ControlSocket::At(path) => {
-            Some(ControlServer::bind(path).with_context(|| format!("opening the control socket {}", path.display()))?)
+            let bound = ControlServer::bind(path);
+            Some(bound.map_err(|source| RunError::ControlSocket { path: path.clone(), source })?)
         }
         _ => None,
     };
@@ -180,21 +240,24 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
                 attach: None,
                 started: Instant::now(),
             };
-            Some(bound.spawn(Arc::new(node))?)
+            Some(bound.spawn(Arc::new(node)).map_err(system("starting the control thread"))?)
         }
         None => None,
     };
     if let Some(capture) = s.capture.clone() {
         tracing::debug!(interfaces = ?capture.interfaces(), "capturing");
-        spawn_capture(capture)?;
+        spawn_capture(capture).map_err(system("starting the capture thread"))?;
     }
-    std::thread::Builder::new().name("ipvsca-notify".into()).spawn(move || {
-        if let Err(e) = supervisor.serve() {
-            // Nobody would answer the service's calls: end, and the keeper stops it.
-            tracing::error!(error = %e, "the supervisor stopped; stopping the service");
-            std::process::exit(1);
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("ipvsca-notify".into())
+        .spawn(move || {
+            if let Err(e) = supervisor.serve() {
+                // Nobody would answer the service's calls: end, and the keeper stops it.
+                tracing::error!(error = %e, "the supervisor stopped; stopping the service");
+                std::process::exit(1);
+            }
+        })
+        .map_err(system("starting the supervisor thread"))?;
     let code = run_to_end(program, launched, forwarded, "embedded")?;
     tracing::debug!(stats = ?counters.snapshot(), "exiting");
     Ok(code)
@@ -204,18 +267,17 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> anyhow::R
 /// `d.control`; returns its exit status. If the daemon goes away while the service runs,
 /// the service is stopped (its calls would go unanswered). Must be called while the
 /// process has a single thread: it forks.
-pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervision) -> anyhow::Result<i32> {
+pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervision) -> Result<i32, RunError> {
+    let handover = |source| RunError::Handover { path: d.control.clone(), source };
     // Reach the daemon before starting anything.
     let mut daemon = Connection::open(&d.control)?;
     let (launched, listener, forwarded) = start(program, argv, d.io_uring, d.user.as_ref())?;
     // This process only forwards signals and waits from here on: it needs no capability.
     privileges::drop_all();
     let request = Request::Attach { program: program.display().to_string(), recvfrom_append: d.recvfrom_append };
-    daemon
-        .request(&request, Some(listener.as_fd()))
-        .with_context(|| format!("handing the service to the supervisor at {}", d.control.display()))?;
+    daemon.request(&request, Some(listener.as_fd())).map_err(handover)?;
     drop(listener);
-    let mut lifeline = daemon.into_stream().context("keeping the connection to the supervisor")?;
+    let mut lifeline = daemon.into_stream().map_err(system("keeping the connection to the supervisor"))?;
     let path = d.control.clone();
     std::thread::Builder::new().name("ipvsca-lifeline".into()).spawn(move || {
         // The daemon never writes again; end-of-file means it is gone (it keeps the
@@ -223,6 +285,7 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
         control::wait_until_closed(&mut lifeline);
         tracing::error!(supervisor = %path.display(), "the supervisor went away; stopping the service, whose calls would go unanswered");
         std::process::exit(1);
-    })?;
+    })
+    .map_err(system("starting the lifeline thread"))?;
     run_to_end(program, launched, forwarded, "daemon")
 }

@@ -23,13 +23,30 @@ use libseccomp::{ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilter
 use crate::abi::Syscall;
 
 /// What to do with `io_uring_setup`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IoUring {
     /// Fail with `ENOSYS`, so programs use the calls ipvsca sees.
     #[default]
     Deny,
     /// Allow: io_uring operations are then not rewritten.
     Allow,
+}
+
+impl IoUring {
+    /// The spelling of `--io-uring`'s values.
+    pub const NAMES: [&str; 2] = ["deny", "allow"];
+}
+
+impl std::str::FromStr for IoUring {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deny" => Ok(IoUring::Deny),
+            "allow" => Ok(IoUring::Allow),
+            _ => Err(format!("{s:?}: give deny or allow")),
+        }
+    }
 }
 
 /// Why the filter could not be built.

@@ -7,12 +7,10 @@
 pub mod abi;
 pub mod connected;
 pub mod control;
-pub mod daemon;
 pub mod emulate;
 pub mod filter;
-pub mod logging;
-pub mod manual;
 pub mod privileges;
+pub mod process;
 pub mod procs;
 pub mod resolve;
 pub mod restart;

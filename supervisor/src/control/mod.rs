@@ -13,7 +13,6 @@
 //!
 //! Owns the protocol and the client side; the server is in [`server`].
 
-pub mod format;
 pub mod server;
 
 use std::fmt;

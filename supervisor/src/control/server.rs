@@ -659,7 +659,7 @@ fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
             capture.set_kinds(kinds).map_err(|e| e.to_string())
         }
         "max_entries" => {
-            let max = capture::cli::parse_max_entries(value).map_err(|e| format!("max_entries: {e}"))?;
+            let max = capture::table::parse_max_entries(value).map_err(|e| format!("max_entries: {e}"))?;
             // Evicts at once when the table holds more.
             node.table.set_max_entries(max);
             Ok(())

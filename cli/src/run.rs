@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use capture::LiveCapture;
-use capture::cli::CaptureArgs;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, Parser};
-use launcher::run::{self, ControlSocket, DaemonSupervision, Supervision};
+use launcher::run::{self, ControlSocket, DaemonSupervision, RunError, Supervision};
 use launcher::{preflight, spawn};
 use supervisor::emulate::{Options, pin_accepts_requested};
 use supervisor::filter::IoUring;
+
+use crate::capture_args::CaptureArgs;
 
 /// The end of the long help and of the man page.
 const EXAMPLES: &str = "\
@@ -50,7 +52,7 @@ struct Cli {
 
     /// io_uring_setup: `deny` fails it with ENOSYS, so programs fall back to the calls
     /// ipvsca rewrites; `allow` lets io_uring run, and its operations are NOT rewritten.
-    #[arg(long, value_enum, default_value_t = IoUring::Deny, value_name = "deny|allow")]
+    #[arg(long, default_value = "deny", value_name = "deny|allow", value_parser = io_uring_parser())]
     io_uring: IoUring,
 
     /// ip_vs_ca's old recvfrom mode: a caller passing *addrlen == 32 gets two sockaddr_in,
@@ -87,26 +89,50 @@ struct Cli {
     command: Vec<OsString>,
 }
 
-fn main() -> ExitCode {
+/// `--io-uring`'s values, listed in the help.
+fn io_uring_parser() -> impl TypedValueParser<Value = IoUring> {
+    PossibleValuesParser::new(IoUring::NAMES).map(|s| s.parse().expect("one of the possible values"))
+}
+
+/// Why `ipvsca-run` stopped before its service ended.
+#[derive(Debug)]
+enum Failure {
+    /// Running the service failed; its exit code says at which stage.
+    Run(RunError),
+    /// Anything else (flags, the capture, the man pages).
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+/// Runs `ipvsca-run` with the process's arguments.
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    supervisor::logging::init();
+    crate::logging::init();
     match run(cli) {
         Ok(code) => ExitCode::from(code as u8),
-        Err(e) => {
+        Err(Failure::Run(e)) => {
+            eprintln!("ipvsca-run: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("ipvsca-run: {e:#}");
-            let code = e.downcast_ref::<spawn::LaunchError>().map_or(1, spawn::LaunchError::exit_code);
-            ExitCode::from(code as u8)
+            ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(dir) = &cli.generate_man {
-        supervisor::manual::write_pages(Cli::command(), dir)?;
+        crate::manual::write_pages(Cli::command(), dir)?;
         return Ok(0);
     }
-    let program = spawn::resolve_program(&cli.command[0])?;
-    let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose()?;
+    let program = spawn::resolve_program(&cli.command[0]).map_err(|e| Failure::Run(e.into()))?;
+    let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose().map_err(|e| Failure::Run(e.into()))?;
     let lacking = preflight::check()?;
     for feature in lacking {
         tracing::warn!(
@@ -118,12 +144,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     if let Some(control) = cli.supervisor {
         if cli.capture != CaptureArgs::default() {
-            anyhow::bail!(
+            return Err(anyhow::anyhow!(
                 "--iface, --toa-kind, --trust, --tcp-timeout, --udp-timeout and --max-entries belong to the daemon with --supervisor (ipvsca supervise takes them)"
-            );
+            )
+            .into());
         }
         let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
-        return run::supervise_with_daemon(&program, &cli.command, daemon);
+        return run::supervise_with_daemon(&program, &cli.command, daemon).map_err(Failure::Run);
     }
     let learner = Arc::new(cli.capture.learner()?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
@@ -138,5 +165,5 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         control: cli.control.map_or(ControlSocket::Default, ControlSocket::At),
         user,
     };
-    run::supervise(&program, &cli.command, supervision)
+    run::supervise(&program, &cli.command, supervision).map_err(Failure::Run)
 }

@@ -6,11 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::host::HostView;
-use crate::learn::{LearnConfig, Learner};
-use crate::table::MappingTable;
-use crate::trust::{AnyCombined, Trust, TrustRule};
-use crate::wire::toa::ToaKinds;
+use capture::host::HostView;
+use capture::learn::{LearnConfig, Learner};
+use capture::table::MappingTable;
+use capture::trust::{AnyCombined, Trust, TrustRule};
+use capture::wire::toa::ToaKinds;
 
 /// Flags of the capture and its table.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -34,16 +34,16 @@ pub struct CaptureArgs {
     pub trust: Vec<TrustRule>,
 
     /// Seconds a TCP mapping lives without being used (ip_vs_ca's tcp_timeout).
-    #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_TCP_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "S", default_value_t = capture::table::DEFAULT_TCP_TIMEOUT.as_secs())]
     pub tcp_timeout: u64,
 
     /// Seconds a UDP mapping lives without being used (ip_vs_ca's udp_timeout).
-    #[arg(long, value_name = "S", default_value_t = crate::table::DEFAULT_UDP_TIMEOUT.as_secs())]
+    #[arg(long, value_name = "S", default_value_t = capture::table::DEFAULT_UDP_TIMEOUT.as_secs())]
     pub udp_timeout: u64,
 
     /// The most entries the table holds, provisional ones included (at least 16); at the
     /// bound the oldest provisional entries, then the least recently used mappings, go.
-    #[arg(long, value_name = "N", default_value_t = crate::table::DEFAULT_MAX_ENTRIES, value_parser = parse_max_entries)]
+    #[arg(long, value_name = "N", default_value_t = capture::table::DEFAULT_MAX_ENTRIES, value_parser = capture::table::parse_max_entries)]
     pub max_entries: usize,
 }
 
@@ -54,9 +54,9 @@ impl Default for CaptureArgs {
             ifaces: Vec::new(),
             toa_kinds: Vec::new(),
             trust: Vec::new(),
-            tcp_timeout: crate::table::DEFAULT_TCP_TIMEOUT.as_secs(),
-            udp_timeout: crate::table::DEFAULT_UDP_TIMEOUT.as_secs(),
-            max_entries: crate::table::DEFAULT_MAX_ENTRIES,
+            tcp_timeout: capture::table::DEFAULT_TCP_TIMEOUT.as_secs(),
+            udp_timeout: capture::table::DEFAULT_UDP_TIMEOUT.as_secs(),
+            max_entries: capture::table::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -130,13 +130,5 @@ impl CaptureArgs {
             let connected = if trust.trusts_connected() { " (connected subnets, kept current)" } else { "" };
             tracing::info!(?kinds, max_entries, trust = %nets.join(" "), "trusting TOA and announcements only from these networks{connected}");
         }
-    }
-}
-
-/// `--max-entries`: a count of at least [`crate::table::MIN_MAX_ENTRIES`].
-pub fn parse_max_entries(value: &str) -> Result<usize, String> {
-    match value.trim().parse::<usize>() {
-        Ok(n) if n >= crate::table::MIN_MAX_ENTRIES => Ok(n),
-        _ => Err(format!("{value:?}: give a number of entries of at least {}", crate::table::MIN_MAX_ENTRIES)),
     }
 }

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use capture::cli::CaptureArgs;
+use super::super::daemon::{self, DaemonConfig};
+use crate::capture_args::CaptureArgs;
 use supervisor::control::DEFAULT_SOCKET;
-use supervisor::daemon::{self, DaemonConfig};
 
 /// Run one supervisor and capture for this network namespace, serving many services.
 ///

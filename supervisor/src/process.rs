@@ -1,33 +1,26 @@
-//! `ipvsca supervise`: one long-running supervisor and capture for a host or network
-//! namespace, serving every service whose `ipvsca-run --supervisor` attaches to it.
+//! What a supervising process does besides answering calls: serving a service handed over
+//! by `ipvsca-run --supervisor` (the daemon), and the start-up steps the daemon and the
+//! embedded supervisor of `ipvsca-run` share (the descriptor limit, aborting on a panic,
+//! the capture thread).
 //!
 //! Each attached service gets its own [`Supervisor`] (receiving thread, workers) over the
 //! shared table, capture and counters. A service is served until its last process exits
 //! (its listener hangs up). If the daemon stops, each launcher reads end-of-file on its
 //! connection and stops its service, which must not run on with trapped calls unanswered.
 //!
-//! Also the start-up steps the embedded supervisor of `ipvsca-run` shares: raising the
-//! descriptor limit and running the capture thread.
+//! Never parses flags: the programs (`cli`) do.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
 
-use anyhow::Context;
 use capture::LiveCapture;
-use capture::cli::CaptureArgs;
-use nix::sys::signal::{SigSet, Signal};
 
-use crate::control::server::{Attached, ControlServer, Mode, Node, ServiceInfo, Services};
+use crate::control::server::{Attached, ServiceInfo, Services};
 use crate::emulate::Options;
+use crate::procs;
 use crate::resolve::Resolver;
 use crate::server::Supervisor;
 use crate::stats::SupervisorCounters;
 use crate::sys::seccomp::Listener;
-use crate::{privileges, procs};
-
-/// Signals that stop the daemon.
-const STOP: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
 
 /// One pidfd per calling thread: a service with many threads needs many descriptors. Raises
 /// the soft `RLIMIT_NOFILE` to the hard one (no privilege needed). Call after forking a
@@ -60,81 +53,10 @@ pub fn spawn_capture(capture: Arc<LiveCapture>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// What `ipvsca supervise` was asked.
-#[derive(Debug, Clone)]
-pub struct DaemonConfig {
-    /// The control socket.
-    pub control: PathBuf,
-    /// The capture and table.
-    pub capture: CaptureArgs,
-    /// `IPVSCA_PIN_ACCEPTS=1`.
-    pub pin_accepts: bool,
-}
-
-/// Runs the daemon until SIGINT, SIGTERM or SIGHUP.
-pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
-    let mut stop = SigSet::empty();
-    for s in STOP {
-        stop.add(s);
-    }
-    stop.thread_block().context("blocking the stop signals")?;
-    abort_on_panic();
-    let learner = Arc::new(config.capture.learner()?);
-    let (table, trust) = (learner.table().clone(), learner.trust().clone());
-    let capture = Arc::new(LiveCapture::open(&config.capture.ifaces, learner).context("opening the capture")?);
-    config.capture.log_start(capture.learner());
-    let control = ControlServer::bind(&config.control)
-        .with_context(|| format!("opening the control socket {}", config.control.display()))?;
-    raise_descriptor_limit();
-    // Every socket is open: from here on the daemon needs only what the module text of
-    // `privileges` lists. No thread exists yet, so all inherit the reduced sets.
-    privileges::drop_and_log(config.pin_accepts);
-
-    let counters = Arc::new(SupervisorCounters::default());
-    let services = Arc::new(Services::default());
-    let resolver = Resolver::new(table.clone(), Some(capture.clone()), trust, counters.clone());
-    let options = Options { recvfrom_append: false, pin_accepts: config.pin_accepts };
-    let attach = {
-        let (services, counters) = (services.clone(), counters.clone());
-        move |a: Attached| serve_attached(a, &resolver, &counters, &services, options)
-    };
-    let node = Arc::new(Node {
-        mode: Mode::Daemon,
-        table,
-        capture: Some(capture.clone()),
-        counters,
-        services,
-        attach: Some(Box::new(attach)),
-        started: Instant::now(),
-    });
-    spawn_capture(capture.clone()).context("starting the capture thread")?;
-    let guard = control.spawn(node).context("starting the control thread")?;
-    tracing::info!(control = %guard.path().display(), interfaces = ?capture.interfaces(), "ipvsca supervise ready");
-    if let Err(e) = notify_ready() {
-        tracing::warn!(error = %e, "telling systemd the daemon is ready failed");
-    }
-    let signal = stop.wait().context("waiting for a stop signal")?;
-    tracing::info!(%signal, "stopping; the services served stop with their launchers");
-    drop(guard);
-    Ok(())
-}
-
-/// Tells systemd (a `Type=notify` unit) that the control socket answers: units ordered
-/// after the daemon may then attach. Nothing without `NOTIFY_SOCKET`. The protocol is one
-/// datagram (sd_notify(3)); no crate needed for it.
-fn notify_ready() -> std::io::Result<()> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::net::{SocketAddr, UnixDatagram};
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return Ok(()) };
-    let addr = match path.as_bytes().strip_prefix(b"@") {
-        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
-        None => SocketAddr::from_pathname(&path)?,
-    };
-    UnixDatagram::unbound()?.send_to_addr(b"READY=1", &addr).map(drop)
-}
-
-fn serve_attached(
+/// Checks that `a` is a seccomp listener of a service this supervisor can serve (its
+/// launcher visible in this PID namespace, in this network namespace) and serves it on a
+/// thread of its own until its last process exits; the service's id in `services`.
+pub fn serve_attached(
     a: Attached,
     resolver: &Resolver,
     counters: &Arc<SupervisorCounters>,

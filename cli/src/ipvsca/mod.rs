@@ -2,6 +2,8 @@
 //! module; no logic lives here.
 
 mod cmd;
+mod daemon;
+mod format;
 
 use std::path::PathBuf;
 
@@ -51,9 +53,10 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
+/// Runs `ipvsca` with the process's arguments.
+pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    supervisor::logging::init();
+    crate::logging::init();
     let result = match cli.command {
         Command::Supervise(c) => cmd::supervise::run(c),
         Command::Stats(c) => cmd::control::stats(c),
@@ -63,7 +66,7 @@ fn main() -> std::process::ExitCode {
         Command::Map(c) => cmd::control::map(c),
         Command::Version(c) => cmd::control::version(c),
         Command::Capture(c) => cmd::capture::run(c),
-        Command::GenerateMan { dir } => supervisor::manual::write_pages(Cli::command(), &dir).map(drop),
+        Command::GenerateMan { dir } => crate::manual::write_pages(Cli::command(), &dir).map(drop),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

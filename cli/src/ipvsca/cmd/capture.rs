@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::capture_args::CaptureArgs;
 use anyhow::Context;
-use capture::cli::CaptureArgs;
 use capture::{Learner, LiveCapture, report};
 use nix::sys::signal::{SigSet, Signal};
 

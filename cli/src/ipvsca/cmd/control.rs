@@ -5,7 +5,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use supervisor::control::{self, Connection, DEFAULT_SOCKET, MappingFilter, Request, format};
+use supervisor::control::{self, Connection, DEFAULT_SOCKET, MappingFilter, Request};
+
+use crate::ipvsca::format;
 
 /// Where the supervisor is.
 #[derive(Debug, clap::Args)]
