@@ -15,6 +15,7 @@
 //! Owns decoding only.
 
 use std::collections::HashMap;
+use std::os::fd::RawFd;
 
 use libseccomp::{ScmpArch, ScmpSyscall};
 use nix::errno::Errno;
@@ -75,19 +76,120 @@ impl Syscall {
     }
 }
 
-/// A decoded trapped call: which, and its six arguments as the native call would take them.
+/// A decoded trapped call with its arguments named, as the native call takes them; pointers
+/// are addresses in the caller. Decoded in [`Call::new`], the one place that knows which
+/// argument register holds what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Call {
-    /// Which call.
-    pub syscall: Syscall,
-    /// Arguments in the order of the native call; pointers as addresses in the caller.
-    pub args: [u64; 6],
+pub enum Call {
+    /// `accept(fd, addr, addrlen)`.
+    Accept {
+        /// The listening socket.
+        fd: RawFd,
+        /// `struct sockaddr *`.
+        addr: u64,
+        /// `socklen_t *`.
+        addrlen: u64,
+    },
+    /// `accept4(fd, addr, addrlen, flags)`.
+    Accept4 {
+        /// The listening socket.
+        fd: RawFd,
+        /// `struct sockaddr *`.
+        addr: u64,
+        /// `socklen_t *`.
+        addrlen: u64,
+        /// `SOCK_CLOEXEC`, `SOCK_NONBLOCK`.
+        flags: i32,
+    },
+    /// `getpeername(fd, addr, addrlen)`.
+    GetPeerName {
+        /// The socket.
+        fd: RawFd,
+        /// `struct sockaddr *`.
+        addr: u64,
+        /// `socklen_t *`.
+        addrlen: u64,
+    },
+    /// `recvfrom(fd, buf, len, flags, addr, addrlen)`.
+    RecvFrom {
+        /// The socket.
+        fd: RawFd,
+        /// The data buffer.
+        buf: u64,
+        /// Its length.
+        len: usize,
+        /// `MSG_*`.
+        flags: i32,
+        /// `struct sockaddr *`, may be NULL.
+        addr: u64,
+        /// `socklen_t *`.
+        addrlen: u64,
+    },
+    /// `sendto(fd, buf, len, flags, addr, addrlen)`.
+    SendTo {
+        /// The socket.
+        fd: RawFd,
+        /// The data.
+        buf: u64,
+        /// Its length.
+        len: usize,
+        /// `MSG_*`.
+        flags: i32,
+        /// `const struct sockaddr *`, may be NULL.
+        addr: u64,
+        /// The address's length (a `socklen_t` passed by value).
+        addrlen: i32,
+    },
+    /// `connect(fd, addr, addrlen)`.
+    Connect {
+        /// The socket.
+        fd: RawFd,
+        /// `const struct sockaddr *`.
+        addr: u64,
+        /// The address's length (a `socklen_t` passed by value).
+        addrlen: i32,
+    },
 }
 
 impl Call {
-    /// Argument `i` as the C `int` it is (descriptors, flags, lengths of type `int`).
-    pub fn int(&self, i: usize) -> i32 {
-        self.args[i] as u32 as i32
+    /// `syscall` with the argument registers `args`, in the native call's order.
+    pub fn new(syscall: Syscall, args: [u64; 6]) -> Call {
+        // C `int` arguments (descriptors, flags, lengths passed by value) are the low 32 bits.
+        let int = |i: usize| args[i] as u32 as i32;
+        match syscall {
+            Syscall::Accept => Call::Accept { fd: int(0), addr: args[1], addrlen: args[2] },
+            Syscall::Accept4 => Call::Accept4 { fd: int(0), addr: args[1], addrlen: args[2], flags: int(3) },
+            Syscall::GetPeerName => Call::GetPeerName { fd: int(0), addr: args[1], addrlen: args[2] },
+            Syscall::RecvFrom => Call::RecvFrom {
+                fd: int(0),
+                buf: args[1],
+                len: args[2] as usize,
+                flags: int(3),
+                addr: args[4],
+                addrlen: args[5],
+            },
+            Syscall::SendTo => Call::SendTo {
+                fd: int(0),
+                buf: args[1],
+                len: args[2] as usize,
+                flags: int(3),
+                addr: args[4],
+                addrlen: int(5),
+            },
+            Syscall::Connect => Call::Connect { fd: int(0), addr: args[1], addrlen: int(2) },
+        }
+    }
+
+    /// Which call this is.
+    pub fn syscall(&self) -> Syscall {
+        match self {
+            Call::Accept { .. } => Syscall::Accept,
+            Call::Accept4 { .. } => Syscall::Accept4,
+            Call::GetPeerName { .. } => Syscall::GetPeerName,
+            Call::RecvFrom { .. } => Syscall::RecvFrom,
+            Call::SendTo { .. } => Syscall::SendTo,
+            Call::Connect { .. } => Syscall::Connect,
+        }
     }
 }
 
@@ -148,7 +250,7 @@ impl SyscallTable {
             };
         }
         match self.by_number.get(&(arch, nr)) {
-            Some(&syscall) => Decoded::Call(Call { syscall, args }),
+            Some(&syscall) => Decoded::Call(Call::new(syscall, args)),
             None => Decoded::Other,
         }
     }
@@ -173,8 +275,7 @@ pub fn socketcall_args(
     for (i, arg) in args.iter_mut().enumerate().take(count) {
         *arg = u64::from(u32::from_ne_bytes(raw[i * 4..i * 4 + 4].try_into().expect("4 bytes")));
     }
-    // accept via socketcall has the same arguments as accept4 with flags 0.
-    Ok(Call { syscall, args })
+    Ok(Call::new(syscall, args))
 }
 
 #[cfg(test)]
@@ -185,12 +286,12 @@ mod tests {
     fn x86_64_numbers_are_the_kernels() {
         let t = SyscallTable::new().unwrap();
         let call = |nr| t.decode(AUDIT_ARCH_X86_64, nr, [0; 6]);
-        assert!(matches!(call(43), Decoded::Call(Call { syscall: Syscall::Accept, .. })));
-        assert!(matches!(call(288), Decoded::Call(Call { syscall: Syscall::Accept4, .. })));
-        assert!(matches!(call(52), Decoded::Call(Call { syscall: Syscall::GetPeerName, .. })));
-        assert!(matches!(call(45), Decoded::Call(Call { syscall: Syscall::RecvFrom, .. })));
-        assert!(matches!(call(44), Decoded::Call(Call { syscall: Syscall::SendTo, .. })));
-        assert!(matches!(call(42), Decoded::Call(Call { syscall: Syscall::Connect, .. })));
+        assert!(matches!(call(43), Decoded::Call(Call::Accept { .. })));
+        assert!(matches!(call(288), Decoded::Call(Call::Accept4 { .. })));
+        assert!(matches!(call(52), Decoded::Call(Call::GetPeerName { .. })));
+        assert!(matches!(call(45), Decoded::Call(Call::RecvFrom { .. })));
+        assert!(matches!(call(44), Decoded::Call(Call::SendTo { .. })));
+        assert!(matches!(call(42), Decoded::Call(Call::Connect { .. })));
         assert_eq!(call(39), Decoded::Other);
     }
 
@@ -198,25 +299,40 @@ mod tests {
     fn x32_calls_carry_the_x32_bit_and_recvfrom_its_own_number() {
         let t = SyscallTable::new().unwrap();
         let x32 = |nr: i32| t.decode(AUDIT_ARCH_X86_64, nr | 0x4000_0000, [0; 6]);
-        assert!(matches!(x32(288), Decoded::Call(Call { syscall: Syscall::Accept4, .. })));
-        assert!(matches!(x32(517), Decoded::Call(Call { syscall: Syscall::RecvFrom, .. })));
+        assert!(matches!(x32(288), Decoded::Call(Call::Accept4 { .. })));
+        assert!(matches!(x32(517), Decoded::Call(Call::RecvFrom { .. })));
     }
 
     #[test]
     fn i386_direct_calls_and_socketcall_decode() {
         let t = SyscallTable::new().unwrap();
-        assert!(matches!(
-            t.decode(AUDIT_ARCH_I386, 364, [0; 6]),
-            Decoded::Call(Call { syscall: Syscall::Accept4, .. })
-        ));
-        assert!(matches!(
-            t.decode(AUDIT_ARCH_I386, 368, [0; 6]),
-            Decoded::Call(Call { syscall: Syscall::GetPeerName, .. })
-        ));
+        assert!(matches!(t.decode(AUDIT_ARCH_I386, 364, [0; 6]), Decoded::Call(Call::Accept4 { .. })));
+        assert!(matches!(t.decode(AUDIT_ARCH_I386, 368, [0; 6]), Decoded::Call(Call::GetPeerName { .. })));
         assert_eq!(t.socketcall_i386(), 102);
         let got = t.decode(AUDIT_ARCH_I386, 102, [12, 0xffff_1000, 0, 0, 0, 0]);
         assert_eq!(got, Decoded::SocketCall { syscall: Syscall::RecvFrom, args: 0xffff_1000 });
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");
+    }
+
+    #[test]
+    fn arguments_are_named_from_their_registers() {
+        let args = [0xffff_ffff_0000_0005, 0x1000, 0x2000, 0x800, 0x3000, 16];
+        assert_eq!(
+            Call::new(Syscall::SendTo, args),
+            Call::SendTo { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 }
+        );
+        assert_eq!(
+            Call::new(Syscall::RecvFrom, args),
+            Call::RecvFrom { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 }
+        );
+        assert_eq!(
+            Call::new(Syscall::Accept4, args),
+            Call::Accept4 { fd: 5, addr: 0x1000, addrlen: 0x2000, flags: 0x800 }
+        );
+        assert_eq!(Call::new(Syscall::Connect, args), Call::Connect { fd: 5, addr: 0x1000, addrlen: 0x2000 });
+        for s in Syscall::ALL {
+            assert_eq!(Call::new(s, args).syscall(), s);
+        }
     }
 
     #[test]
@@ -228,7 +344,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(call.args, [7, 0x8000, 0x8010, 0, 0, 0]);
+        assert_eq!(call, Call::GetPeerName { fd: 7, addr: 0x8000, addrlen: 0x8010 });
         assert_eq!(socketcall_args(Syscall::Accept4, 0, |_, _| Err(Errno::EFAULT)), Err(Errno::EFAULT));
     }
 }

@@ -223,7 +223,7 @@ fn count(counters: &SupervisorCounters, call: &Call, via_socketcall: bool) {
     if via_socketcall {
         counters.socketcall.inc();
     }
-    match call.syscall {
+    match call.syscall() {
         Syscall::Accept => counters.accept.inc(),
         Syscall::Accept4 => counters.accept4.inc(),
         Syscall::GetPeerName => counters.getpeername.inc(),
@@ -321,7 +321,7 @@ fn start_worker(shared: &Arc<Shared>, n: Notification, call: Call) {
             warn!(error = %e, "starting a worker failed; the call fails with a resource error");
             shared.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
             shared.counters.supervisor_errors.inc();
-            let _ = shared.listener.reply_error(n.id, crate::emulate::resource_errno(call.syscall));
+            let _ = shared.listener.reply_error(n.id, crate::emulate::resource_errno(call.syscall()));
         }
     }
 }

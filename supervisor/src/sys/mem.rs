@@ -20,20 +20,6 @@ pub fn read(tid: u32, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
     if n as usize == buf.len() { Ok(()) } else { Err(Errno::EFAULT) }
 }
 
-/// Writes `data` at `addr` of thread `tid`; a short write is `EFAULT`.
-pub fn write(tid: u32, addr: u64, data: &[u8]) -> Result<(), Errno> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: `local` describes `data`, readable for its length (the kernel only reads
-    // it); the remote range is checked by the kernel against the target's mappings.
-    let n = check(unsafe { libc::process_vm_writev(tid as libc::pid_t, &local, 1, &remote, 1, 0) } as libc::c_long)
-        .map_err(efault_unless_gone)?;
-    if n as usize == data.len() { Ok(()) } else { Err(Errno::EFAULT) }
-}
-
 /// `ESRCH` (the thread is gone) and `EPERM` stay as they are; every other failure of a
 /// remote range is the caller's bad pointer.
 fn efault_unless_gone(e: Errno) -> Errno {
@@ -43,29 +29,32 @@ fn efault_unless_gone(e: Errno) -> Errno {
     }
 }
 
-/// Writes several pieces, in order, with one call: where piece `i` faults, pieces `i..`
-/// are not written (as a series of `copy_to_user`), and the result is `EFAULT`.
-pub fn write_pieces(tid: u32, pieces: &[(u64, &[u8])]) -> Result<(), Errno> {
-    let pieces: Vec<(u64, &[u8])> = pieces.iter().copied().filter(|(_, d)| !d.is_empty()).collect();
-    if pieces.is_empty() {
+/// Writes up to `N` pieces, in order, with one call: where piece `i` faults, pieces `i..`
+/// are not written (as a series of `copy_to_user`), and the result is `EFAULT`. The iovecs
+/// live on the stack: answering a call allocates nothing.
+pub fn write_pieces<const N: usize>(tid: u32, pieces: [(u64, &[u8]); N]) -> Result<(), Errno> {
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let (mut local, mut remote) = ([empty; N], [empty; N]);
+    let (mut count, mut total) = (0, 0);
+    for (addr, data) in pieces.into_iter().filter(|(_, d)| !d.is_empty()) {
+        local[count] = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        remote[count] = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: data.len() };
+        count += 1;
+        total += data.len();
+    }
+    if count == 0 {
         return Ok(());
     }
-    let local: Vec<libc::iovec> = pieces
-        .iter()
-        .map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
-        .collect();
-    let remote: Vec<libc::iovec> =
-        pieces.iter().map(|(a, d)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: d.len() }).collect();
-    let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
-    // SAFETY: each local iovec describes a slice readable for its length (the kernel only
-    // reads them); the remote ranges are checked by the kernel against the target's mappings.
+    // SAFETY: the first `count` local iovecs describe slices readable for their lengths
+    // (the kernel only reads them); the remote ranges are checked by the kernel against the
+    // target's mappings.
     let n = check(unsafe {
         libc::process_vm_writev(
             tid as libc::pid_t,
             local.as_ptr(),
-            local.len() as libc::c_ulong,
+            count as libc::c_ulong,
             remote.as_ptr(),
-            remote.len() as libc::c_ulong,
+            count as libc::c_ulong,
             0,
         )
     } as libc::c_long)
@@ -78,9 +67,4 @@ pub fn read_u32(tid: u32, addr: u64) -> Result<u32, Errno> {
     let mut b = [0u8; 4];
     read(tid, addr, &mut b)?;
     Ok(u32::from_ne_bytes(b))
-}
-
-/// Writes a native-endian `u32` at `addr` of thread `tid`.
-pub fn write_u32(tid: u32, addr: u64, value: u32) -> Result<(), Errno> {
-    write(tid, addr, &value.to_ne_bytes())
 }

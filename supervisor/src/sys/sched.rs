@@ -44,3 +44,35 @@ pub fn set_affinity(tid: u32, set: &CpuSet) -> Result<(), Errno> {
     let rc = unsafe { libc::sched_setaffinity(tid as libc::pid_t, size_of::<libc::cpu_set_t>(), &set.0) };
     check(rc as libc::c_long).map(drop)
 }
+
+/// Holds a thread and the current thread on the current CPU until dropped, when both
+/// affinities are restored.
+pub struct CpuPin {
+    tid: u32,
+    caller: CpuSet,
+    own: CpuSet,
+}
+
+impl CpuPin {
+    /// Pins `tid` and the current thread to the CPU the current thread runs on; `None`
+    /// (nothing changed) if either affinity cannot be read or set.
+    pub fn hold(tid: u32) -> Option<CpuPin> {
+        let cpu = current_cpu()?;
+        let caller = affinity(tid).ok()?;
+        let own = affinity(0).ok()?;
+        let here = CpuSet::only(cpu);
+        set_affinity(0, &here).ok()?;
+        if set_affinity(tid, &here).is_err() {
+            let _ = set_affinity(0, &own);
+            return None;
+        }
+        Some(CpuPin { tid, caller, own })
+    }
+}
+
+impl Drop for CpuPin {
+    fn drop(&mut self) {
+        let _ = set_affinity(self.tid, &self.caller);
+        let _ = set_affinity(0, &self.own);
+    }
+}

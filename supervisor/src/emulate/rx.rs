@@ -1,0 +1,327 @@
+//! The calls whose answer carries the peer's address, shown as the client a balancer
+//! announced instead of the balancer (spec, "Syscall semantics"): `getpeername`, `accept`
+//! and `accept4`, `recvfrom` on UDP sockets.
+//!
+//! Owns the rx rewrite and what these calls take from the socket (a connection, a
+//! datagram) until it reaches the caller or the stash; never touches where a socket sends.
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use capture::Proto;
+use capture::table::Seen;
+use nix::errno::Errno;
+
+use super::addr::write_addr;
+use super::{Emulator, Handled, Place, Step, is_inet, socket_proto, stash_owner};
+use crate::abi::Syscall;
+use crate::sockaddr;
+use crate::stash::Datagram;
+use crate::sys::net::{self, RawSockAddr};
+use crate::sys::sched::CpuPin;
+use crate::sys::{mem, seccomp::Notification};
+
+/// The largest datagram UDP carries (IPv6 without jumbograms): the supervisor always
+/// receives whole datagrams, so a stashed one can be handed on unchanged.
+pub(super) const DATAGRAM_MAX: usize = 65_535;
+
+thread_local! {
+    /// Where each thread receives datagrams: allocated once per thread, never per call.
+    static DATAGRAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; DATAGRAM_MAX]);
+}
+
+/// The arguments of `accept` and `accept4` (`flags` 0 for `accept`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Accept {
+    pub(super) syscall: Syscall,
+    pub(super) fd: RawFd,
+    pub(super) addr: u64,
+    pub(super) addrlen: u64,
+    pub(super) flags: i32,
+}
+
+/// The arguments of `recvfrom`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RecvFrom {
+    pub(super) fd: RawFd,
+    pub(super) buf: u64,
+    pub(super) len: usize,
+    pub(super) flags: i32,
+    pub(super) addr: u64,
+    pub(super) addrlen: u64,
+}
+
+/// Why an address the kernel gave is shown unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RxMiss {
+    /// Not an inet address.
+    NotInet,
+    /// No mapping for it.
+    Unmapped,
+    /// Mapped to a client the socket's family cannot show (IPv6 client, AF_INET socket).
+    Unrepresentable,
+}
+
+impl Emulator<'_> {
+    /// The address to show instead of `peer` on a socket whose own address is `local`, if
+    /// the balancer at `peer` announced a client.
+    ///
+    /// `socket` is given for a socket the service may have connected itself: its peer may
+    /// be a balancer ipvsca connected it to instead of a client (see `connected`).
+    /// `seen` says how the service met the flow (a provisional entry may be confirmed).
+    fn rx_rewrite(
+        &self,
+        proto: Proto,
+        socket: Option<BorrowedFd<'_>>,
+        seen: Seen,
+        peer: &RawSockAddr,
+        local: &RawSockAddr,
+    ) -> Result<RawSockAddr, RxMiss> {
+        let (Some(peer_inet), Some(local_inet)) = (sockaddr::kernel_inet(peer), sockaddr::kernel_inet(local)) else {
+            return Err(RxMiss::NotInet);
+        };
+        // An accepted socket is shown what its accept showed (`connected::Accepted`).
+        if let Seen::Socket(inode) = seen {
+            if let Some(shown) = self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet) {
+                let client = shown.ok_or(RxMiss::Unmapped)?;
+                return sockaddr::replace(peer, client).ok_or(RxMiss::Unrepresentable);
+            }
+        }
+        let connected = socket.and_then(|s| self.connected.recall(|| net::inode(s).ok(), peer_inet));
+        let client =
+            connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)?;
+        sockaddr::replace(peer, client).ok_or_else(|| {
+            self.counters.unrepresentable.inc();
+            RxMiss::Unrepresentable
+        })
+    }
+
+    pub(super) fn getpeername(&self, n: &Notification, fd: RawFd, addr: u64, addrlen: u64) -> Step<Handled> {
+        let copy = self.copy(n, Syscall::GetPeerName, fd)?;
+        let fd = copy.as_fd();
+        let bypass = || {
+            self.counters.getpeername_bypass.inc();
+            self.cont(n)
+        };
+        // Only an inet peer can be rewritten; its family says the socket's.
+        let peer = net::peer_name(fd).ok().filter(|p| sockaddr::kernel_inet(p).is_some()).ok_or_else(bypass)?;
+        let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return Err(bypass()) };
+        // The socket that asks: the mapping it confirmed keeps its client (docs/trust.md).
+        let seen = Seen::Socket(net::inode(fd).unwrap_or(0));
+        let shown = self.rx_rewrite(proto, Some(fd), seen, &peer, &local).map_err(|miss| {
+            match miss {
+                RxMiss::Unrepresentable => self.counters.getpeername_unrepresentable.inc(),
+                RxMiss::Unmapped | RxMiss::NotInet => self.counters.getpeername_unmapped.inc(),
+            }
+            self.cont(n)
+        })?;
+        let len = self.or_continue(n, mem::read_u32(n.tid, addrlen).ok())?;
+        self.pending(n)?;
+        self.or_fail(n, write_addr(n.tid, None, addr, addrlen, len, shown.as_bytes()))?;
+        self.counters.rewrites_rx.inc();
+        self.counters.getpeername_rewritten.inc();
+        Ok(self.reply(n, 0))
+    }
+
+    pub(super) fn accept(&self, n: &Notification, c: Accept, place: Place) -> Step<Handled> {
+        // NULL address (possible through socketcall) or flags the kernel refuses: nothing
+        // to rewrite, or its own EINVAL.
+        if c.addr == 0 || c.flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
+            return Ok(self.cont(n));
+        }
+        let listener = self.copy(n, c.syscall, c.fd)?;
+        let lfd = listener.as_fd();
+        // A socket that is not listening, or not TCP, gets the kernel's own error from the
+        // accept below; only other families are left to the kernel.
+        if !is_inet(lfd) {
+            return Ok(self.cont(n));
+        }
+        let status = self.or_continue(n, net::status_flags(lfd).ok())?;
+        let nonblock = c.flags & libc::SOCK_NONBLOCK != 0;
+        let (socket, peer) = match self.take_stashed_connection(lfd, nonblock) {
+            Some(kept) => kept,
+            None => {
+                if status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
+                    return Ok(Handled::ToWorker);
+                }
+                let accept_flags = libc::SOCK_CLOEXEC | (c.flags & libc::SOCK_NONBLOCK);
+                self.pending(n)?;
+                let accepted = self.wait_for(n, place, lfd, libc::SO_RCVTIMEO, || net::accept(lfd, accept_flags))?;
+                self.or_fail(n, accepted)?
+            }
+        };
+        // From here on the supervisor holds a connection: it reaches the caller, the
+        // stash, or is closed exactly where the kernel would close it.
+        let inode = net::inode(socket.as_fd()).unwrap_or(0);
+        let shown = match net::sock_name(socket.as_fd()) {
+            Ok(local) => self.rx_rewrite(Proto::Tcp, None, Seen::Accepted(inode), &peer, &local).ok(),
+            Err(_) => None,
+        };
+        // What getpeername on this socket answers from now on, whatever the table says.
+        if let (Some(peer_inet), true) = (sockaddr::kernel_inet(&peer), inode != 0) {
+            self.accepted.remember(inode, peer_inet, shown.as_ref().and_then(sockaddr::kernel_inet));
+        }
+        let rewritten = shown.is_some();
+        let shown = shown.unwrap_or(peer);
+        // The kernel reads *addrlen only after accepting; a bad pointer then loses the
+        // connection with EFAULT, and so does this.
+        let len = self.or_fail(n, mem::read_u32(n.tid, c.addrlen))?;
+        if self.pending(n).is_err() {
+            self.stash_connection(n, lfd, socket, peer);
+            return Ok(Handled::Done);
+        }
+        self.or_fail(n, write_addr(n.tid, None, c.addr, c.addrlen, len, shown.as_bytes()))?;
+        match self.reply_with_fd(n, socket.as_fd(), c.flags & libc::SOCK_CLOEXEC != 0) {
+            Ok(_) => {
+                if rewritten {
+                    self.counters.rewrites_rx.inc();
+                    self.counters.accept_rewritten.inc();
+                } else {
+                    self.counters.accept_unmapped.inc();
+                }
+                Ok(Handled::Done)
+            }
+            Err(Errno::ENOENT) => {
+                self.counters.interrupted.inc();
+                self.stash_connection(n, lfd, socket, peer);
+                Ok(Handled::Done)
+            }
+            Err(e) => {
+                // The caller's descriptor table is full (EMFILE) or similar: the kernel would
+                // have refused before accepting, so the connection waits for the next call.
+                self.stash_connection(n, lfd, socket, peer);
+                Ok(self.reply_error(n, e))
+            }
+        }
+    }
+
+    /// Installs `socket` in the caller and completes its call. With `pin_accepts`, the
+    /// caller and this thread are held on this thread's CPU for the exchange:
+    /// `SECCOMP_ADDFD` wakes the caller with a plain wake-up (no `SYNC_WAKE_UP`), and a
+    /// caller woken on another, idle vCPU makes the exchange a cross-CPU round trip
+    /// (seccomp spec, section 1). Both affinities are restored right after.
+    fn reply_with_fd(&self, n: &Notification, socket: BorrowedFd<'_>, cloexec: bool) -> Result<RawFd, Errno> {
+        let pin = if self.options.pin_accepts { CpuPin::hold(n.tid) } else { None };
+        let result = self.listener.reply_with_fd(n.id, socket, cloexec);
+        drop(pin);
+        result
+    }
+
+    fn take_stashed_connection(&self, listener: BorrowedFd<'_>, nonblock: bool) -> Option<(OwnedFd, RawSockAddr)> {
+        if self.stash.is_empty() {
+            return None;
+        }
+        let (socket, peer) = self.stash.take_connection(net::inode(listener).ok()?)?;
+        // It was accepted for a call that may have asked otherwise.
+        if let Err(e) = net::set_nonblocking(socket.as_fd(), nonblock) {
+            self.supervisor_error("setting O_NONBLOCK on a stashed connection", e);
+        }
+        self.counters.stash_delivered.inc();
+        Some((socket, peer))
+    }
+
+    fn stash_connection(&self, n: &Notification, listener: BorrowedFd<'_>, socket: OwnedFd, peer: RawSockAddr) {
+        match net::inode(listener) {
+            Ok(inode) => {
+                self.stash.put_connection(inode, stash_owner(n), socket, peer);
+                self.counters.stashed_connections.inc();
+            }
+            Err(e) => self.supervisor_error("identifying a listener to keep a connection for it", e),
+        }
+    }
+
+    pub(super) fn recvfrom(&self, n: &Notification, c: RecvFrom, place: Place) -> Step<Handled> {
+        if c.addr == 0 || c.flags & libc::MSG_ERRQUEUE != 0 {
+            return Ok(self.cont(n));
+        }
+        let socket = self.copy(n, Syscall::RecvFrom, c.fd)?;
+        let sfd = socket.as_fd();
+        // Stream sockets leave the address empty: the kernel's answer needs no rewrite.
+        let local = self.or_continue(n, net::sock_name(sfd).ok())?;
+        if sockaddr::kernel_inet(&local).is_none() || socket_proto(sfd) != Some(Proto::Udp) {
+            return Ok(self.cont(n));
+        }
+        let status = self.or_continue(n, net::status_flags(sfd).ok())?;
+        let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        let peek = c.flags & libc::MSG_PEEK != 0;
+        let stashed = if self.stash.is_empty() {
+            None
+        } else {
+            net::inode(sfd).ok().and_then(|inode| self.stash.take_datagram(inode, peek))
+        };
+        if stashed.is_some() {
+            self.counters.stash_delivered.inc();
+        }
+        if let Some(d) = &stashed {
+            return self.deliver_datagram(n, sfd, &local, c, &d.data, &d.from, peek);
+        }
+        if blocking && place == Place::Receiver {
+            return Ok(Handled::ToWorker);
+        }
+        DATAGRAM_BUF.with_borrow_mut(|scratch| {
+            let recv_flags = if place == Place::Receiver { c.flags | libc::MSG_DONTWAIT } else { c.flags };
+            self.pending(n)?;
+            // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
+            let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
+                net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)
+            })?;
+            let (len, from) = self.or_fail(n, got)?;
+            self.deliver_datagram(n, sfd, &local, c, &scratch[..len], &from, peek)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_datagram(
+        &self,
+        n: &Notification,
+        socket: BorrowedFd<'_>,
+        local: &RawSockAddr,
+        call: RecvFrom,
+        data: &[u8],
+        from: &RawSockAddr,
+        peek: bool,
+    ) -> Step<Handled> {
+        let shown = self.rx_rewrite(Proto::Udp, Some(socket), Seen::Datagram, from, local).ok();
+        let keep = || {
+            if !peek {
+                if let Ok(inode) = net::inode(socket) {
+                    self.stash.put_datagram(inode, stash_owner(n), Datagram { data: data.to_vec(), from: *from });
+                    self.counters.stashed_datagrams.inc();
+                }
+            }
+        };
+        let ulen = self.or_fail(n, mem::read_u32(n.tid, call.addrlen))?;
+        // The module's append mode: the balancer, then the client, for a caller asking 32.
+        let mut both = [0u8; 32];
+        let address: &[u8] = match &shown {
+            Some(client) if self.options.recvfrom_append && ulen == 32 && from.len() == 16 && client.len() == 16 => {
+                both[..16].copy_from_slice(from.as_bytes());
+                both[16..].copy_from_slice(client.as_bytes());
+                &both
+            }
+            Some(client) => client.as_bytes(),
+            None => from.as_bytes(),
+        };
+        if self.pending(n).is_err() {
+            keep();
+            return Ok(Handled::Done);
+        }
+        let copied = data.len().min(call.len);
+        let data_piece = Some((call.buf, &data[..copied]));
+        self.or_fail(n, write_addr(n.tid, data_piece, call.addr, call.addrlen, ulen, address))?;
+        let ret = if call.flags & libc::MSG_TRUNC != 0 { data.len() } else { copied };
+        match self.listener.reply(n.id, ret as i64) {
+            Ok(()) => {
+                if shown.is_some() {
+                    self.counters.rewrites_rx.inc();
+                }
+            }
+            Err(Errno::ENOENT) => {
+                self.counters.interrupted.inc();
+                keep();
+            }
+            Err(e) => self.supervisor_error("answering recvfrom", e),
+        }
+        Ok(Handled::Done)
+    }
+}
