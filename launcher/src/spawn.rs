@@ -14,16 +14,14 @@
 //! Both forks happen while the launcher has a single thread. Owns this choreography.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
-};
+use nix::sys::socket::{AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, sendmsg, socketpair};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::keeper;
@@ -273,26 +271,10 @@ impl Launched {
 /// One message of the service: stage, errno, pid, and the listener with `Ready`.
 pub(crate) fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, Option<OwnedFd>), LaunchError> {
     let mut buf = [0u8; 12];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let msg = loop {
-        match recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Err(Errno::EINTR) => continue,
-            other => break other.map_err(system("reading the service's report"))?,
-        }
-    };
-    if msg.bytes == 0 {
+    let (bytes, fd) = supervisor::sys::unix::recv_with_fd(channel, &mut buf)
+        .map_err(|e| system("reading the service's report")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+    if bytes == 0 {
         return Err(LaunchError::Vanished);
-    }
-    let mut fd = None;
-    for cmsg in msg.cmsgs().map_err(system("reading the service's report"))? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            for raw in fds {
-                // SAFETY: SCM_RIGHTS just installed `raw` in this process; nothing else owns it.
-                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                fd.get_or_insert(owned);
-            }
-        }
     }
     let word = |i: usize| u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
     let stage = match word(0) {

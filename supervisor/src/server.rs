@@ -49,6 +49,9 @@ pub enum ServeError {
     /// The worker interrupt signal could not be installed.
     #[error("installing the worker interrupt signal: {0}")]
     Signal(Errno),
+    /// This kernel's notification structures do not fit the listener's buffers.
+    #[error("this kernel's seccomp notifications do not fit (SECCOMP_GET_NOTIF_SIZES): {0}")]
+    NotifSizes(Errno),
     /// A thread could not be started.
     #[error("starting a supervisor thread: {0}")]
     Thread(std::io::Error),
@@ -138,6 +141,7 @@ impl Supervisor {
         counters: Arc<SupervisorCounters>,
         options: Options,
     ) -> Result<Self, ServeError> {
+        crate::sys::seccomp::notif_sizes().map_err(ServeError::NotifSizes)?;
         signal::install_interrupt_handler().map_err(ServeError::Signal)?;
         match listener.set_sync_wake_up() {
             Ok(()) => debug!("SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP set"),

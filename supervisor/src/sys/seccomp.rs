@@ -4,8 +4,9 @@
 //! allocates per call and folds every failure into `ECANCELED` (seccomp spec, section 3),
 //! and has neither `ADDFD` nor `SET_FLAGS`.
 
-use std::mem::zeroed;
+use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::OnceLock;
 
 use nix::errno::Errno;
 
@@ -13,6 +14,44 @@ use super::check;
 
 /// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6), missing from Debian's headers.
 const SYNC_WAKE_UP: u64 = 1;
+
+/// Room for the kernel's `struct seccomp_notif` and `struct seccomp_notif_resp`, which a
+/// newer kernel may make longer than this build's headers say: the kernel then writes (or
+/// reads) its own size, so buffers are sized from `SECCOMP_GET_NOTIF_SIZES`, up to this.
+const BUF_MAX: usize = 256;
+
+/// A zeroed, suitably aligned buffer for a seccomp structure of up to [`BUF_MAX`] bytes.
+#[repr(C, align(8))]
+struct Buf([u8; BUF_MAX]);
+
+/// The kernel's sizes of the structures the listener exchanges
+/// (`SECCOMP_GET_NOTIF_SIZES`, Linux 5.0), read once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifSizes {
+    /// `sizeof(struct seccomp_notif)`.
+    pub notif: usize,
+    /// `sizeof(struct seccomp_notif_resp)`.
+    pub resp: usize,
+}
+
+/// The kernel's sizes, checked against what the listener's buffers hold: `EOVERFLOW` if
+/// the kernel's structures are longer than [`BUF_MAX`] or shorter than this build's.
+pub fn notif_sizes() -> Result<NotifSizes, Errno> {
+    static SIZES: OnceLock<Result<NotifSizes, Errno>> = OnceLock::new();
+    *SIZES.get_or_init(|| {
+        let mut sizes = libc::seccomp_notif_sizes { seccomp_notif: 0, seccomp_notif_resp: 0, seccomp_data: 0 };
+        // SAFETY: SECCOMP_GET_NOTIF_SIZES writes one struct seccomp_notif_sizes through the
+        // pointer, which is live and writable for the call.
+        check(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_GET_NOTIF_SIZES, 0, &raw mut sizes) })?;
+        let got = NotifSizes { notif: sizes.seccomp_notif.into(), resp: sizes.seccomp_notif_resp.into() };
+        let fits = |kernel: usize, ours: usize| (ours..=BUF_MAX).contains(&kernel);
+        if fits(got.notif, size_of::<libc::seccomp_notif>()) && fits(got.resp, size_of::<libc::seccomp_notif_resp>()) {
+            Ok(got)
+        } else {
+            Err(Errno::EOVERFLOW)
+        }
+    })
+}
 
 /// One trapped system call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,30 +85,50 @@ impl Listener {
         std::os::fd::AsFd::as_fd(&self.fd)
     }
 
-    fn ioctl<T>(&self, request: libc::Ioctl, arg: *mut T) -> Result<libc::c_long, Errno> {
-        // SAFETY: every caller passes a pointer to a live value of the type the request
-        // encodes, valid for the duration of the call.
+    /// `ioctl(listener, request, arg)`.
+    ///
+    /// # Safety
+    ///
+    /// `arg` must point to a live value laid out as `request` encodes and as long as the
+    /// kernel reads or writes for it (for `RECV` and `SEND`: [`notif_sizes`]), valid for
+    /// the duration of the call.
+    unsafe fn ioctl<T>(&self, request: libc::Ioctl, arg: *mut T) -> Result<libc::c_long, Errno> {
+        // SAFETY: the caller guarantees `arg` (see above); the descriptor is owned.
         check(unsafe { libc::ioctl(self.fd.as_raw_fd(), request, arg) } as libc::c_long)
     }
 
     /// Waits for the next trapped call. `ENOENT` means the caller went away between the
     /// kernel's queueing and this read; `EINTR` a signal in the supervisor: retry both.
+    /// `EOVERFLOW` if this kernel's notification does not fit (see [`notif_sizes`]).
     pub fn recv(&self) -> Result<Notification, Errno> {
-        // SAFETY: an all-zero seccomp_notif is valid, and the kernel requires it zeroed.
-        let mut n: libc::seccomp_notif = unsafe { zeroed() };
-        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n)?;
+        notif_sizes()?;
+        // The kernel requires the buffer zeroed.
+        let mut buf = Buf([0; BUF_MAX]);
+        // SAFETY: `buf` is live, aligned for seccomp_notif and at least as long as the
+        // kernel's struct seccomp_notif (checked by notif_sizes).
+        unsafe { self.ioctl(libc::SECCOMP_IOCTL_NOTIF_RECV, &raw mut buf) }?;
+        // SAFETY: `buf` holds an initialised seccomp_notif at its start (plain integers, any
+        // bit pattern valid), aligned as the type needs.
+        let n = unsafe { (&raw const buf).cast::<libc::seccomp_notif>().read() };
         Ok(Notification { id: n.id, tid: n.pid, nr: n.data.nr, arch: n.data.arch, args: n.data.args })
     }
 
     /// `Ok` if notification `id` is still pending: its caller is still blocked in the call.
     pub fn id_valid(&self, id: u64) -> Result<(), Errno> {
         let mut id = id;
-        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).map(drop)
+        // SAFETY: ID_VALID reads one u64 through the pointer, which is live.
+        unsafe { self.ioctl(libc::SECCOMP_IOCTL_NOTIF_ID_VALID, &raw mut id) }.map(drop)
     }
 
     fn send(&self, id: u64, val: i64, error: i32, flags: u32) -> Result<(), Errno> {
-        let mut resp = libc::seccomp_notif_resp { id, val, error, flags };
-        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp).map(drop)
+        notif_sizes()?;
+        let mut buf = Buf([0; BUF_MAX]);
+        let resp = libc::seccomp_notif_resp { id, val, error, flags };
+        // SAFETY: `buf` is aligned for seccomp_notif_resp and longer than it.
+        unsafe { (&raw mut buf).cast::<libc::seccomp_notif_resp>().write(resp) };
+        // SAFETY: `buf` is live and at least as long as the kernel's struct
+        // seccomp_notif_resp (checked by notif_sizes); what follows ours is zero.
+        unsafe { self.ioctl(libc::SECCOMP_IOCTL_NOTIF_SEND, &raw mut buf) }.map(drop)
     }
 
     /// Completes the call with return value `val`.
@@ -97,7 +156,9 @@ impl Listener {
             newfd: 0,
             newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
         };
-        self.ioctl(libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd).map(|fd| fd as RawFd)
+        // SAFETY: ADDFD reads a struct seccomp_notif_addfd, the size its request encodes,
+        // through the pointer, which is live.
+        unsafe { self.ioctl(libc::SECCOMP_IOCTL_NOTIF_ADDFD, &raw mut addfd) }.map(|fd| fd as RawFd)
     }
 
     /// Asks the kernel to hand the caller's CPU to the supervisor on each notification
@@ -118,5 +179,17 @@ pub fn action_available(action: u32) -> Result<bool, Errno> {
         Ok(_) => Ok(true),
         Err(Errno::EOPNOTSUPP) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_notification_fits_and_is_at_least_this_builds() {
+        let sizes = notif_sizes().expect("this kernel's sizes fit");
+        assert!(sizes.notif >= size_of::<libc::seccomp_notif>(), "{sizes:?}");
+        assert!(sizes.resp >= size_of::<libc::seccomp_notif_resp>(), "{sizes:?}");
     }
 }

@@ -1,9 +1,9 @@
-//! Unix-socket calls of the control socket that carry a descriptor (`SCM_RIGHTS`): a
-//! launcher hands its seccomp listener to `ipvsca supervise` this way.
+//! Unix-socket calls that carry a descriptor (`SCM_RIGHTS`): a launcher hands its seccomp
+//! listener to `ipvsca supervise` this way, and the service hands it to its launcher.
 
 use std::io;
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
 use nix::errno::Errno;
@@ -31,11 +31,11 @@ const SCM_MAX_FD: usize = 253;
 
 /// Receives what is available (up to `buf.len()` bytes) and the descriptors that came with
 /// it; 0 bytes is end-of-file. Descriptors beyond the first are closed.
-pub fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+pub fn recv_with_fd(socket: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let msg = loop {
-        match recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(socket.as_fd().as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(Errno::EINTR) => continue,
             other => break other?,
         }
