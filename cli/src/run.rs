@@ -27,7 +27,8 @@ Examples:
 
 Needs Linux 5.14 or later (SECCOMP_ADDFD_FLAG_SEND), and CAP_NET_RAW unless --supervisor.
 
-See also: ipvsca(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md.";
+See also: ipvsca(1), ipvsca-stats(1), /usr/share/doc/ipvsca/README.md, and
+/usr/share/doc/ipvsca/docs/trust.md (choosing --trust).";
 
 /// Run PROGRAM so that it sees real client addresses behind an LVS/DPVS FULLNAT balancer.
 ///

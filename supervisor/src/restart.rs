@@ -12,7 +12,7 @@
 //!
 //! What this cannot catch: the kernel can accept an answer (`SEND` succeeds) and still
 //! restart the call, when the signal woke the caller just before the answer arrived. A send
-//! then happens twice; README's Limits says so.
+//! then happens twice; docs/design.md (Signals) says so.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

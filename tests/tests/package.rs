@@ -153,7 +153,10 @@ fn debian_package_holds_both_binaries_the_unit_and_the_defaults_and_never_starts
         "./etc/default/ipvsca",
         "./usr/share/doc/ipvsca/README.md",
         "./usr/share/doc/ipvsca/SECURITY.md",
-        "./usr/share/doc/ipvsca/trust.md",
+        "./usr/share/doc/ipvsca/ARCHITECTURE.md",
+        "./usr/share/doc/ipvsca/docs/trust.md",
+        "./usr/share/doc/ipvsca/docs/operating.md",
+        "./usr/share/doc/ipvsca/deploy/README.md",
     ] {
         assert_eq!(files.get(file).map(String::as_str), Some("-rw-r--r--"), "{file} in {files:#?}");
     }

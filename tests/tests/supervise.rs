@@ -314,7 +314,7 @@ fn recvfrom_under_a_signal_storm_loses_no_datagram() {
         assert_eq!(seen, (0..200).collect::<Vec<_>>(), "{mode}: every datagram once");
         assert!(lines.iter().all(|l| s(&l["from"]) == client.to_string()), "{mode}");
         // Every reply went out, to the balancer. One answered just as a signal woke its
-        // caller can go out twice (README, Limits): counted, not asserted.
+        // caller can go out twice (docs/design.md, Signals): counted, not asserted.
         assert!(replies.len() >= 200, "{mode}: only {} replies", replies.len());
         assert!(replies.iter().all(|r| r == "10.1.0.5:50100"), "{mode}");
         eprintln!("{mode}: {} replies sent twice under the storm", replies.len() - 200);

@@ -16,8 +16,8 @@ Files:
   /run/ipvsca/PID.sock     the control socket of the ipvsca-run whose service's first process is PID
   /etc/default/ipvsca      the daemon's flags, for the systemd unit ipvsca.service
 
-See also: ipvsca-run(1), ipvsca-supervise(1), ipvsca-stats(1), and /usr/share/doc/ipvsca/README.md
-(install, running as a container entrypoint or as a daemon, stats, tuning, limits).";
+See also: ipvsca-run(1), ipvsca-supervise(1), ipvsca-stats(1), /usr/share/doc/ipvsca/README.md, and
+/usr/share/doc/ipvsca/docs/operating.md (containers, the daemon, stats and counters, tuning).";
 
 /// ipvsca: real client addresses behind LVS/DPVS FULLNAT balancers, from userspace.
 ///

@@ -286,7 +286,7 @@ fn udp_server(o: &Opts) {
             line["second"] = show(&addr[16..], 16);
         }
         if reply {
-            // Retried on EINTR, which a trapped call can return (see README, Limits).
+            // Retried on EINTR, which a trapped call can return (see docs/design.md, Signals).
             let mut interrupted = 0;
             let s = loop {
                 let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
