@@ -21,28 +21,36 @@ pub struct CaptureArgs {
     pub ifaces: Vec<String>,
 
     /// Accept this TCP option kind as TOA and in ICMP announcements (repeatable, 2-255).
-    /// Default: both kinds in use, 200 (LVS, ip_vs_ca) and 254 (Alibaba, DPVS).
+    /// Default: both kinds in use, 200 (LVS, ip_vs_ca) and 254 (Alibaba, DPVS). Giving it
+    /// replaces the default set: `--toa-kind 254` accepts only 254. More than 16 kinds make
+    /// the capture's kernel filter pass every TCP segment with options.
     #[arg(long = "toa-kind", value_name = "K", value_parser = clap::value_parser!(u8).range(2..))]
     pub toa_kinds: Vec<u8>,
 
     /// Which balancer addresses may announce clients (repeatable): `connected` (the
     /// subnets directly connected to the captured interfaces), a network `ADDRESS/PREFIX`,
     /// or `any` (every source, as ip_vs_ca did: anyone who reaches the server could claim
-    /// any client address). Default: connected (a capture file: any). This host's own
-    /// packets never count, whatever is trusted.
+    /// any client address; it cannot be combined with other values and is warned about at
+    /// start). A bare address counts as one host. Default: connected (a capture file: any).
+    /// This host's own packets never count, whatever is trusted. The trusted networks are
+    /// printed at start.
     #[arg(long = "trust", value_name = "connected|any|CIDR")]
     pub trust: Vec<TrustRule>,
 
-    /// Seconds a TCP mapping lives without being used (ip_vs_ca's tcp_timeout).
+    /// Seconds a TCP mapping lives without being used (ip_vs_ca's tcp_timeout); change it
+    /// live with `ipvsca set tcp_timeout`.
     #[arg(long, value_name = "S", default_value_t = capture::table::DEFAULT_TCP_TIMEOUT.as_secs())]
     pub tcp_timeout: u64,
 
-    /// Seconds a UDP mapping lives without being used (ip_vs_ca's udp_timeout).
+    /// Seconds a UDP mapping lives without being used (ip_vs_ca's udp_timeout); change it
+    /// live with `ipvsca set udp_timeout`.
     #[arg(long, value_name = "S", default_value_t = capture::table::DEFAULT_UDP_TIMEOUT.as_secs())]
     pub udp_timeout: u64,
 
     /// The most entries the table holds, provisional ones included (at least 16); at the
-    /// bound the oldest provisional entries, then the least recently used mappings, go.
+    /// bound the oldest provisional entries, then the least recently used mappings, go. At
+    /// most 1/16 of them (and at most 65536) are provisional; static mappings are never
+    /// evicted. Change it live with `ipvsca set max_entries`.
     #[arg(long, value_name = "N", default_value_t = capture::table::DEFAULT_MAX_ENTRIES, value_parser = capture::table::parse_max_entries)]
     pub max_entries: usize,
 }

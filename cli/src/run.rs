@@ -40,6 +40,13 @@ See also: ipvsca(1), ipvsca-stats(1), /usr/share/doc/ipvsca/README.md, and
 /// credentials are PROGRAM's own; ipvsca-run forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT,
 /// SIGUSR1 and SIGUSR2 to it, exits with its status (128+N if signal N ended it), and serves
 /// it as long as any of its processes lives. If ipvsca-run is killed, the service is killed.
+///
+/// PROGRAM is looked up in PATH as a shell would. Exit status 127 if PROGRAM is not found,
+/// 126 if it cannot be executed, 1 if ipvsca-run cannot start. Refuses to start under
+/// another seccomp-notifying supervisor (LXD/Incus syscall interception, sysbox, another
+/// ipvsca-run). RUST_LOG sets the log level (default info: one line at start, warnings for
+/// anything dropped). IPVSCA_PIN_ACCEPTS=1 holds the caller and the answering thread on one
+/// CPU for each emulated accept (off by default: it measured slower).
 #[derive(Debug, Parser)]
 #[command(
     name = "ipvsca-run",
@@ -63,8 +70,9 @@ struct Cli {
 
     /// Hand the service to the `ipvsca supervise` daemon listening at this control socket
     /// (its default is /run/ipvsca/ipvsca.sock) instead of supervising and capturing here.
-    /// The capture flags then belong to the daemon. If the daemon stops, the service is
-    /// stopped.
+    /// The capture flags are refused with it: they belong to the daemon, which must run in
+    /// the same network namespace and see this launcher's PID namespace. The launcher then
+    /// keeps no capability. If the daemon stops, the service is stopped.
     #[arg(long, value_name = "PATH")]
     supervisor: Option<PathBuf>,
 
@@ -76,7 +84,8 @@ struct Cli {
     control: Option<PathBuf>,
 
     /// Run PROGRAM as USER (name or uid) with USER's groups, as `setpriv` would (the
-    /// environment is left as it is). Needs root. ipvsca itself stays root, keeping only
+    /// environment is left as it is). Needs root. A uid with no passwd entry runs with group
+    /// 0 and no other group, as in Docker. ipvsca itself stays root, keeping only
     /// CAP_SYS_PTRACE and CAP_KILL.
     #[arg(long, value_name = "USER")]
     user: Option<String>,

@@ -11,10 +11,15 @@ use nix::sys::signal::{SigSet, Signal};
 
 /// Print every mapping created or changed, from a capture file or live.
 ///
-/// With --read, replays a pcap or pcapng file (Ethernet, Linux cooked v1/v2 or raw IP) in
-/// packet order on its own timestamps and exits 0 once the whole file was read. Without
-/// it, captures live on the network namespace's interfaces until SIGINT or SIGTERM. A
-/// summary of counters goes to stderr at the end.
+/// With --read, replays a pcap or pcapng file (Ethernet with or without one 802.1Q tag,
+/// Linux cooked v1/v2 or raw IP; classic pcap in micro- or nanoseconds, either byte order)
+/// in packet order, mappings expiring on the file's own timestamps, and exits 0 once the
+/// whole file was read. A missing, unrecognised, damaged or truncated file, or an
+/// unsupported link type, exits 1 naming the file; mappings read before the damage are
+/// still printed. For a file the rule against learning from this host does not apply.
+/// Without --read, captures live on the network namespace's interfaces until SIGINT or
+/// SIGTERM (needs CAP_NET_RAW). What the capture learns is confirmed at once, so the output
+/// is what the module would have mapped. A summary of counters goes to stderr at the end.
 #[derive(Debug, clap::Args)]
 pub struct CaptureCommand {
     /// Read packets from this pcap or pcapng file instead of capturing live.

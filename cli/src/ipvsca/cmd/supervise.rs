@@ -16,6 +16,9 @@ use supervisor::control::DEFAULT_SOCKET;
 /// SIGTERM, SIGINT or SIGHUP. Needs CAP_NET_RAW to start; keeps only CAP_SYS_PTRACE and
 /// CAP_KILL once its sockets are open. If it stops, every attached service is stopped by
 /// its launcher: run services under a process manager that restarts them.
+///
+/// Serves only services in its own network namespace. Under systemd it reports ready
+/// (Type=notify) once its control socket answers.
 #[derive(Debug, clap::Args)]
 pub struct SuperviseCommand {
     /// The control socket to create (mode 0600; its directory is created 0755).
