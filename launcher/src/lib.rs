@@ -2,7 +2,7 @@
 //! filter with a keeper beside it. The binary (`main.rs`) parses flags and wires this to
 //! the supervisor and the capture.
 
-pub mod keeper;
+pub(crate) mod keeper;
 pub mod preflight;
 pub mod run;
 pub mod spawn;

@@ -254,11 +254,6 @@ impl SyscallTable {
             None => Decoded::Other,
         }
     }
-
-    /// The socketcall number on i386, for the filter.
-    pub fn socketcall_i386(&self) -> i32 {
-        self.socketcall_i386
-    }
 }
 
 /// Completes a `socketcall` decode by reading its argument words with `read` (which reads
@@ -308,7 +303,6 @@ mod tests {
         let t = SyscallTable::new().unwrap();
         assert!(matches!(t.decode(AUDIT_ARCH_I386, 364, [0; 6]), Decoded::Call(Call::Accept4 { .. })));
         assert!(matches!(t.decode(AUDIT_ARCH_I386, 368, [0; 6]), Decoded::Call(Call::GetPeerName { .. })));
-        assert_eq!(t.socketcall_i386(), 102);
         let got = t.decode(AUDIT_ARCH_I386, 102, [12, 0xffff_1000, 0, 0, 0, 0]);
         assert_eq!(got, Decoded::SocketCall { syscall: Syscall::RecvFrom, args: 0xffff_1000 });
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");

@@ -4,8 +4,8 @@
 //! the way in and client to balancer on the way out, as the ip_vs_ca module did
 //! (`shared/spec/ip_vs_ca.md`), following the rules of `shared/spec/seccomp-notify.md`.
 
-pub mod abi;
-pub mod connected;
+pub(crate) mod abi;
+pub(crate) mod connected;
 pub mod control;
 pub mod emulate;
 pub mod filter;
@@ -13,10 +13,13 @@ pub mod privileges;
 pub mod process;
 pub mod procs;
 pub mod resolve;
-pub mod restart;
+pub(crate) mod restart;
 pub mod server;
-pub mod sockaddr;
-pub mod stash;
+pub(crate) mod sockaddr;
+pub(crate) mod stash;
 pub mod stats;
 pub mod sys;
-pub mod target;
+pub(crate) mod target;
+
+pub use emulate::Options;
+pub use server::{ServeError, Supervisor};

@@ -61,7 +61,7 @@ pub struct Options {
 
 /// What became of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
+pub(crate) enum Handled {
     /// Answered, or dropped because its caller went away.
     Done,
     /// It would block: give it to a worker for its thread (nothing was taken).
@@ -73,7 +73,7 @@ pub(crate) type Step<T> = Result<T, Handled>;
 
 /// Where a handler runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
+pub(crate) enum Place {
     /// The receiving thread: never block.
     Receiver,
     /// A worker for the calling thread: may block; `EINTR` means the supervisor
@@ -83,7 +83,7 @@ pub enum Place {
 
 /// Everything a handler needs.
 #[derive(Debug)]
-pub struct Emulator<'a> {
+pub(crate) struct Emulator<'a> {
     /// The listener to answer on.
     pub listener: &'a Listener,
     /// pidfds of the callers.
@@ -106,7 +106,7 @@ pub struct Emulator<'a> {
 
 impl Emulator<'_> {
     /// Handles one decoded call.
-    pub fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
+    pub(crate) fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
         let step = match *call {
             Call::GetPeerName { fd, addr, addrlen } => self.getpeername(n, fd, addr, addrlen),
             Call::Accept { fd, addr, addrlen } => {
@@ -129,7 +129,7 @@ impl Emulator<'_> {
     // --- answers -------------------------------------------------------------------
 
     /// Lets the kernel run the call unchanged.
-    pub fn cont(&self, n: &Notification) -> Handled {
+    pub(crate) fn cont(&self, n: &Notification) -> Handled {
         self.counters.continued.inc();
         self.answered(self.listener.reply_continue(n.id));
         Handled::Done
@@ -250,7 +250,7 @@ impl Emulator<'_> {
 
 /// The errno for a call the supervisor could not serve for lack of resources: one the call
 /// may return natively.
-pub fn resource_errno(syscall: Syscall) -> Errno {
+pub(crate) fn resource_errno(syscall: Syscall) -> Errno {
     match syscall {
         Syscall::RecvFrom => Errno::ENOMEM,
         _ => Errno::ENOBUFS,

@@ -3,12 +3,12 @@
 //! passed over Unix sockets. Nothing outside this module calls `libc` directly; every
 //! `unsafe` block says why its pointers, lengths and descriptors are valid.
 
-pub mod mem;
-pub mod net;
-pub mod pidfd;
-pub mod sched;
+pub(crate) mod mem;
+pub(crate) mod net;
+pub(crate) mod pidfd;
+pub(crate) mod sched;
 pub mod seccomp;
-pub mod signal;
+pub(crate) mod signal;
 pub mod unix;
 
 use nix::errno::Errno;

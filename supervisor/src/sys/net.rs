@@ -51,11 +51,6 @@ impl RawSockAddr {
         self.len as usize
     }
 
-    /// True for an empty address.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The address bytes, `len()` of them.
     pub fn as_bytes(&self) -> &[u8] {
         &self.all_bytes()[..(self.len as usize).min(size_of::<libc::sockaddr_storage>())]
