@@ -22,6 +22,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
+use capture::Proto;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -93,7 +94,7 @@ pub enum Request {
     /// Adds a static mapping.
     MapAdd {
         /// `tcp` or `udp`.
-        proto: String,
+        proto: Proto,
         /// The balancer's local address.
         lb: SocketAddr,
         /// The real server's address.
@@ -104,7 +105,7 @@ pub enum Request {
     /// Removes a mapping, static or learned.
     MapDel {
         /// `tcp` or `udp`.
-        proto: String,
+        proto: Proto,
         /// The balancer's local address.
         lb: SocketAddr,
         /// The real server's address.
@@ -395,7 +396,7 @@ mod tests {
     #[test]
     fn requests_are_one_tagged_json_object() {
         let r = Request::MapAdd {
-            proto: "tcp".into(),
+            proto: Proto::Tcp,
             lb: "10.1.0.5:40001".parse().unwrap(),
             rs: "10.1.0.9:80".parse().unwrap(),
             client: "198.51.100.7:1234".parse().unwrap(),
@@ -408,6 +409,13 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);
         assert_eq!(serde_json::to_string(&Request::Stats).unwrap(), r#"{"op":"stats"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"op":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_request_for_another_protocol_is_not_a_request_and_says_which_are() {
+        let sctp = r#"{"op":"map_del","proto":"sctp","lb":"10.1.0.5:40001","rs":"10.1.0.9:80","client":null}"#;
+        let refusal = serde_json::from_str::<Request>(sctp).unwrap_err().to_string();
+        assert!(refusal.contains("sctp") && refusal.contains("`tcp` or `udp`"), "{refusal}");
     }
 
     #[test]

@@ -556,7 +556,7 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             Ok(now)
         }
         Request::MapAdd { proto, lb, rs, client } => {
-            let key = flow_key(&proto, lb, rs)?;
+            let key = FlowKey { proto, lb, rs };
             for (what, a) in [("balancer", lb), ("real-server", rs), ("client", client)] {
                 check_address(what, a)?;
             }
@@ -583,7 +583,7 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             Ok(json!(format!("{learned:?}").to_lowercase()))
         }
         Request::MapDel { proto, lb, rs, client } => {
-            let key = flow_key(&proto, lb, rs)?;
+            let key = FlowKey { proto, lb, rs };
             match node.table.remove(&key, client) {
                 Ok(removed) => {
                     tracing::info!(%proto, %lb, %rs, client = %removed.client, "mapping removed");
@@ -609,15 +609,6 @@ fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
         return Err(format!("{what} address {a}: give a real address and port (IPv4 as a.b.c.d:port)"));
     }
     Ok(())
-}
-
-fn flow_key(proto: &str, lb: SocketAddr, rs: SocketAddr) -> Result<FlowKey, String> {
-    let proto = match proto {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        other => return Err(format!("protocol {other:?}: tcp or udp")),
-    };
-    Ok(FlowKey { proto, lb, rs })
 }
 
 fn get(node: &Node, name: &str) -> Result<Value, String> {
@@ -791,7 +782,7 @@ mod tests {
 
     fn add(n: &Node, lb: &str, client: &str) -> Result<Value, String> {
         let (lb, rs, client) = (lb.parse().unwrap(), "10.1.0.9:80".parse().unwrap(), client.parse().unwrap());
-        answer(n, Request::MapAdd { proto: "tcp".into(), lb, rs, client })
+        answer(n, Request::MapAdd { proto: Proto::Tcp, lb, rs, client })
     }
 
     #[test]
@@ -891,17 +882,16 @@ mod tests {
         let n = node();
         let (lb, rs, c): (SocketAddr, SocketAddr, SocketAddr) =
             ("10.1.0.5:40001".parse().unwrap(), "10.1.0.9:80".parse().unwrap(), "198.51.100.7:9".parse().unwrap());
-        answer(&n, Request::MapAdd { proto: "tcp".into(), lb, rs, client: c }).unwrap();
+        answer(&n, Request::MapAdd { proto: Proto::Tcp, lb, rs, client: c }).unwrap();
         let all = listed(&n, None, None);
         assert_eq!(all[0]["client"], json!(c.to_string()));
         assert_eq!(all[0]["via"], json!("static"));
         let other: SocketAddr = "198.51.100.8:9".parse().unwrap();
-        assert!(answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(other) }).is_err());
-        assert!(answer(&n, Request::MapDel { proto: "udp".into(), lb, rs, client: None }).is_err());
-        answer(&n, Request::MapDel { proto: "tcp".into(), lb, rs, client: Some(c) }).unwrap();
+        assert!(answer(&n, Request::MapDel { proto: Proto::Tcp, lb, rs, client: Some(other) }).is_err());
+        assert!(answer(&n, Request::MapDel { proto: Proto::Udp, lb, rs, client: None }).is_err());
+        answer(&n, Request::MapDel { proto: Proto::Tcp, lb, rs, client: Some(c) }).unwrap();
         assert!(listed(&n, None, None).is_empty());
         let st = stats(&n);
         assert_eq!((st["ip_vs_ca"]["conn_new"].as_u64(), st["ip_vs_ca"]["conn_del"].as_u64()), (Some(1), Some(1)));
-        assert!(answer(&n, Request::MapAdd { proto: "sctp".into(), lb, rs, client: c }).is_err());
     }
 }
