@@ -13,7 +13,10 @@
 //!
 //! Owns the protocol and the client side; the server is in [`server`].
 
+mod refusal;
 pub mod server;
+
+pub use refusal::Refusal;
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -351,12 +354,17 @@ impl MappingFilter {
     }
 }
 
+/// A filter that is neither an IP address nor an IP address and port: the text given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("filter {0:?}: give an IP address, or ip:port ([v6]:port)")]
+pub struct NotAFilter(pub String);
+
 impl std::str::FromStr for MappingFilter {
-    type Err = String;
+    type Err = NotAFilter;
 
     /// `10.1.0.5`, `2001:db8::5` or `[2001:db8::5]`, `10.1.0.5:40001`, `[2001:db8::5]:443`.
     /// IPv4-mapped IPv6 forms are taken as the IPv4 address, as the table stores it.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, NotAFilter> {
         let s = s.trim();
         if let Ok(a) = s.parse::<SocketAddr>() {
             return Ok(MappingFilter::Addr(SocketAddr::new(a.ip().to_canonical(), a.port())));
@@ -364,7 +372,7 @@ impl std::str::FromStr for MappingFilter {
         let bare = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
         match bare.parse::<IpAddr>() {
             Ok(ip) => Ok(MappingFilter::Ip(ip.to_canonical())),
-            Err(_) => Err(format!("filter {s:?}: give an IP address, or ip:port ([v6]:port)")),
+            Err(_) => Err(NotAFilter(s.to_owned())),
         }
     }
 }
@@ -378,11 +386,11 @@ impl fmt::Display for MappingFilter {
     }
 }
 
-/// Writes `value` as the answer line.
-pub(crate) fn write_answer(mut out: impl Write, answer: Result<Value, String>) -> std::io::Result<()> {
+/// Writes `answer` as the answer line: the one place a [`Refusal`] becomes its message.
+pub(crate) fn write_answer(mut out: impl Write, answer: Result<Value, Refusal>) -> std::io::Result<()> {
     let body = match answer {
         Ok(v) => serde_json::json!({ "ok": v }),
-        Err(e) => serde_json::json!({ "error": e }),
+        Err(refusal) => serde_json::json!({ "error": refusal.to_string() }),
     };
     let mut line = serde_json::to_vec(&body).expect("values serialise");
     line.push(b'\n');

@@ -27,7 +27,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::{MAX_REQUEST, MappingFilter, Request, trusted_user, write_answer};
+use super::{MAX_REQUEST, MappingFilter, Refusal, Request, trusted_user, write_answer};
 use crate::procs;
 use crate::stats::SupervisorCounters;
 use crate::sys::unix;
@@ -143,7 +143,7 @@ pub struct Attached {
 }
 
 /// What a daemon does with an attached service: serve it (on its own threads), or say why not.
-pub type AttachFn = dyn Fn(Attached) -> Result<u64, String> + Send + Sync;
+pub type AttachFn = dyn Fn(Attached) -> Result<u64, Refusal> + Send + Sync;
 
 /// What the control socket reports on and changes.
 pub struct Node {
@@ -249,7 +249,7 @@ impl ControlServer {
                 };
                 if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                     active.fetch_sub(1, Ordering::AcqRel);
-                    let _ = write_answer(&stream, Err("too many control connections; try again".into()));
+                    let _ = write_answer(&stream, Err(Refusal::TooManyConnections));
                     continue;
                 }
                 let (node, active) = (node.clone(), active.clone());
@@ -273,7 +273,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
     let creds = match getsockopt(&stream, PeerCredentials) {
         Ok(c) => c,
         Err(e) => {
-            let _ = write_answer(&stream, Err(format!("cannot read the peer's credentials: {e}")));
+            let _ = write_answer(&stream, Err(Refusal::PeerCredentials(e)));
             return;
         }
     };
@@ -283,7 +283,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             pid = creds.pid(),
             "control connection refused: not root nor the supervisor's user"
         );
-        let _ = write_answer(&stream, Err("permission denied: root or the supervisor's user only".into()));
+        let _ = write_answer(&stream, Err(Refusal::Untrusted));
         return;
     }
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
@@ -300,14 +300,14 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             Ok(Next::Line(line, fd)) => (line, fd),
             Ok(Next::Closed | Next::Idle) => return,
             Err(e) => {
-                let _ = write_answer(&stream, Err(format!("reading the request: {e}")));
+                let _ = write_answer(&stream, Err(Refusal::Reading(e)));
                 return;
             }
         };
         let request: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
-                if write_answer(&stream, Err(format!("not a request: {e}"))).is_err() {
+                if write_answer(&stream, Err(Refusal::NotARequest(e))).is_err() {
                     return;
                 }
                 continue;
@@ -318,7 +318,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
             // arrived with earlier lines would be taken for it. And the connection becomes a
             // lifeline, on which nothing else may wait.
             let answer = if served > 0 || requests.has_pending() {
-                Err("attach must be the first and only request on its connection".into())
+                Err(Refusal::AttachNotAlone)
             } else {
                 attach(node, &stream, program, recvfrom_append, fd, creds.pid())
             };
@@ -341,7 +341,7 @@ fn serve_connection(node: &Node, stream: UnixStream) {
 fn write_mappings(node: &Node, stream: &UnixStream, limit: Option<u64>, filter: Option<&str>) -> io::Result<()> {
     let filter = match filter.map(str::parse::<MappingFilter>).transpose() {
         Ok(f) => f,
-        Err(e) => return write_answer(stream, Err(e)),
+        Err(e) => return write_answer(stream, Err(e.into())),
     };
     // The table is copied a chunk at a time and each piece written with no lock held
     // (`MappingTable::visit_live`); a client that stops reading for STALLED_READER (2 s) has
@@ -529,18 +529,18 @@ fn attach(
     recvfrom_append: bool,
     fd: Option<OwnedFd>,
     launcher: i32,
-) -> Result<Value, String> {
+) -> Result<Value, Refusal> {
     let Some(serve) = &node.attach else {
-        return Err("this supervisor serves its own service only (ipvsca-run); attach to `ipvsca supervise`".into());
+        return Err(Refusal::AttachUnsupported);
     };
-    let listener = fd.ok_or("attach needs the service's seccomp listener (SCM_RIGHTS)")?;
-    let lifeline = stream.try_clone().map_err(|e| format!("keeping the connection: {e}"))?;
+    let listener = fd.ok_or(Refusal::NoListener)?;
+    let lifeline = stream.try_clone().map_err(Refusal::Lifeline)?;
     let id = serve(Attached { program, recvfrom_append, listener, launcher, lifeline })?;
     Ok(json!({ "service": id, "pid": std::process::id() }))
 }
 
 /// Answers every request but `attach`.
-pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
+pub fn answer(node: &Node, request: Request) -> Result<Value, Refusal> {
     match request {
         Request::Version => Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -566,18 +566,15 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
             ];
             for (what, a, give) in peers {
                 if let Some(why) = not_a_peer(a) {
-                    return Err(format!("{what} address {a} is {why}: no {what} connects from one; give {give}"));
+                    return Err(Refusal::NotAPeer { what, addr: a, why, give });
                 }
             }
             if lb.is_ipv4() != rs.is_ipv4() {
-                return Err("the balancer and real-server addresses must be of one family".into());
+                return Err(Refusal::MixedFamilies);
             }
             let learned = node.table.add_static(key, client, monotonic_millis());
             if learned == Learned::Refused {
-                return Err(format!(
-                    "the table is full of static mappings (max_entries {}): nothing added; remove some with `ipvsca map del` or raise the bound with `ipvsca set max_entries N`",
-                    node.table.max_entries()
-                ));
+                return Err(Refusal::TableFull { max_entries: node.table.max_entries() });
             }
             tracing::info!(%proto, %lb, %rs, %client, "static mapping added");
             Ok(json!(format!("{learned:?}").to_lowercase()))
@@ -589,29 +586,27 @@ pub fn answer(node: &Node, request: Request) -> Result<Value, String> {
                     tracing::info!(%proto, %lb, %rs, client = %removed.client, "mapping removed");
                     Ok(json!({ "client": removed.client.to_string(), "via": removed.via.as_str() }))
                 }
-                Err(Some(stays)) => Err(format!(
-                    "{proto} {lb} {rs} shows {}, not {}; nothing removed",
-                    stays.client,
-                    client.map_or_else(String::new, |c| c.to_string())
-                )),
-                Err(None) => Err(format!("no mapping for {proto} {lb} {rs}")),
+                Err(Some(stays)) => {
+                    Err(Refusal::OtherClient { flow: Box::new(key), shows: stays.client, given: client })
+                }
+                Err(None) => Err(Refusal::NoMapping { flow: key }),
             }
         }
-        Request::Attach { .. } | Request::Mappings { .. } => Err("answered by the control server only".into()),
+        Request::Attach { .. } | Request::Mappings { .. } => Err(Refusal::ServerOnly),
     }
 }
 
 /// An address the capture could have learned: a real IP (not unspecified, not an
 /// IPv4-mapped IPv6 form, which the capture never produces) and a port.
-fn check_address(what: &str, a: SocketAddr) -> Result<(), String> {
+fn check_address(what: &'static str, a: SocketAddr) -> Result<(), Refusal> {
     let mapped = matches!(a.ip(), std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
     if a.ip().is_unspecified() || a.port() == 0 || mapped {
-        return Err(format!("{what} address {a}: give a real address and port (IPv4 as a.b.c.d:port)"));
+        return Err(Refusal::NotAnAddress { what, addr: a });
     }
     Ok(())
 }
 
-fn get(node: &Node, name: &str) -> Result<Value, String> {
+fn get(node: &Node, name: &str) -> Result<Value, Refusal> {
     let secs = |p| node.table.timeout(p).as_secs().to_string();
     match name {
         "tcp_timeout" => Ok(json!(secs(Proto::Tcp))),
@@ -620,23 +615,20 @@ fn get(node: &Node, name: &str) -> Result<Value, String> {
         "tcpopt_addr" => {
             let kinds = match &node.capture {
                 Some(c) => c.learner().kinds(),
-                None => return Err("this supervisor has no capture".into()),
+                None => return Err(Refusal::NoCapture),
             };
             Ok(json!(kinds.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" ")))
         }
-        other => Err(unknown_setting(other)),
+        other => Err(Refusal::UnknownSetting { name: other.to_owned() }),
     }
 }
 
-fn unknown_setting(name: &str) -> String {
-    format!("no setting {name:?}; settings: {}", super::SETTINGS.join(", "))
-}
-
-fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
-    let timeout = |p| -> Result<(), String> {
-        let secs: u64 = value.trim().parse().map_err(|_| format!("{name}: {value:?} is not a number of seconds"))?;
+fn set(node: &Node, name: &str, value: &str) -> Result<(), Refusal> {
+    let timeout = |p| -> Result<(), Refusal> {
+        let secs: u64 =
+            value.trim().parse().map_err(|_| Refusal::NotSeconds { name: name.to_owned(), value: value.to_owned() })?;
         if secs == 0 || secs > u64::from(u32::MAX) {
-            return Err(format!("{name}: {secs} out of range (1 to {})", u32::MAX));
+            return Err(Refusal::TimeoutOutOfRange { name: name.to_owned(), secs });
         }
         node.table.set_timeout(p, Duration::from_secs(secs));
         Ok(())
@@ -646,37 +638,37 @@ fn set(node: &Node, name: &str, value: &str) -> Result<(), String> {
         "udp_timeout" => timeout(Proto::Udp),
         "tcpopt_addr" => {
             let kinds = parse_kinds(value)?;
-            let capture = node.capture.as_ref().ok_or("this supervisor has no capture")?;
-            capture.set_kinds(kinds).map_err(|e| e.to_string())
+            let capture = node.capture.as_ref().ok_or(Refusal::NoCapture)?;
+            capture.set_kinds(kinds).map_err(Refusal::Kinds)
         }
         "max_entries" => {
-            let max = capture::table::parse_max_entries(value).map_err(|e| format!("max_entries: {e}"))?;
+            let max = capture::table::parse_max_entries(value).map_err(Refusal::MaxEntries)?;
             // Evicts at once when the table holds more.
             node.table.set_max_entries(max);
             Ok(())
         }
-        other => Err(unknown_setting(other)),
+        other => Err(Refusal::UnknownSetting { name: other.to_owned() }),
     }
 }
 
 /// Kinds separated by spaces or commas, each 2 to 255 (0 ends an option list and 1 is a
 /// NOP: neither can be a TOA).
-pub fn parse_kinds(value: &str) -> Result<ToaKinds, String> {
+pub fn parse_kinds(value: &str) -> Result<ToaKinds, Refusal> {
     let mut kinds = Vec::new();
     for word in value.split([' ', ',']).filter(|w| !w.is_empty()) {
         match word.parse::<u8>() {
             Ok(k) if k >= 2 => kinds.push(k),
-            _ => return Err(format!("tcpopt_addr: {word:?} is not an option kind from 2 to 255")),
+            _ => return Err(Refusal::NotAnOptionKind { word: word.to_owned() }),
         }
     }
     if kinds.is_empty() {
-        return Err("tcpopt_addr: give at least one option kind".into());
+        return Err(Refusal::NoOptionKind);
     }
     // More would make the kernel filter pass every TCP segment with options (timestamps:
     // nearly all of them) to the capture.
     let kinds = ToaKinds::from_kinds(kinds);
     if kinds.iter().count() > capture::bpf::MAX_FILTERED_KINDS {
-        return Err(format!("tcpopt_addr: at most {} option kinds", capture::bpf::MAX_FILTERED_KINDS));
+        return Err(Refusal::TooManyOptionKinds { max: capture::bpf::MAX_FILTERED_KINDS });
     }
     Ok(kinds)
 }
@@ -758,7 +750,9 @@ mod tests {
         for bad in ["0", "-1", "ten", "99999999999"] {
             assert!(answer(&n, Request::Set { name: "tcp_timeout".into(), value: bad.into() }).is_err(), "{bad}");
         }
-        assert!(answer(&n, Request::Get { name: "tcp_timeout_ms".into() }).unwrap_err().contains("tcpopt_addr"));
+        assert!(
+            answer(&n, Request::Get { name: "tcp_timeout_ms".into() }).unwrap_err().to_string().contains("tcpopt_addr")
+        );
     }
 
     /// The `mappings` answer, in the pieces it was sent in.
@@ -780,7 +774,7 @@ mod tests {
         answer["ok"].as_array().unwrap().clone()
     }
 
-    fn add(n: &Node, lb: &str, client: &str) -> Result<Value, String> {
+    fn add(n: &Node, lb: &str, client: &str) -> Result<Value, Refusal> {
         let (lb, rs, client) = (lb.parse().unwrap(), "10.1.0.9:80".parse().unwrap(), client.parse().unwrap());
         answer(n, Request::MapAdd { proto: Proto::Tcp, lb, rs, client })
     }
@@ -846,7 +840,7 @@ mod tests {
             ("10.1.0.5:40001", "[::ffff:198.51.100.7]:9", "give a real address"),
             ("10.1.0.5:40001", "198.51.100.7:0", "give a real address"),
         ] {
-            let refusal = add(&n, lb, client).unwrap_err();
+            let refusal = add(&n, lb, client).unwrap_err().to_string();
             assert!(refusal.contains(says), "{lb} {client}: {refusal}");
         }
         assert!(n.table.is_empty());
@@ -861,7 +855,7 @@ mod tests {
         let set = |n: &Node, v: &str| answer(n, Request::Set { name: "max_entries".into(), value: v.into() });
         assert_eq!(set(&n, "16").unwrap(), json!("16"));
         for bad in ["15", "0", "-1", "many", ""] {
-            let refusal = set(&n, bad).unwrap_err();
+            let refusal = set(&n, bad).unwrap_err().to_string();
             assert!(refusal.contains("at least 16"), "{bad}: {refusal}");
         }
         assert_eq!(get(&n).unwrap(), json!("16"));
@@ -869,7 +863,7 @@ mod tests {
         for port in 1..=15 {
             add(&n, &format!("10.1.0.5:{port}"), "198.51.100.7:9").unwrap();
         }
-        let refusal = add(&n, "10.1.0.5:16", "198.51.100.7:9").unwrap_err();
+        let refusal = add(&n, "10.1.0.5:16", "198.51.100.7:9").unwrap_err().to_string();
         assert!(refusal.contains("full of static mappings (max_entries 16)"), "{refusal}");
         assert_eq!(n.table.stats().refused_full, 1);
         let table = &stats(&n)["table"];
