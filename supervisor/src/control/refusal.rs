@@ -1,15 +1,17 @@
 //! Why a supervisor refuses a control request: one variant per reason, with what the
 //! operator needs to act on it.
 //!
-//! Owns the reasons and their messages only. The messages are the protocol's: clients and
-//! tests compare them, so a change here is a change of the wire. Never turned into text but
-//! where the answer is written (`write_answer`).
+//! Owns the reasons and their messages only; never writes them anywhere. The messages are
+//! the protocol's (clients and tests compare them: a change here is a change of the wire),
+//! and a refusal becomes its message in one place, where the answer line is written
+//! (`write_answer`).
 
 use std::net::SocketAddr;
 
 use capture::FlowKey;
 use capture::live::CaptureError;
 
+use super::protocol::NotAFilter;
 use crate::server::ServeError;
 
 /// Why a request is refused; written as `{"error": "<message>"}`.
@@ -128,7 +130,7 @@ pub enum Refusal {
 
     /// A `mappings` filter that is neither an IP address nor an IP address and port.
     #[error(transparent)]
-    Filter(#[from] super::NotAFilter),
+    Filter(#[from] NotAFilter),
 
     /// An address no mapping can have: unspecified, port 0, or an IPv4-mapped IPv6 form.
     #[error("{what} address {addr}: give a real address and port (IPv4 as a.b.c.d:port)")]
@@ -249,7 +251,7 @@ mod tests {
             (Refusal::TooManyOptionKinds { max: 4 }, "tcpopt_addr: at most 4 option kinds".into()),
             (Refusal::MaxEntries("\"8\": too few".into()), "max_entries: \"8\": too few".into()),
             (
-                Refusal::Filter(super::super::NotAFilter("x".into())),
+                Refusal::Filter(NotAFilter("x".into())),
                 "filter \"x\": give an IP address, or ip:port ([v6]:port)".into(),
             ),
             (
