@@ -6,12 +6,13 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
 
-/// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+/// Transport protocol of a flow; `"tcp"` or `"udp"` in JSON (`ipvsca mappings`, control
+/// requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     /// TCP.
@@ -137,6 +138,15 @@ mod tests {
         ] {
             let a: SocketAddr = bad.parse().unwrap();
             assert!(!can_be_peer(a), "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocols_are_lowercase_names_in_json() {
+        assert_eq!(serde_json::to_string(&Proto::Tcp).unwrap(), r#""tcp""#);
+        assert_eq!(serde_json::from_str::<Proto>(r#""udp""#).unwrap(), Proto::Udp);
+        for bad in [r#""TCP""#, r#""sctp""#, "6"] {
+            assert!(serde_json::from_str::<Proto>(bad).is_err(), "{bad}");
         }
     }
 }

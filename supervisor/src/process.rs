@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use capture::LiveCapture;
 
+use crate::control::Refusal;
 use crate::control::server::{Attached, ServiceInfo, Services};
 use crate::emulate::Options;
 use crate::procs;
@@ -62,30 +63,29 @@ pub fn serve_attached(
     counters: &Arc<SupervisorCounters>,
     services: &Arc<Services>,
     options: Options,
-) -> Result<u64, String> {
+) -> Result<u64, Refusal> {
     use std::os::fd::AsFd;
-    let kind = procs::descriptor_kind(a.listener.as_fd()).map_err(|e| format!("inspecting the descriptor: {e}"))?;
+    let kind = procs::descriptor_kind(a.listener.as_fd()).map_err(Refusal::InspectingDescriptor)?;
     if kind != "anon_inode:seccomp notify" {
-        return Err(format!("attach needs a seccomp listener, not {kind}"));
+        return Err(Refusal::NotAListener { kind });
     }
     // pidfd_getfd reaches only processes of this PID namespace or below it, and the kernel
     // shows a launcher outside of them as pid 0.
     if a.launcher <= 0 {
-        return Err("the launcher is in a PID namespace this supervisor cannot see, so it could not reach the service's sockets: run `ipvsca supervise` in the service's PID namespace or above it, or ipvsca-run without --supervisor".into());
+        return Err(Refusal::LauncherUnseen);
     }
     // A service in another network namespace would see no mapping, ever: its balancer
     // traffic is not captured here.
-    let theirs = procs::net_namespace(&a.launcher.to_string())
-        .map_err(|e| format!("cannot check the launcher's network namespace: {e}"))?;
-    let ours = procs::net_namespace("self").map_err(|e| format!("reading this network namespace: {e}"))?;
+    let theirs = procs::net_namespace(&a.launcher.to_string()).map_err(Refusal::LauncherNetNamespace)?;
+    let ours = procs::net_namespace("self").map_err(Refusal::OwnNetNamespace)?;
     if theirs != ours {
-        return Err("the service runs in another network namespace than this supervisor, whose capture would never see its balancer: run `ipvsca supervise` in that namespace, or ipvsca-run without --supervisor".into());
+        return Err(Refusal::OtherNetNamespace);
     }
     // The request's read timeout is the socket's: the lifeline waits without one.
-    a.lifeline.set_read_timeout(None).map_err(|e| format!("keeping the connection: {e}"))?;
+    a.lifeline.set_read_timeout(None).map_err(Refusal::Lifeline)?;
     let options = Options { recvfrom_append: a.recvfrom_append, ..options };
     let supervisor = Supervisor::new(Listener::new(a.listener), resolver.clone(), counters.clone(), options)
-        .map_err(|e| e.to_string())?;
+        .map_err(Refusal::Serve)?;
     let id = services.add(ServiceInfo { program: a.program.clone(), root: a.launcher, not_service: 1 });
     let (services, program, mut lifeline) = (services.clone(), a.program, a.lifeline);
     let spawned = std::thread::Builder::new().name(format!("ipvsca-svc-{id}")).spawn(move || {
@@ -103,8 +103,6 @@ pub fn serve_attached(
             Err(e) => tracing::error!(service = id, %program, error = %e, "the supervisor of this service stopped"),
         }
     });
-    if let Err(e) = spawned {
-        return Err(format!("starting the service's thread: {e}"));
-    }
+    spawned.map_err(Refusal::ServiceThread)?;
     Ok(id)
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use capture::Proto;
 use ipvsca_tests::bins;
 use ipvsca_tests::corpus::{LB1, LB2, RS};
 use ipvsca_tests::netns::{self, Netns};
@@ -213,9 +214,9 @@ fn every_control_subcommand_works_against_the_supervisor_embedded_in_ipvsca_run(
     // ... and so does the client library: a mapping added and removed on one connection.
     let mut connection = Connection::open(&sock).unwrap();
     let (lb_e, rs_e, client_e) = (addr(LB2, 40005).into(), "10.1.0.9:8080".parse().unwrap(), addr(LB1, 5).into());
-    let add = Request::MapAdd { proto: "tcp".into(), lb: lb_e, rs: rs_e, client: client_e };
+    let add = Request::MapAdd { proto: Proto::Tcp, lb: lb_e, rs: rs_e, client: client_e };
     connection.request(&add, None).unwrap();
-    let del = Request::MapDel { proto: "tcp".into(), lb: lb_e, rs: rs_e, client: Some(client_e) };
+    let del = Request::MapDel { proto: Proto::Tcp, lb: lb_e, rs: rs_e, client: Some(client_e) };
     assert_eq!(connection.request(&del, None).unwrap()["via"], "static");
 
     // A shorter timeout expires the learned mapping.

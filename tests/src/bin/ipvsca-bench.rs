@@ -201,7 +201,7 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
         let control = PathBuf::from(socket);
         let mut connection = Connection::open(&control).unwrap_or_else(|e| panic!("{e}"));
         for (lb, rs) in mappings(workload_args) {
-            let add = Request::MapAdd { proto: "tcp".into(), lb: lb.into(), rs, client: client_of(lb) };
+            let add = Request::MapAdd { proto: Proto::Tcp, lb: lb.into(), rs, client: client_of(lb) };
             connection.request(&add, None).unwrap_or_else(|e| panic!("map add: {e}"));
         }
         drop(connection);

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use capture::Proto;
 use supervisor::control::{self, Connection, DEFAULT_SOCKET, MappingFilter, Request};
 
 use crate::ipvsca::format;
@@ -126,11 +127,11 @@ pub enum MapProto {
     Udp,
 }
 
-impl MapProto {
-    fn as_str(self) -> &'static str {
-        match self {
-            MapProto::Tcp => "tcp",
-            MapProto::Udp => "udp",
+impl From<MapProto> for Proto {
+    fn from(proto: MapProto) -> Self {
+        match proto {
+            MapProto::Tcp => Proto::Tcp,
+            MapProto::Udp => Proto::Udp,
         }
     }
 }
@@ -285,11 +286,11 @@ pub fn mappings(cmd: MappingsCommand) -> anyhow::Result<()> {
 pub fn map(cmd: MapCommand) -> anyhow::Result<()> {
     let (f, request) = match cmd {
         MapCommand::Add { flow: f, client } => {
-            let request = Request::MapAdd { proto: f.proto.as_str().into(), lb: f.lb, rs: f.rs, client };
+            let request = Request::MapAdd { proto: f.proto.into(), lb: f.lb, rs: f.rs, client };
             (f, request)
         }
         MapCommand::Del { flow: f, client } => {
-            let request = Request::MapDel { proto: f.proto.as_str().into(), lb: f.lb, rs: f.rs, client };
+            let request = Request::MapDel { proto: f.proto.into(), lb: f.lb, rs: f.rs, client };
             (f, request)
         }
     };
