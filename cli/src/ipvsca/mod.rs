@@ -27,6 +27,7 @@ See also: ipvsca-run(1), ipvsca-supervise(1), ipvsca-stats(1), /usr/share/doc/ip
 /// running supervisor (stats, get, set, mappings, map, version), and inspects captures
 /// (capture). The control commands reach /run/ipvsca/ipvsca.sock unless --control names
 /// another socket, such as an ipvsca-run's /run/ipvsca/PID.sock. RUST_LOG sets the log level.
+/// The control commands exit 0 on success, 1 with a message on stderr otherwise.
 #[derive(Debug, Parser)]
 #[command(name = "ipvsca", version, after_long_help = FILES)]
 struct Cli {

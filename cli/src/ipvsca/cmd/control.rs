@@ -24,7 +24,7 @@ pub struct Target {
 /// ip_vs_ca's first, in the layout of /proc/net/ip_vs_ca_stats (a version line, a column
 /// header, one `name: value` line each), then ipvsca's: notifications by call, rewrites,
 /// misses, drains, capture packets, malformed and kernel drops, the table, services and
-/// their processes.
+/// their processes. Counters are per supervisor: the daemon's are summed over its services.
 #[derive(Debug, clap::Args)]
 pub struct StatsCommand {
     #[command(flatten)]
@@ -82,7 +82,9 @@ pub struct GetCommand {
 /// Timeouts apply to existing mappings at once (an entry idle for longer than a new, shorter timeout is
 /// gone); so does max_entries (a table above the new bound is brought under it). Settings last
 /// until the supervisor stops; make them permanent with its flags (--tcp-timeout,
-/// --udp-timeout, --toa-kind, --max-entries).
+/// --udp-timeout, --toa-kind, --max-entries). A timeout takes 1 to 4294967295 s;
+/// tcpopt_addr takes 1 to 16 kinds from 2 to 255 and swaps the capture's kernel filter
+/// atomically.
 #[derive(Debug, clap::Args)]
 pub struct SetCommand {
     #[command(flatten)]
@@ -101,7 +103,8 @@ pub struct SetCommand {
 /// static) and seconds since last use; provisional entries (announced, not yet met by the
 /// service) are not mappings and are not listed. The order is unspecified: the supervisor
 /// writes the table as it reads it, without sorting or holding it, and this command prints
-/// each mapping as it arrives (pipe it to `sort` for an order).
+/// each mapping as it arrives (pipe it to `sort` for an order). A listing taken while the
+/// table changes may skip or repeat an entry that moved.
 #[derive(Debug, clap::Args)]
 pub struct MappingsCommand {
     #[command(flatten)]
@@ -164,7 +167,8 @@ pub enum MapCommand {
     /// it; it replaces a learned one. Refused: an LB_ADDR no balancer can connect from, a
     /// CLIENT_ADDR no client can have (multicast, broadcast, loopback, unspecified, port 0;
     /// IPv4 as a.b.c.d:port, not ::ffff:a.b.c.d), and any new mapping when the table is full
-    /// of static mappings (see `ipvsca set max_entries`).
+    /// of static mappings (see `ipvsca set max_entries`). An announcement that disagrees
+    /// with a static mapping is counted as conflicts_kept.
     Add {
         #[command(flatten)]
         flow: MapFlow,
