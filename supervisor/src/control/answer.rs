@@ -56,8 +56,8 @@ impl MappingEntry {
 
 /// The answer line `{"ok":[...]}` to `mappings`, handed to `send` in pieces of about
 /// [`ANSWER_CHUNK`] bytes as the table is read (in its own order: sorting would need the
-/// whole set). `send` is called while a shard of the table is read-locked: it must not
-/// block for long. Stops at the first error of `send`.
+/// whole set). The table hands over copies of 1,024 entries at a time (`visit_live`), so
+/// `send` runs with no lock of the table held. Stops at the first error of `send`.
 pub(crate) fn mappings_answer(
     node: &Node,
     limit: Option<u64>,

@@ -39,9 +39,9 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// could not attach).
 pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// How long a piece of a `mappings` answer may wait for the client to read: the table is
-/// read one shard at a time under its read lock while the answer is written, and the
-/// writers of that shard (learning, confirming, expiring) wait meanwhile. A client that
+/// How long a piece of a `mappings` answer may wait for the client to read. The table is
+/// copied 1,024 entries at a time and each piece written with no lock held, so a slow
+/// reader delays nobody else; it only holds a connection slot and a thread. A client that
 /// reads nothing for this long has its answer abandoned and its connection closed.
 pub(crate) const STALLED_READER: Duration = Duration::from_secs(2);
 
