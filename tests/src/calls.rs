@@ -114,60 +114,6 @@ pub fn fork() -> i32 {
     unsafe { libc::fork() }
 }
 
-/// A raw IPv4 socket that sends whole packets, headers included (`IP_HDRINCL`).
-pub fn raw_ip_socket() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2) with constant arguments; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends the whole IPv4 `packet` to `to` on a [`raw_ip_socket`].
-pub fn send_raw_ip(socket: &std::os::fd::OwnedFd, packet: &[u8], to: std::net::Ipv4Addr) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `packet` and `sa` are live for the call, with the lengths passed.
-    let n = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Set by SIGTERM or SIGINT once [`stop_on_signals`] ran.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes SIGTERM and SIGINT set [`STOP`] and interrupt blocking calls (no `SA_RESTART`).
-pub fn stop_on_signals() {
-    extern "C" fn stop(_: libc::c_int) {
-        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: an all-zero sigaction is valid; the handler only stores to an atomic,
-        // which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = stop as extern "C" fn(libc::c_int) as usize;
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.
 pub fn alarm_every(every: std::time::Duration) {
     let tv =

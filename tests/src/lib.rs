@@ -1,6 +1,7 @@
-//! Test tools for ipvsca's integration tests: frames a balancer sends, test capture files,
-//! network namespaces, a rootless container, a raw-frame balancer speaker, and the paths of
-//! the built binaries.
+//! Support for ipvsca's integration tests: frames a balancer sends, test capture files,
+//! network namespaces, a rootless container, a raw-frame balancer speaker, the FULLNAT lab's
+//! namespaces and rules, and the paths of the built binaries. The tools built on it
+//! (`ipvsca-demo`, `ipvsca-lab`, `ipvsca-bench`) are the `ipvsca-tools` package's.
 
 pub mod attack;
 pub mod bins;

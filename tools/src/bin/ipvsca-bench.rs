@@ -47,9 +47,27 @@ fn client_of(lb: SocketAddrV4) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), lb.port()))
 }
 
+const USAGE: &str = "\
+ipvsca-bench: what a trapped call costs, native and supervised side by side.
+
+Usage:
+  ipvsca-bench [--calls N] [--connections N] [--rounds N]
+      getpeername on a mapped socket (N calls, default 200000) and connect + accept4 + close
+      (N connections, default 20000), native, under the embedded supervisor and, as root,
+      under an `ipvsca supervise` daemon; the best of --rounds (default 3) runs.
+  ipvsca-bench table [--n N] [--v6]
+      The mapping table alone: memory per entry, insert and lookup rates, housekeeping and
+      expiry times with N mappings (default 1000000), IPv4 or IPv6.
+
+As root the comparison runs in a network namespace of its own; unprivileged, on loopback
+and without the daemon rows. Build every binary first (cargo build --release --workspace
+--bins): the daemon rows need `ipvsca` beside this binary. Nothing is asserted: the
+figures are printed.";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("--help" | "-h") => println!("{USAGE}"),
         Some("--workload") => workload(&args[2..]),
         Some("--under") => under(&args[2], &args[3..]),
         Some("table") => table_figures(&args[2..]),
@@ -270,7 +288,7 @@ impl Daemon {
         }
         let binary = std::env::current_exe().unwrap().with_file_name("ipvsca");
         if !binary.is_file() {
-            return Err(format!("{} not built (cargo build --release --bins)", binary.display()));
+            return Err(format!("{} not built (cargo build --release --workspace --bins)", binary.display()));
         }
         let link = Link::add()?;
         let dir = std::env::temp_dir().join(format!("ipvsca-bench-{}", std::process::id()));
