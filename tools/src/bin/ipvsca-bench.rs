@@ -100,13 +100,15 @@ fn workload(args: &[String]) {
             let fd = conn.as_raw_fd();
             let mut buf = [0u8; 128];
             let mut len = 128u32;
-            calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+            // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+            unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
             let seen =
                 SocketAddrV4::new(Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]), u16::from_be_bytes([buf[2], buf[3]]));
             let start = Instant::now();
             for _ in 0..n {
                 let mut len = 128u32;
-                calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+                // SAFETY: as above.
+                unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
             }
             let ns = start.elapsed().as_nanos() as f64 / n as f64;
             println!("getpeername {ns:.0} {seen}");
@@ -122,7 +124,9 @@ fn workload(args: &[String]) {
                 connect(&client, SocketAddrV4::new(listen, ACCEPT_PORT));
                 let mut buf = [0u8; 128];
                 let mut len = 128u32;
-                let r = calls::accept4(lfd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+                let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+                let r = unsafe { calls::accept4(lfd, buf.as_mut_ptr(), &mut len, flags) };
                 assert!(r.ret >= 0, "accept4: errno {}", r.errno);
                 seen.get_or_insert_with(|| {
                     SocketAddrV4::new(
