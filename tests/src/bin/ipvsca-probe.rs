@@ -396,7 +396,15 @@ fn connect(o: &Opts) {
     }
     // SAFETY: `to` is a live sockaddr of the length given.
     let r = unsafe { calls::connect(fd, to.as_ptr(), to.len() as u32) };
-    emit(json!({"connect": outcome(r), "getpeername": peer_of(fd)}));
+    let mut line = json!({"connect": outcome(r), "getpeername": peer_of(fd)});
+    // What is sent after connecting (with no address: never trapped) goes where the kernel
+    // connected the socket, which the test can see.
+    if let Some(text) = o.get("send") {
+        // SAFETY: `text` is live and readable for the length given.
+        let sent = unsafe { libc::send(fd, text.as_ptr().cast(), text.len(), 0) };
+        line["send"] = json!(sent);
+    }
+    emit(line);
 }
 
 /// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
