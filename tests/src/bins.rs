@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The path of the workspace binary `name` (`ipvsca`, `ipvsca-run`), built by the same
-/// profile as the running test.
+/// The path of the workspace binary `name` (`ipvsca`, `ipvsca-run`, `ipvsca-probe`, or a
+/// tool of the `ipvsca-tools` package such as `ipvsca-lab`), built by the same profile as
+/// the running test.
 pub fn path(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let exe = std::env::current_exe().expect("test executable path");

@@ -1,10 +1,21 @@
 //! The six trapped calls made raw, with any pointer the test wants (bad ones included), for
 //! the probe that compares what a service sees with and without ipvsca. Each returns the
 //! call's result and errno exactly, never interpreting them.
-
-// The pointers are handed to the kernel, never dereferenced here: the kernel checks them
-// and answers EFAULT for bad ones, which is exactly what the probe wants to see.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+//!
+//! The six are `unsafe`: the kernel (or, under ipvsca, the supervisor) accesses memory
+//! through the pointers they are given. One rule makes a call sound, stated here and named
+//! by each function's `# Safety` section. Every pointer is either
+//! - valid for what the call may do through it. Pointers written through (`addr`,
+//!   `addrlen`, `recvfrom`'s `buf`) point to memory the caller holds exclusively for the
+//!   call (no live reference reads or writes it meanwhile), large enough for what may be
+//!   written: 4 bytes of length, `len` bytes of data, and for the address the smaller of
+//!   `*addrlen` and the address's own size (at most 128 bytes, a `sockaddr_storage`).
+//!   Pointers only read through (`sendto`'s `buf` and `addr`, `connect`'s `addr`) are
+//!   readable for their lengths; an address length above 128 is refused (`EINVAL`) before
+//!   anything is read. Or
+//! - deliberately bad, pointing where no Rust object lives ([`BAD_POINTER`],
+//!   [`read_only_page`]): the call then fails with `EFAULT` and changes nothing there,
+//!   which is what the probe wants to see.
 
 use std::os::fd::RawFd;
 
@@ -23,39 +34,64 @@ fn outcome(ret: i64) -> Outcome {
 }
 
 /// `getpeername(fd, addr, addrlen)` with raw pointers.
-pub fn getpeername(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
-    // SAFETY: the kernel validates both pointers and reports EFAULT for bad ones; good
-    // ones point into buffers the caller owns for the call.
+///
+/// # Safety
+///
+/// `addr` and `addrlen` follow the module's rule: held exclusively and large enough for
+/// what the call writes, or deliberately bad.
+pub unsafe fn getpeername(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for both pointers.
     outcome(unsafe { libc::getpeername(fd, addr.cast(), addrlen) } as i64)
 }
 
 /// `accept4(fd, addr, addrlen, flags)` with raw pointers.
-pub fn accept4(fd: RawFd, addr: *mut u8, addrlen: *mut u32, flags: i32) -> Outcome {
-    // SAFETY: as for `getpeername`.
+///
+/// # Safety
+///
+/// As for [`getpeername`]: `addr` and `addrlen` follow the module's rule.
+pub unsafe fn accept4(fd: RawFd, addr: *mut u8, addrlen: *mut u32, flags: i32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for both pointers.
     outcome(unsafe { libc::accept4(fd, addr.cast(), addrlen, flags) } as i64)
 }
 
 /// `accept(fd, addr, addrlen)` with raw pointers.
-pub fn accept(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
-    // SAFETY: as for `getpeername`.
+///
+/// # Safety
+///
+/// As for [`getpeername`]: `addr` and `addrlen` follow the module's rule.
+pub unsafe fn accept(fd: RawFd, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for both pointers.
     outcome(unsafe { libc::accept(fd, addr.cast(), addrlen) } as i64)
 }
 
 /// `recvfrom(fd, buf, len, flags, addr, addrlen)` with raw pointers.
-pub fn recvfrom(fd: RawFd, buf: *mut u8, len: usize, flags: i32, addr: *mut u8, addrlen: *mut u32) -> Outcome {
-    // SAFETY: as for `getpeername`; `buf` is writable for `len` bytes or deliberately bad.
+///
+/// # Safety
+///
+/// `buf` (`len` bytes), `addr` and `addrlen` follow the module's rule.
+pub unsafe fn recvfrom(fd: RawFd, buf: *mut u8, len: usize, flags: i32, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for the three pointers.
     outcome(unsafe { libc::recvfrom(fd, buf.cast(), len, flags, addr.cast(), addrlen) } as i64)
 }
 
 /// `sendto(fd, buf, len, flags, addr, addrlen)` with raw pointers.
-pub fn sendto(fd: RawFd, buf: *const u8, len: usize, flags: i32, addr: *const u8, addrlen: u32) -> Outcome {
-    // SAFETY: as for `getpeername`; the kernel only reads through the pointers.
+///
+/// # Safety
+///
+/// `buf` (`len` bytes) and `addr` (`addrlen` bytes) follow the module's rule: readable,
+/// or deliberately bad.
+pub unsafe fn sendto(fd: RawFd, buf: *const u8, len: usize, flags: i32, addr: *const u8, addrlen: u32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for both pointers.
     outcome(unsafe { libc::sendto(fd, buf.cast(), len, flags, addr.cast(), addrlen) } as i64)
 }
 
 /// `connect(fd, addr, addrlen)` with a raw pointer.
-pub fn connect(fd: RawFd, addr: *const u8, addrlen: u32) -> Outcome {
-    // SAFETY: as for `getpeername`; the kernel only reads through the pointer.
+///
+/// # Safety
+///
+/// `addr` (`addrlen` bytes) follows the module's rule: readable, or deliberately bad.
+pub unsafe fn connect(fd: RawFd, addr: *const u8, addrlen: u32) -> Outcome {
+    // SAFETY: the caller upholds the module's rule for the pointer.
     outcome(unsafe { libc::connect(fd, addr.cast(), addrlen) } as i64)
 }
 
@@ -112,60 +148,6 @@ pub fn signal_thread(thread: libc::pthread_t, sig: i32) {
 pub fn fork() -> i32 {
     // SAFETY: called while the probe has one thread (see the caller).
     unsafe { libc::fork() }
-}
-
-/// A raw IPv4 socket that sends whole packets, headers included (`IP_HDRINCL`).
-pub fn raw_ip_socket() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2) with constant arguments; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
-/// Sends the whole IPv4 `packet` to `to` on a [`raw_ip_socket`].
-pub fn send_raw_ip(socket: &std::os::fd::OwnedFd, packet: &[u8], to: std::net::Ipv4Addr) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let sa = libc::sockaddr_in {
-        sin_family: libc::AF_INET as u16,
-        sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: `packet` and `sa` are live for the call, with the lengths passed.
-    let n = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
-    };
-    if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
-/// Set by SIGTERM or SIGINT once [`stop_on_signals`] ran.
-pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Makes SIGTERM and SIGINT set [`STOP`] and interrupt blocking calls (no `SA_RESTART`).
-pub fn stop_on_signals() {
-    extern "C" fn stop(_: libc::c_int) {
-        STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: an all-zero sigaction is valid; the handler only stores to an atomic,
-        // which is async-signal-safe.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = stop as extern "C" fn(libc::c_int) as usize;
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
 }
 
 /// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.

@@ -23,6 +23,7 @@ fn need(program: &str, package: &str) {
 fn lab(toa_on: ToaOn, kind: u8) -> Lab {
     need("iptables-legacy", "iptables");
     let config = LabConfig { toa_on, kind, ..LabConfig::default() };
+    // The balancer's userspace half is `ipvsca-lab balancer` (package ipvsca-tools).
     Lab::up(config, &bins::path("ipvsca-lab"), None).expect("building the lab")
 }
 

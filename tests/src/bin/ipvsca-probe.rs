@@ -96,7 +96,8 @@ fn peer_of(fd: RawFd) -> Value {
     for _ in 0..100 {
         let mut buf = [0u8; 128];
         let mut len = 128u32;
-        let o = calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+        // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+        let o = unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
         match o.ret {
             0.. => return show(&buf, len),
             _ if o.errno == libc::EINTR => continue,
@@ -185,10 +186,13 @@ fn tcp_server(o: &Opts) {
                     }
                     let mut buf = [0u8; 128];
                     let mut len = 128u32;
-                    let r = if use_accept4 {
-                        calls::accept4(fd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC)
-                    } else {
-                        calls::accept(fd, buf.as_mut_ptr(), &mut len)
+                    // SAFETY: `buf` and `len` are this thread's locals, 128 bytes and 4.
+                    let r = unsafe {
+                        if use_accept4 {
+                            calls::accept4(fd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC)
+                        } else {
+                            calls::accept(fd, buf.as_mut_ptr(), &mut len)
+                        }
                     };
                     if r.ret < 0 {
                         match r.errno {
@@ -266,7 +270,9 @@ fn udp_server(o: &Opts) {
         let mut data = [0u8; 2048];
         let mut addr = [0u8; 128];
         let mut len = addrlen;
-        let r = calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len);
+        // SAFETY: `data`, `addr` and `len` are locals held for the call; `addr`'s 128 bytes
+        // hold any address, whatever `addrlen` says.
+        let r = unsafe { calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len) };
         if r.ret < 0 {
             if r.errno == libc::EAGAIN || r.errno == libc::EINTR {
                 if nonblocking {
@@ -289,7 +295,8 @@ fn udp_server(o: &Opts) {
             // Retried on EINTR, which a trapped call can return (see docs/design.md, Signals).
             let mut interrupted = 0;
             let s = loop {
-                let s = calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len);
+                // SAFETY: `payload` and `addr` are live and readable for the lengths given.
+                let s = unsafe { calls::sendto(fd, payload.as_ptr(), payload.len(), 0, addr.as_ptr(), len) };
                 if s.ret >= 0 || s.errno != libc::EINTR || interrupted == 100 {
                     break s;
                 }
@@ -311,7 +318,8 @@ fn spin() {
     loop {
         let mut buf = [0u8; 128];
         let mut len = 128u32;
-        let r = calls::getpeername(c.as_raw_fd(), buf.as_mut_ptr(), &mut len);
+        // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+        let r = unsafe { calls::getpeername(c.as_raw_fd(), buf.as_mut_ptr(), &mut len) };
         if r.ret < 0 && r.errno == libc::ENOSYS {
             emit(json!({"enosys": true}));
             std::process::exit(1);
@@ -386,8 +394,17 @@ fn connect(o: &Opts) {
     if o.flag("nonblocking") {
         calls::set_nonblocking(fd);
     }
-    let r = calls::connect(fd, to.as_ptr(), to.len() as u32);
-    emit(json!({"connect": outcome(r), "getpeername": peer_of(fd)}));
+    // SAFETY: `to` is a live sockaddr of the length given.
+    let r = unsafe { calls::connect(fd, to.as_ptr(), to.len() as u32) };
+    let mut line = json!({"connect": outcome(r), "getpeername": peer_of(fd)});
+    // What is sent after connecting (with no address: never trapped) goes where the kernel
+    // connected the socket, which the test can see.
+    if let Some(text) = o.get("send") {
+        // SAFETY: `text` is live and readable for the length given.
+        let sent = unsafe { libc::send(fd, text.as_ptr().cast(), text.len(), 0) };
+        line["send"] = json!(sent);
+    }
+    emit(line);
 }
 
 /// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
@@ -410,13 +427,15 @@ fn errors(o: &Opts) {
     // accept, with a short address buffer: truncated address, full length.
     let mut buf = [0xeeu8; 128];
     let mut len = 6u32;
-    let a = calls::accept4(l, buf.as_mut_ptr(), &mut len, 0);
+    // SAFETY: `buf` (128 bytes, 6 of them offered) and `len` are locals held for the call.
+    let a = unsafe { calls::accept4(l, buf.as_mut_ptr(), &mut len, 0) };
     case("accept_short_addrlen", json!({"o": outcome(a), "len": len, "bytes": hex(&buf[..8])}));
     let conn = a.ret as RawFd;
     case("accept_peer", peer_of(conn));
     // A second connection, accepted with flags: they apply to the new descriptor.
     let mut len = 128u32;
-    let b = calls::accept4(l, buf.as_mut_ptr(), &mut len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+    let b = unsafe { calls::accept4(l, buf.as_mut_ptr(), &mut len, libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
     // SAFETY: fcntl queries on the descriptor accept4 returned.
     let (fd_flags, fl_flags) =
         unsafe { (libc::fcntl(b.ret as i32, libc::F_GETFD), libc::fcntl(b.ret as i32, libc::F_GETFL)) };
@@ -429,86 +448,115 @@ fn errors(o: &Opts) {
         }),
     );
 
-    let gpn = |addr: *mut u8, lenp: *mut u32| outcome(calls::getpeername(conn, addr, lenp));
+    // In every call below but the deliberately bad ones, `buf` (128 bytes) and `len` are
+    // locals held for the call: the module rule of `calls` holds whatever `*len` says.
     let mut buf = [0xeeu8; 128];
     let mut len = 128u32;
-    case("getpeername", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "addr": show(&buf, len)}));
+    // SAFETY: `buf` and `len` as above.
+    let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), &mut len) });
+    case("getpeername", json!({"o": got, "len": len, "addr": show(&buf, len)}));
     let mut buf = [0xeeu8; 128];
     let mut len = 4u32;
-    case("getpeername_len_4", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "bytes": hex(&buf[..8])}));
+    // SAFETY: `buf` and `len` as above.
+    let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), &mut len) });
+    case("getpeername_len_4", json!({"o": got, "len": len, "bytes": hex(&buf[..8])}));
     let mut buf = [0xeeu8; 128];
     let mut len = 0u32;
-    case("getpeername_len_0", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len, "bytes": hex(&buf[..8])}));
+    // SAFETY: `buf` and `len` as above.
+    let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), &mut len) });
+    case("getpeername_len_0", json!({"o": got, "len": len, "bytes": hex(&buf[..8])}));
     let mut len = u32::MAX; // -1 as an int
-    case("getpeername_len_negative", json!({"o": gpn(buf.as_mut_ptr(), &mut len), "len": len}));
+    // SAFETY: `buf` and `len` as above; a negative length is refused before any write.
+    let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), &mut len) });
+    case("getpeername_len_negative", json!({"o": got, "len": len}));
     let mut len = 16u32;
-    case("getpeername_bad_addr", json!({"o": gpn(BAD_POINTER, &mut len), "len": len}));
-    case("getpeername_bad_addrlen", json!({"o": gpn(buf.as_mut_ptr(), BAD_POINTER.cast())}));
+    // SAFETY: BAD_POINTER holds no Rust object (EFAULT); `len` as above.
+    let got = outcome(unsafe { calls::getpeername(conn, BAD_POINTER, &mut len) });
+    case("getpeername_bad_addr", json!({"o": got, "len": len}));
+    // SAFETY: `buf` as above; BAD_POINTER holds no Rust object (EFAULT).
+    let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), BAD_POINTER.cast()) });
+    case("getpeername_bad_addrlen", json!({"o": got}));
     let mut len = 16u32;
-    case("getpeername_read_only_addr", json!({"o": gpn(calls::read_only_page(), &mut len)}));
+    // SAFETY: the read-only page holds no Rust object and cannot be written (EFAULT).
+    let got = outcome(unsafe { calls::getpeername(conn, calls::read_only_page(), &mut len) });
+    case("getpeername_read_only_addr", json!({"o": got}));
     let mut len = 16u32;
-    case("getpeername_ebadf", outcome(calls::getpeername(9999, buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("getpeername_ebadf", outcome(unsafe { calls::getpeername(9999, buf.as_mut_ptr(), &mut len) }));
     let mut fds = [0; 2];
     // SAFETY: a two-int array for pipe(2).
     unsafe { libc::pipe(fds.as_mut_ptr()) };
     let mut len = 16u32;
-    case("getpeername_enotsock", outcome(calls::getpeername(fds[0], buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("getpeername_enotsock", outcome(unsafe { calls::getpeername(fds[0], buf.as_mut_ptr(), &mut len) }));
     let lonely = socket(libc::SOCK_STREAM);
     let mut len = 16u32;
-    case("getpeername_enotconn", outcome(calls::getpeername(lonely, buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("getpeername_enotconn", outcome(unsafe { calls::getpeername(lonely, buf.as_mut_ptr(), &mut len) }));
 
     let mut len = 16u32;
-    case("accept4_bad_flags", outcome(calls::accept4(l, buf.as_mut_ptr(), &mut len, 0x40000)));
+    // SAFETY: `buf` and `len` as above.
+    case("accept4_bad_flags", outcome(unsafe { calls::accept4(l, buf.as_mut_ptr(), &mut len, 0x40000) }));
     let mut len = 16u32;
-    case("accept_not_listening", outcome(calls::accept(conn, buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("accept_not_listening", outcome(unsafe { calls::accept(conn, buf.as_mut_ptr(), &mut len) }));
     let mut len = 16u32;
-    case("accept_udp", outcome(calls::accept(u, buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("accept_udp", outcome(unsafe { calls::accept(u, buf.as_mut_ptr(), &mut len) }));
     let mut len = 16u32;
-    case("accept_ebadf", outcome(calls::accept(9999, buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("accept_ebadf", outcome(unsafe { calls::accept(9999, buf.as_mut_ptr(), &mut len) }));
     let quiet = listener(SocketAddr::new(o.addr("tcp").ip(), 0), 4);
     calls::set_nonblocking(quiet.as_raw_fd());
     let mut len = 16u32;
-    case("accept_eagain", outcome(calls::accept(quiet.as_raw_fd(), buf.as_mut_ptr(), &mut len)));
+    // SAFETY: `buf` and `len` as above.
+    case("accept_eagain", outcome(unsafe { calls::accept(quiet.as_raw_fd(), buf.as_mut_ptr(), &mut len) }));
 
     // Datagrams: wait for the balancer's five.
     let mut p = libc::pollfd { fd: u, events: libc::POLLIN, revents: 0 };
     // SAFETY: one live pollfd.
     unsafe { libc::poll(&mut p, 1, 10_000) };
     std::thread::sleep(Duration::from_millis(200));
-    let rf = |buf: *mut u8, blen: usize, flags: i32, addr: *mut u8, alen: *mut u32| {
-        calls::recvfrom(u, buf, blen, flags, addr, alen)
+    // Safe for any buffers it is given: each is held for the call, with its own length.
+    let rf = |data: &mut [u8], flags: i32, addr: &mut [u8; 128], len: &mut u32| {
+        // SAFETY: `data`, `addr` and `len` are exclusive borrows for the call, `data` with
+        // its own length; `addr`'s 128 bytes hold any address, whatever `*len` says.
+        unsafe { calls::recvfrom(u, data.as_mut_ptr(), data.len(), flags, addr.as_mut_ptr(), len) }
     };
     let (mut data, mut addr) = ([0u8; 64], [0xeeu8; 128]);
     let mut len = 128u32;
-    let r = rf(data.as_mut_ptr(), 64, libc::MSG_PEEK, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data, libc::MSG_PEEK, &mut addr, &mut len);
     case(
         "recvfrom_peek",
         json!({"o": outcome(r), "data": hex(&data[..r.ret.max(0) as usize]), "from": show(&addr, len)}),
     );
     let mut len = 128u32;
-    let r = rf(data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data, 0, &mut addr, &mut len);
     case(
         "recvfrom_after_peek",
         json!({"o": outcome(r), "data": hex(&data[..r.ret.max(0) as usize]), "from": show(&addr, len)}),
     );
     let mut len = 128u32;
-    let r = rf(data.as_mut_ptr(), 2, libc::MSG_TRUNC, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data[..2], libc::MSG_TRUNC, &mut addr, &mut len);
     case("recvfrom_trunc", json!({"o": outcome(r), "data": hex(&data[..2])}));
     let mut len = 128u32;
-    let r = rf(data.as_mut_ptr(), 2, 0, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data[..2], 0, &mut addr, &mut len);
     case("recvfrom_short_buffer", json!({"o": outcome(r), "data": hex(&data[..2])}));
     let mut addr = [0xeeu8; 128];
     let mut len = 4u32;
-    let r = rf(data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data, 0, &mut addr, &mut len);
     case("recvfrom_addrlen_4", json!({"o": outcome(r), "len": len, "bytes": hex(&addr[..8])}));
     let mut len = 128u32;
-    let r = rf(BAD_POINTER, 64, 0, addr.as_mut_ptr(), &mut len);
+    // SAFETY: BAD_POINTER holds no Rust object (EFAULT); `addr` and `len` are locals held
+    // for the call, 128 bytes and 4.
+    let r = unsafe { calls::recvfrom(u, BAD_POINTER, 64, 0, addr.as_mut_ptr(), &mut len) };
     case("recvfrom_bad_buffer", outcome(r));
     let mut len = 128u32;
-    let r = rf(data.as_mut_ptr(), 64, libc::MSG_DONTWAIT, addr.as_mut_ptr(), &mut len);
+    let r = rf(&mut data, libc::MSG_DONTWAIT, &mut addr, &mut len);
     case("recvfrom_eagain", outcome(r));
     let mut len = 128u32;
-    let r = calls::recvfrom(9999, data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len);
+    // SAFETY: `data`, `addr` and `len` are locals held for the call, 64, 128 and 4 bytes.
+    let r = unsafe { calls::recvfrom(9999, data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len) };
     case("recvfrom_ebadf", outcome(r));
 
     // tx to the peer the service saw (the client under ipvsca, the balancer natively), from
@@ -518,54 +566,71 @@ fn errors(o: &Opts) {
     reset(b.ret as RawFd);
     let (tcp_at, udp_at) = (o.addr("tcp"), o.addr("udp"));
     let to = sockaddr_bytes(udp_peer);
-    let s = calls::sendto(u, b"pong".as_ptr(), 4, 0, to.as_ptr(), 16);
+    // The sends and connects below only read through their pointers: the data and
+    // addresses are live values of the lengths given, or BAD_POINTER (EFAULT), or (200) a
+    // length the kernel refuses before reading.
+    // SAFETY: as above.
+    let s = unsafe { calls::sendto(u, b"pong".as_ptr(), 4, 0, to.as_ptr(), 16) };
     case("sendto_peer", outcome(s));
-    case("sendto_bad_dest", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, BAD_POINTER, 16)));
-    case("sendto_dest_too_long", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, to.as_ptr(), 200)));
-    case("sendto_bad_buffer", outcome(calls::sendto(u, BAD_POINTER, 1, 0, to.as_ptr(), 16)));
-    case("sendto_too_big", outcome(calls::sendto(u, [0u8; 70_000].as_ptr(), 70_000, 0, to.as_ptr(), 16)));
+    // SAFETY: as above.
+    case("sendto_bad_dest", outcome(unsafe { calls::sendto(u, b"x".as_ptr(), 1, 0, BAD_POINTER, 16) }));
+    // SAFETY: as above.
+    case("sendto_dest_too_long", outcome(unsafe { calls::sendto(u, b"x".as_ptr(), 1, 0, to.as_ptr(), 200) }));
+    // SAFETY: as above.
+    case("sendto_bad_buffer", outcome(unsafe { calls::sendto(u, BAD_POINTER, 1, 0, to.as_ptr(), 16) }));
+    let big = [0u8; 70_000];
+    // SAFETY: as above.
+    case("sendto_too_big", outcome(unsafe { calls::sendto(u, big.as_ptr(), big.len(), 0, to.as_ptr(), 16) }));
     let unix = [1u8, 0, b'/', b'x'];
-    case("sendto_unix_address", outcome(calls::sendto(u, b"x".as_ptr(), 1, 0, unix.as_ptr(), 4)));
+    // SAFETY: as above.
+    case("sendto_unix_address", outcome(unsafe { calls::sendto(u, b"x".as_ptr(), 1, 0, unix.as_ptr(), 4) }));
 
     let shut = service_socket(libc::SOCK_DGRAM, udp_at);
     // SAFETY: shutdown on a descriptor the probe owns.
     unsafe { libc::shutdown(shut, libc::SHUT_WR) };
-    case("sendto_after_shutdown", outcome(calls::sendto(shut, b"x".as_ptr(), 1, 0, to.as_ptr(), 16)));
+    // SAFETY: as above.
+    case("sendto_after_shutdown", outcome(unsafe { calls::sendto(shut, b"x".as_ptr(), 1, 0, to.as_ptr(), 16) }));
 
     let c = service_socket(libc::SOCK_DGRAM, udp_at);
-    case("connect_udp_peer", json!({"o": outcome(calls::connect(c, to.as_ptr(), 16)), "peer": peer_of(c)}));
+    // SAFETY: as above.
+    let got = outcome(unsafe { calls::connect(c, to.as_ptr(), 16) });
+    case("connect_udp_peer", json!({"o": got, "peer": peer_of(c)}));
     let tcp_to = sockaddr_bytes(tcp_peer);
     let t = service_socket(libc::SOCK_STREAM, tcp_at);
     calls::set_nonblocking(t);
-    case("connect_tcp_nonblocking_peer", outcome(calls::connect(t, tcp_to.as_ptr(), 16)));
+    // SAFETY: as above.
+    case("connect_tcp_nonblocking_peer", outcome(unsafe { calls::connect(t, tcp_to.as_ptr(), 16) }));
     reset(t);
     let bad = service_socket(libc::SOCK_DGRAM, udp_at);
-    case("connect_bad_address", outcome(calls::connect(bad, BAD_POINTER, 16)));
-    case("connect_short_address", outcome(calls::connect(bad, to.as_ptr(), 8)));
+    // SAFETY: as above.
+    case("connect_bad_address", outcome(unsafe { calls::connect(bad, BAD_POINTER, 16) }));
+    // SAFETY: as above.
+    case("connect_short_address", outcome(unsafe { calls::connect(bad, to.as_ptr(), 8) }));
     // A blocking Fast Open send: the balancer refuses the connection.
     let tfo = service_socket(libc::SOCK_STREAM, tcp_at);
     case(
         "sendto_fastopen_blocking",
-        outcome(calls::sendto(tfo, b"hello".as_ptr(), 5, libc::MSG_FASTOPEN, tcp_to.as_ptr(), 16)),
+        // SAFETY: as above.
+        outcome(unsafe { calls::sendto(tfo, b"hello".as_ptr(), 5, libc::MSG_FASTOPEN, tcp_to.as_ptr(), 16) }),
     );
     // SO_RCVTIMEO: EAGAIN after the timeout; EINTR at the first signal, restart or not.
     let timed = UdpSocket::bind(SocketAddr::new(o.addr("udp").ip(), 0)).unwrap();
     timed.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
-    let mut addr = [0u8; 128];
-    let timed_recv = |addr: &mut [u8; 128]| {
-        let mut len = 128u32;
+    let timed_recv = || {
+        let (mut data, mut addr, mut len) = ([0u8; 64], [0u8; 128], 128u32);
         let start = Instant::now();
-        let r = calls::recvfrom(timed.as_raw_fd(), data.as_ptr() as *mut u8, 64, 0, addr.as_mut_ptr(), &mut len);
+        // SAFETY: `data`, `addr` and `len` are locals held for the call, 64, 128 and 4 bytes.
+        let r = unsafe { calls::recvfrom(timed.as_raw_fd(), data.as_mut_ptr(), 64, 0, addr.as_mut_ptr(), &mut len) };
         (r, start.elapsed())
     };
-    let (r, took) = timed_recv(&mut addr);
+    let (r, took) = timed_recv();
     case(
         "recvfrom_timeout",
         json!({"o": outcome(r), "in_time": took >= Duration::from_millis(350) && took < Duration::from_secs(3)}),
     );
     calls::install_handler(libc::SIGALRM, true);
     calls::alarm_every(Duration::from_millis(100));
-    let (r, took) = timed_recv(&mut addr);
+    let (r, took) = timed_recv();
     calls::alarm_every(Duration::ZERO);
     case("recvfrom_timeout_signalled", json!({"o": outcome(r), "early": took < Duration::from_millis(350)}));
     emit(Value::Object(results));

@@ -1,8 +1,9 @@
 //! The FULLNAT lab: namespaces `client` (several client addresses in 198.51.100.0/24),
 //! `lb` (the balancer) and `rs` (the real server), joined by veth pairs, and a FULLNAT
 //! balancer in `lb`: the kernel's NAT (iptables, legacy xtables, DNAT to the real server and
-//! SNAT to a local address and port of the balancer's) with the userspace half in
-//! `balancer` adding the TOA or the ICMP announcement.
+//! SNAT to a local address and port of the balancer's) with the userspace half, the
+//! `ipvsca-lab balancer` command of the `ipvsca-tools` package, adding the TOA or the ICMP
+//! announcement to the packets these rules queue to it.
 //!
 //! ```text
 //!  client 198.51.100.1..N --c0--l0-- lb (198.51.100.254, VIP 192.0.2.10) --l1--r0-- rs 10.1.0.9
@@ -11,9 +12,8 @@
 //!
 //! The real server has no route to the clients: a reply that ipvsca failed to send to the
 //! balancer's local address fails, as behind a real FULLNAT balancer. Owns building, running
-//! and removing the lab; used by the `ipvsca-lab` command and the matrix tests.
-
-pub mod balancer;
+//! and removing the lab, and the contract with the userspace half (queues, mark, where the
+//! TOA goes); used by the `ipvsca-lab` command and the matrix tests.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use crate::netns::{self, Netns};
 use crate::service::Service;
-pub use balancer::ToaOn;
 
 /// The virtual address clients connect to.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -33,6 +32,25 @@ pub const RS: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
 pub const LOCALS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 1, 0, 6)];
 /// The balancer's address on the clients' network (their gateway).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+/// Queue of the TCP packets that get a TOA.
+pub const TCP_QUEUE: u16 = 0;
+/// The mark xtables puts on the packet that gets the TOA when more than one is queued
+/// (the handshake's ACK, queued with the first data segment that must not overtake it).
+pub const TOA_MARK: u32 = 0x70a;
+/// Queue of UDP to and from the VIP.
+pub const UDP_QUEUE: u16 = 1;
+
+/// Where the TOA goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToaOn {
+    /// On the SYN (LVS, ip_vs_ca).
+    Syn,
+    /// On the handshake's ACK (DPVS, taobao's toa).
+    Ack,
+    /// Nowhere: the balancer announces nothing (TCP and UDP).
+    Nothing,
+}
 
 /// How to build a lab.
 #[derive(Debug, Clone)]
@@ -188,7 +206,8 @@ pub fn parse_toa_on(s: &str) -> Option<ToaOn> {
     }
 }
 
-/// The balancer's xtables rules (see `balancer` for why each is where it is).
+/// The balancer's xtables rules (the balancer's module text in `ipvsca-tools` says why
+/// each is where it is).
 fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
     let locals = format!("{}-{}", LOCALS[0], LOCALS[1]);
     let mut rules = vec![
@@ -196,14 +215,13 @@ fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
         format!("-t nat -A POSTROUTING -o l1 -p tcp -j SNAT --to-source {locals} --random-fully"),
         format!("-t raw -A PREROUTING -d {VIP} -p udp -j CT --notrack"),
         "-t raw -A PREROUTING -i l1 -p udp -j CT --notrack".to_owned(),
-        format!("-t mangle -A PREROUTING -d {VIP} -p udp -j NFQUEUE --queue-num {}", balancer::UDP_QUEUE),
-        format!("-t mangle -A PREROUTING -i l1 -s {RS} -p udp -j NFQUEUE --queue-num {}", balancer::UDP_QUEUE),
+        format!("-t mangle -A PREROUTING -d {VIP} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
+        format!("-t mangle -A PREROUTING -i l1 -s {RS} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
     ];
     match toa_on {
-        ToaOn::Syn => rules.push(format!(
-            "-t mangle -A FORWARD -i l0 -o l1 -p tcp --syn -j NFQUEUE --queue-num {}",
-            balancer::TCP_QUEUE
-        )),
+        ToaOn::Syn => {
+            rules.push(format!("-t mangle -A FORWARD -i l0 -o l1 -p tcp --syn -j NFQUEUE --queue-num {}", TCP_QUEUE))
+        }
         // The second packet of the connection from the client, the handshake's ACK, is marked
         // for the TOA. The third (the first data) is queued too, unchanged: one queue keeps
         // order, and a packet passing outside it could overtake the ACK, complete the handshake
@@ -212,12 +230,12 @@ fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
             rules.push(format!(
                 "-t mangle -A FORWARD -i l0 -o l1 -p tcp --tcp-flags SYN,ACK,RST,FIN ACK -m connbytes --connbytes 2:2 \
                  --connbytes-dir original --connbytes-mode packets -j MARK --set-mark {}",
-                balancer::TOA_MARK
+                TOA_MARK
             ));
             rules.push(format!(
                 "-t mangle -A FORWARD -i l0 -o l1 -p tcp -m connbytes --connbytes 2:3 \
                  --connbytes-dir original --connbytes-mode packets -j NFQUEUE --queue-num {}",
-                balancer::TCP_QUEUE
+                TCP_QUEUE
             ));
         }
         ToaOn::Nothing => {}

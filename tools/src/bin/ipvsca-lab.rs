@@ -16,10 +16,23 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ipvsca_tests::lab::{self, Lab, LabConfig, balancer};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ipvsca_tests::lab::{self, Lab, LabConfig};
 use ipvsca_tests::netns::Netns;
+use ipvsca_tools::balancer;
 
 const RUN_DIR: &str = "/run/ipvsca-lab";
+
+const USAGE: &str = "\
+ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--clients N]
+ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
+ipvsca-lab down [--name NAME]
+
+Needs root (namespaces, xtables NFQUEUE). `up` builds namespaces NAME-client, NAME-lb and
+NAME-rs (NAME defaults to ipvsca-lab) and starts the balancer; clients 198.51.100.1 and up
+reach the real server 10.1.0.9 at the VIP 192.0.2.10. `down` prints the balancer's
+counters and removes everything.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,7 +43,11 @@ fn main() -> ExitCode {
         Some("down") => down(&name),
         Some("exec") => exec(&name, &args),
         Some("balancer") => run_balancer(&opt),
-        _ => Err("usage: ipvsca-lab up|down|exec client|lb|rs -- CMD... [--name NAME]".into()),
+        Some("--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => Err(format!("usage:\n{USAGE}").into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +123,7 @@ fn exec(name: &str, args: &[String]) -> Result<()> {
 
 /// The balancer's userspace half, in the current (balancer) namespace, until SIGTERM.
 fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    ipvsca_tests::calls::stop_on_signals();
+    stop_on_signals();
     let config = balancer::Config {
         vip: lab::VIP,
         rs: lab::RS,
@@ -114,9 +131,28 @@ fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
         kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
     };
-    let counters = balancer::run(&config, &ipvsca_tests::calls::STOP, || {
+    let counters = balancer::run(&config, &STOP, || {
         println!("{{\"ready\":true}}");
     })?;
     println!("{}", serde_json::to_string(&counters)?);
     Ok(())
+}
+
+/// Set by SIGTERM or SIGINT once [`stop_on_signals`] ran.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes SIGTERM and SIGINT set [`STOP`] and interrupt the balancer's wait (no `SA_RESTART`).
+fn stop_on_signals() {
+    extern "C" fn stop(_: libc::c_int) {
+        STOP.store(true, Ordering::Relaxed);
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: an all-zero sigaction is valid; the handler only stores to an atomic,
+        // which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = stop as extern "C" fn(libc::c_int) as usize;
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
 }

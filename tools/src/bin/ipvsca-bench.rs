@@ -47,9 +47,27 @@ fn client_of(lb: SocketAddrV4) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(198, 51, 100, 1), lb.port()))
 }
 
+const USAGE: &str = "\
+ipvsca-bench: what a trapped call costs, native and supervised side by side.
+
+Usage:
+  ipvsca-bench [--calls N] [--connections N] [--rounds N]
+      getpeername on a mapped socket (N calls, default 200000) and connect + accept4 + close
+      (N connections, default 20000), native, under the embedded supervisor and, as root,
+      under an `ipvsca supervise` daemon; the best of --rounds (default 3) runs.
+  ipvsca-bench table [--n N] [--v6]
+      The mapping table alone: memory per entry, insert and lookup rates, housekeeping and
+      expiry times with N mappings (default 1000000), IPv4 or IPv6.
+
+As root the comparison runs in a network namespace of its own; unprivileged, on loopback
+and without the daemon rows. Build every binary first (cargo build --release --workspace
+--bins): the daemon rows need `ipvsca` beside this binary. Nothing is asserted: the
+figures are printed.";
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
+        Some("--help" | "-h") => println!("{USAGE}"),
         Some("--workload") => workload(&args[2..]),
         Some("--under") => under(&args[2], &args[3..]),
         Some("table") => table_figures(&args[2..]),
@@ -82,13 +100,15 @@ fn workload(args: &[String]) {
             let fd = conn.as_raw_fd();
             let mut buf = [0u8; 128];
             let mut len = 128u32;
-            calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+            // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+            unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
             let seen =
                 SocketAddrV4::new(Ipv4Addr::new(buf[4], buf[5], buf[6], buf[7]), u16::from_be_bytes([buf[2], buf[3]]));
             let start = Instant::now();
             for _ in 0..n {
                 let mut len = 128u32;
-                calls::getpeername(fd, buf.as_mut_ptr(), &mut len);
+                // SAFETY: as above.
+                unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
             }
             let ns = start.elapsed().as_nanos() as f64 / n as f64;
             println!("getpeername {ns:.0} {seen}");
@@ -104,7 +124,9 @@ fn workload(args: &[String]) {
                 connect(&client, SocketAddrV4::new(listen, ACCEPT_PORT));
                 let mut buf = [0u8; 128];
                 let mut len = 128u32;
-                let r = calls::accept4(lfd, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK);
+                let flags = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+                // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+                let r = unsafe { calls::accept4(lfd, buf.as_mut_ptr(), &mut len, flags) };
                 assert!(r.ret >= 0, "accept4: errno {}", r.errno);
                 seen.get_or_insert_with(|| {
                     SocketAddrV4::new(
@@ -270,7 +292,7 @@ impl Daemon {
         }
         let binary = std::env::current_exe().unwrap().with_file_name("ipvsca");
         if !binary.is_file() {
-            return Err(format!("{} not built (cargo build --release --bins)", binary.display()));
+            return Err(format!("{} not built (cargo build --release --workspace --bins)", binary.display()));
         }
         let link = Link::add()?;
         let dir = std::env::temp_dir().join(format!("ipvsca-bench-{}", std::process::id()));

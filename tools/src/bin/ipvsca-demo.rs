@@ -15,6 +15,14 @@ use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
 use ipvsca_tests::topology::{LB_DEV, LbRs};
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).is_some_and(|a| a == "--help" || a == "-h") {
+        println!(
+            "ipvsca-demo: Python's http.server under ipvsca-run, behind a FULLNAT balancer that \
+             announces its clients, in network namespaces it creates and removes. Needs root; \
+             run by demo.sh, which builds it."
+        );
+        return ExitCode::SUCCESS;
+    }
     if !netns::can_run("ipvsca-demo") {
         return ExitCode::FAILURE;
     }

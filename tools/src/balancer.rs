@@ -15,8 +15,8 @@
 //! the VIP is untracked and NATed here, both ways, announcing each new flow (ip_vs_ca's ICMP
 //! echo, sent from the local address) before its first datagram. UDP volume in tests is low.
 //!
-//! Owns the queued packets' rewriting and its counters; the namespaces and rules are
-//! `lab::Lab`'s.
+//! Owns the queued packets' rewriting and its counters; the namespaces, the rules and the
+//! queue numbers are `ipvsca_tests::lab`'s.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -27,30 +27,12 @@ use capture::Proto;
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
 use capture::wire::toa::emit_toa_v4;
+use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE};
 use nfq::{Queue, Verdict};
 use serde::Serialize;
 
-/// Queue of the TCP packets that get a TOA.
-pub const TCP_QUEUE: u16 = 0;
-/// The mark xtables puts on the packet that gets the TOA when more than one is queued
-/// (the handshake's ACK, queued with the first data segment that must not overtake it).
-pub const TOA_MARK: u32 = 0x70a;
-/// Queue of UDP to and from the VIP.
-pub const UDP_QUEUE: u16 = 1;
-
 /// How long a UDP flow lives without traffic.
 const UDP_IDLE: Duration = Duration::from_secs(60);
-
-/// Where the TOA goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ToaOn {
-    /// On the SYN (LVS, ip_vs_ca).
-    Syn,
-    /// On the handshake's ACK (DPVS, taobao's toa).
-    Ack,
-    /// Nowhere: the balancer announces nothing (TCP and UDP).
-    Nothing,
-}
 
 /// The balancer's addresses and what it announces.
 #[derive(Debug, Clone)]
@@ -290,7 +272,14 @@ fn nat_udp(
 struct RawIcmp(std::os::fd::OwnedFd);
 
 fn raw_socket() -> std::io::Result<RawIcmp> {
-    crate::calls::raw_ip_socket().map(RawIcmp)
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    Ok(RawIcmp(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
 }
 
 impl RawIcmp {
@@ -304,14 +293,37 @@ impl RawIcmp {
         p[2..4].copy_from_slice(&total.to_be_bytes());
         let sum = checksum::checksum(&p[..20]);
         p[10..12].copy_from_slice(&sum.to_be_bytes());
-        crate::calls::send_raw_ip(&self.0, &p, to).ok()
+        self.send(&p, to).ok()
+    }
+
+    /// Sends the whole IPv4 `packet` to `to`.
+    fn send(&self, packet: &[u8], to: Ipv4Addr) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: `packet` and `sa` are live for the call, with the lengths passed.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{self, Link, SYN, Segment};
+    use ipvsca_tests::frames::{self, Link, SYN, Segment};
 
     fn config(toa_on: ToaOn) -> Config {
         Config {

@@ -1,0 +1,162 @@
+//! A service under ipvsca's seccomp filter, answered by the supervisor library running in
+//! the test process: no root, no namespace, no capture, so the emulation is tested on every
+//! machine and by any user. The service (a forked child, as youki's seccomp notify tests
+//! have it) sets no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`,
+//! hands the listener to the test over a socket pair and execs the program; the test's
+//! [`Supervisor`] answers its calls from a table the test fills itself.
+//!
+//! Unprivileged, the kernel lets the supervisor reach the service (`pidfd_getfd`,
+//! `process_vm_readv`/`writev`) because it is the same user and its ancestor (Yama's
+//! `ptrace_scope` 1 allows that much). Owns the hand-over and the supervisor's lifetime;
+//! what the supervisor answers is the `supervisor` crate's.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use capture::MappingTable;
+use capture::trust::Trust;
+use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair};
+use supervisor::emulate::Options;
+use supervisor::filter::IoUring;
+use supervisor::resolve::Resolver;
+use supervisor::server::{ServeError, Supervisor};
+use supervisor::stats::SupervisorCounters;
+use supervisor::sys::seccomp::Listener;
+
+use crate::service::Service;
+
+/// A running service and the supervisor answering its trapped calls.
+#[derive(Debug)]
+pub struct Supervised {
+    /// The service (killed when this value drops, which ends the supervisor).
+    pub service: Service,
+    /// The supervisor's counters.
+    pub counters: Arc<SupervisorCounters>,
+    serving: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+/// Starts `cmd` under the filter, its calls answered from `table` (nothing captured: a
+/// miss is a miss).
+pub fn start(mut cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervised> {
+    let filter = supervisor::filter::build(IoUring::Deny).map_err(io::Error::other)?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)?;
+    let channel = theirs.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls on memory that exists in the child (the filter, built
+    // before the fork, and locals); it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || load_filter_and_hand_over(&filter, channel));
+    }
+    let service = Service::start(cmd)?;
+    drop(theirs);
+    // The child sent the listener before exec, and spawning returns after the exec.
+    let listener = receive_listener(&ours)?;
+    let counters = Arc::new(SupervisorCounters::default());
+    let resolver = Resolver::new(table, None, Trust::any(), counters.clone());
+    let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), Options::default())
+        .map_err(io::Error::other)?;
+    let serving = std::thread::Builder::new().name("test-supervisor".into()).spawn(move || supervisor.serve())?;
+    Ok(Supervised { service, counters, serving: Some(serving) })
+}
+
+impl Supervised {
+    /// Waits (at most `timeout`) for the service to exit and for the supervisor to see its
+    /// listener hang up; the service's exit code. Panics if either does not happen or the
+    /// supervisor failed.
+    pub fn finish(mut self, timeout: Duration) -> i32 {
+        let code = self.service.wait(timeout);
+        let code = code.unwrap_or_else(|| panic!("the service did not exit; stderr:\n{}", self.service.stderr_text()));
+        let serving = self.serving.take().expect("served once");
+        let end = std::time::Instant::now() + timeout;
+        while !serving.is_finished() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(serving.is_finished(), "the supervisor still serves a service that exited");
+        let served = serving.join().expect("the supervisor thread panicked");
+        if let Err(e) = served {
+            panic!("the supervisor failed: {e}");
+        }
+        code
+    }
+}
+
+/// The forked child's part: no_new_privs, the filter, the listener sent to the test.
+fn load_filter_and_hand_over(filter: &[libc::sock_filter], channel: RawFd) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: `prog` points to `filter`, alive for the call; seccomp only reads it.
+    let listener = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if listener < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let listener = listener as RawFd;
+    let sent = send_fd(channel, listener);
+    // SAFETY: the descriptor seccomp just returned, owned by nothing else; the test holds
+    // its own copy now, and the service must not keep one (the supervisor sees the
+    // listener hang up only when every process under the filter is gone).
+    unsafe { libc::close(listener) };
+    sent
+}
+
+/// Sends `fd` over the datagram socket `channel` (SCM_RIGHTS), with stack buffers only.
+fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
+    // Aligned for a cmsghdr and large enough for one descriptor (CMSG_SPACE(4) is 24).
+    let mut control = [0u64; 4];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // SAFETY: an all-zero msghdr is valid; every pointer set below is to a live local of
+    // the length given.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE computes a size from its argument.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+    // SAFETY: `msg` has a control buffer of `msg_controllen` bytes (at most `control`'s 32),
+    // so the first header and its data lie inside `control`.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: `msg` and everything it points to are live for the call.
+    if unsafe { libc::sendmsg(channel, &msg, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The listener the child sent.
+fn receive_listener(channel: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
+    let msg = recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags)?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(io::Error::other("the service sent no seccomp listener"))
+}

@@ -1,0 +1,407 @@
+//! The supervisor's emulation, tested without root: `ipvsca-probe` runs under ipvsca's
+//! seccomp filter (loaded by the probe's own process, with no_new_privs) and a supervisor in
+//! the test process answers its calls from a table the test fills, over loopback. No
+//! namespace, no capture, no capability: these run on every machine and as any user.
+//!
+//! Addresses are loopback ones (127.0.0.0/8 is all local): a real server, a balancer whose
+//! flows are mapped to clients in 198.51.100.0/24, and a balancer with no mapping. Loopback
+//! balancer addresses are what the capture and `ipvsca map add` refuse to learn
+//! (`capture::flow::not_a_peer`); the table itself holds what it is given, and these tests
+//! fill it directly, as the capture would after those checks. The capture, namespaces,
+//! the launcher and packaging keep their root tests (supervise.rs and others).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capture::clock::monotonic_millis;
+use capture::table::Announced;
+use capture::{FlowKey, MappingTable, Proto, Via};
+use ipvsca_tests::bins;
+use ipvsca_tests::service::Service;
+use ipvsca_tests::supervised::{self, Supervised};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, sockopt};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One test's loopback addresses, distinct per test (`test`, 1 to 50) and per run (the
+/// process id), so that tests running side by side, and other runs, never share one.
+struct Hosts {
+    /// The real server (the probe).
+    rs: Ipv4Addr,
+    /// A balancer whose flows are mapped.
+    lb: Ipv4Addr,
+    /// A balancer with no mapping.
+    unmapped: Ipv4Addr,
+}
+
+fn hosts(test: u8) -> Hosts {
+    let pid = std::process::id();
+    let (a, b) = (((pid / 250) % 250) as u8, (1 + pid % 250) as u8);
+    Hosts {
+        rs: Ipv4Addr::new(127, test, a, b),
+        lb: Ipv4Addr::new(127, 100 + test, a, b),
+        unmapped: Ipv4Addr::new(127, 200 + test, a, b),
+    }
+}
+
+fn client(host: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, host), port)
+}
+
+fn probe(args: &[String]) -> Command {
+    let mut cmd = Command::new(bins::path("ipvsca-probe"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
+}
+
+fn args(list: &[&dyn ToString]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
+/// `probe` started under the filter, answered from `table`. A learned entry is provisional
+/// for `capture::table::PROVISIONAL_LIFETIME` (10 s) until the service meets its flow: the
+/// probe command is made (and the probe built, on first use) before the table is filled.
+fn supervise(probe: Command, table: Arc<MappingTable>) -> Supervised {
+    supervised::start(probe, table).expect("starting the probe under the filter")
+}
+
+/// Waits for the probe's `{"ready":true,...}` line.
+fn ready(s: &Service) {
+    let line = s.json(WAIT);
+    assert_eq!(line["ready"], true, "{line}");
+}
+
+/// What a capture would have learned: `lb` announced `client` for a new flow to `rs`.
+fn learn(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
+    let via = if proto == Proto::Tcp { Via::Toa } else { Via::Icmp };
+    let key = FlowKey { proto, lb: lb.into(), rs: rs.into() };
+    table.learn(key, client.into(), via, Announced::NewFlow, monotonic_millis());
+}
+
+/// A TCP connection from `from` (bound first, as a balancer's local address is) to `to`.
+fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> TcpStream {
+    let fd = nix::sys::socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrIn::from(from)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    TcpStream::from(fd)
+}
+
+/// The peer of the next connection `listener` accepts within `timeout`.
+fn accepted_within(listener: &TcpListener, timeout: Duration) -> Option<SocketAddr> {
+    listener.set_nonblocking(true).unwrap();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        match listener.accept() {
+            Ok((_, peer)) => return Some(peer),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+    None
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_else(|| panic!("not a string: {v}")).to_owned()
+}
+
+/// Four connections from mapped balancer ports and two from a balancer with no mapping to
+/// a probe accepting with `extra` flags: `accept`/`accept4` and `getpeername` show each
+/// mapped connection's client, and an unmapped one's balancer as the kernel gave it.
+fn accept_scenario(test: u8, extra: &[&str]) {
+    let h = hosts(test);
+    let rs = SocketAddrV4::new(h.rs, 8080);
+    let (mapped, unmapped) = (4u8, 2u16);
+    let count = usize::from(mapped) + usize::from(unmapped);
+    let mut list = args(&[&"tcp-server", &"--listen", &rs, &"--count", &count, &"--idle-exit", &0]);
+    list.extend(extra.iter().map(|a| a.to_string()));
+    let cmd = probe(&list);
+    let table = Arc::new(MappingTable::default());
+    let mut want = HashMap::new();
+    for i in 0..mapped {
+        let lb = SocketAddrV4::new(h.lb, 40000 + u16::from(i));
+        let c = client(10 + i, 5000 + u16::from(i));
+        learn(&table, Proto::Tcp, lb, rs, c);
+        want.insert(lb, c.to_string());
+    }
+    for i in 0..unmapped {
+        let lb = SocketAddrV4::new(h.unmapped, 41000 + i);
+        want.insert(lb, lb.to_string());
+    }
+    let server = supervise(cmd, table);
+    ready(&server.service);
+    let connections: Vec<TcpStream> = want.keys().map(|&lb| connect_from(lb, rs)).collect();
+    let lines = server.service.json_lines(count, WAIT);
+    assert_eq!(lines.len(), count, "{lines:#?}\n{}", server.service.stderr_text());
+    for line in &lines {
+        assert_eq!(line["getpeername"], line["accept"], "getpeername shows what accept showed: {line}");
+        assert_eq!(s(&line["local"]), rs.to_string(), "{line}");
+    }
+    let mut shown: Vec<String> = lines.iter().map(|l| s(&l["accept"])).collect();
+    let mut expected: Vec<String> = want.into_values().collect();
+    shown.sort();
+    expected.sort();
+    assert_eq!(
+        shown,
+        expected,
+        "the mapped connections' clients, the unmapped ones' balancer; {:?}",
+        server.counters.snapshot()
+    );
+    assert_eq!(server.finish(WAIT), 0);
+    drop(connections);
+}
+
+#[test]
+fn accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener() {
+    accept_scenario(1, &[]);
+}
+
+#[test]
+fn accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener() {
+    accept_scenario(2, &["--accept4"]);
+}
+
+#[test]
+fn accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener() {
+    accept_scenario(3, &["--nonblocking"]);
+}
+
+#[test]
+fn accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener() {
+    accept_scenario(4, &["--nonblocking", "--accept4"]);
+}
+
+/// Datagrams from two mapped balancer ports and one unmapped, each answered by the probe
+/// with `sendto` to the address `recvfrom` gave it: `recvfrom` shows a mapped flow's client
+/// and the unmapped balancer as it is, and every reply reaches the balancer that sent.
+fn udp_scenario(test: u8, extra: &[&str]) {
+    let h = hosts(test);
+    let rs = SocketAddrV4::new(h.rs, 5353);
+    // Two mapped balancer ports, then the unmapped balancer.
+    let count = 3;
+    let mut list = args(&[&"udp-server", &"--listen", &rs, &"--count", &count, &"--reply"]);
+    list.extend(extra.iter().map(|a| a.to_string()));
+    let cmd = probe(&list);
+    let table = Arc::new(MappingTable::default());
+    let mut senders = Vec::new();
+    for i in 0..count - 1 {
+        let lb = SocketAddrV4::new(h.lb, 50000 + u16::from(i));
+        let c = client(70 + i, 7000 + u16::from(i));
+        learn(&table, Proto::Udp, lb, rs, c);
+        senders.push((lb, c.to_string()));
+    }
+    let unmapped = SocketAddrV4::new(h.unmapped, 51000);
+    senders.push((unmapped, unmapped.to_string()));
+    let server = supervise(cmd, table);
+    ready(&server.service);
+    let sockets: Vec<UdpSocket> = senders
+        .iter()
+        .enumerate()
+        .map(|(i, (lb, _))| {
+            let socket = UdpSocket::bind(lb).unwrap();
+            socket.set_read_timeout(Some(WAIT)).unwrap();
+            socket.send_to(format!("ping {i}").as_bytes(), rs).unwrap();
+            socket
+        })
+        .collect();
+    let lines = server.service.json_lines(count.into(), WAIT);
+    assert_eq!(lines.len(), usize::from(count), "{lines:#?}\n{}", server.service.stderr_text());
+    for (i, (_, shown)) in senders.iter().enumerate() {
+        let line = lines.iter().find(|l| l["data"] == format!("ping {i}")).unwrap_or_else(|| panic!("{lines:#?}"));
+        assert_eq!(&s(&line["from"]), shown, "recvfrom of datagram {i}: {line}");
+        assert_eq!(line["reply"]["errno"], 0, "{line}");
+    }
+    for (i, socket) in sockets.iter().enumerate() {
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf).unwrap_or_else(|e| panic!("no reply reached {}: {e}", senders[i].0));
+        assert_eq!(&buf[..n], format!("ping {i}").as_bytes());
+        assert_eq!(from, SocketAddr::V4(rs));
+    }
+    assert_eq!(server.finish(WAIT), 0);
+}
+
+#[test]
+fn recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer() {
+    udp_scenario(5, &[]);
+}
+
+#[test]
+fn nonblocking_recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer() {
+    udp_scenario(6, &["--nonblocking"]);
+}
+
+/// The operator's mapping (`ipvsca map add`): confirmed from the start, as for a server that
+/// connects back to its clients from its own port.
+fn add_static(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
+    table.add_static(FlowKey { proto, lb: lb.into(), rs: rs.into() }, client.into(), monotonic_millis());
+}
+
+/// `connect` from the service's own port to a mapped client reaches the balancer; the
+/// socket's peer shows as the client. `nonblocking`: answered at once (`EINPROGRESS`),
+/// else by a worker once the handshake is done.
+fn tcp_connect_scenario(test: u8, nonblocking: bool) {
+    let h = hosts(test);
+    let (rs, lb, c) = (SocketAddrV4::new(h.rs, 8080), SocketAddrV4::new(h.lb, 40001), client(90, 9000));
+    let mut list = args(&[&"connect", &"--to", &c, &"--bind", &rs]);
+    if nonblocking {
+        list.push("--nonblocking".into());
+    }
+    let cmd = probe(&list);
+    let table = Arc::new(MappingTable::default());
+    add_static(&table, Proto::Tcp, lb, rs, c);
+    let balancer = TcpListener::bind(lb).unwrap();
+    let service = supervise(cmd, table);
+    let line = service.service.json(WAIT);
+    if nonblocking {
+        assert_eq!(line["connect"]["errno"], libc::EINPROGRESS, "{line}");
+    } else {
+        assert_eq!(line["connect"]["ret"], 0, "{line}");
+        assert_eq!(s(&line["getpeername"]), c.to_string(), "the connected peer shows as the client: {line}");
+    }
+    assert_eq!(accepted_within(&balancer, WAIT), Some(SocketAddr::V4(rs)), "the balancer got the connection");
+    assert_eq!(service.finish(WAIT), 0);
+}
+
+#[test]
+fn blocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    tcp_connect_scenario(7, false);
+}
+
+#[test]
+fn nonblocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    tcp_connect_scenario(8, true);
+}
+
+#[test]
+fn udp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    let h = hosts(9);
+    let (rs, lb, c) = (SocketAddrV4::new(h.rs, 5353), SocketAddrV4::new(h.lb, 50001), client(91, 9001));
+    let cmd = probe(&args(&[&"connect", &"--to", &c, &"--udp", &"--bind", &rs, &"--send", &"hello"]));
+    let table = Arc::new(MappingTable::default());
+    add_static(&table, Proto::Udp, lb, rs, c);
+    let balancer = UdpSocket::bind(lb).unwrap();
+    balancer.set_read_timeout(Some(WAIT)).unwrap();
+    let service = supervise(cmd, table);
+    let line = service.service.json(WAIT);
+    assert_eq!(line["connect"]["ret"], 0, "{line}");
+    assert_eq!(s(&line["getpeername"]), c.to_string(), "the connected peer shows as the client: {line}");
+    assert_eq!(line["send"], 5, "{line}");
+    let mut buf = [0u8; 16];
+    let (n, from) = balancer.recv_from(&mut buf).expect("the datagram sent after connect reached the balancer");
+    assert_eq!((&buf[..n], from), (&b"hello"[..], SocketAddr::V4(rs)));
+    assert_eq!(service.finish(WAIT), 0);
+}
+
+/// The probe's battery of error cases (`ipvsca-probe errors`), natively and supervised:
+/// two connections and five datagrams from a balancer, mapped to one client when
+/// supervised. Returns the probe's results.
+fn error_cases(test: u8, supervised: bool) -> Value {
+    let h = hosts(test);
+    let (rs_tcp, rs_udp) = (SocketAddrV4::new(h.rs, 8080), SocketAddrV4::new(h.rs, 5353));
+    let (lb1, lb2, lb_udp) =
+        (SocketAddrV4::new(h.lb, 40001), SocketAddrV4::new(h.lb, 40002), SocketAddrV4::new(h.lb, 50001));
+    let c = client(60, 6000);
+    // Natively the service answers the balancer it sees; supervised, the client it sees:
+    // the kernel's answers must be the same.
+    let (tcp_peer, udp_peer) = if supervised { (c, c) } else { (lb1, lb_udp) };
+    let list =
+        args(&[&"errors", &"--tcp", &rs_tcp, &"--udp", &rs_udp, &"--tcp-peer", &tcp_peer, &"--udp-peer", &udp_peer]);
+    let cmd = probe(&list);
+    let table = Arc::new(MappingTable::default());
+    for lb in [lb1, lb2] {
+        learn(&table, Proto::Tcp, lb, rs_tcp, c);
+    }
+    learn(&table, Proto::Udp, lb_udp, rs_udp, c);
+    let (mut under, mut native) = (None, None);
+    let service = if supervised {
+        &under.insert(supervise(cmd, table)).service
+    } else {
+        &*native.insert(Service::start(cmd).unwrap())
+    };
+    ready(service);
+    let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp)];
+    let datagrams = UdpSocket::bind(lb_udp).unwrap();
+    for i in 0..5 {
+        datagrams.send_to(format!("datagram-{i}").as_bytes(), rs_udp).unwrap();
+    }
+    let out = service.json(WAIT);
+    eprintln!("supervised={supervised}: {out:#}");
+    if let Some(under) = under {
+        assert_eq!(under.finish(WAIT), 0);
+    }
+    drop(connections);
+    out
+}
+
+#[test]
+fn every_error_case_returns_what_the_kernel_returns() {
+    let (native, supervised) = (error_cases(10, false), error_cases(11, true));
+    let native_lb = hosts(10).lb;
+    let client = client(60, 6000).to_string();
+    // Addresses differ by design: the balancer natively, the client supervised.
+    for (case, field, port) in [
+        ("accept_peer", None, 40001),
+        ("getpeername", Some("addr"), 40001),
+        ("recvfrom_peek", Some("from"), 50001),
+        ("recvfrom_after_peek", Some("from"), 50001),
+        ("connect_udp_peer", Some("peer"), 50001),
+    ] {
+        let pick = |v: &Value| field.map_or(v[case].clone(), |f| v[case][f].clone());
+        assert_eq!(pick(&native), SocketAddrV4::new(native_lb, port).to_string(), "{case} natively");
+        assert_eq!(pick(&supervised), client.as_str(), "{case} supervised");
+    }
+    // Truncated addresses: family then port, the balancer's natively, the client's
+    // supervised; the bytes past the length the caller gave are untouched.
+    let port_hex = |p: u16| format!("0200{p:04x}");
+    for (case, native_port) in
+        [("getpeername_len_4", 40001), ("accept_short_addrlen", 40001), ("recvfrom_addrlen_4", 50001)]
+    {
+        assert!(s(&native[case]["bytes"]).starts_with(&port_hex(native_port)), "{case}: {}", native[case]);
+        assert!(s(&supervised[case]["bytes"]).starts_with(&port_hex(6000)), "{case}: {}", supervised[case]);
+    }
+    assert!(s(&supervised["accept_short_addrlen"]["bytes"]).ends_with("c633eeee"), "6 bytes written, then untouched");
+    assert!(s(&supervised["getpeername_len_4"]["bytes"]).ends_with("eeeeeeee"), "4 bytes written, then untouched");
+    // A bad or read-only address buffer is the kernel's EFAULT, supervised too.
+    for case in ["getpeername_bad_addr", "getpeername_bad_addrlen", "getpeername_read_only_addr"] {
+        assert_eq!(supervised[case]["o"]["errno"], libc::EFAULT, "{case}: {}", supervised[case]);
+    }
+    for case in ["recvfrom_bad_buffer", "sendto_bad_dest", "connect_bad_address"] {
+        assert_eq!(supervised[case]["errno"], libc::EFAULT, "{case}: {}", supervised[case]);
+    }
+    assert_eq!(native["sendto_after_shutdown"]["errno"], libc::EPIPE, "and the probe was not killed by SIGPIPE");
+    assert_eq!(
+        native["sendto_fastopen_blocking"]["errno"],
+        libc::ECONNREFUSED,
+        "{}",
+        native["sendto_fastopen_blocking"]
+    );
+    let timeout = |errno, field: &str| serde_json::json!({"o": {"ret": -1, "errno": errno}, field: true});
+    assert_eq!(native["recvfrom_timeout"], timeout(libc::EAGAIN, "in_time"));
+    assert_eq!(native["recvfrom_timeout_signalled"], timeout(libc::EINTR, "early"));
+    assert_eq!(supervised["accept4_flags"], serde_json::json!({"ok": true, "cloexec": true, "nonblock": true}));
+    // Everything else is exactly the kernel's: return values, errnos, lengths.
+    let with_addresses = [
+        "accept_peer",
+        "getpeername",
+        "recvfrom_peek",
+        "recvfrom_after_peek",
+        "connect_udp_peer",
+        "getpeername_len_4",
+        "accept_short_addrlen",
+        "recvfrom_addrlen_4",
+    ];
+    for (case, n) in native.as_object().unwrap() {
+        if with_addresses.contains(&case.as_str()) {
+            for part in ["o", "len"] {
+                assert_eq!(supervised[case][part], n[part], "{case}.{part}");
+            }
+            continue;
+        }
+        assert_eq!(&supervised[case], n, "{case}: supervised {} vs native {n}", supervised[case]);
+    }
+}
