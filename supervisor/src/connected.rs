@@ -32,6 +32,11 @@ pub struct SocketMemory<V> {
     any: AtomicBool,
 }
 
+/// Room made at the start (a few tens of kB), so that a service with fewer sockets than
+/// this never makes an answer grow the memory; past it the memory grows by doubling up to
+/// [`CAPACITY`], and no more.
+const INITIAL_CAPACITY: usize = 1024;
+
 /// Balancer and client of each socket connected through a rewrite.
 pub type Connected = SocketMemory<SocketAddr>;
 
@@ -41,7 +46,10 @@ pub type Accepted = SocketMemory<Option<SocketAddr>>;
 impl<V> Default for SocketMemory<V> {
     fn default() -> Self {
         SocketMemory {
-            inner: Mutex::new(Inner { by_inode: HashMap::new(), order: VecDeque::new() }),
+            inner: Mutex::new(Inner {
+                by_inode: HashMap::with_capacity(INITIAL_CAPACITY),
+                order: VecDeque::with_capacity(INITIAL_CAPACITY),
+            }),
             any: false.into(),
         }
     }

@@ -44,7 +44,10 @@ pub fn user_inet(raw: &RawSockAddr) -> Option<SocketAddr> {
 /// length. `None` if the family cannot carry `with` (an IPv6 address for an `AF_INET`
 /// socket, or a plain IPv6 address where the original was IPv4-mapped).
 pub fn replace(original: &RawSockAddr, with: SocketAddr) -> Option<RawSockAddr> {
-    let mut bytes = original.as_bytes().to_vec();
+    // `sockaddr_storage` is 128 bytes: the longest address a socket gives.
+    let mut storage = [0u8; 128];
+    let bytes = &mut storage[..original.as_bytes().len()];
+    bytes.copy_from_slice(original.as_bytes());
     match i32::from(original.family()) {
         libc::AF_INET => {
             let SocketAddr::V4(v4) = with else { return None };
@@ -63,7 +66,7 @@ pub fn replace(original: &RawSockAddr, with: SocketAddr) -> Option<RawSockAddr> 
         }
         _ => return None,
     }
-    Some(RawSockAddr::from_bytes(&bytes))
+    Some(RawSockAddr::from_bytes(bytes))
 }
 
 fn decode_v4(b: &[u8]) -> SocketAddrV4 {

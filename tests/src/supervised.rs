@@ -11,6 +11,7 @@
 //! what the supervisor answers is the `supervisor` crate's.
 
 use std::io::{self, IoSliceMut};
+use std::net::{SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -20,7 +21,10 @@ use std::time::Duration;
 
 use capture::MappingTable;
 use capture::trust::Trust;
-use nix::sys::socket::{AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair};
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn, recvmsg, setsockopt, socketpair,
+    sockopt,
+};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 use supervisor::resolve::Resolver;
@@ -42,7 +46,17 @@ pub struct Supervised {
 
 /// Starts `cmd` under the filter, its calls answered from `table` (nothing captured: a
 /// miss is a miss).
-pub fn start(mut cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervised> {
+pub fn start(cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervised> {
+    start_with(cmd, table, || ())
+}
+
+/// [`start`], with `on_thread` run first on the thread that then receives and answers the
+/// service's calls (a test marks it there, to watch what that thread does).
+pub fn start_with(
+    mut cmd: Command,
+    table: Arc<MappingTable>,
+    on_thread: impl FnOnce() + Send + 'static,
+) -> io::Result<Supervised> {
     let filter = supervisor::filter::build(IoUring::Deny).map_err(io::Error::other)?;
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)?;
     let channel = theirs.as_raw_fd();
@@ -60,7 +74,10 @@ pub fn start(mut cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervise
     let resolver = Resolver::new(table, None, Trust::any(), counters.clone());
     let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), Options::default())
         .map_err(io::Error::other)?;
-    let serving = std::thread::Builder::new().name("test-supervisor".into()).spawn(move || supervisor.serve())?;
+    let serving = std::thread::Builder::new().name("test-supervisor".into()).spawn(move || {
+        on_thread();
+        supervisor.serve()
+    })?;
     Ok(Supervised { service, counters, serving: Some(serving) })
 }
 
@@ -159,4 +176,13 @@ fn receive_listener(channel: &OwnedFd) -> io::Result<OwnedFd> {
         }
     }
     Err(io::Error::other("the service sent no seccomp listener"))
+}
+
+/// A TCP connection from `from` (bound first, as a balancer's local address is) to `to`.
+pub fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> TcpStream {
+    let fd = nix::sys::socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrIn::from(from)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    TcpStream::from(fd)
 }

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +21,7 @@ use capture::table::Announced;
 use capture::{FlowKey, MappingTable, Proto, Via};
 use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
-use ipvsca_tests::supervised::{self, Supervised};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, sockopt};
+use ipvsca_tests::supervised::{self, Supervised, connect_from};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -81,15 +79,6 @@ fn learn(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4,
     let via = if proto == Proto::Tcp { Via::Toa } else { Via::Icmp };
     let key = FlowKey { proto, lb: lb.into(), rs: rs.into() };
     table.learn(key, client.into(), via, Announced::NewFlow, monotonic_millis());
-}
-
-/// A TCP connection from `from` (bound first, as a balancer's local address is) to `to`.
-fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> TcpStream {
-    let fd = nix::sys::socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
-    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
-    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrIn::from(from)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    TcpStream::from(fd)
 }
 
 /// The peer of the next connection `listener` accepts within `timeout`.
