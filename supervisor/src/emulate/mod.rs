@@ -16,7 +16,7 @@
 //! calls are in `rx` (the address comes back: `getpeername`, `accept`, `recvfrom`) and
 //! `tx` (the address goes out: `connect`, `sendto`), and the address write in `addr`.
 //!
-//! Handlers return [`Step`]: `Err` carries what was done when a handler stops early (the
+//! Handlers return `Step`: `Err` carries what was done when a handler stops early (the
 //! call left to the kernel, answered with an error, or gone), so `?` ends a handler.
 
 mod addr;

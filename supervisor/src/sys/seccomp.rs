@@ -35,7 +35,7 @@ pub struct NotifSizes {
 }
 
 /// The kernel's sizes, checked against what the listener's buffers hold: `EOVERFLOW` if
-/// the kernel's structures are longer than [`BUF_MAX`] or shorter than this build's.
+/// the kernel's structures are longer than `BUF_MAX` (256) or shorter than this build's.
 pub fn notif_sizes() -> Result<NotifSizes, Errno> {
     static SIZES: OnceLock<Result<NotifSizes, Errno>> = OnceLock::new();
     *SIZES.get_or_init(|| {
