@@ -134,6 +134,9 @@ pub(in crate::table) struct Entry {
 
 impl Entry {
     /// The mapping `key -> client`, learned at `now`, owned by `owner`, on no list yet.
+    // Inline: built in place in the slab by `Shard::insert`, which is compiled apart from
+    // this module.
+    #[inline]
     pub(super) fn new(key: &FlowKey, client: SocketAddr, via: Via, now: Millis, owner: u64) -> Self {
         let (lb, lb_v6) = compact(key.lb);
         let (rs, rs_v6) = compact(key.rs);

@@ -164,7 +164,7 @@ impl Store {
             let chunk = left.min(SWEEP_CHUNK);
             let _serialised = serialise();
             let mut shard = self.write(s);
-            shard.sweep(at, chunk, &stale, &mut |_, _| removed += 1);
+            removed += shard.sweep(at, chunk, &stale);
             left -= chunk;
             let end = *at >= shard.len();
             if end {

@@ -161,10 +161,16 @@ impl Shard {
         self.link(List::Client, i);
     }
 
-    /// Removes entry `i`; the last entry takes its slot.
+    /// Removes entry `i` and returns what it held; the last entry takes its slot.
     pub(super) fn remove(&mut self, i: u32) -> (FlowKey, MappingInfo) {
         let gone = self.entry(i);
         let removed = (gone.key(), gone.info());
+        self.discard(i);
+        removed
+    }
+
+    /// Removes entry `i`; the last entry takes its slot.
+    fn discard(&mut self, i: u32) {
         self.relink(List::LbPort, i, NIL);
         self.relink(List::Client, i, NIL);
         let last = u32::try_from(self.entries.len() - 1).expect("fewer than 2^32 entries in a shard");
@@ -173,7 +179,6 @@ impl Shard {
             self.relink(List::Client, last, i);
         }
         self.entries.swap_remove(i as usize);
-        removed
     }
 
     /// Returns memory once the shard holds less than a quarter of what it has room for.
@@ -191,24 +196,20 @@ impl Shard {
     }
 
     /// Visits entries from `*at` on, at most `budget` of them, removing those `stale` says;
-    /// `removed` is told of each.
-    pub(super) fn sweep(
-        &mut self,
-        at: &mut usize,
-        budget: usize,
-        stale: &impl Fn(&Entry) -> bool,
-        removed: &mut impl FnMut(FlowKey, MappingInfo),
-    ) {
+    /// returns how many went.
+    pub(super) fn sweep(&mut self, at: &mut usize, budget: usize, stale: &impl Fn(&Entry) -> bool) -> usize {
+        let mut removed = 0;
         for _ in 0..budget {
-            let Some(e) = self.entries.get(*at) else { return };
+            let Some(e) = self.entries.get(*at) else { break };
             if stale(e) {
                 // The last entry comes here: look at this slot again.
-                let (key, info) = self.remove(*at as u32);
-                removed(key, info);
+                self.discard(*at as u32);
+                removed += 1;
             } else {
                 *at += 1;
             }
         }
+        removed
     }
 
     /// The keys on each of the shard's `list`s, a row per list.
