@@ -9,13 +9,11 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::flow::{FlowKey, Proto};
 use crate::wire::checksum::{self, transport_verifies};
-use crate::wire::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, EthernetFrame};
 use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP};
 use crate::wire::ipv6::{HEADER_LEN as IPV6_HEADER_LEN, Ipv6Packet};
-use crate::wire::sll::{self, SllVersion};
-use crate::wire::tcp::TcpHeader;
+use crate::wire::link::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, SllVersion};
 use crate::wire::toa::{ToaKinds, find_toa};
-use crate::wire::{Malformed, announce};
+use crate::wire::{Malformed, announce, tcp};
 
 /// How the bytes handed to [`inspect_frame`] begin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,12 +107,12 @@ pub fn inspect_frame(
 ) -> Result<Observation, Malformed> {
     match link {
         LinkType::Ethernet => {
-            let eth = EthernetFrame::new_checked(frame)?;
-            inspect_network(eth.ethertype(), eth.payload(), meta, kinds)
+            let (ethertype, packet) = link::split_ethernet(frame)?;
+            inspect_network(ethertype, packet, meta, kinds)
         }
         LinkType::LinuxSll | LinkType::LinuxSll2 => {
             let version = if link == LinkType::LinuxSll { SllVersion::V1 } else { SllVersion::V2 };
-            let (ethertype, packet) = sll::split(frame, version)?;
+            let (ethertype, packet) = link::split_sll(frame, version)?;
             inspect_network(ethertype, packet, meta, kinds)
         }
         LinkType::RawIp => match frame.first().map(|b| b >> 4) {
@@ -136,8 +134,9 @@ pub fn inspect_network(
     match ethertype {
         ETHERTYPE_IPV4 => {
             let ip = Ipv4Packet::new_checked(packet)?;
+            let total_len = usize::from(ip.header().total_len());
             // ip_rcv drops a packet whose total length runs past what arrived.
-            let whole = packet.len() + meta.cut >= usize::from(ip.total_len());
+            let whole = packet.len() + meta.cut >= total_len;
             if !whole {
                 return Err(Malformed::LongerThanFrame);
             }
@@ -147,9 +146,9 @@ pub fn inspect_network(
             if ip.is_fragment() {
                 return Ok(Observation::Nothing);
             }
-            let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
-            let complete = packet.len() >= usize::from(ip.total_len());
-            match ip.protocol() {
+            let (src, dst) = (IpAddr::V4(ip.header().source_addr()), IpAddr::V4(ip.header().destination_addr()));
+            let complete = packet.len() >= total_len;
+            match ip.header().protocol().0 {
                 PROTO_TCP => inspect_tcp(src, dst, ip.payload(), complete, meta, kinds),
                 PROTO_ICMP => {
                     let Some(a) = announce::parse(&ip, kinds)? else { return Ok(Observation::Nothing) };
@@ -172,12 +171,13 @@ pub fn inspect_network(
         ETHERTYPE_IPV6 => {
             let ip = Ipv6Packet::new_checked(packet)?;
             // ip6_rcv_core drops a packet whose payload length runs past what arrived.
-            let sent = IPV6_HEADER_LEN + usize::from(ip.payload_len());
+            let payload_len = ip.header().payload_length();
+            let sent = IPV6_HEADER_LEN + usize::from(payload_len);
             if packet.len() + meta.cut < sent {
                 return Err(Malformed::LongerThanFrame);
             }
-            let complete = ip.payload_len() != 0 && packet.len() >= sent;
-            let (src, dst) = (IpAddr::V6(ip.src_addr()), IpAddr::V6(ip.dst_addr()));
+            let complete = payload_len != 0 && packet.len() >= sent;
+            let (src, dst) = (IpAddr::V6(ip.header().source_addr()), IpAddr::V6(ip.header().destination_addr()));
             match ip.upper_layer()? {
                 Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, complete, meta, kinds),
                 _ => Ok(Observation::Nothing),
@@ -196,7 +196,7 @@ fn inspect_tcp(
     meta: &PacketMeta,
     kinds: &ToaKinds,
 ) -> Result<Observation, Malformed> {
-    let tcp = TcpHeader::new_checked(segment)?;
+    let tcp = tcp::header_checked(segment)?;
     if meta.must_verify() {
         if !complete {
             return Err(Malformed::UnverifiedChecksum);
@@ -207,10 +207,10 @@ fn inspect_tcp(
     }
     let key = FlowKey {
         proto: Proto::Tcp,
-        lb: SocketAddr::new(src, tcp.src_port()),
-        rs: SocketAddr::new(dst, tcp.dst_port()),
+        lb: SocketAddr::new(src, tcp.source_port()),
+        rs: SocketAddr::new(dst, tcp.destination_port()),
     };
-    let connection_request = tcp.is_connection_request();
+    let connection_request = tcp::is_connection_request(&tcp);
     Ok(match find_toa(tcp.options(), kinds) {
         Ok(Some(client)) => Observation::Toa { key, client, connection_request },
         Ok(None) if connection_request => Observation::ConnectionRequest { key, bad_options: None },

@@ -65,7 +65,7 @@ pub fn parse(ip: &Ipv4Packet<'_>, kinds: &ToaKinds) -> Result<Option<Announcemen
         return Ok(None);
     }
     let defect = |d| Err(Malformed::BadAnnouncement(d));
-    if ip.total_len() != IP_TOTAL_LEN || ip.header_len() != 20 || icmp.len() < MESSAGE_LEN {
+    if ip.header().total_len() != IP_TOTAL_LEN || ip.header_len() != 20 || icmp.len() < MESSAGE_LEN {
         return defect(AnnounceDefect::Length);
     }
     if icmp[1] != 0 {

@@ -1,4 +1,7 @@
-//! IPv4 packets (RFC 791), options allowed.
+//! IPv4 packets (RFC 791), options allowed. The header is read by `etherparse`
+//! (`Ipv4HeaderSlice`: version, IHL, the whole header captured); options are skipped by the
+//! header length, never walked (only an announcement cares, and it must have none: spec,
+//! "UDP (and TCP) by ICMP echo announcement").
 //!
 //! Owns the header checks the kernel makes before a packet reaches TCP or ICMP (version,
 //! header length, total length, header checksum) so that ipvsca never learns from a packet
@@ -6,95 +9,78 @@
 //! padding is never read as data. A capture may be cut short (snap length): the payload is
 //! then what was captured.
 
-use std::net::Ipv4Addr;
+use etherparse::Ipv4HeaderSlice;
+use etherparse::err::ipv4::{HeaderError, HeaderSliceError};
 
-use super::{Malformed, be16, checksum};
+use super::{Malformed, checksum};
 
 /// IP protocol number of ICMP.
-pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMP: u8 = etherparse::IpNumber::ICMP.0;
 /// IP protocol number of TCP.
-pub const PROTO_TCP: u8 = 6;
+pub const PROTO_TCP: u8 = etherparse::IpNumber::TCP.0;
 /// IP protocol number of UDP.
-pub const PROTO_UDP: u8 = 17;
-
-const MIN_HEADER_LEN: usize = 20;
+pub const PROTO_UDP: u8 = etherparse::IpNumber::UDP.0;
 
 /// A checked view of an IPv4 packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Ipv4Packet<'a> {
-    buf: &'a [u8],
-    header_len: usize,
+    header: Ipv4HeaderSlice<'a>,
+    payload: &'a [u8],
 }
 
 impl<'a> Ipv4Packet<'a> {
     /// Checks version, IHL, total length and header checksum.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, Malformed> {
-        if buf.is_empty() {
-            return Err(Malformed::TruncatedIpv4);
+        // The version first, as ip_rcv does: a short packet of another version is a wrong
+        // version, where etherparse would call it truncated.
+        match buf.first() {
+            None => return Err(Malformed::TruncatedIpv4),
+            Some(&b) if b >> 4 != 4 => return Err(Malformed::BadIpVersion),
+            Some(_) => {}
         }
-        if buf[0] >> 4 != 4 {
-            return Err(Malformed::BadIpVersion);
-        }
-        if buf.len() < MIN_HEADER_LEN {
-            return Err(Malformed::TruncatedIpv4);
-        }
-        let header_len = usize::from(buf[0] & 0x0f) * 4;
-        if header_len < MIN_HEADER_LEN {
-            return Err(Malformed::BadIpv4HeaderLength);
-        }
-        if buf.len() < header_len {
-            return Err(Malformed::TruncatedIpv4);
-        }
-        let total_len = usize::from(be16(buf, 2));
+        let header = Ipv4HeaderSlice::from_slice(buf).map_err(|e| match e {
+            HeaderSliceError::Len(_) => Malformed::TruncatedIpv4,
+            HeaderSliceError::Content(HeaderError::UnexpectedVersion { .. }) => Malformed::BadIpVersion,
+            HeaderSliceError::Content(HeaderError::HeaderLengthSmallerThanHeader { .. }) => {
+                Malformed::BadIpv4HeaderLength
+            }
+        })?;
+        let header_len = header.slice().len();
+        let total_len = usize::from(header.total_len());
         if total_len < header_len {
             return Err(Malformed::BadIpv4TotalLength);
         }
-        if checksum::checksum(&buf[..header_len]) != 0 {
+        if checksum::checksum(header.slice()) != 0 {
             return Err(Malformed::BadIpv4Checksum);
         }
-        let end = total_len.min(buf.len());
-        Ok(Ipv4Packet { buf: &buf[..end], header_len })
+        Ok(Ipv4Packet { header, payload: &buf[header_len..total_len.min(buf.len())] })
+    }
+
+    /// The header: addresses, protocol, total length, fragment fields.
+    pub fn header(&self) -> &Ipv4HeaderSlice<'a> {
+        &self.header
     }
 
     /// Header length in bytes, options included.
     pub fn header_len(&self) -> usize {
-        self.header_len
-    }
-
-    /// The total length field: header plus payload as sent, whatever was captured.
-    pub fn total_len(&self) -> u16 {
-        be16(self.buf, 2)
-    }
-
-    /// The protocol of the payload.
-    pub fn protocol(&self) -> u8 {
-        self.buf[9]
-    }
-
-    /// Source address.
-    pub fn src_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(self.buf[12], self.buf[13], self.buf[14], self.buf[15])
-    }
-
-    /// Destination address.
-    pub fn dst_addr(&self) -> Ipv4Addr {
-        Ipv4Addr::new(self.buf[16], self.buf[17], self.buf[18], self.buf[19])
+        self.header.slice().len()
     }
 
     /// True for any fragment: a later one, or a first one with more to come (MF).
     pub fn is_fragment(&self) -> bool {
-        be16(self.buf, 6) & 0x3fff != 0
+        self.header.is_fragmenting_payload()
     }
 
     /// The payload: bounded by the total length, and by what was captured.
     pub fn payload(&self) -> &'a [u8] {
-        &self.buf[self.header_len..]
+        self.payload
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     /// An IPv4 packet with a correct checksum around `payload`.
     pub(crate) fn packet(protocol: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -116,10 +102,10 @@ pub(crate) mod tests {
     fn fields_are_read_in_network_order() {
         let p = packet(PROTO_TCP, &[], &[1, 2, 3]);
         let ip = Ipv4Packet::new_checked(&p).unwrap();
-        assert_eq!(ip.src_addr(), Ipv4Addr::new(10, 1, 0, 5));
-        assert_eq!(ip.dst_addr(), Ipv4Addr::new(10, 1, 0, 9));
-        assert_eq!(ip.protocol(), PROTO_TCP);
-        assert_eq!(ip.total_len(), 23);
+        assert_eq!(ip.header().source_addr(), Ipv4Addr::new(10, 1, 0, 5));
+        assert_eq!(ip.header().destination_addr(), Ipv4Addr::new(10, 1, 0, 9));
+        assert_eq!(ip.header().protocol().0, PROTO_TCP);
+        assert_eq!(ip.header().total_len(), 23);
         assert!(!ip.is_fragment());
         assert_eq!(ip.payload(), &[1, 2, 3]);
     }
@@ -150,6 +136,7 @@ pub(crate) mod tests {
         let mut v6 = good.clone();
         v6[0] = 0x65;
         assert_eq!(Ipv4Packet::new_checked(&v6).unwrap_err(), Malformed::BadIpVersion);
+        assert_eq!(Ipv4Packet::new_checked(&v6[..10]).unwrap_err(), Malformed::BadIpVersion);
 
         let mut short_ihl = good.clone();
         short_ihl[0] = 0x44;
@@ -168,12 +155,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn later_fragments_are_recognised() {
-        let mut p = packet(PROTO_TCP, &[], &[0; 4]);
-        p[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
-        p[10..12].copy_from_slice(&[0, 0]);
-        let sum = checksum::checksum(&p[..20]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-        assert!(Ipv4Packet::new_checked(&p).unwrap().is_fragment());
+    fn later_and_first_fragments_are_recognised() {
+        for (flags_and_offset, fragment) in [(0x0010u16, true), (0x2000, true), (0x4000, false)] {
+            let mut p = packet(PROTO_TCP, &[], &[0; 4]);
+            p[6..8].copy_from_slice(&flags_and_offset.to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum::checksum(&p[..20]);
+            p[10..12].copy_from_slice(&sum.to_be_bytes());
+            assert_eq!(Ipv4Packet::new_checked(&p).unwrap().is_fragment(), fragment, "{flags_and_offset:#06x}");
+        }
     }
 }

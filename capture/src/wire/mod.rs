@@ -1,20 +1,35 @@
-//! Zero-copy views of the packets a balancer sends to a real server, in the style of
-//! smoltcp's `wire`: `new_checked` validates everything the getters rely on, and getters
-//! never panic on any input.
+//! The packets a balancer sends to a real server, from the link layer up: checked views
+//! over `&[u8]` that never panic on any input.
 //!
 //! This module owns byte-level formats only. It must never allocate, log, or touch the
 //! mapping table: the hot path of the capture runs every packet through it.
 //!
-//! Hand-written rather than taken from a packet crate because the rules are the kernel
-//! module's, not the RFCs' (the option walk, the announcement's exact conditions), and
-//! every rule must be citable against `shared/spec/ip_vs_ca.md` and counted when broken.
+//! Generic headers are read by the `etherparse` crate, as zero-copy slices: Ethernet II
+//! and its 802.1Q tag, the IPv4 and IPv6 headers, the IPv6 option, routing and fragment
+//! headers, the TCP header; its `Sum16BitWords` sums the checksums (`checksum`). Ours are
+//! only what no crate knows or what must follow the kernel rather than the RFCs, each
+//! citable against `shared/spec/ip_vs_ca.md` and counted when broken: the TOA option and
+//! the option walk that finds it (`tcp_options`, `toa`), the ip_vs_ca announcement
+//! (`announce`), the checks the kernel adds before TCP or ICMP sees a packet and the walk
+//! over the IPv6 extension chain (`ipv4`, `ipv6`), the Linux cooked headers (`link`). Every
+//! `etherparse` error is mapped to the [`Malformed`] reason the hand-written parser gave
+//! for the same bytes, so the counters operators see are unchanged.
+//!
+//! Measured when the headers moved to the crate, on balancer traffic written by the tests
+//! crate's `decode_bench_pcap` (instructions counted by cachegrind over 320 k frames, so
+//! the figures do not depend on who else uses the core): the crate's header slices cost
+//! what the hand-written views cost (660 instructions per frame for the decoder alone,
+//! this crate's `decode` example, against 655), and its checksum, eight bytes at a time,
+//! makes decoding cheaper (546 instructions per frame, 17 % fewer; the whole of `ipvsca
+//! capture --read`, 2,250 against 2,360 per packet). Timed on one shared core over 3.2 M
+//! frames: about 2 M packets/s for the command either way, 16 against 14 M frames/s for
+//! the decoder alone. So the crate reads the headers and sums the checksums.
 
 pub mod announce;
 pub mod checksum;
-pub mod ethernet;
 pub mod ipv4;
 pub mod ipv6;
-pub mod sll;
+pub mod link;
 pub mod tcp;
 pub mod tcp_options;
 pub mod toa;

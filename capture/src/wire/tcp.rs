@@ -1,66 +1,33 @@
-//! TCP segment headers (RFC 9293, section 3.1): ports, flags, and the option bytes.
+//! TCP segment headers (RFC 9293, section 3.1), read by `etherparse` (`TcpHeaderSlice`:
+//! ports, flags, the data offset, the whole header with its options captured).
 //!
-//! Owns checking that the whole header, options included, was captured. The payload and
-//! checksum are never read: the capture copies headers only, and checksums offloaded to
-//! hardware or left partial on veth would not verify anyway.
+//! Owns naming what is wrong with a header as the capture counts it, and what a SYN means.
+//! The options are walked by `tcp_options`, the checksum is verified by `inspect`.
 
-use super::{Malformed, be16};
+use etherparse::TcpHeaderSlice;
+use etherparse::err::tcp::{HeaderError, HeaderSliceError};
 
-const MIN_HEADER_LEN: usize = 20;
-const FLAG_SYN: u8 = 0x02;
-const FLAG_ACK: u8 = 0x10;
+use super::Malformed;
 
-/// A checked view of a TCP header.
-#[derive(Debug, Clone, Copy)]
-pub struct TcpHeader<'a> {
-    buf: &'a [u8],
+/// Checks the data offset and that the header and its options are complete.
+pub fn header_checked(segment: &[u8]) -> Result<TcpHeaderSlice<'_>, Malformed> {
+    TcpHeaderSlice::from_slice(segment).map_err(|e| match e {
+        HeaderSliceError::Len(_) => Malformed::TruncatedTcp,
+        HeaderSliceError::Content(HeaderError::DataOffsetTooSmall { .. }) => Malformed::BadTcpDataOffset,
+    })
 }
 
-impl<'a> TcpHeader<'a> {
-    /// Checks the data offset and that the header and its options are complete.
-    pub fn new_checked(segment: &'a [u8]) -> Result<Self, Malformed> {
-        if segment.len() < MIN_HEADER_LEN {
-            return Err(Malformed::TruncatedTcp);
-        }
-        let header_len = usize::from(segment[12] >> 4) * 4;
-        if header_len < MIN_HEADER_LEN {
-            return Err(Malformed::BadTcpDataOffset);
-        }
-        if segment.len() < header_len {
-            return Err(Malformed::TruncatedTcp);
-        }
-        Ok(TcpHeader { buf: &segment[..header_len] })
-    }
-
-    /// Source port.
-    pub fn src_port(&self) -> u16 {
-        be16(self.buf, 0)
-    }
-
-    /// Destination port.
-    pub fn dst_port(&self) -> u16 {
-        be16(self.buf, 2)
-    }
-
-    /// The flag bits (CWR ECE URG ACK PSH RST SYN FIN).
-    pub fn flags(&self) -> u8 {
-        self.buf[13]
-    }
-
-    /// A connection request: SYN without ACK, the first packet of a new connection.
-    pub fn is_connection_request(&self) -> bool {
-        self.flags() & (FLAG_SYN | FLAG_ACK) == FLAG_SYN
-    }
-
-    /// The option bytes between the fixed header and the data.
-    pub fn options(&self) -> &'a [u8] {
-        &self.buf[MIN_HEADER_LEN..]
-    }
+/// A connection request: SYN without ACK, the first packet of a new connection.
+pub fn is_connection_request(tcp: &TcpHeaderSlice<'_>) -> bool {
+    tcp.syn() && !tcp.ack()
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    const FLAG_SYN: u8 = 0x02;
+    const FLAG_ACK: u8 = 0x10;
 
     /// A TCP header from 40001 to 80 with `flags` and `options` (padded to whole words).
     pub(crate) fn header(flags: u8, options: &[u8]) -> Vec<u8> {
@@ -82,16 +49,23 @@ pub(crate) mod tests {
     #[test]
     fn ports_flags_and_options_are_read() {
         let h = header(FLAG_SYN, &[1, 1, 1, 1]);
-        let tcp = TcpHeader::new_checked(&h).unwrap();
-        assert_eq!((tcp.src_port(), tcp.dst_port()), (40001, 80));
-        assert!(tcp.is_connection_request());
+        let tcp = header_checked(&h).unwrap();
+        assert_eq!((tcp.source_port(), tcp.destination_port()), (40001, 80));
+        assert!(is_connection_request(&tcp));
         assert_eq!(tcp.options(), &[1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn any_syn_without_ack_is_a_connection_request() {
+        for flags in [FLAG_SYN, FLAG_SYN | 0x08, FLAG_SYN | 0x01, FLAG_SYN | 0xc0] {
+            assert!(is_connection_request(&header_checked(&header(flags, &[])).unwrap()), "{flags:#04x}");
+        }
     }
 
     #[test]
     fn syn_ack_and_ack_are_not_connection_requests() {
         for flags in [FLAG_SYN | FLAG_ACK, FLAG_ACK, 0x18] {
-            assert!(!TcpHeader::new_checked(&header(flags, &[])).unwrap().is_connection_request());
+            assert!(!is_connection_request(&header_checked(&header(flags, &[])).unwrap()));
         }
     }
 
@@ -99,16 +73,16 @@ pub(crate) mod tests {
     fn data_is_not_part_of_the_header() {
         let mut seg = header(FLAG_ACK, &[]);
         seg.extend_from_slice(b"GET /");
-        assert!(TcpHeader::new_checked(&seg).unwrap().options().is_empty());
+        assert!(header_checked(&seg).unwrap().options().is_empty());
     }
 
     #[test]
     fn broken_headers_are_malformed() {
         let h = header(FLAG_ACK, &[1, 1, 1, 1]);
-        assert_eq!(TcpHeader::new_checked(&h[..19]).unwrap_err(), Malformed::TruncatedTcp);
-        assert_eq!(TcpHeader::new_checked(&h[..23]).unwrap_err(), Malformed::TruncatedTcp);
+        assert_eq!(header_checked(&h[..19]).unwrap_err(), Malformed::TruncatedTcp);
+        assert_eq!(header_checked(&h[..23]).unwrap_err(), Malformed::TruncatedTcp);
         let mut low = h.clone();
         low[12] = 4 << 4;
-        assert_eq!(TcpHeader::new_checked(&low).unwrap_err(), Malformed::BadTcpDataOffset);
+        assert_eq!(header_checked(&low).unwrap_err(), Malformed::BadTcpDataOffset);
     }
 }

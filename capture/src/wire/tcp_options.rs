@@ -3,7 +3,10 @@
 //! every other option has a length byte, and a length below 2 or one that runs past the
 //! header ends the walk ("don't parse partial options").
 //!
-//! Owns the walk only; what an option means is for its own module (see `toa`).
+//! Owns the walk only; what an option means is for its own module (see `toa`). Not
+//! `etherparse`'s `TcpOptionsIterator`: it ends on the first kind it does not know (any
+//! TOA kind among them) and on a known kind of another length than the RFC's, where the
+//! module walks over every option by its length byte.
 
 use super::Malformed;
 
