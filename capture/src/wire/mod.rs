@@ -16,10 +16,10 @@
 //! for the same bytes, so the counters operators see are unchanged.
 //!
 //! Measured when the headers moved to the crate, on balancer traffic written by the tests
-//! crate's `decode_bench_pcap` (instructions counted by cachegrind over 320 k frames, so
+//! `decode_bench_pcap` example of `tools/` (instructions counted by cachegrind over 320 k frames, so
 //! the figures do not depend on who else uses the core): the crate's header slices cost
 //! what the hand-written views cost (660 instructions per frame for the decoder alone,
-//! this crate's `decode` example, against 655), and its checksum, eight bytes at a time,
+//! the `decode` example of `tools/`, against 655), and its checksum, eight bytes at a time,
 //! makes decoding cheaper (546 instructions per frame, 17 % fewer; the whole of `ipvsca
 //! capture --read`, 2,250 against 2,360 per packet). Timed on one shared core over 3.2 M
 //! frames: about 2 M packets/s for the command either way, 16 against 14 M frames/s for

@@ -4,7 +4,7 @@
 //! (the core may be shared) and by the clock. No table, no output per frame:
 //!
 //! ```text
-//! cargo build --release -p ipvsca-capture --example decode
+//! cargo build --release -p ipvsca-tools --example decode
 //! taskset -c 1 target/release/examples/decode FILE [ROUNDS]
 //! ```
 

@@ -2,7 +2,7 @@
 //! how fast `ipvsca capture --read` decodes:
 //!
 //! ```text
-//! cargo run --release -p ipvsca-tests --example decode_bench_pcap -- FILE [CONNECTIONS]
+//! cargo run --release -p ipvsca-tools --example decode_bench_pcap -- FILE [CONNECTIONS]
 //! taskset -c 1 ipvsca capture --read FILE > /dev/null
 //! ```
 //!
