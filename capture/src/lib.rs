@@ -15,7 +15,7 @@ pub mod learn;
 pub mod live;
 pub mod pcapfile;
 pub mod report;
-pub mod sys;
+pub(crate) mod sys;
 pub mod table;
 pub mod trust;
 pub mod wire;
