@@ -23,7 +23,7 @@ fi
 # pages are written from them, then packaged as built.
 "$cargo" build --release --locked -p ipvsca-cli --bins
 bash deploy/man-pages.sh
-built=$("$cargo" deb -p ipvsca-launcher --no-build --locked)
+built=$("$cargo" deb -p ipvsca-cli --no-build --locked)
 # cargo-deb prints the .ddeb and the .deb, one a line.
 grep '\.ddeb$' <<<"$built" | sed 's/^/build-deb.sh: debug symbols in /' >&2 || true
 grep '\.deb$' <<<"$built"

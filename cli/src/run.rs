@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use capture::LiveCapture;
-use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, Parser};
 use launcher::run::{self, ControlSocket, DaemonSupervision, RunError, Supervision};
 use launcher::{preflight, spawn};
@@ -42,7 +42,7 @@ See also: ipvsca(1), ipvsca-stats(1), /usr/share/doc/ipvsca/README.md, and
 /// it as long as any of its processes lives. If ipvsca-run is killed, the service is killed.
 ///
 /// PROGRAM is looked up in PATH as a shell would. Exit status 127 if PROGRAM is not found,
-/// 126 if it cannot be executed, 1 if ipvsca-run cannot start. Refuses to start under
+/// 126 if it cannot be executed, 2 for a usage error, 1 if ipvsca-run cannot start. Refuses to start under
 /// another seccomp-notifying supervisor (LXD/Incus syscall interception, sysbox, another
 /// ipvsca-run). RUST_LOG sets the log level (default info: one line at start, warnings for
 /// anything dropped). IPVSCA_PIN_ACCEPTS=1 holds the caller and the answering thread on one
@@ -99,9 +99,13 @@ struct Cli {
     command: Vec<OsString>,
 }
 
-/// `--io-uring`'s values, listed in the help.
+/// `--io-uring`'s values, listed and explained in the help.
 fn io_uring_parser() -> impl TypedValueParser<Value = IoUring> {
-    PossibleValuesParser::new(IoUring::NAMES).map(|s| s.parse().expect("one of the possible values"))
+    PossibleValuesParser::new([
+        PossibleValue::new("deny").help("Fail with `ENOSYS`, so programs use the calls ipvsca sees"),
+        PossibleValue::new("allow").help("Allow: io_uring operations are then not rewritten"),
+    ])
+    .map(|s| s.parse().expect("one of the possible values"))
 }
 
 /// Why `ipvsca-run` stopped before its service ended.
@@ -113,9 +117,21 @@ enum Failure {
     Other(anyhow::Error),
 }
 
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        Failure::Other(e.into())
+impl From<RunError> for Failure {
+    fn from(e: RunError) -> Self {
+        Failure::Run(e)
+    }
+}
+
+impl From<spawn::LaunchError> for Failure {
+    fn from(e: spawn::LaunchError) -> Self {
+        Failure::Run(e.into())
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
     }
 }
 
@@ -141,9 +157,9 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         crate::manual::write_pages(Cli::command(), dir)?;
         return Ok(0);
     }
-    let program = spawn::resolve_program(&cli.command[0]).map_err(|e| Failure::Run(e.into()))?;
-    let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose().map_err(|e| Failure::Run(e.into()))?;
-    let lacking = preflight::check()?;
+    let program = spawn::resolve_program(&cli.command[0])?;
+    let user = cli.user.as_deref().map(spawn::Credentials::resolve).transpose()?;
+    let lacking = preflight::check().map_err(anyhow::Error::from)?;
     for feature in lacking {
         tracing::warn!(
             "this kernel lacks {} (Linux {}.{}); ipvsca works, slower",
@@ -160,9 +176,9 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             .into());
         }
         let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
-        return run::supervise_with_daemon(&program, &cli.command, daemon).map_err(Failure::Run);
+        return Ok(run::supervise_with_daemon(&program, &cli.command, daemon)?);
     }
-    let learner = Arc::new(cli.capture.learner()?);
+    let learner = Arc::new(cli.capture.learner().map_err(anyhow::Error::from)?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&cli.capture.ifaces, learner).context("opening the capture")?);
     cli.capture.log_start(capture.learner());
@@ -175,5 +191,5 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         control: cli.control.map_or(ControlSocket::Default, ControlSocket::At),
         user,
     };
-    run::supervise(&program, &cli.command, supervision).map_err(Failure::Run)
+    Ok(run::supervise(&program, &cli.command, supervision)?)
 }

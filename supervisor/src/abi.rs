@@ -81,74 +81,87 @@ impl Syscall {
 /// argument register holds what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
-    /// `accept(fd, addr, addrlen)`.
-    Accept {
-        /// The listening socket.
-        fd: RawFd,
-        /// `struct sockaddr *`.
-        addr: u64,
-        /// `socklen_t *`.
-        addrlen: u64,
-    },
+    /// `accept(fd, addr, addrlen)` (`flags` 0).
+    Accept(Accept),
     /// `accept4(fd, addr, addrlen, flags)`.
-    Accept4 {
-        /// The listening socket.
-        fd: RawFd,
-        /// `struct sockaddr *`.
-        addr: u64,
-        /// `socklen_t *`.
-        addrlen: u64,
-        /// `SOCK_CLOEXEC`, `SOCK_NONBLOCK`.
-        flags: i32,
-    },
+    Accept4(Accept),
     /// `getpeername(fd, addr, addrlen)`.
-    GetPeerName {
-        /// The socket.
-        fd: RawFd,
-        /// `struct sockaddr *`.
-        addr: u64,
-        /// `socklen_t *`.
-        addrlen: u64,
-    },
+    GetPeerName(GetPeerName),
     /// `recvfrom(fd, buf, len, flags, addr, addrlen)`.
-    RecvFrom {
-        /// The socket.
-        fd: RawFd,
-        /// The data buffer.
-        buf: u64,
-        /// Its length.
-        len: usize,
-        /// `MSG_*`.
-        flags: i32,
-        /// `struct sockaddr *`, may be NULL.
-        addr: u64,
-        /// `socklen_t *`.
-        addrlen: u64,
-    },
+    RecvFrom(RecvFrom),
     /// `sendto(fd, buf, len, flags, addr, addrlen)`.
-    SendTo {
-        /// The socket.
-        fd: RawFd,
-        /// The data.
-        buf: u64,
-        /// Its length.
-        len: usize,
-        /// `MSG_*`.
-        flags: i32,
-        /// `const struct sockaddr *`, may be NULL.
-        addr: u64,
-        /// The address's length (a `socklen_t` passed by value).
-        addrlen: i32,
-    },
+    SendTo(SendTo),
     /// `connect(fd, addr, addrlen)`.
-    Connect {
-        /// The socket.
-        fd: RawFd,
-        /// `const struct sockaddr *`.
-        addr: u64,
-        /// The address's length (a `socklen_t` passed by value).
-        addrlen: i32,
-    },
+    Connect(Connect),
+}
+
+/// The arguments of `accept` and `accept4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accept {
+    /// The listening socket.
+    pub fd: RawFd,
+    /// `struct sockaddr *`.
+    pub addr: u64,
+    /// `socklen_t *`.
+    pub addrlen: u64,
+    /// `SOCK_CLOEXEC`, `SOCK_NONBLOCK` (0 for `accept`).
+    pub flags: i32,
+}
+
+/// The arguments of `getpeername`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetPeerName {
+    /// The socket.
+    pub fd: RawFd,
+    /// `struct sockaddr *`.
+    pub addr: u64,
+    /// `socklen_t *`.
+    pub addrlen: u64,
+}
+
+/// The arguments of `recvfrom`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvFrom {
+    /// The socket.
+    pub fd: RawFd,
+    /// The data buffer.
+    pub buf: u64,
+    /// Its length.
+    pub len: usize,
+    /// `MSG_*`.
+    pub flags: i32,
+    /// `struct sockaddr *`, may be NULL.
+    pub addr: u64,
+    /// `socklen_t *`.
+    pub addrlen: u64,
+}
+
+/// The arguments of `sendto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendTo {
+    /// The socket.
+    pub fd: RawFd,
+    /// The data.
+    pub buf: u64,
+    /// Its length.
+    pub len: usize,
+    /// `MSG_*`.
+    pub flags: i32,
+    /// `const struct sockaddr *`, may be NULL.
+    pub addr: u64,
+    /// The address's length (a `socklen_t` passed by value).
+    pub addrlen: i32,
+}
+
+/// The arguments of `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connect {
+    /// The socket.
+    pub fd: RawFd,
+    /// `const struct sockaddr *`.
+    pub addr: u64,
+    /// The address's length (a `socklen_t` passed by value).
+    pub addrlen: i32,
 }
 
 impl Call {
@@ -157,38 +170,38 @@ impl Call {
         // C `int` arguments (descriptors, flags, lengths passed by value) are the low 32 bits.
         let int = |i: usize| args[i] as u32 as i32;
         match syscall {
-            Syscall::Accept => Call::Accept { fd: int(0), addr: args[1], addrlen: args[2] },
-            Syscall::Accept4 => Call::Accept4 { fd: int(0), addr: args[1], addrlen: args[2], flags: int(3) },
-            Syscall::GetPeerName => Call::GetPeerName { fd: int(0), addr: args[1], addrlen: args[2] },
-            Syscall::RecvFrom => Call::RecvFrom {
+            Syscall::Accept => Call::Accept(Accept { fd: int(0), addr: args[1], addrlen: args[2], flags: 0 }),
+            Syscall::Accept4 => Call::Accept4(Accept { fd: int(0), addr: args[1], addrlen: args[2], flags: int(3) }),
+            Syscall::GetPeerName => Call::GetPeerName(GetPeerName { fd: int(0), addr: args[1], addrlen: args[2] }),
+            Syscall::RecvFrom => Call::RecvFrom(RecvFrom {
                 fd: int(0),
                 buf: args[1],
                 len: args[2] as usize,
                 flags: int(3),
                 addr: args[4],
                 addrlen: args[5],
-            },
-            Syscall::SendTo => Call::SendTo {
+            }),
+            Syscall::SendTo => Call::SendTo(SendTo {
                 fd: int(0),
                 buf: args[1],
                 len: args[2] as usize,
                 flags: int(3),
                 addr: args[4],
                 addrlen: int(5),
-            },
-            Syscall::Connect => Call::Connect { fd: int(0), addr: args[1], addrlen: int(2) },
+            }),
+            Syscall::Connect => Call::Connect(Connect { fd: int(0), addr: args[1], addrlen: int(2) }),
         }
     }
 
     /// Which call this is.
     pub fn syscall(&self) -> Syscall {
         match self {
-            Call::Accept { .. } => Syscall::Accept,
-            Call::Accept4 { .. } => Syscall::Accept4,
-            Call::GetPeerName { .. } => Syscall::GetPeerName,
-            Call::RecvFrom { .. } => Syscall::RecvFrom,
-            Call::SendTo { .. } => Syscall::SendTo,
-            Call::Connect { .. } => Syscall::Connect,
+            Call::Accept(_) => Syscall::Accept,
+            Call::Accept4(_) => Syscall::Accept4,
+            Call::GetPeerName(_) => Syscall::GetPeerName,
+            Call::RecvFrom(_) => Syscall::RecvFrom,
+            Call::SendTo(_) => Syscall::SendTo,
+            Call::Connect(_) => Syscall::Connect,
         }
     }
 }
@@ -281,12 +294,12 @@ mod tests {
     fn x86_64_numbers_are_the_kernels() {
         let t = SyscallTable::new().unwrap();
         let call = |nr| t.decode(AUDIT_ARCH_X86_64, nr, [0; 6]);
-        assert!(matches!(call(43), Decoded::Call(Call::Accept { .. })));
-        assert!(matches!(call(288), Decoded::Call(Call::Accept4 { .. })));
-        assert!(matches!(call(52), Decoded::Call(Call::GetPeerName { .. })));
-        assert!(matches!(call(45), Decoded::Call(Call::RecvFrom { .. })));
-        assert!(matches!(call(44), Decoded::Call(Call::SendTo { .. })));
-        assert!(matches!(call(42), Decoded::Call(Call::Connect { .. })));
+        assert!(matches!(call(43), Decoded::Call(Call::Accept(_))));
+        assert!(matches!(call(288), Decoded::Call(Call::Accept4(_))));
+        assert!(matches!(call(52), Decoded::Call(Call::GetPeerName(_))));
+        assert!(matches!(call(45), Decoded::Call(Call::RecvFrom(_))));
+        assert!(matches!(call(44), Decoded::Call(Call::SendTo(_))));
+        assert!(matches!(call(42), Decoded::Call(Call::Connect(_))));
         assert_eq!(call(39), Decoded::Other);
     }
 
@@ -294,15 +307,15 @@ mod tests {
     fn x32_calls_carry_the_x32_bit_and_recvfrom_its_own_number() {
         let t = SyscallTable::new().unwrap();
         let x32 = |nr: i32| t.decode(AUDIT_ARCH_X86_64, nr | 0x4000_0000, [0; 6]);
-        assert!(matches!(x32(288), Decoded::Call(Call::Accept4 { .. })));
-        assert!(matches!(x32(517), Decoded::Call(Call::RecvFrom { .. })));
+        assert!(matches!(x32(288), Decoded::Call(Call::Accept4(_))));
+        assert!(matches!(x32(517), Decoded::Call(Call::RecvFrom(_))));
     }
 
     #[test]
     fn i386_direct_calls_and_socketcall_decode() {
         let t = SyscallTable::new().unwrap();
-        assert!(matches!(t.decode(AUDIT_ARCH_I386, 364, [0; 6]), Decoded::Call(Call::Accept4 { .. })));
-        assert!(matches!(t.decode(AUDIT_ARCH_I386, 368, [0; 6]), Decoded::Call(Call::GetPeerName { .. })));
+        assert!(matches!(t.decode(AUDIT_ARCH_I386, 364, [0; 6]), Decoded::Call(Call::Accept4(_))));
+        assert!(matches!(t.decode(AUDIT_ARCH_I386, 368, [0; 6]), Decoded::Call(Call::GetPeerName(_))));
         let got = t.decode(AUDIT_ARCH_I386, 102, [12, 0xffff_1000, 0, 0, 0, 0]);
         assert_eq!(got, Decoded::SocketCall { syscall: Syscall::RecvFrom, args: 0xffff_1000 });
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");
@@ -313,17 +326,17 @@ mod tests {
         let args = [0xffff_ffff_0000_0005, 0x1000, 0x2000, 0x800, 0x3000, 16];
         assert_eq!(
             Call::new(Syscall::SendTo, args),
-            Call::SendTo { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 }
+            Call::SendTo(SendTo { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 })
         );
         assert_eq!(
             Call::new(Syscall::RecvFrom, args),
-            Call::RecvFrom { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 }
+            Call::RecvFrom(RecvFrom { fd: 5, buf: 0x1000, len: 0x2000, flags: 0x800, addr: 0x3000, addrlen: 16 })
         );
         assert_eq!(
             Call::new(Syscall::Accept4, args),
-            Call::Accept4 { fd: 5, addr: 0x1000, addrlen: 0x2000, flags: 0x800 }
+            Call::Accept4(Accept { fd: 5, addr: 0x1000, addrlen: 0x2000, flags: 0x800 })
         );
-        assert_eq!(Call::new(Syscall::Connect, args), Call::Connect { fd: 5, addr: 0x1000, addrlen: 0x2000 });
+        assert_eq!(Call::new(Syscall::Connect, args), Call::Connect(Connect { fd: 5, addr: 0x1000, addrlen: 0x2000 }));
         for s in Syscall::ALL {
             assert_eq!(Call::new(s, args).syscall(), s);
         }
@@ -338,7 +351,7 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(call, Call::GetPeerName { fd: 7, addr: 0x8000, addrlen: 0x8010 });
+        assert_eq!(call, Call::GetPeerName(GetPeerName { fd: 7, addr: 0x8000, addrlen: 0x8010 }));
         assert_eq!(socketcall_args(Syscall::Accept4, 0, |_, _| Err(Errno::EFAULT)), Err(Errno::EFAULT));
     }
 }

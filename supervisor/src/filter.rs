@@ -32,11 +32,6 @@ pub enum IoUring {
     Allow,
 }
 
-impl IoUring {
-    /// The spelling of `--io-uring`'s values.
-    pub const NAMES: [&str; 2] = ["deny", "allow"];
-}
-
 impl std::str::FromStr for IoUring {
     type Err = String;
 

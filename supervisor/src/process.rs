@@ -15,7 +15,7 @@ use std::sync::Arc;
 use capture::LiveCapture;
 
 use crate::control::Refusal;
-use crate::control::server::{Attached, ServiceInfo, Services};
+use crate::control::{Attached, ServiceInfo, Services};
 use crate::emulate::Options;
 use crate::procs;
 use crate::resolve::Resolver;

@@ -10,9 +10,9 @@
 //! `ptrace_scope` 1 allows that much). Owns the hand-over and the supervisor's lifetime;
 //! what the supervisor answers is the `supervisor` crate's.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -21,10 +21,7 @@ use std::time::Duration;
 
 use capture::MappingTable;
 use capture::trust::Trust;
-use nix::sys::socket::{
-    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn, recvmsg, setsockopt, socketpair,
-    sockopt,
-};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, socketpair, sockopt};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
 use supervisor::resolve::Resolver;
@@ -33,6 +30,30 @@ use supervisor::stats::SupervisorCounters;
 use supervisor::sys::seccomp::Listener;
 
 use crate::service::Service;
+
+/// Whether this machine lets an unprivileged supervisor serve a child, as the tests here
+/// need: seccomp user notifications with `SECCOMP_ADDFD_FLAG_SEND` (Linux 5.14), and Yama's
+/// `ptrace_scope` at most 1 (a parent may reach its child's descriptors and memory). If
+/// not, prints `SKIP <test>: <reason>` (past the harness's capture) and returns false.
+pub fn can_run(test: &str) -> bool {
+    use std::io::Write;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let ptrace_scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let reason = if version < (5, 14) {
+        format!("needs Linux 5.14 or later (SECCOMP_ADDFD_FLAG_SEND), this is {release}")
+    } else if ptrace_scope > 1 && !nix::unistd::geteuid().is_root() {
+        format!("kernel.yama.ptrace_scope is {ptrace_scope}: an unprivileged parent cannot reach its child")
+    } else {
+        return true;
+    };
+    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
+    false
+}
 
 /// A running service and the supervisor answering its trapped calls.
 #[derive(Debug)]
@@ -163,19 +184,8 @@ fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
 /// The listener the child sent.
 fn receive_listener(channel: &OwnedFd) -> io::Result<OwnedFd> {
     let mut byte = [0u8; 1];
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let flags = MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT;
-    let msg = recvmsg::<()>(channel.as_raw_fd(), &mut iov, Some(&mut space), flags)?;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: SCM_RIGHTS just installed `fd` in this process; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
-        }
-    }
-    Err(io::Error::other("the service sent no seccomp listener"))
+    let (_, listener) = supervisor::sys::unix::recv_with_fd(channel, &mut byte)?;
+    listener.ok_or_else(|| io::Error::other("the service sent no seccomp listener"))
 }
 
 /// A TCP connection from `from` (bound first, as a balancer's local address is) to `to`.

@@ -147,21 +147,33 @@ fn accept_scenario(test: u8, extra: &[&str]) {
 
 #[test]
 fn accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener() {
+    if !supervised::can_run("accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener") {
+        return;
+    }
     accept_scenario(1, &[]);
 }
 
 #[test]
 fn accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener() {
+    if !supervised::can_run("accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_blocking_listener") {
+        return;
+    }
     accept_scenario(2, &["--accept4"]);
 }
 
 #[test]
 fn accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener() {
+    if !supervised::can_run("accept_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener") {
+        return;
+    }
     accept_scenario(3, &["--nonblocking"]);
 }
 
 #[test]
 fn accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener() {
+    if !supervised::can_run("accept4_shows_the_mapped_client_and_an_unmapped_peer_as_is_on_a_nonblocking_listener") {
+        return;
+    }
     accept_scenario(4, &["--nonblocking", "--accept4"]);
 }
 
@@ -216,11 +228,17 @@ fn udp_scenario(test: u8, extra: &[&str]) {
 
 #[test]
 fn recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer() {
+    if !supervised::can_run("recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer") {
+        return;
+    }
     udp_scenario(5, &[]);
 }
 
 #[test]
 fn nonblocking_recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer() {
+    if !supervised::can_run("nonblocking_recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_balancer") {
+        return;
+    }
     udp_scenario(6, &["--nonblocking"]);
 }
 
@@ -258,16 +276,25 @@ fn tcp_connect_scenario(test: u8, nonblocking: bool) {
 
 #[test]
 fn blocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    if !supervised::can_run("blocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer") {
+        return;
+    }
     tcp_connect_scenario(7, false);
 }
 
 #[test]
 fn nonblocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    if !supervised::can_run("nonblocking_tcp_connect_to_a_mapped_client_goes_to_the_balancer") {
+        return;
+    }
     tcp_connect_scenario(8, true);
 }
 
 #[test]
 fn udp_connect_to_a_mapped_client_goes_to_the_balancer() {
+    if !supervised::can_run("udp_connect_to_a_mapped_client_goes_to_the_balancer") {
+        return;
+    }
     let h = hosts(9);
     let (rs, lb, c) = (SocketAddrV4::new(h.rs, 5353), SocketAddrV4::new(h.lb, 50001), client(91, 9001));
     let cmd = probe(&args(&[&"connect", &"--to", &c, &"--udp", &"--bind", &rs, &"--send", &"hello"]));
@@ -329,6 +356,9 @@ fn error_cases(test: u8, supervised: bool) -> Value {
 
 #[test]
 fn every_error_case_returns_what_the_kernel_returns() {
+    if !supervised::can_run("every_error_case_returns_what_the_kernel_returns") {
+        return;
+    }
     let (native, supervised) = (error_cases(10, false), error_cases(11, true));
     let native_lb = hosts(10).lb;
     let client = client(60, 6000).to_string();

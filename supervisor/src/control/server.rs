@@ -24,9 +24,8 @@ use serde_json::{Value, json};
 
 use super::answer::{answer, mappings_answer};
 use super::reader::{Next, RequestReader};
+use super::{Attached, Node};
 use super::{MappingFilter, Refusal, Request, trusted_user, write_answer};
-// The launcher and the daemon name them through this module.
-pub use super::{AttachFn, Attached, Mode, Node, ServiceInfo, Services};
 
 /// Connections served at once; more are refused with a message.
 pub(crate) const MAX_CONNECTIONS: usize = 64;

@@ -108,20 +108,11 @@ impl Emulator<'_> {
     /// Handles one decoded call.
     pub(crate) fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
         let step = match *call {
-            Call::GetPeerName { fd, addr, addrlen } => self.getpeername(n, fd, addr, addrlen),
-            Call::Accept { fd, addr, addrlen } => {
-                self.accept(n, rx::Accept { syscall: Syscall::Accept, fd, addr, addrlen, flags: 0 }, place)
-            }
-            Call::Accept4 { fd, addr, addrlen, flags } => {
-                self.accept(n, rx::Accept { syscall: Syscall::Accept4, fd, addr, addrlen, flags }, place)
-            }
-            Call::RecvFrom { fd, buf, len, flags, addr, addrlen } => {
-                self.recvfrom(n, rx::RecvFrom { fd, buf, len, flags, addr, addrlen }, place)
-            }
-            Call::SendTo { fd, buf, len, flags, addr, addrlen } => {
-                self.sendto(n, tx::SendTo { fd, buf, len, flags, addr, addrlen }, place)
-            }
-            Call::Connect { fd, addr, addrlen } => self.connect(n, fd, addr, addrlen, place),
+            Call::GetPeerName(c) => self.getpeername(n, c),
+            Call::Accept(c) | Call::Accept4(c) => self.accept(n, c, place),
+            Call::RecvFrom(c) => self.recvfrom(n, c, place),
+            Call::SendTo(c) => self.sendto(n, c, place),
+            Call::Connect(c) => self.connect(n, c, place),
         };
         step.unwrap_or_else(|handled| handled)
     }

@@ -14,7 +14,7 @@ use nix::errno::Errno;
 
 use super::addr::write_addr;
 use super::{Emulator, Handled, Place, Step, is_inet, socket_proto, stash_owner};
-use crate::abi::Syscall;
+use crate::abi::{Accept, GetPeerName, RecvFrom, Syscall};
 use crate::sockaddr;
 use crate::stash::Datagram;
 use crate::sys::net::{self, RawSockAddr};
@@ -28,27 +28,6 @@ pub(super) const DATAGRAM_MAX: usize = 65_535;
 thread_local! {
     /// Where each thread receives datagrams: allocated once per thread, never per call.
     static DATAGRAM_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; DATAGRAM_MAX]);
-}
-
-/// The arguments of `accept` and `accept4` (`flags` 0 for `accept`).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Accept {
-    pub(super) syscall: Syscall,
-    pub(super) fd: RawFd,
-    pub(super) addr: u64,
-    pub(super) addrlen: u64,
-    pub(super) flags: i32,
-}
-
-/// The arguments of `recvfrom`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct RecvFrom {
-    pub(super) fd: RawFd,
-    pub(super) buf: u64,
-    pub(super) len: usize,
-    pub(super) flags: i32,
-    pub(super) addr: u64,
-    pub(super) addrlen: u64,
 }
 
 /// Why an address the kernel gave is shown unchanged.
@@ -96,8 +75,9 @@ impl Emulator<'_> {
         })
     }
 
-    pub(super) fn getpeername(&self, n: &Notification, fd: RawFd, addr: u64, addrlen: u64) -> Step<Handled> {
-        let copy = self.copy(n, Syscall::GetPeerName, fd)?;
+    pub(super) fn getpeername(&self, n: &Notification, c: GetPeerName) -> Step<Handled> {
+        let (addr, addrlen) = (c.addr, c.addrlen);
+        let copy = self.copy(n, Syscall::GetPeerName, c.fd)?;
         let fd = copy.as_fd();
         let bypass = || {
             self.counters.getpeername_bypass.inc();
@@ -129,7 +109,8 @@ impl Emulator<'_> {
         if c.addr == 0 || c.flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
             return Ok(self.cont(n));
         }
-        let listener = self.copy(n, c.syscall, c.fd)?;
+        // Both accepts fail alike for lack of resources.
+        let listener = self.copy(n, Syscall::Accept4, c.fd)?;
         let lfd = listener.as_fd();
         // A socket that is not listening, or not TCP, gets the kernel's own error from the
         // accept below; only other families are left to the kernel.

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 
 use super::rx::DATAGRAM_MAX;
 use super::{Emulator, Handled, Place, Step, inet_local, socket_proto};
-use crate::abi::Syscall;
+use crate::abi::{Connect, SendTo, Syscall};
 use crate::sockaddr;
 use crate::sys::mem;
 use crate::sys::net::{self, RawSockAddr};
@@ -28,19 +28,9 @@ const STREAM_SEND_MAX: usize = 1 << 20;
 const SOCKADDR_MAX: i32 = 128;
 
 thread_local! {
-    /// Where each thread copies the data it sends: grown to the largest send seen, kept.
+    /// Where each thread copies the data it sends: grown to the largest send seen, kept up
+    /// to a datagram's size (a larger Fast Open send gives its memory back after the call).
     static SEND_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The arguments of `sendto`.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct SendTo {
-    pub(super) fd: RawFd,
-    pub(super) buf: u64,
-    pub(super) len: usize,
-    pub(super) flags: i32,
-    pub(super) addr: u64,
-    pub(super) addrlen: i32,
 }
 
 /// The start of a `connect` or `sendto`.
@@ -106,8 +96,8 @@ impl Emulator<'_> {
         Ok(TxCall { dest, socket, local })
     }
 
-    pub(super) fn connect(&self, n: &Notification, fd: RawFd, addr: u64, addrlen: i32, place: Place) -> Step<Handled> {
-        let TxCall { dest, socket, local } = self.tx_call(n, Syscall::Connect, fd, addr, addrlen)?;
+    pub(super) fn connect(&self, n: &Notification, c: Connect, place: Place) -> Step<Handled> {
+        let TxCall { dest, socket, local } = self.tx_call(n, Syscall::Connect, c.fd, c.addr, c.addrlen)?;
         let sfd = socket.as_fd();
         let proto = self.or_continue(n, socket_proto(sfd))?;
         let Some(rewrite) = self.tx_rewrite(proto, &dest, local) else {
@@ -150,7 +140,7 @@ impl Emulator<'_> {
         if blocking && proto == Proto::Tcp && place == Place::Receiver {
             return Ok(Handled::ToWorker);
         }
-        SEND_BUF.with_borrow_mut(|buf| {
+        let answered = SEND_BUF.with_borrow_mut(|buf| {
             let len = c.len.min(STREAM_SEND_MAX);
             if buf.len() < len {
                 buf.resize(len, 0);
@@ -175,7 +165,13 @@ impl Emulator<'_> {
                 raise_sigpipe(n.tid);
             }
             Ok(handled)
-        })
+        });
+        SEND_BUF.with_borrow_mut(|buf| {
+            if buf.len() > DATAGRAM_MAX {
+                *buf = Vec::new();
+            }
+        });
+        answered
     }
 }
 

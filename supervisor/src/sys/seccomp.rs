@@ -15,9 +15,10 @@ use super::check;
 /// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6), missing from Debian's headers.
 const SYNC_WAKE_UP: u64 = 1;
 
-/// Room for the kernel's `struct seccomp_notif` and `struct seccomp_notif_resp`, which a
-/// newer kernel may make longer than this build's headers say: the kernel then writes (or
-/// reads) its own size, so buffers are sized from `SECCOMP_GET_NOTIF_SIZES`, up to this.
+/// Room for `struct seccomp_notif` and `struct seccomp_notif_resp`. seccomp_unotify(2) asks
+/// supervisors to size them from `SECCOMP_GET_NOTIF_SIZES` rather than from their headers;
+/// today's kernels take the structures at exactly this build's size (the ioctl numbers
+/// encode it), so this is defensive: the buffers hold the kernel's size, up to this.
 const BUF_MAX: usize = 256;
 
 /// A zeroed, suitably aligned buffer for a seccomp structure of up to [`BUF_MAX`] bytes.
@@ -27,16 +28,16 @@ struct Buf([u8; BUF_MAX]);
 /// The kernel's sizes of the structures the listener exchanges
 /// (`SECCOMP_GET_NOTIF_SIZES`, Linux 5.0), read once per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotifSizes {
+pub(crate) struct NotifSizes {
     /// `sizeof(struct seccomp_notif)`.
-    pub notif: usize,
+    pub(crate) notif: usize,
     /// `sizeof(struct seccomp_notif_resp)`.
-    pub resp: usize,
+    pub(crate) resp: usize,
 }
 
 /// The kernel's sizes, checked against what the listener's buffers hold: `EOVERFLOW` if
-/// the kernel's structures are longer than `BUF_MAX` (256) or shorter than this build's.
-pub fn notif_sizes() -> Result<NotifSizes, Errno> {
+/// the kernel's structures are longer than `BUF_MAX` (256).
+pub(crate) fn notif_sizes() -> Result<NotifSizes, Errno> {
     static SIZES: OnceLock<Result<NotifSizes, Errno>> = OnceLock::new();
     *SIZES.get_or_init(|| {
         let mut sizes = libc::seccomp_notif_sizes { seccomp_notif: 0, seccomp_notif_resp: 0, seccomp_data: 0 };
@@ -44,7 +45,8 @@ pub fn notif_sizes() -> Result<NotifSizes, Errno> {
         // pointer, which is live and writable for the call.
         check(unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_GET_NOTIF_SIZES, 0, &raw mut sizes) })?;
         let got = NotifSizes { notif: sizes.seccomp_notif.into(), resp: sizes.seccomp_notif_resp.into() };
-        let fits = |kernel: usize, ours: usize| (ours..=BUF_MAX).contains(&kernel);
+        // Ours are written and read at the start of the buffers: they must fit too.
+        let fits = |kernel: usize, ours: usize| kernel.max(ours) <= BUF_MAX;
         if fits(got.notif, size_of::<libc::seccomp_notif>()) && fits(got.resp, size_of::<libc::seccomp_notif_resp>()) {
             Ok(got)
         } else {
@@ -104,8 +106,8 @@ impl Listener {
         notif_sizes()?;
         // The kernel requires the buffer zeroed.
         let mut buf = Buf([0; BUF_MAX]);
-        // SAFETY: `buf` is live, aligned for seccomp_notif and at least as long as the
-        // kernel's struct seccomp_notif (checked by notif_sizes).
+        // SAFETY: `buf` is live, aligned for seccomp_notif and at least as long as both the
+        // kernel's struct seccomp_notif and ours (checked by notif_sizes).
         unsafe { self.ioctl(libc::SECCOMP_IOCTL_NOTIF_RECV, &raw mut buf) }?;
         // SAFETY: `buf` holds an initialised seccomp_notif at its start (plain integers, any
         // bit pattern valid), aligned as the type needs.
@@ -124,7 +126,7 @@ impl Listener {
         notif_sizes()?;
         let mut buf = Buf([0; BUF_MAX]);
         let resp = libc::seccomp_notif_resp { id, val, error, flags };
-        // SAFETY: `buf` is aligned for seccomp_notif_resp and longer than it.
+        // SAFETY: `buf` is aligned for seccomp_notif_resp and at least as long (notif_sizes).
         unsafe { (&raw mut buf).cast::<libc::seccomp_notif_resp>().write(resp) };
         // SAFETY: `buf` is live and at least as long as the kernel's struct
         // seccomp_notif_resp (checked by notif_sizes); what follows ours is zero.
@@ -187,9 +189,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_kernels_notification_fits_and_is_at_least_this_builds() {
+    fn the_kernels_notification_fits_the_buffers() {
         let sizes = notif_sizes().expect("this kernel's sizes fit");
-        assert!(sizes.notif >= size_of::<libc::seccomp_notif>(), "{sizes:?}");
-        assert!(sizes.resp >= size_of::<libc::seccomp_notif_resp>(), "{sizes:?}");
+        assert!(sizes.notif <= BUF_MAX && sizes.resp <= BUF_MAX, "{sizes:?}");
+        assert_eq!(sizes.notif, size_of::<libc::seccomp_notif>(), "this kernel's seccomp_notif is this build's");
     }
 }
