@@ -27,6 +27,7 @@ use capture::Proto;
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
 use capture::wire::toa::emit_toa_v4;
+use etherparse::checksum::Sum16BitWords;
 use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE};
 use nfq::{Queue, Verdict};
 use serde::Serialize;
@@ -192,7 +193,7 @@ fn fix_checksums(p: &mut [u8], ihl: usize, protocol: u8) {
     pseudo[..8].copy_from_slice(&p[12..20]);
     pseudo[9] = protocol;
     pseudo[10..12].copy_from_slice(&segment_len.to_be_bytes());
-    let mut sum = checksum::finish(checksum::accumulate(checksum::accumulate(0, &pseudo), &p[ihl..]));
+    let mut sum = Sum16BitWords::new().add_slice(&pseudo).add_slice(&p[ihl..]).ones_complement().to_be();
     if protocol == 17 && sum == 0 {
         sum = 0xffff; // UDP sends a zero checksum as all ones
     }

@@ -22,11 +22,20 @@ pub const MIN_MAX_ENTRIES: usize = 16;
 /// Provisional entries never exceed this many, whatever the bound.
 pub const MAX_PROVISIONAL: usize = 65_536;
 
-/// `--max-entries`: a count of at least [`MIN_MAX_ENTRIES`].
-pub fn parse_max_entries(value: &str) -> Result<usize, String> {
+/// A bound on the table's size that is not a number of at least [`MIN_MAX_ENTRIES`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?}: give a number of entries of at least {MIN_MAX_ENTRIES}")]
+pub struct BadMaxEntries {
+    /// What was given.
+    pub value: String,
+}
+
+/// A bound on the table's size as given by an operator (`--max-entries`, `ipvsca set
+/// max_entries`): a count of at least [`MIN_MAX_ENTRIES`].
+pub fn parse_max_entries(value: &str) -> Result<usize, BadMaxEntries> {
     match value.trim().parse::<usize>() {
         Ok(n) if n >= MIN_MAX_ENTRIES => Ok(n),
-        _ => Err(format!("{value:?}: give a number of entries of at least {MIN_MAX_ENTRIES}")),
+        _ => Err(BadMaxEntries { value: value.to_owned() }),
     }
 }
 

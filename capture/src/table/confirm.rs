@@ -77,7 +77,8 @@ impl MappingTable {
 }
 
 /// Whether mapping `m` answers `seen` rather than the provisional entry `p`.
-// Inline: called from the rx lookup (`lookup.rs`), which is compiled apart from this module.
+// Inline: called from the rx lookup (`lookup.rs`), which the compiler may place in another
+// codegen unit than this module, and then did not inline it (measured).
 #[inline]
 pub(super) fn keeps_mapping(m: &Entry, seen: Seen, p: &Provisional) -> bool {
     if m.via() == Via::Static || (m.client() == p.client && m.rs().ip() == p.rs_ip) {

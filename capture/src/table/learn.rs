@@ -4,7 +4,9 @@
 //! leave the decision to a provisional entry), the operator's static mappings and their
 //! removal, and the opening of a handshake on a flow. Never lets an announcement create,
 //! replace or evict a mapping by itself (`docs/trust.md`): another client only ever goes
-//! into a provisional entry. Every change is made under the writer lock.
+//! into a provisional entry. Every change is made under the writer lock, but for the one
+//! flag `connection_requested` sets, which only the capture's learner sets (one packet at a
+//! time, under the capture's drain lock) and which the lookups only read.
 
 use std::net::SocketAddr;
 

@@ -10,7 +10,7 @@ use crate::clock::Millis;
 use crate::flow::FlowKey;
 
 /// Mappings copied per shard lock hold by [`MappingTable::visit_live`].
-pub const VISIT_CHUNK: usize = 1_024;
+pub(crate) const VISIT_CHUNK: usize = 1_024;
 
 impl MappingTable {
     /// Every stored mapping, live or not yet swept (provisional entries are not mappings).
@@ -22,19 +22,8 @@ impl MappingTable {
         all
     }
 
-    /// The mappings live at `now` (static, or used within their timeout), as lookups see
-    /// them.
-    pub fn live_entries(&self, now: Millis) -> Vec<(FlowKey, MappingInfo)> {
-        let mut all = Vec::new();
-        self.visit_live(now, |k, m| {
-            all.push((*k, m));
-            true
-        });
-        all
-    }
-
     /// Calls `visit` with each mapping live at `now`, until it returns false: what
-    /// `ipvsca mappings` streams. Mappings are copied [`VISIT_CHUNK`] at a time under a
+    /// `ipvsca mappings` streams. Mappings are copied 1,024 at a time under a
     /// shard's read lock, and `visit` runs with no lock held, so a slow reader of the
     /// listing holds up no lookup and no writer. A mapping that moves meanwhile (another was
     /// removed from its shard) may be skipped or visited twice.

@@ -6,10 +6,11 @@
 //! real-server address with the socket's port) and a socket bound to the wildcard address
 //! that connects or sends (tx: any real-server address with the socket's port).
 //!
-//! Takes only shard read locks, one at a time, refreshes atomics and counts; never
-//! allocates, and never returns a mapping past its timeout or another flow's client. What
-//! answers when a provisional entry competes is `confirm.rs`'s; a lookup that confirms takes
-//! the writer lock there.
+//! Takes only shard read locks, one at a time, refreshes atomics and counts; a lookup that
+//! finds a mapping allocates nothing, and none returns a mapping past its timeout or another
+//! flow's client. What answers when a provisional entry competes is `confirm.rs`'s: a lookup
+//! that confirms takes the writer lock there, and may grow a shard's slab or index
+//! (amortised, bounded by `--max-entries`) or, at the bound, evict (`bound.rs`).
 
 use std::net::SocketAddr;
 
@@ -29,7 +30,8 @@ fn local_matches(local: SocketAddr, rs: SocketAddr) -> bool {
 impl MappingTable {
     /// The mapping of `key` if it is live, without counting, refreshing or confirming
     /// anything.
-    pub fn client_of(&self, key: &FlowKey, now: Millis) -> Option<SocketAddr> {
+    #[cfg(test)]
+    pub(crate) fn client_of(&self, key: &FlowKey, now: Millis) -> Option<SocketAddr> {
         let timeout = self.timeout_ms(key.proto);
         self.store.with(key, |m| m.is_live(now, timeout).then(|| m.client())).flatten()
     }

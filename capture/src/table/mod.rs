@@ -1,8 +1,8 @@
 //! The mapping table: `(proto, lb ip:port, rs ip:port) -> client ip:port`, and its reverse
 //! `(proto, client ip:port, rs ip:port) -> lb ip:port` for the tx direction.
 //!
-//! Owns the replacement rules, the provisional stage, expiry and the bound; where and how
-//! the mappings are stored is `store/`'s. Lookups (the supervisor's hot path) take only
+//! Its modules own the replacement rules, the provisional stage, expiry and the bound;
+//! where and how the mappings are stored is `store/`'s. Lookups (the supervisor's hot path) take only
 //! shard read locks, one at a time, and refresh atomics; every change to the table is
 //! serialised by one writer lock, then made under the shard's write lock. A lookup never
 //! returns an entry that has outlived its timeout, whether or not the sweep has removed it
@@ -40,8 +40,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use bound::{DEFAULT_MAX_ENTRIES, MAX_PROVISIONAL, MIN_MAX_ENTRIES, parse_max_entries, provisional_bound};
-pub use listing::VISIT_CHUNK;
+pub use bound::{
+    BadMaxEntries, DEFAULT_MAX_ENTRIES, MAX_PROVISIONAL, MIN_MAX_ENTRIES, parse_max_entries, provisional_bound,
+};
 pub use provisional::PROVISIONAL_LIFETIME;
 use provisional::{LbPortKey, Provisional, WriterState};
 use store::Store;

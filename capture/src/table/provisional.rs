@@ -13,8 +13,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+#[cfg(test)]
+use super::MappingInfo;
 use super::bound::provisional_bound;
-use super::{Announced, Learned, MappingInfo, MappingTable, duration_millis};
+use super::{Announced, Learned, MappingTable, duration_millis};
 use crate::clock::Millis;
 use crate::flow::{FlowKey, Proto, Via};
 
@@ -146,7 +148,8 @@ impl MappingTable {
     }
 
     /// The provisional entry of `key`, if one is live at `now`.
-    pub fn get_provisional(&self, key: &FlowKey, now: Millis) -> Option<MappingInfo> {
+    #[cfg(test)]
+    pub(crate) fn get_provisional(&self, key: &FlowKey, now: Millis) -> Option<MappingInfo> {
         let p = self.provisional.get(&(key.proto, key.lb, key.rs.port())).map(|p| *p)?;
         (p.rs_ip == key.rs.ip() && p.is_live(now)).then_some(MappingInfo {
             client: p.client,

@@ -1,7 +1,7 @@
 //! The Internet checksum (RFC 1071): one's complement sum of 16-bit words. The capture's
 //! checks sum with `etherparse`'s `Sum16BitWords` (eight bytes at a time in native order,
-//! which the one's complement sum allows: RFC 1071, section 2(B)); [`accumulate`] and
-//! [`finish`] build a sum in pieces for the tools that write packets.
+//! which the one's complement sum allows: RFC 1071, section 2(C)). The tests check it
+//! against a sum of their own, written word by word (`accumulate`, `finish`).
 //!
 //! Owns the arithmetic only; which bytes are summed is the caller's business.
 
@@ -29,7 +29,9 @@ pub fn transport_verifies(src: IpAddr, dst: IpAddr, protocol: u8, segment: &[u8]
 
 /// Adds `data` to a running one's complement sum of big-endian words (not yet folded or
 /// inverted), for a sum built in pieces; a piece of odd length is padded with a zero byte.
-pub fn accumulate(mut sum: u32, data: &[u8]) -> u32 {
+/// The tests' own sum, independent of the crate's.
+#[cfg(test)]
+pub(crate) fn accumulate(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for word in &mut chunks {
         sum += u32::from(u16::from_be_bytes([word[0], word[1]]));
@@ -41,7 +43,8 @@ pub fn accumulate(mut sum: u32, data: &[u8]) -> u32 {
 }
 
 /// Folds a running sum to 16 bits and inverts it: the value that goes on the wire.
-pub fn finish(mut sum: u32) -> u16 {
+#[cfg(test)]
+pub(crate) fn finish(mut sum: u32) -> u16 {
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -31,8 +31,9 @@ pub struct Ipv4Packet<'a> {
 impl<'a> Ipv4Packet<'a> {
     /// Checks version, IHL, total length and header checksum.
     pub fn new_checked(buf: &'a [u8]) -> Result<Self, Malformed> {
-        // The version first, as ip_rcv does: a short packet of another version is a wrong
-        // version, where etherparse would call it truncated.
+        // The version first, so that a short packet of another version is still counted
+        // as a wrong version (as ipvsca always did), where etherparse would call it
+        // truncated; the kernel drops both alike.
         match buf.first() {
             None => return Err(Malformed::TruncatedIpv4),
             Some(&b) if b >> 4 != 4 => return Err(Malformed::BadIpVersion),

@@ -5,7 +5,8 @@
 //! Owns finding the upper-layer protocol and payload. Only the headers RFC 8200 defines
 //! before a transport header are walked (hop-by-hop, routing, fragment, destination
 //! options, and AH), in any order, fewer than [`MAX_EXTENSION_HEADERS`] of them; a
-//! fragment ends the walk with nothing. `etherparse`'s own walk (`Ipv6ExtensionsSlice`)
+//! fragment of a fragmented packet ends the walk with nothing (an atomic fragment header,
+//! offset 0 and no more fragments, is walked over). `etherparse`'s own walk (`Ipv6ExtensionsSlice`)
 //! differs: no bound on the chain, a hop-by-hop header allowed first only, an AH of
 //! payload length 0 refused, and it reads on past a fragment header.
 

@@ -25,7 +25,7 @@ pub const ETHERTYPE_VLAN: u16 = EtherType::VLAN_TAGGED_FRAME.0;
 pub fn split_ethernet(frame: &[u8]) -> Result<(u16, &[u8]), Malformed> {
     let ethernet = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| Malformed::TruncatedLink)?;
     let rest = &frame[ethernet.slice().len()..];
-    if ethernet.ether_type() != EtherType::VLAN_TAGGED_FRAME {
+    if ethernet.ether_type().0 != ETHERTYPE_VLAN {
         return Ok((ethernet.ether_type().0, rest));
     }
     let tag = SingleVlanHeaderSlice::from_slice(rest).map_err(|_| Malformed::TruncatedLink)?;

@@ -15,7 +15,7 @@
 //! `etherparse` error is mapped to the [`Malformed`] reason the hand-written parser gave
 //! for the same bytes, so the counters operators see are unchanged.
 //!
-//! Measured when the headers moved to the crate, on balancer traffic written by the tests
+//! Measured when the headers moved to the crate, on balancer traffic written by the
 //! `decode_bench_pcap` example of `tools/` (instructions counted by cachegrind over 320 k frames, so
 //! the figures do not depend on who else uses the core): the crate's header slices cost
 //! what the hand-written views cost (660 instructions per frame for the decoder alone,
@@ -27,11 +27,11 @@
 
 pub mod announce;
 pub mod checksum;
-pub mod ipv4;
-pub mod ipv6;
-pub mod link;
-pub mod tcp;
-pub mod tcp_options;
+pub(crate) mod ipv4;
+pub(crate) mod ipv6;
+pub(crate) mod link;
+pub(crate) mod tcp;
+pub(crate) mod tcp_options;
 pub mod toa;
 
 /// Why a packet could not be read. Every variant is counted by the capture and the

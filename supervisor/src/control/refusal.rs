@@ -126,7 +126,7 @@ pub enum Refusal {
     Kinds(CaptureError),
     /// A `max_entries` that is not a count of at least 16.
     #[error("max_entries: {0}")]
-    MaxEntries(String),
+    MaxEntries(capture::table::BadMaxEntries),
 
     /// A `mappings` filter that is neither an IP address nor an IP address and port.
     #[error(transparent)]
@@ -249,7 +249,10 @@ mod tests {
             ),
             (Refusal::NoOptionKind, "tcpopt_addr: give at least one option kind".into()),
             (Refusal::TooManyOptionKinds { max: 4 }, "tcpopt_addr: at most 4 option kinds".into()),
-            (Refusal::MaxEntries("\"8\": too few".into()), "max_entries: \"8\": too few".into()),
+            (
+                Refusal::MaxEntries(capture::table::BadMaxEntries { value: "8".into() }),
+                "max_entries: \"8\": give a number of entries of at least 16".into(),
+            ),
             (
                 Refusal::Filter(NotAFilter("x".into())),
                 "filter \"x\": give an IP address, or ip:port ([v6]:port)".into(),

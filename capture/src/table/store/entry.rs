@@ -134,8 +134,8 @@ pub(in crate::table) struct Entry {
 
 impl Entry {
     /// The mapping `key -> client`, learned at `now`, owned by `owner`, on no list yet.
-    // Inline: built in place in the slab by `Shard::insert`, which is compiled apart from
-    // this module.
+    // Inline: built in place in the slab by `Shard::insert`, which the compiler may place in
+    // another codegen unit than this module.
     #[inline]
     pub(super) fn new(key: &FlowKey, client: SocketAddr, via: Via, now: Millis, owner: u64) -> Self {
         let (lb, lb_v6) = compact(key.lb);

@@ -147,7 +147,7 @@ impl Store {
     /// Sweeps shard `s` from `from` (the shard's own cursor when `None`): at most `budget`
     /// entries, removing those `stale` says, a chunk per lock hold, each chunk under
     /// `serialise` (the table's writer lock, taken afresh for each chunk). Returns how many
-    /// went, and whether the sweep reached the shard's end.
+    /// went.
     pub(super) fn sweep<G>(
         &self,
         s: usize,
