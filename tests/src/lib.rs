@@ -5,6 +5,7 @@
 //! (`ipvsca-demo`, `ipvsca-lab`, `ipvsca-bench`) are the `ipvsca-tools` package's.
 
 pub mod attack;
+pub mod battery;
 pub mod bins;
 pub mod calls;
 pub mod cbuild;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use capture::clock::monotonic_millis;
 use capture::table::Announced;
 use capture::{FlowKey, MappingTable, Proto, Via};
+use ipvsca_tests::battery;
 use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
 use ipvsca_tests::supervised::{self, Supervised, connect_from};
@@ -392,35 +393,5 @@ fn every_error_case_returns_what_the_kernel_returns() {
     for case in ["recvfrom_bad_buffer", "sendto_bad_dest", "connect_bad_address"] {
         assert_eq!(supervised[case]["errno"], libc::EFAULT, "{case}: {}", supervised[case]);
     }
-    assert_eq!(native["sendto_after_shutdown"]["errno"], libc::EPIPE, "and the probe was not killed by SIGPIPE");
-    assert_eq!(
-        native["sendto_fastopen_blocking"]["errno"],
-        libc::ECONNREFUSED,
-        "{}",
-        native["sendto_fastopen_blocking"]
-    );
-    let timeout = |errno, field: &str| serde_json::json!({"o": {"ret": -1, "errno": errno}, field: true});
-    assert_eq!(native["recvfrom_timeout"], timeout(libc::EAGAIN, "in_time"));
-    assert_eq!(native["recvfrom_timeout_signalled"], timeout(libc::EINTR, "early"));
-    assert_eq!(supervised["accept4_flags"], serde_json::json!({"ok": true, "cloexec": true, "nonblock": true}));
-    // Everything else is exactly the kernel's: return values, errnos, lengths.
-    let with_addresses = [
-        "accept_peer",
-        "getpeername",
-        "recvfrom_peek",
-        "recvfrom_after_peek",
-        "connect_udp_peer",
-        "getpeername_len_4",
-        "accept_short_addrlen",
-        "recvfrom_addrlen_4",
-    ];
-    for (case, n) in native.as_object().unwrap() {
-        if with_addresses.contains(&case.as_str()) {
-            for part in ["o", "len"] {
-                assert_eq!(supervised[case][part], n[part], "{case}.{part}");
-            }
-            continue;
-        }
-        assert_eq!(&supervised[case], n, "{case}: supervised {} vs native {n}", supervised[case]);
-    }
+    battery::assert_the_rest_is_the_kernels(&native, &supervised);
 }
