@@ -8,7 +8,7 @@
 
 use nix::errno::Errno;
 
-use crate::sys::mem;
+use crate::sys::{mem, net};
 
 /// The kernel's rule for an address of `full` bytes and a caller's `*addrlen` of `ulen`
 /// (a C `int`): negative is `EINVAL`; otherwise the first `min(ulen, full)` bytes of the
@@ -23,7 +23,8 @@ pub(crate) fn move_addr_to_user(ulen: u32, full: usize) -> Result<usize, Errno> 
 }
 
 /// Writes address `kaddr` for a caller whose `*addrlen` (at `addrlen`) read `ulen`:
-/// [`move_addr_to_user`]'s bytes at `addr`, then the full length at `addrlen`. With `data`
+/// [`move_addr_to_user`]'s bytes at `addr` and the full length at `addrlen`, in the order
+/// this kernel writes them (`net::length_written_first`). With `data`
 /// (a received datagram) first, as the kernel copies the data before the address, all in
 /// one write; where a piece faults, the pieces after it are not written (`EFAULT`).
 pub(crate) fn write_addr(
@@ -47,9 +48,12 @@ pub(crate) fn write_addr(
     let full = (kaddr.len() as u32).to_ne_bytes();
     let address = (addr, &kaddr[..copied]);
     let length = (addrlen, &full[..]);
+    // The kernel's order, which shows when the address buffer faults (`*addrlen` written or
+    // not): the length first since Linux 6.12, last before.
+    let (first, second) = if net::length_written_first() { (length, address) } else { (address, length) };
     match data {
-        Some(d) => mem::write_pieces(tid, [d, address, length]),
-        None => mem::write_pieces(tid, [address, length]),
+        Some(d) => mem::write_pieces(tid, [d, first, second]),
+        None => mem::write_pieces(tid, [first, second]),
     }
 }
 

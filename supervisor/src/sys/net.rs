@@ -97,6 +97,34 @@ pub fn peer_name(fd: BorrowedFd<'_>) -> Result<RawSockAddr, Errno> {
     name(fd, libc::getpeername)
 }
 
+/// Whether this kernel stores an address's length before the address itself when it hands
+/// one to a caller (`move_addr_to_user`; so since Linux 6.12), rather than after. Seen
+/// only when the address buffer faults: the caller's `*addrlen` is then the full length,
+/// or left as it was. Asked of the kernel once (a `getpeername` on a socket pair with an
+/// address pointer that cannot be written), not guessed from its version.
+pub fn length_written_first() -> bool {
+    static FIRST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FIRST.get_or_init(|| {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: socketpair writes two descriptors into `fds`, a live two-int array.
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0
+        {
+            return false;
+        }
+        // SAFETY: socketpair succeeded: both descriptors are new and ours alone.
+        let (a, _b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // An unnamed peer's address is its 2-byte family; 100 offered.
+        let mut len: libc::socklen_t = 100;
+        // The first page is never mapped (mmap_min_addr): the kernel's copy there faults,
+        // and nothing of this process is written.
+        let unwritable = 8 as *mut libc::sockaddr;
+        // SAFETY: `len` is live and writable; the kernel checks `unwritable` and fails with
+        // EFAULT rather than writing through it.
+        let rc = unsafe { libc::getpeername(a.as_raw_fd(), unwritable, &mut len) };
+        rc != 0 && len == 2
+    })
+}
+
 /// `getsockname(2)`.
 pub fn sock_name(fd: BorrowedFd<'_>) -> Result<RawSockAddr, Errno> {
     name(fd, libc::getsockname)

@@ -469,17 +469,19 @@ fn errors(o: &Opts) {
     // SAFETY: `buf` and `len` as above; a negative length is refused before any write.
     let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), &mut len) });
     case("getpeername_len_negative", json!({"o": got, "len": len}));
-    let mut len = 16u32;
+    // A faulting address buffer offered more than the address: where the kernel writes the
+    // length (before the address since Linux 6.12, after it before), `len` says so.
+    let mut len = 100u32;
     // SAFETY: BAD_POINTER holds no Rust object (EFAULT); `len` as above.
     let got = outcome(unsafe { calls::getpeername(conn, BAD_POINTER, &mut len) });
     case("getpeername_bad_addr", json!({"o": got, "len": len}));
     // SAFETY: `buf` as above; BAD_POINTER holds no Rust object (EFAULT).
     let got = outcome(unsafe { calls::getpeername(conn, buf.as_mut_ptr(), BAD_POINTER.cast()) });
     case("getpeername_bad_addrlen", json!({"o": got}));
-    let mut len = 16u32;
+    let mut len = 100u32;
     // SAFETY: the read-only page holds no Rust object and cannot be written (EFAULT).
     let got = outcome(unsafe { calls::getpeername(conn, calls::read_only_page(), &mut len) });
-    case("getpeername_read_only_addr", json!({"o": got}));
+    case("getpeername_read_only_addr", json!({"o": got, "len": len}));
     let mut len = 16u32;
     // SAFETY: `buf` and `len` as above.
     case("getpeername_ebadf", outcome(unsafe { calls::getpeername(9999, buf.as_mut_ptr(), &mut len) }));
