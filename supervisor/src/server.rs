@@ -263,15 +263,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     };
-    if let Some(answer) = shared.restarts.take(&n) {
-        // The restart of a call already performed, or one natively never restarted.
-        let sent = match answer {
-            Ok(val) => shared.listener.reply(n.id, val),
-            Err(e) => shared.listener.reply_error(n.id, e),
-        };
-        if sent.is_err() {
-            shared.counters.interrupted.inc();
-        }
+    if answer_kept(shared, &n) {
         return;
     }
     {
@@ -301,6 +293,22 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             }
         }
     }
+}
+
+/// Answers `n` from the answer kept for it, if any: the restart of a call already
+/// performed, or of one natively never restarted (`restart`). Checked where a call is
+/// received, and again where a worker takes a call from its queue: a restart queued behind
+/// its interrupted call reaches the worker before the worker has kept the answer.
+fn answer_kept(shared: &Shared, n: &Notification) -> bool {
+    let Some(answer) = shared.restarts.take(n) else { return false };
+    let sent = match answer {
+        Ok(val) => shared.listener.reply(n.id, val),
+        Err(e) => shared.listener.reply_error(n.id, e),
+    };
+    if sent.is_err() {
+        shared.counters.interrupted.inc();
+    }
+    true
 }
 
 fn start_worker(shared: &Arc<Shared>, n: Notification, call: Call) {
@@ -352,7 +360,9 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
         };
         match job {
             Some((n, call)) => {
-                emulator.handle(&n, &call, Place::Worker);
+                if !answer_kept(shared, &n) {
+                    emulator.handle(&n, &call, Place::Worker);
+                }
                 worker.current.store(0, Ordering::Release);
             }
             None => {

@@ -314,6 +314,44 @@ fn udp_connect_to_a_mapped_client_goes_to_the_balancer() {
     assert_eq!(service.finish(WAIT), 0);
 }
 
+/// A blocking `accept` on a listener with `SO_RCVTIMEO` (3 s), one `SA_RESTART` signal at
+/// 300 ms, a client at 600 ms: natively the accept fails with `EINTR` at the signal (a
+/// socket with a timeout is never restarted, signal(7)) and the next accept takes the
+/// client. Returns the probe's line.
+fn accept_interrupted_once(test: u8, supervised: bool) -> Value {
+    let h = hosts(test);
+    let rs = SocketAddrV4::new(h.rs, 8080);
+    let cmd = probe(&args(&[&"accept-interrupted", &"--listen", &rs, &"--timeout-ms", &3000, &"--signal-ms", &300]));
+    let (mut under, mut native) = (None, None);
+    let service = if supervised {
+        &under.insert(supervise(cmd, Arc::new(MappingTable::default()))).service
+    } else {
+        &*native.insert(Service::start(cmd).expect("starting the probe"))
+    };
+    ready(service);
+    std::thread::sleep(Duration::from_millis(600));
+    let client = connect_from(SocketAddrV4::new(h.unmapped, 42000), rs);
+    let line = service.json(WAIT);
+    drop(client);
+    if let Some(s) = under {
+        assert_eq!(s.finish(WAIT), 0);
+    }
+    line
+}
+
+#[test]
+fn an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eintr() {
+    if !supervised::can_run("an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eintr") {
+        return;
+    }
+    let native = accept_interrupted_once(11, false);
+    assert_eq!(native["first"]["errno"], libc::EINTR, "natively: {native}");
+    let supervised = accept_interrupted_once(12, true);
+    assert_eq!(supervised["first"], native["first"], "supervised {supervised} vs native {native}");
+    assert!(supervised["first_ms"].as_u64().unwrap() < 550, "EINTR at the signal, not at the client: {supervised}");
+    assert_eq!(supervised["second"]["ok"], true, "the next accept takes the client: {supervised}");
+}
+
 /// The probe's battery of error cases (`ipvsca-probe errors`), natively and supervised:
 /// two connections and five datagrams from a balancer, mapped to one client when
 /// supervised. Returns the probe's results.

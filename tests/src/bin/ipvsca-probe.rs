@@ -15,13 +15,16 @@ use serde_json::{Value, json};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = args.split_first().expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors [options]");
+    let (cmd, rest) = args
+        .split_first()
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
         "udp-server" => udp_server(&opts),
         "connect" => connect(&opts),
         "errors" => errors(&opts),
+        "accept-interrupted" => accept_interrupted(&opts),
         "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
@@ -636,4 +639,44 @@ fn errors(o: &Opts) {
     calls::alarm_every(Duration::ZERO);
     case("recvfrom_timeout_signalled", json!({"o": outcome(r), "early": took < Duration::from_millis(350)}));
     emit(Value::Object(results));
+}
+
+/// A blocking `accept` on a listener with a receive timeout (`--timeout-ms`), interrupted
+/// once by a signal whose handler has `SA_RESTART` (`--signal-ms` after the call starts),
+/// then a second `accept`: natively the first fails with `EINTR` at the signal (signal(7):
+/// a socket with a timeout is never restarted) and the second takes the connection that
+/// arrives meanwhile. Prints `{"first": outcome, "first_ms": ms, "second": outcome}`.
+fn accept_interrupted(o: &Opts) {
+    let l = listener(o.addr("listen"), 16);
+    let timeout = Duration::from_millis(o.num("timeout-ms", 3000) as u64);
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: `tv` is a live timeval, its size given.
+    let set = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVTIMEO");
+    calls::install_handler(libc::SIGUSR1, true);
+    let me = calls::this_thread();
+    let after = Duration::from_millis(o.num("signal-ms", 300) as u64);
+    emit(json!({"ready": true, "pids": [std::process::id()]}));
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        calls::signal_thread(me, libc::SIGUSR1);
+    });
+    let accept = || {
+        let (mut buf, mut len) = ([0u8; 128], 128u32);
+        // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+        unsafe { calls::accept(l.as_raw_fd(), buf.as_mut_ptr(), &mut len) }
+    };
+    let first = accept();
+    let first_ms = start.elapsed().as_millis() as u64;
+    let second = if first.ret >= 0 { first } else { accept() };
+    emit(json!({"first": outcome(first), "first_ms": first_ms, "second": {"ok": second.ret >= 0}}));
 }
