@@ -193,6 +193,16 @@ impl Call {
         }
     }
 
+    /// How many argument registers the call uses: what its restart repeats (the others may
+    /// hold anything).
+    pub fn registers(&self) -> usize {
+        match self {
+            Call::Accept(_) | Call::GetPeerName(_) | Call::Connect(_) => 3,
+            Call::Accept4(_) => 4,
+            Call::RecvFrom(_) | Call::SendTo(_) => 6,
+        }
+    }
+
     /// Which call this is.
     pub fn syscall(&self) -> Syscall {
         match self {

@@ -60,8 +60,16 @@ pub enum ServeError {
     Receive(Errno),
 }
 
+/// A call for a worker: the notification, its decoded call, and how many of the
+/// notification's argument registers the call uses (what a restart must repeat).
+struct Job {
+    n: Notification,
+    call: Call,
+    registers: usize,
+}
+
 struct Worker {
-    queue: Mutex<VecDeque<(Notification, Call)>>,
+    queue: Mutex<VecDeque<Job>>,
     ready: Condvar,
     thread: OnceLock<libc::pthread_t>,
     /// The notification being served, 0 when idle.
@@ -69,7 +77,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn push(&self, job: (Notification, Call)) {
+    fn push(&self, job: Job) {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(job);
         self.ready.notify_one();
     }
@@ -239,17 +247,18 @@ fn count(counters: &SupervisorCounters, call: &Call, via_socketcall: bool) {
 
 fn dispatch(shared: &Arc<Shared>, n: Notification) {
     let emulator = shared.emulator();
-    let call = match shared.syscalls.decode(n.arch, n.nr, n.args) {
+    let (call, registers) = match shared.syscalls.decode(n.arch, n.nr, n.args) {
         Decoded::Call(call) => {
             count(&shared.counters, &call, false);
-            call
+            (call, call.registers())
         }
         Decoded::SocketCall { syscall, args } => {
             // A bad argument array is socketcall's own EFAULT: let the kernel say it.
             match abi::socketcall_args(syscall, args, |addr, buf| mem::read(n.tid, addr, buf)) {
                 Ok(call) => {
                     count(&shared.counters, &call, true);
-                    call
+                    // The sub-call and the address of its arguments, whose words were read.
+                    (call, 2)
                 }
                 Err(_) => {
                     emulator.cont(&n);
@@ -263,14 +272,15 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     };
-    if answer_kept(shared, &n) {
+    let job = Job { n, call, registers };
+    if answer_kept(shared, &job) {
         return;
     }
     {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(worker) = workers.get(&n.tid).filter(|w| w.busy()) {
             // The thread's previous call was interrupted: its worker takes this one.
-            worker.push((n, call));
+            worker.push(job);
             worker.interrupt();
             return;
         }
@@ -282,14 +292,14 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
         match workers.get(&n.tid) {
             Some(worker) => {
                 let busy = worker.busy();
-                worker.push((n, call));
+                worker.push(job);
                 if busy {
                     worker.interrupt();
                 }
             }
             None => {
                 drop(workers);
-                start_worker(shared, n, call);
+                start_worker(shared, job);
             }
         }
     }
@@ -299,8 +309,9 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
 /// performed, or of one natively never restarted (`restart`). Checked where a call is
 /// received, and again where a worker takes a call from its queue: a restart queued behind
 /// its interrupted call reaches the worker before the worker has kept the answer.
-fn answer_kept(shared: &Shared, n: &Notification) -> bool {
-    let Some(answer) = shared.restarts.take(n) else { return false };
+fn answer_kept(shared: &Shared, job: &Job) -> bool {
+    let n = &job.n;
+    let Some(answer) = shared.restarts.take(n, job.registers) else { return false };
     let sent = match answer {
         Ok(val) => shared.listener.reply(n.id, val),
         Err(e) => shared.listener.reply_error(n.id, e),
@@ -311,10 +322,10 @@ fn answer_kept(shared: &Shared, n: &Notification) -> bool {
     true
 }
 
-fn start_worker(shared: &Arc<Shared>, n: Notification, call: Call) {
-    let tid = n.tid;
+fn start_worker(shared: &Arc<Shared>, job: Job) {
+    let (tid, id, syscall) = (job.n.tid, job.n.id, job.call.syscall());
     let worker = Arc::new(Worker {
-        queue: Mutex::new(VecDeque::from([(n, call)])),
+        queue: Mutex::new(VecDeque::from([job])),
         ready: Condvar::new(),
         thread: OnceLock::new(),
         current: AtomicU64::new(0),
@@ -333,7 +344,7 @@ fn start_worker(shared: &Arc<Shared>, n: Notification, call: Call) {
             warn!(error = %e, "starting a worker failed; the call fails with a resource error");
             shared.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
             shared.counters.supervisor_errors.inc();
-            let _ = shared.listener.reply_error(n.id, crate::emulate::resource_errno(call.syscall()));
+            let _ = shared.listener.reply_error(id, crate::emulate::resource_errno(syscall));
         }
     }
 }
@@ -348,7 +359,7 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
             loop {
                 if let Some(job) = queue.pop_front() {
                     // Busy from the moment the job leaves the queue: never seen idle between.
-                    worker.current.store(job.0.id, Ordering::Release);
+                    worker.current.store(job.n.id, Ordering::Release);
                     break Some(job);
                 }
                 let (q, wait) = worker.ready.wait_timeout(queue, WORKER_IDLE).unwrap_or_else(|e| e.into_inner());
@@ -359,9 +370,9 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
             }
         };
         match job {
-            Some((n, call)) => {
-                if !answer_kept(shared, &n) {
-                    emulator.handle(&n, &call, Place::Worker);
+            Some(job) => {
+                if !answer_kept(shared, &job) {
+                    emulator.handle(&job.n, &job.call, Place::Worker);
                 }
                 worker.current.store(0, Ordering::Release);
             }
