@@ -204,6 +204,10 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> Result<i3
     let control = match (explicit, &s.control) {
         (Some(bound), _) => Some(bound),
         (None, ControlSocket::Default) => {
+            let removed = control::remove_dead_run_sockets();
+            if removed > 0 {
+                tracing::debug!(removed, "removed the control sockets of ipvsca-runs that were killed");
+            }
             let path = control::run_socket(launched.service.as_raw() as u32);
             match ControlServer::bind(&path) {
                 Ok(bound) => Some(bound),

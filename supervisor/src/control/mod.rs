@@ -48,6 +48,48 @@ pub fn run_socket(pid: u32) -> PathBuf {
     Path::new(RUN_DIR).join(format!("{pid}.sock"))
 }
 
+/// Removes the control sockets of `ipvsca-run`s that were killed before they could remove
+/// their own (`/run/ipvsca/PID.sock` that nobody listens on any more); how many went.
+/// Called by a starting `ipvsca-run`, so that the directory does not fill with them.
+pub fn remove_dead_run_sockets() -> usize {
+    remove_dead_sockets(Path::new(RUN_DIR))
+}
+
+/// [`remove_dead_run_sockets`] in `dir`: only `<digits>.sock` sockets (never a daemon's
+/// socket or anything else) on which a connection is refused, which only a socket with no
+/// listener does. A live supervisor's socket, even one too busy to accept at once, is
+/// left alone: the connection attempt does not wait.
+fn remove_dead_sockets(dir: &Path) -> usize {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_suffix(".sock")) else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let path = entry.path();
+        // Not followed: a symbolic link is not a socket here.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+            continue;
+        }
+        if refuses_connections(&path) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a connection to the Unix socket at `path` is refused (nobody listens there).
+fn refuses_connections(path: &Path) -> bool {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    let Ok(addr) = UnixAddr::new(path) else { return false };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let Ok(fd) = socket(AddressFamily::Unix, SockType::Stream, flags, None) else { return false };
+    matches!(connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr), Err(nix::errno::Errno::ECONNREFUSED))
+}
+
 /// Whether a process of user `uid` may be talked to over a control socket, from either
 /// end: root, or this process's own user.
 pub(crate) fn trusted_user(uid: u32) -> bool {
@@ -59,4 +101,28 @@ pub(crate) fn trusted_user(uid: u32) -> bool {
 pub fn wait_until_closed(stream: &mut UnixStream) {
     let mut byte = [0u8; 1];
     while let Ok(1) = std::io::Read::read(stream, &mut byte) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    #[test]
+    fn only_dead_pid_sockets_are_removed() {
+        let dir = std::env::temp_dir().join(format!("ipvsca-run-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = UnixListener::bind(dir.join("101.sock")).unwrap();
+        drop(UnixListener::bind(dir.join("102.sock")).unwrap());
+        drop(UnixListener::bind(dir.join("ipvsca.sock")).unwrap());
+        std::fs::write(dir.join("103.sock"), b"not a socket").unwrap();
+        assert_eq!(remove_dead_sockets(&dir), 1);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["101.sock", "103.sock", "ipvsca.sock"], "the live one, the file, the daemon's");
+        drop(live);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
