@@ -124,7 +124,9 @@ fn children(of: Pid) -> Vec<Pid> {
 }
 
 /// SIGKILLs every descendant, again until none is left (a process may fork meanwhile).
-fn kill_descendants(root: Pid) {
+/// Also the launcher's last act when the keeper itself was killed: the service's processes
+/// are then its descendants (it is a subreaper too, see `run`).
+pub(crate) fn kill_descendants(root: Pid) {
     for _ in 0..100 {
         let tree = procs::descendants(root.as_raw(), &procs::parents());
         if tree.is_empty() {

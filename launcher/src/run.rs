@@ -138,6 +138,9 @@ fn start(
     user: Option<&Credentials>,
 ) -> Result<(Launched, OwnedFd, SigSet), RunError> {
     let filter = supervisor::filter::build(io_uring)?;
+    // A subreaper too: if the keeper is killed (OOM, kill -9), the service's processes come
+    // to this process rather than to init, and are stopped with it (`run_to_end`).
+    nix::sys::prctl::set_child_subreaper(true).map_err(system("becoming a subreaper"))?;
     // Forks the keeper and the service: the last moment this process has one thread.
     let (launched, listener) = spawn::launch(program, argv, &filter, user)?;
     let mut forwarded = SigSet::empty();
@@ -181,7 +184,13 @@ fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) 
     loop {
         match waitpid(keeper, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(WaitStatus::Signaled(_, sig, _)) => {
+                // The keeper was killed: what is left of the service now belongs to this
+                // process, and must not run on once supervision ends.
+                tracing::error!(signal = %sig, "the keeper was killed; stopping what is left of the service");
+                crate::keeper::kill_descendants(nix::unistd::getpid());
+                return Ok(128 + sig as i32);
+            }
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(system("waiting for the service")(e)),
         }

@@ -509,6 +509,31 @@ fn killing_the_supervisor_stops_the_whole_service() {
 }
 
 #[test]
+fn killing_the_keeper_stops_the_whole_service() {
+    let name = "killing_the_keeper_stops_the_whole_service";
+    if !netns::can_run(name) {
+        return;
+    }
+    let topo = LbRs::new("keeper9", &[]).unwrap();
+    let args = ["tcp-server", "--listen", "10.1.0.9:8080", "--fork", "2", "--idle-exit", "0"];
+    let mut server = probe(&topo.rs, true, &args);
+    let pids = ready(&server);
+    assert!(pids.iter().all(|&p| service::alive(p)));
+    // The keeper is the parent of the service's first process.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pids[0])).unwrap();
+    let keeper: i32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
+    assert_ne!(keeper as u32, server.pid(), "the keeper sits between ipvsca-run and the service");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(server.wait(WAIT), Some(128 + 9), "ipvsca-run ends with the keeper's fate");
+    let end = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.into_iter().filter(|&p| service::alive(p)).collect();
+    assert!(left.is_empty(), "service processes outlived their keeper: {left:?}");
+}
+
+#[test]
 fn a_service_whose_supervisor_is_killed_never_sees_enosys() {
     let name = "a_service_whose_supervisor_is_killed_never_sees_enosys";
     if !netns::can_run(name) {
