@@ -5,7 +5,13 @@
 //! pidfd is opened for the thread itself: if the thread dies and its id is reused, the kept
 //! pidfd refers to the dead thread and fails with `ESRCH`, so a stale entry can never reach
 //! another process. Before 6.9 the pidfd is the thread group's (from `Tgid:` in
-//! `/proc/<tid>/status`), and every copy is checked against `/proc/<tgid>/task/<tid>`.
+//! `/proc/<tid>/status`), and every copy is checked against `/proc/<tgid>/task/<tid>`, and,
+//! for a thread other than the leader, against the leader's descriptor table (`kcmp`): a
+//! thread that unshared its table (`unshare(CLONE_FILES)`) cannot be reached through the
+//! group's pidfd, and its call fails for lack of resources rather than being answered about
+//! another socket. A `/proc` read that fails for another reason than the thread being gone
+//! (the supervisor out of descriptors) is that error, never "gone": a gone caller is never
+//! answered.
 //! Owns this cache; never acts on what it copies.
 
 use std::collections::HashMap;
@@ -41,6 +47,12 @@ impl Targets {
         Targets { thread_pidfds, cache: Mutex::new(HashMap::new()) }
     }
 
+    /// Pidfds of thread groups, as before Linux 6.9, whatever this kernel offers.
+    #[cfg(test)]
+    fn per_process() -> Self {
+        Targets { thread_pidfds: false, cache: Mutex::new(HashMap::new()) }
+    }
+
     /// Whether pidfds are opened per thread (Linux 6.9+).
     pub fn thread_pidfds(&self) -> bool {
         self.thread_pidfds
@@ -54,12 +66,23 @@ impl Targets {
         }
         for attempt in 0..2 {
             let (pidfd, tgid) = self.pidfd(tid, attempt > 0)?;
+            // Another thread than the leader, reached through the group's pidfd: only if it
+            // shares the leader's descriptor table.
+            if let Some(leader) = tgid.filter(|&g| g != tid) {
+                if !pidfd::same_files(leader, tid)? {
+                    return Err(Errno::EXDEV);
+                }
+            }
             match pidfd::get_fd(pidfd.as_fd(), fd) {
                 Ok(copy) => {
                     if let Some(tgid) = tgid {
-                        if !std::path::Path::new(&format!("/proc/{tgid}/task/{tid}")).exists() {
-                            self.forget(tid);
-                            continue;
+                        match std::fs::metadata(format!("/proc/{tgid}/task/{tid}")) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                self.forget(tid);
+                                continue;
+                            }
+                            Err(e) => return Err(io_errno(&e)),
                         }
                     }
                     return Ok(copy);
@@ -136,8 +159,65 @@ pub fn has_socket(pid: u32, inode: u64) -> bool {
     dir.filter_map(Result::ok).any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
 }
 
-/// The thread group (process) of thread `tid`, from `/proc/<tid>/status`.
+/// The thread group (process) of thread `tid`, from `/proc/<tid>/status`: `ESRCH` if the
+/// thread is gone, the read's own error otherwise.
 pub fn thread_group(tid: u32) -> Result<u32, Errno> {
-    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|_| Errno::ESRCH)?;
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Errno::ESRCH,
+        _ => io_errno(&e),
+    })?;
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or(Errno::ESRCH)
+}
+
+/// The errno of a failed `/proc` access (`EIO` if it has none).
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use super::*;
+
+    /// A thread with its own descriptor table (`unshare(CLONE_FILES)`), holding a socket
+    /// at a number that names another file in the process's table: its id, the number and
+    /// the socket's inode; it lives until `done` is sent.
+    fn unshared_thread(done: std::sync::mpsc::Receiver<()>) -> (u32, RawFd, u64) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_FILES).unwrap();
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let inode = crate::sys::net::inode(socket.as_fd()).unwrap();
+            tx.send((nix::unistd::gettid().as_raw() as u32, socket.as_raw_fd(), inode)).unwrap();
+            let _ = done.recv();
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn a_thread_with_its_own_descriptor_table_is_never_answered_about_another_file() {
+        let (stop, done) = std::sync::mpsc::channel();
+        let (tid, fd, inode) = unshared_thread(done);
+        // The process's own table: the same number names another file (or none).
+        let ours = std::fs::File::open("/proc/self/status").unwrap();
+        let per_process = Targets::per_process();
+        match per_process.fd(tid, fd) {
+            Ok(copy) => panic!("copied {:?} from the leader's table", crate::sys::net::inode(copy.as_fd())),
+            Err(e) => assert_eq!(e, Errno::EXDEV),
+        }
+        let per_thread = Targets::new();
+        if per_thread.thread_pidfds() {
+            let copy = per_thread.fd(tid, fd).expect("a per-thread pidfd reaches the thread's table");
+            assert_eq!(crate::sys::net::inode(copy.as_fd()), Ok(inode));
+        }
+        drop(ours);
+        stop.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_thread_that_is_gone_is_esrch() {
+        assert_eq!(thread_group(u32::MAX / 2), Err(Errno::ESRCH));
+        assert_eq!(thread_group(std::process::id()), Ok(std::process::id()));
+    }
 }
