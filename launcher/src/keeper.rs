@@ -123,6 +123,19 @@ fn children(of: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// SIGKILLs the processes `pids`, read from `/proc` as descendants of `root`, that still are
+/// once a pidfd holds each: a number freed and reused by another process in between is
+/// left alone, and a pidfd names the process checked, whatever becomes of its number.
+fn kill_if_still_descendants(root: Pid, pids: &[i32]) {
+    let held: Vec<(i32, OwnedFd)> = pids.iter().filter_map(|&pid| Some((pid, sys::pidfd(pid).ok()?))).collect();
+    let still = procs::descendants(root.as_raw(), &procs::parents());
+    for (pid, pidfd) in &held {
+        if still.contains(pid) {
+            let _ = sys::kill_pidfd(pidfd);
+        }
+    }
+}
+
 /// SIGKILLs every descendant, again until none is left (a process may fork meanwhile).
 /// Also the launcher's last act when the keeper itself was killed: the service's processes
 /// are then its descendants (it is a subreaper too, see `run`).
@@ -132,8 +145,8 @@ pub(crate) fn kill_descendants(root: Pid) {
         if tree.is_empty() {
             return;
         }
-        for pid in tree {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        for some in tree.chunks(256) {
+            kill_if_still_descendants(root, some);
         }
         while let Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) =
             waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL))

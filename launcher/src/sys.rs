@@ -1,5 +1,5 @@
-//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`, and the
-//! signal state it was started with. Everything else goes through nix's safe wrappers.
+//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`, killing
+//! through a pidfd, and the signal state it was started with. Everything else goes through nix's safe wrappers.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -116,4 +116,32 @@ pub fn restore_starting_signal_state() {
         let mask = STARTED_WITH_MASK.get().unwrap_or(&empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
+}
+
+/// A pidfd for process `pid` (`pidfd_open`, Linux 5.3): it keeps naming that process even
+/// if the number is reused once it is gone.
+pub fn pidfd(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes two integers; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
+}
+
+/// Sends SIGKILL to the process behind `pidfd` (`pidfd_send_signal`, Linux 5.1).
+pub fn kill_pidfd(pidfd: &OwnedFd) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal, a null siginfo and flags 0.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
