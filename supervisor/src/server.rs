@@ -401,7 +401,7 @@ fn reap(shared: &Shared) {
     }
     shared.restarts.expire();
     shared.targets.forget_exited();
-    let expired = shared.stash.expire(crate::target::has_socket);
+    let expired = shared.stash.expire(crate::target::process_alive, crate::target::has_socket);
     if expired > 0 {
         shared.counters.stash_expired.add(expired as u64);
         warn!(

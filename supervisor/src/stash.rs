@@ -6,7 +6,9 @@
 //! makes no event on the socket (a service waiting in `poll` sees it with the next one):
 //! the supervisor checks the call is still pending right before it takes anything, which
 //! leaves only microseconds for it to happen. Items are dropped once the socket is closed in
-//! the service (checked after [`MAX_AGE`]), never while it is open.
+//! the service (checked after [`MAX_AGE`]), never while it is open; when the process they
+//! were taken for is gone (killed in its call), after [`ORPHAN_AGE`], a connection with a
+//! reset, as the kernel resets what waits on a listener nobody holds any more.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -18,6 +20,10 @@ use crate::sys::net::RawSockAddr;
 
 /// After how long a kept item's socket is checked for being still open in the service.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
+
+/// After how long what was taken for a process that is gone is dropped: time enough for
+/// another process sharing the socket (a forked server) to ask for it.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(1);
 
 /// A received datagram.
 #[derive(Debug, Clone)]
@@ -94,21 +100,32 @@ impl Stash {
         Some(kept.item)
     }
 
-    /// Drops what waited longer than [`MAX_AGE`] for a socket `open(owner, inode)` says is
-    /// closed in the service; returns how many.
-    pub fn expire(&self, open: impl Fn(u32, u64) -> bool) -> usize {
-        fn sweep<T>(map: &Queues<T>, open: &impl Fn(u32, u64) -> bool) -> usize {
+    /// Drops what waited longer than [`ORPHAN_AGE`] for a process `alive` says is gone, or
+    /// longer than [`MAX_AGE`] for a socket `open(owner, inode)` says is closed in the
+    /// service; connections are reset. Returns how many went.
+    pub fn expire(&self, alive: impl Fn(u32) -> bool, open: impl Fn(u32, u64) -> bool) -> usize {
+        fn sweep<T>(map: &Queues<T>, keep: &impl Fn(&Kept<T>, u64) -> bool, drop: impl Fn(T)) -> usize {
             let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
             let mut dropped = 0;
             map.retain(|&inode, q| {
-                let before = q.len();
-                q.retain(|k| k.at.elapsed() < MAX_AGE || open(k.owner, inode));
-                dropped += before - q.len();
+                let (kept, gone): (VecDeque<_>, VecDeque<_>) = q.drain(..).partition(|k| keep(k, inode));
+                dropped += gone.len();
+                gone.into_iter().for_each(|k| drop(k.item));
+                *q = kept;
                 !q.is_empty()
             });
             dropped
         }
-        let dropped = sweep(&self.connections, &open) + sweep(&self.datagrams, &open);
+        let keep = |owner: u32, at: Instant, inode: u64| {
+            let age = at.elapsed();
+            if alive(owner) { age < MAX_AGE || open(owner, inode) } else { age < ORPHAN_AGE }
+        };
+        let reset = |(socket, _): (OwnedFd, RawSockAddr)| {
+            // Closed with a reset: the client learns at once that nobody will answer.
+            let _ = crate::sys::net::set_linger_zero(std::os::fd::AsFd::as_fd(&socket));
+        };
+        let dropped = sweep(&self.connections, &|k, inode| keep(k.owner, k.at, inode), reset)
+            + sweep(&self.datagrams, &|k, inode| keep(k.owner, k.at, inode), drop);
         self.count.fetch_sub(dropped, Ordering::Release);
         dropped
     }
@@ -117,6 +134,32 @@ impl Stash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_taken_for_a_process_that_is_gone_is_reset_soon_and_others_wait() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (mut client, mut other) = (
+            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+            std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap(),
+        );
+        let s = Stash::default();
+        let old = Instant::now() - ORPHAN_AGE;
+        for (owner, at) in [(1, old), (2, old)] {
+            let (socket, _) = listener.accept().unwrap();
+            let kept = Kept { item: (OwnedFd::from(socket), RawSockAddr::empty()), at, owner };
+            s.connections.lock().unwrap().entry(7).or_default().push_back(kept);
+            s.count.fetch_add(1, Ordering::Release);
+        }
+        // Process 1 is gone, process 2 lives and still holds the listener.
+        assert_eq!(s.expire(|owner| owner == 2, |_, _| true), 1);
+        let mut byte = [0u8; 1];
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(client.read(&mut byte).unwrap_err().kind(), std::io::ErrorKind::ConnectionReset);
+        other.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        assert_eq!(other.read(&mut byte).unwrap_err().kind(), std::io::ErrorKind::WouldBlock, "still kept");
+        assert!(s.take_connection(7).is_some());
+    }
 
     #[test]
     fn datagrams_come_back_in_order_and_peek_leaves_them() {
@@ -140,6 +183,6 @@ mod tests {
         assert!(s.take_connection(4).is_none());
         assert!(s.take_connection(3).is_some());
         assert!(s.is_empty());
-        assert_eq!(s.expire(|_, _| false), 0);
+        assert_eq!(s.expire(|_| true, |_, _| false), 0);
     }
 }

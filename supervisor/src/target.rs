@@ -152,6 +152,14 @@ fn exited(pidfd: &OwnedFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Whether process `pid` is still there (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z")))
+        .unwrap_or(false)
+}
+
 /// Whether process `pid` still has socket `inode` open (any descriptor naming it).
 pub fn has_socket(pid: u32, inode: u64) -> bool {
     let wanted = format!("socket:[{inode}]");

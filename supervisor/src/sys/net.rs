@@ -213,6 +213,22 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> Result<(), Errno> {
     check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) } as libc::c_long).map(drop)
 }
 
+/// `SO_LINGER` on with a zero timeout: closing the socket then resets the connection.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `linger` is a live struct linger, its size given.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    } as libc::c_long)
+    .map(drop)
+}
+
 /// The inode of a socket: the identity of its open file, the same in every process.
 pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     // SAFETY: an all-zero stat is valid.
