@@ -236,16 +236,19 @@ impl Emulator<'_> {
         if let Some(d) = &stashed {
             return self.deliver_datagram(n, sfd, &local, c, &d.data, &d.from, peek);
         }
-        if blocking && place == Place::Receiver {
-            return Ok(Handled::ToWorker);
-        }
         DATAGRAM_BUF.with_borrow_mut(|scratch| {
+            // On the receiving thread, never waiting: a blocking call whose datagram is
+            // already there is answered here, and one that would wait goes to a worker
+            // (nothing was taken).
             let recv_flags = if place == Place::Receiver { c.flags | libc::MSG_DONTWAIT } else { c.flags };
             self.pending(n)?;
             // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
             let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
                 net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)
             })?;
+            if blocking && place == Place::Receiver && got.is_err_and(|e| e == Errno::EAGAIN) {
+                return Ok(Handled::ToWorker);
+            }
             let (len, from) = self.or_fail(n, got)?;
             self.deliver_datagram(n, sfd, &local, c, &scratch[..len], &from, peek)
         })
