@@ -1,6 +1,6 @@
 //! A process under test in a namespace: its output read line by line on a thread, and the
-//! process killed when the guard drops, also when a test fails. Under `ipvsca-run`,
-//! killing the launcher makes its keeper kill the whole service.
+//! process stopped when the guard drops, also when a test fails: asked with SIGTERM, then
+//! killed. Under `ipvsca-run`, killing the launcher makes its keeper kill the whole service.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -97,7 +97,17 @@ impl Service {
 }
 
 impl Drop for Service {
+    /// Asks first (SIGTERM, as a process manager would), so that a process stops as it
+    /// means to: `ipvsca-run` forwards it to its service and removes its control socket, an
+    /// nginx master stops its workers. Whatever is still running 3 s later is killed.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < end && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -336,10 +336,10 @@ fn the_lab_carries_thousands_of_concurrent_and_tens_of_thousands_of_new_connecti
     std::fs::write(dir.path().join("nginx.conf"), NGINX_CONF.replace("DIR", dir.path().to_str().unwrap())).unwrap();
     let mut cmd = lab.rs.command("sh");
     cmd.args(["-c", &format!("ulimit -n 65536; exec nginx -c {}/nginx.conf 2>&1", dir.path().display())]);
-    let server = NativeNginx(Service::start(cmd).unwrap());
-    let server = &server.0;
+    // Stopped with SIGTERM when dropped (`Service`): the master then stops its workers.
+    let server = Service::start(cmd).unwrap();
     let url = format!("http://{VIP}/");
-    wait_up(&lab, &url, server);
+    wait_up(&lab, &url, &server);
     let wrk_many = |args: &str| -> (u64, String) {
         let out = client(&lab, "sh", &["-c", &format!("ulimit -n 65536; wrk {args} {url}")]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -366,16 +366,4 @@ fn the_lab_carries_thousands_of_concurrent_and_tens_of_thousands_of_new_connecti
         counters["tcp_queued"].as_u64().unwrap(),
         "every SYN got its TOA"
     );
-}
-
-/// An nginx run natively, stopped as its master wants when the test ends or fails: SIGTERM
-/// to the master, which stops its workers and exits. Killing the master alone (what
-/// dropping a `Service` does) would leave the workers running, outside any namespace.
-struct NativeNginx(Service);
-
-impl Drop for NativeNginx {
-    fn drop(&mut self) {
-        self.0.signal(nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait(Duration::from_secs(10));
-    }
 }
