@@ -15,7 +15,7 @@
 //! `map add`, as `ipvsca-run --supervisor` would. Nothing is asserted: the figures are printed.
 
 use std::ffi::OsString;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,6 +41,7 @@ use supervisor::filter::IoUring;
 const OWN_NET: [u8; 2] = [10, 254];
 const GETPEERNAME_PORT: u16 = 39000;
 const ACCEPT_PORT: u16 = 39001;
+const UDP_PORT: u16 = 39002;
 const FIRST_CLIENT_PORT: u16 = 20000;
 
 fn client_of(lb: SocketAddrV4) -> SocketAddr {
@@ -51,10 +52,12 @@ const USAGE: &str = "\
 ipvsca-bench: what a trapped call costs, native and supervised side by side.
 
 Usage:
-  ipvsca-bench [--calls N] [--connections N] [--rounds N]
-      getpeername on a mapped socket (N calls, default 200000) and connect + accept4 + close
-      (N connections, default 20000), native, under the embedded supervisor and, as root,
-      under an `ipvsca supervise` daemon; the best of --rounds (default 3) runs.
+  ipvsca-bench [--calls N] [--connections N] [--datagrams N] [--rounds N]
+      getpeername on a mapped socket (N calls, default 200000), connect + accept4 + close
+      (N connections, default 20000) and UDP request/response to a blocking recvfrom + sendto
+      server (N round trips, default 50000), native, under the embedded supervisor and, as
+      root, under an `ipvsca supervise` daemon; the median of --rounds (default 3) runs,
+      the modes interleaved.
   ipvsca-bench table [--n N] [--v6]
       The mapping table alone: memory per entry, insert and lookup rates, housekeeping and
       expiry times with N mappings (default 1000000), IPv4 or IPv6.
@@ -141,6 +144,40 @@ fn workload(args: &[String]) {
             let per_second = n as f64 / start.elapsed().as_secs_f64();
             println!("accept {per_second:.0} {}", seen.unwrap());
         }
+        "udp" => {
+            // A blocking UDP server (recvfrom, then sendto the address it gave: both trapped)
+            // answering a client of the same process, whose connected socket sends and
+            // receives without addresses (not trapped): request/response round trips.
+            let port = arg(args, "--port", UDP_PORT.into()) as u16;
+            let server = UdpSocket::bind((listen, port)).unwrap();
+            let sfd = server.as_raw_fd();
+            std::thread::spawn(move || {
+                let _server = server;
+                let (mut data, mut addr) = ([0u8; 2048], [0u8; 128]);
+                loop {
+                    let mut len = 128u32;
+                    // SAFETY: `data`, `addr` and `len` are locals held for the call.
+                    let r =
+                        unsafe { calls::recvfrom(sfd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len) };
+                    if r.ret < 0 {
+                        continue;
+                    }
+                    // SAFETY: `data` holds `r.ret` bytes and `addr` `len`, both live.
+                    unsafe { calls::sendto(sfd, data.as_ptr(), r.ret as usize, 0, addr.as_ptr(), len) };
+                }
+            });
+            let client = UdpSocket::bind(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT)).unwrap();
+            client.connect((listen, port)).unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 64];
+            let start = Instant::now();
+            for _ in 0..n {
+                client.send(&[7u8; 32]).unwrap();
+                client.recv(&mut buf).expect("the reply came back");
+            }
+            let per_second = n as f64 / start.elapsed().as_secs_f64();
+            println!("udp {per_second:.0} {}", client.local_addr().unwrap());
+        }
         other => panic!("unknown workload {other}"),
     }
 }
@@ -200,17 +237,20 @@ mod socket2_free {
     }
 }
 
-/// The mappings of the workload `workload_args[0]`: `(balancer, real server)` pairs, each shown as `client_of(balancer)`.
-fn mappings(workload_args: &[String]) -> Vec<(SocketAddrV4, SocketAddr)> {
+/// The mappings of the workload `workload_args[0]`: `(balancer, real server)` pairs, each
+/// shown as `client_of(balancer)`, and their protocol.
+fn mappings(workload_args: &[String]) -> (Proto, Vec<(SocketAddrV4, SocketAddr)>) {
     let n = arg(workload_args, "--n", 10_000);
     let (from, listen) = (addr_arg(workload_args, "--from"), addr_arg(workload_args, "--listen"));
-    let (port, count) = match workload_args[0].as_str() {
-        "getpeername" => (GETPEERNAME_PORT, 1),
-        _ => (ACCEPT_PORT, n),
+    let (proto, port, count) = match workload_args[0].as_str() {
+        "getpeername" => (Proto::Tcp, GETPEERNAME_PORT, 1),
+        "udp" => (Proto::Udp, arg(workload_args, "--port", UDP_PORT.into()) as u16, 1),
+        _ => (Proto::Tcp, ACCEPT_PORT, n),
     };
-    (0..count)
+    let flows = (0..count)
         .map(|i| (SocketAddrV4::new(from, FIRST_CLIENT_PORT + i as u16), SocketAddr::from((listen, port))))
-        .collect()
+        .collect();
+    (proto, flows)
 }
 
 /// Supervises `workload` with its mappings: `pin` or `nopin` accepts with a table of its own,
@@ -222,8 +262,9 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
     let code = if let Some(socket) = mode.strip_prefix("daemon:") {
         let control = PathBuf::from(socket);
         let mut connection = Connection::open(&control).unwrap_or_else(|e| panic!("{e}"));
-        for (lb, rs) in mappings(workload_args) {
-            let add = Request::MapAdd { proto: Proto::Tcp, lb: lb.into(), rs, client: client_of(lb) };
+        let (proto, flows) = mappings(workload_args);
+        for (lb, rs) in flows {
+            let add = Request::MapAdd { proto, lb: lb.into(), rs, client: client_of(lb) };
             connection.request(&add, None).unwrap_or_else(|e| panic!("map add: {e}"));
         }
         drop(connection);
@@ -232,9 +273,11 @@ fn under(mode: &str, workload_args: &[String]) -> ! {
     } else {
         let table = Arc::new(MappingTable::default());
         let now = monotonic_millis();
-        for (lb, rs) in mappings(workload_args) {
-            let key = FlowKey { proto: Proto::Tcp, lb: lb.into(), rs };
-            table.learn(key, client_of(lb), Via::Toa, Announced::NewFlow, now);
+        let (proto, flows) = mappings(workload_args);
+        let via = if proto == Proto::Tcp { Via::Toa } else { Via::Icmp };
+        for (lb, rs) in flows {
+            let key = FlowKey { proto, lb: lb.into(), rs };
+            table.learn(key, client_of(lb), via, Announced::NewFlow, now);
         }
         let supervision = Supervision {
             table,
@@ -373,6 +416,7 @@ fn compare_in(args: &[String], net: [u8; 2]) {
     let listen = Ipv4Addr::new(net[0], net[1], 0, 1).to_string();
     let calls_n = arg(args, "--calls", 200_000).to_string();
     let conns_n = arg(args, "--connections", 20_000).to_string();
+    let datagrams_n = arg(args, "--datagrams", 50_000).to_string();
     let rounds = arg(args, "--rounds", 3);
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -383,13 +427,14 @@ fn compare_in(args: &[String], net: [u8; 2]) {
                 .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
         })
         .unwrap_or_default();
-    println!("ipvsca-bench: Linux {kernel}, {cpus} CPUs ({model}); best of {rounds} rounds");
+    println!("ipvsca-bench: Linux {kernel}, {cpus} CPUs ({model}); medians of {rounds} interleaved rounds");
     println!();
 
-    let best = |samples: Vec<f64>, lower_is_better: bool| {
-        samples.into_iter().fold(if lower_is_better { f64::MAX } else { 0.0 }, |b, x| {
-            if lower_is_better { b.min(x) } else { b.max(x) }
-        })
+    // Rounds interleave the modes (native, supervised, daemon, native, ...): a slow moment of
+    // the machine falls on all of them alike, and the median leaves it out.
+    let median = |mut samples: Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
     };
     let daemon = Daemon::start();
     if let Err(why) = &daemon {
@@ -414,11 +459,11 @@ fn compare_in(args: &[String], net: [u8; 2]) {
             shown[i] = out[2].clone();
         }
     }
-    let native = best(gpn[0].clone(), true);
+    let native = median(gpn[0].clone());
     println!("getpeername on a mapped socket ({calls_n} calls), ns per call:");
     println!("  {:<34} {:>9.0} ns   peer {}", "native", native, shown[0]);
     for (i, (_, label)) in gpn_modes.iter().enumerate().skip(1) {
-        let supervised = best(gpn[i].clone(), true);
+        let supervised = median(gpn[i].clone());
         println!(
             "  {:<34} {:>9.0} ns   peer {}   {:.2}x native time",
             label,
@@ -444,12 +489,42 @@ fn compare_in(args: &[String], net: [u8; 2]) {
             peers[i] = out[2].clone();
         }
     }
-    let native = best(acc[0].clone(), false);
+    let native = median(acc[0].clone());
     println!("connect + accept4 + close, one thread ({conns_n} connections), connections per second:");
     println!("  {:<34} {:>9.0} /s   peer {}", "native", native, peers[0]);
     for (i, (_, label)) in acc_modes.iter().enumerate().skip(1) {
-        let rate = best(acc[i].clone(), false);
+        let rate = median(acc[i].clone());
         println!("  {:<34} {:>9.0} /s   peer {}   {:.2}x native rate", label, rate, peers[i], rate / native);
+    }
+    println!();
+
+    let udp_modes: Vec<(Option<&str>, &str)> = [(None, "native"), (Some("nopin"), "ipvsca")]
+        .into_iter()
+        .chain(daemon_mode.map(|m| (Some(m), "ipvsca supervise (daemon)")))
+        .collect();
+    let offset = gpn_modes.len() + acc_modes.len();
+    let mut udp = vec![Vec::new(); udp_modes.len()];
+    let mut clients = vec![String::new(); udp_modes.len()];
+    for round in 0..rounds {
+        for (i, (under, _)) in udp_modes.iter().enumerate() {
+            let from = from(round, i + offset);
+            // A port of its own: a supervisor's worker may hold the previous run's socket (its
+            // copy of it) a moment after that service is gone.
+            let port = (UDP_PORT as usize + round * udp_modes.len() + i).to_string();
+            let workload = ["udp", "--n", &datagrams_n, "--from", &from, "--listen", &listen, "--port", &port];
+            let out = run(*under, &workload);
+            udp[i].push(out[1].parse().unwrap());
+            clients[i] = out[2].clone();
+        }
+    }
+    let native = median(udp[0].clone());
+    println!(
+        "UDP request/response, a blocking recvfrom + sendto server ({datagrams_n} round trips), round trips per second:"
+    );
+    println!("  {:<34} {:>9.0} /s   client {}", "native", native, clients[0]);
+    for (i, (_, label)) in udp_modes.iter().enumerate().skip(1) {
+        let rate = median(udp[i].clone());
+        println!("  {:<34} {:>9.0} /s   client {}   {:.2}x native rate", label, rate, clients[i], rate / native);
     }
     drop(daemon);
 }
