@@ -72,7 +72,7 @@ struct Cli {
     /// (its default is /run/ipvsca/ipvsca.sock) instead of supervising and capturing here.
     /// The capture flags are refused with it: they belong to the daemon, which must run in
     /// the same network namespace and see this launcher's PID namespace. The launcher then
-    /// keeps no capability. If the daemon stops, the service is stopped.
+    /// keeps only CAP_KILL. If the daemon stops, the service is stopped.
     #[arg(long, value_name = "PATH")]
     supervisor: Option<PathBuf>,
 

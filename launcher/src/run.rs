@@ -286,8 +286,11 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
     // Reach the daemon before starting anything.
     let mut daemon = Connection::open(&d.control)?;
     let (launched, listener, forwarded) = start(program, argv, d.io_uring, d.user.as_ref())?;
-    // This process only forwards signals and waits from here on: it needs no capability.
-    privileges::drop_all();
+    // This process only forwards signals, waits, and kills what is left of the service if
+    // the keeper is killed (`run_to_end`): CAP_KILL, for a service running as another user.
+    if let Err(e) = privileges::keep_only_kill() {
+        tracing::warn!(error = %e, "keeping only CAP_KILL failed");
+    }
     let request = Request::Attach { program: program.display().to_string(), recvfrom_append: d.recvfrom_append };
     daemon.request(&request, Some(listener.as_fd())).map_err(handover)?;
     drop(listener);

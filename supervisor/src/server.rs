@@ -150,6 +150,8 @@ impl Supervisor {
         options: Options,
     ) -> Result<Self, ServeError> {
         crate::sys::seccomp::notif_sizes().map_err(ServeError::NotifSizes)?;
+        // Asked of the kernel now, while descriptors are plenty, not at the first answer.
+        crate::sys::net::length_written_first();
         signal::install_interrupt_handler().map_err(ServeError::Signal)?;
         match listener.set_sync_wake_up() {
             Ok(()) => debug!("SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP set"),
@@ -273,17 +275,20 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
         }
     };
     let job = Job { n, call, registers };
-    if answer_kept(shared, &job) {
-        return;
-    }
     {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(worker) = workers.get(&n.tid).filter(|w| w.busy()) {
-            // The thread's previous call was interrupted: its worker takes this one.
+            // The thread's previous call was interrupted: its worker takes this one (and
+            // answers it from what it keeps for the interrupted call, if anything).
             worker.push(job);
             worker.interrupt();
             return;
         }
+    }
+    // Checked once no worker of the thread is busy: a worker keeps its answer before it
+    // stops being busy, so a restart is never performed again here.
+    if answer_kept(shared, &job) {
+        return;
     }
     // An idle worker of this thread has nothing in progress: the call is answered here,
     // and only handed over if it must wait.

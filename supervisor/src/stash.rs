@@ -118,7 +118,7 @@ impl Stash {
         }
         let keep = |owner: u32, at: Instant, inode: u64| {
             let age = at.elapsed();
-            if alive(owner) { age < MAX_AGE || open(owner, inode) } else { age < ORPHAN_AGE }
+            age < ORPHAN_AGE || (alive(owner) && (age < MAX_AGE || open(owner, inode)))
         };
         let reset = |(socket, _): (OwnedFd, RawSockAddr)| {
             // Closed with a reset: the client learns at once that nobody will answer.

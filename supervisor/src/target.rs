@@ -6,10 +6,10 @@
 //! pidfd refers to the dead thread and fails with `ESRCH`, so a stale entry can never reach
 //! another process. Before 6.9 the pidfd is the thread group's (from `Tgid:` in
 //! `/proc/<tid>/status`), and every copy is checked against `/proc/<tgid>/task/<tid>`, and,
-//! for a thread other than the leader, against the leader's descriptor table (`kcmp`): a
-//! thread that unshared its table (`unshare(CLONE_FILES)`) cannot be reached through the
-//! group's pidfd, and its call fails for lack of resources rather than being answered about
-//! another socket. A `/proc` read that fails for another reason than the thread being gone
+//! for a thread other than the leader, against the file the thread's own descriptor names
+//! (`/proc/<tid>/fd/<fd>`): a thread that unshared its table (`unshare(CLONE_FILES)`) cannot
+//! be reached through the group's pidfd, and its call fails for lack of resources rather
+//! than being answered about another socket. A `/proc` read that fails for another reason than the thread being gone
 //! (the supervisor out of descriptors) is that error, never "gone": a gone caller is never
 //! answered.
 //! Owns this cache; never acts on what it copies.
@@ -66,13 +66,6 @@ impl Targets {
         }
         for attempt in 0..2 {
             let (pidfd, tgid) = self.pidfd(tid, attempt > 0)?;
-            // Another thread than the leader, reached through the group's pidfd: only if it
-            // shares the leader's descriptor table.
-            if let Some(leader) = tgid.filter(|&g| g != tid) {
-                if !pidfd::same_files(leader, tid)? {
-                    return Err(Errno::EXDEV);
-                }
-            }
             match pidfd::get_fd(pidfd.as_fd(), fd) {
                 Ok(copy) => {
                     if let Some(tgid) = tgid {
@@ -84,10 +77,23 @@ impl Targets {
                             }
                             Err(e) => return Err(io_errno(&e)),
                         }
+                        // Another thread than the leader, reached through the group's pidfd:
+                        // the copy must be the file the thread's own descriptor names (a
+                        // thread that unshared its table has another one there).
+                        if tid != tgid {
+                            same_file_as(tid, fd, &copy)?;
+                        }
                     }
                     return Ok(copy);
                 }
                 Err(Errno::ESRCH) => self.forget(tid),
+                // Not in the leader's table; in the thread's own, it would be out of reach.
+                Err(Errno::EBADF) if tgid.is_some_and(|g| g != tid) => {
+                    return match std::fs::symlink_metadata(format!("/proc/{tid}/fd/{fd}")) {
+                        Ok(_) => Err(Errno::EXDEV),
+                        Err(_) => Err(Errno::EBADF),
+                    };
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -152,12 +158,14 @@ fn exited(pidfd: &OwnedFd) -> bool {
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
-/// Whether process `pid` is still there (a zombie counts as gone).
+/// Whether process `pid` still runs: a pidfd of the thread group polls readable only once
+/// every thread of it has exited (a leader that exited alone leaves it alive). Gone only
+/// when the kernel says so (`ESRCH`, or readable); any other failure counts as alive.
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z")))
-        .unwrap_or(false)
+    match pidfd::open(pid, 0) {
+        Ok(pidfd) => !exited(&pidfd),
+        Err(e) => e != Errno::ESRCH,
+    }
 }
 
 /// Whether process `pid` still has socket `inode` open (any descriptor naming it).
@@ -175,6 +183,18 @@ pub fn thread_group(tid: u32) -> Result<u32, Errno> {
         _ => io_errno(&e),
     })?;
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or(Errno::ESRCH)
+}
+
+/// `Ok` if `copy` is the file thread `tid`'s descriptor `fd` names; `EXDEV` if another,
+/// `EBADF` if the thread has no such descriptor.
+fn same_file_as(tid: u32, fd: RawFd, copy: &OwnedFd) -> Result<(), Errno> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = std::fs::metadata(format!("/proc/{tid}/fd/{fd}")).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Errno::EBADF,
+        _ => io_errno(&e),
+    })?;
+    let ours = std::fs::File::from(copy.try_clone().map_err(|e| io_errno(&e))?).metadata().map_err(|e| io_errno(&e))?;
+    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) { Ok(()) } else { Err(Errno::EXDEV) }
 }
 
 /// The errno of a failed `/proc` access (`EIO` if it has none).

@@ -504,7 +504,12 @@ fn killing_the_supervisor_stops_the_whole_service() {
     while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<u32> = pids.into_iter().filter(|&p| service::alive(p)).collect();
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| service::alive(p)).collect();
+    for &p in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    // A killed ipvsca-run cannot remove its control socket.
+    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
     assert!(left.is_empty(), "service processes outlived their supervisor: {left:?}");
 }
 
@@ -529,7 +534,12 @@ fn killing_the_keeper_stops_the_whole_service() {
     while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<u32> = pids.into_iter().filter(|&p| service::alive(p)).collect();
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| service::alive(p)).collect();
+    for &p in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    // A killed ipvsca-run cannot remove its control socket.
+    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
     assert!(left.is_empty(), "service processes outlived their keeper: {left:?}");
 }
 
@@ -552,6 +562,8 @@ fn a_service_whose_supervisor_is_killed_never_sees_enosys() {
     while service::alive(pids[0]) && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A killed ipvsca-run cannot remove its control socket.
+    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
     assert!(!service::alive(pids[0]), "the service outlived its supervisor");
     assert_eq!(server.line(Duration::from_millis(200)), None, "the service saw ENOSYS before it was stopped");
 }

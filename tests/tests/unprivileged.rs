@@ -344,9 +344,9 @@ fn an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eint
     if !supervised::can_run("an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eintr") {
         return;
     }
-    let native = accept_interrupted_once(11, false);
+    let native = accept_interrupted_once(13, false);
     assert_eq!(native["first"]["errno"], libc::EINTR, "natively: {native}");
-    let supervised = accept_interrupted_once(12, true);
+    let supervised = accept_interrupted_once(14, true);
     assert_eq!(supervised["first"], native["first"], "supervised {supervised} vs native {native}");
     assert!(supervised["first_ms"].as_u64().unwrap() < 550, "EINTR at the signal, not at the client: {supervised}");
     assert_eq!(supervised["second"]["ok"], true, "the next accept takes the client: {supervised}");

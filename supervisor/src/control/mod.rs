@@ -55,6 +55,9 @@ pub fn remove_dead_run_sockets() -> usize {
     remove_dead_sockets(Path::new(RUN_DIR))
 }
 
+/// A control socket younger than this is never taken for dead.
+const YOUNG: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// [`remove_dead_run_sockets`] in `dir`: only `<digits>.sock` sockets (never a daemon's
 /// socket or anything else) on which a connection is refused, which only a socket with no
 /// listener does. A live supervisor's socket, even one too busy to accept at once, is
@@ -70,8 +73,11 @@ fn remove_dead_sockets(dir: &Path) -> usize {
             continue;
         }
         let path = entry.path();
-        // Not followed: a symbolic link is not a socket here.
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        // Not followed: a symbolic link is not a socket here. A socket made in the last few
+        // seconds may belong to a supervisor between its bind and its listen.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let young = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age < YOUNG);
+        if !meta.file_type().is_socket() || young {
             continue;
         }
         if refuses_connections(&path) && std::fs::remove_file(&path).is_ok() {
@@ -113,10 +119,21 @@ mod tests {
     fn only_dead_pid_sockets_are_removed() {
         let dir = std::env::temp_dir().join(format!("ipvsca-run-dir-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
         let live = UnixListener::bind(dir.join("101.sock")).unwrap();
         drop(UnixListener::bind(dir.join("102.sock")).unwrap());
         drop(UnixListener::bind(dir.join("ipvsca.sock")).unwrap());
         std::fs::write(dir.join("103.sock"), b"not a socket").unwrap();
+        assert_eq!(remove_dead_sockets(&dir), 0, "all too young to be judged");
+        // Aged as a socket left by a run long gone (a socket file cannot be opened to do so).
+        let old = nix::sys::time::TimeSpec::from_duration(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() - 2 * YOUNG,
+        );
+        for name in ["101.sock", "102.sock", "ipvsca.sock", "103.sock"] {
+            let flags = nix::sys::stat::UtimensatFlags::NoFollowSymlink;
+            nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, &dir.join(name), &old, &old, flags).unwrap();
+        }
         assert_eq!(remove_dead_sockets(&dir), 1);
         let mut left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

@@ -115,12 +115,20 @@ pub fn length_written_first() -> bool {
         let (a, _b) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // An unnamed peer's address is its 2-byte family; 100 offered.
         let mut len: libc::socklen_t = 100;
-        // The first page is never mapped (mmap_min_addr): the kernel's copy there faults,
-        // and nothing of this process is written.
-        let unwritable = 8 as *mut libc::sockaddr;
-        // SAFETY: `len` is live and writable; the kernel checks `unwritable` and fails with
-        // EFAULT rather than writing through it.
-        let rc = unsafe { libc::getpeername(a.as_raw_fd(), unwritable, &mut len) };
+        // A page of our own that nothing may write: the kernel's copy there faults.
+        // SAFETY: an anonymous private mapping of one page, unmapped below; no other
+        // argument is a pointer.
+        let page = unsafe {
+            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if page == libc::MAP_FAILED {
+            return false;
+        }
+        // SAFETY: `len` is live and writable; `page` is mapped with no access, so the kernel
+        // fails with EFAULT rather than writing through it.
+        let rc = unsafe { libc::getpeername(a.as_raw_fd(), page.cast(), &mut len) };
+        // SAFETY: the page mapped above, used by nothing else.
+        unsafe { libc::munmap(page, 4096) };
         rc != 0 && len == 2
     })
 }

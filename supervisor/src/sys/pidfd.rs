@@ -26,12 +26,3 @@ pub fn get_fd(pidfd: BorrowedFd<'_>, target_fd: RawFd) -> Result<OwnedFd, Errno>
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
-
-/// Whether processes (or threads) `a` and `b` share one descriptor table (`kcmp(2)` with
-/// `KCMP_FILES`; Linux 3.5): a thread that called `unshare(CLONE_FILES)` has its own.
-pub fn same_files(a: u32, b: u32) -> Result<bool, Errno> {
-    const KCMP_FILES: libc::c_long = 2;
-    // SAFETY: kcmp takes five integers; the result is checked.
-    let order = check(unsafe { libc::syscall(libc::SYS_kcmp, a as libc::pid_t, b as libc::pid_t, KCMP_FILES, 0, 0) })?;
-    Ok(order == 0)
-}
