@@ -487,6 +487,22 @@ fn forking_server_children_see_the_client() {
     assert!(children.len() >= 2, "connections were served by {children:?}");
 }
 
+/// Waits (at most 5 s) for every process `pids` of a service whose `killed` part of
+/// supervision was killed to be gone, and asserts none is left; kills the survivors first,
+/// and removes the control socket that the killed `ipvsca-run` could not.
+fn assert_service_gone(pids: &[u32], killed: &str) {
+    let end = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| service::alive(p)).collect();
+    for &p in &left {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
+    assert!(left.is_empty(), "service processes outlived their {killed}: {left:?}");
+}
+
 #[test]
 fn killing_the_supervisor_stops_the_whole_service() {
     let name = "killing_the_supervisor_stops_the_whole_service";
@@ -500,17 +516,7 @@ fn killing_the_supervisor_stops_the_whole_service() {
     assert!(pids.iter().all(|&p| service::alive(p)));
     server.signal(nix::sys::signal::Signal::SIGKILL);
     assert_eq!(server.wait(WAIT), Some(128 + 9));
-    let end = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left: Vec<u32> = pids.iter().copied().filter(|&p| service::alive(p)).collect();
-    for &p in &left {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
-    }
-    // A killed ipvsca-run cannot remove its control socket.
-    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
-    assert!(left.is_empty(), "service processes outlived their supervisor: {left:?}");
+    assert_service_gone(&pids, "supervisor");
 }
 
 #[test]
@@ -530,17 +536,7 @@ fn killing_the_keeper_stops_the_whole_service() {
     assert_ne!(keeper as u32, server.pid(), "the keeper sits between ipvsca-run and the service");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(keeper), nix::sys::signal::Signal::SIGKILL).unwrap();
     assert_eq!(server.wait(WAIT), Some(128 + 9), "ipvsca-run ends with the keeper's fate");
-    let end = Instant::now() + Duration::from_secs(5);
-    while pids.iter().any(|&p| service::alive(p)) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left: Vec<u32> = pids.iter().copied().filter(|&p| service::alive(p)).collect();
-    for &p in &left {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
-    }
-    // A killed ipvsca-run cannot remove its control socket.
-    let _ = std::fs::remove_file(format!("/run/ipvsca/{}.sock", pids[0]));
-    assert!(left.is_empty(), "service processes outlived their keeper: {left:?}");
+    assert_service_gone(&pids, "keeper");
 }
 
 #[test]
