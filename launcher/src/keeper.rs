@@ -131,7 +131,7 @@ fn kill_if_still_descendants(root: Pid, pids: &[i32]) {
     let still = procs::descendants(root.as_raw(), &procs::parents());
     for (pid, pidfd) in &held {
         if still.contains(pid) {
-            let _ = sys::kill_pidfd(pidfd);
+            let _ = sys::signal_pidfd(pidfd, libc::SIGKILL);
         }
     }
 }

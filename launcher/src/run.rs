@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use capture::trust::Trust;
 use capture::{LiveCapture, MappingTable};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::SigSet;
 use nix::sys::wait::{WaitStatus, waitpid};
 use supervisor::control::server::{ControlGuard, ControlServer};
 use supervisor::control::{self, Connection, ControlError, Request};
@@ -158,15 +158,16 @@ fn start(
 /// waits for the keeper: the service's exit status.
 fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) -> Result<i32, RunError> {
     let keeper = launched.keeper;
+    // Forwarded through a pidfd, taken while the keeper is a child not yet reaped: once it is
+    // reaped, its number may name another process, never the pidfd.
+    let keeper_fd = crate::sys::pidfd(keeper.as_raw()).map_err(system("opening a pidfd for the keeper"))?;
     std::thread::Builder::new()
         .name("ipvsca-signals".into())
         .spawn(move || {
             // A terminal's Ctrl-C reached the whole process group, the service included.
             while let Ok((sig, code)) = crate::sys::wait_signal(&forwarded) {
                 if code != SI_KERNEL {
-                    if let Ok(signal) = Signal::try_from(sig) {
-                        let _ = nix::sys::signal::kill(keeper, signal);
-                    }
+                    let _ = crate::sys::signal_pidfd(&keeper_fd, sig);
                 }
             }
         })

@@ -130,18 +130,12 @@ pub fn pidfd(pid: i32) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) })
 }
 
-/// Sends SIGKILL to the process behind `pidfd` (`pidfd_send_signal`, Linux 5.1).
-pub fn kill_pidfd(pidfd: &OwnedFd) -> Result<(), Errno> {
+/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal`, Linux 5.1).
+pub fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     // SAFETY: pidfd_send_signal takes a descriptor, a signal, a null siginfo and flags 0.
     let rc = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            libc::SIGKILL,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<libc::siginfo_t>(), 0)
     };
     if rc < 0 { Err(Errno::last()) } else { Ok(()) }
 }
