@@ -22,3 +22,10 @@ pub mod service;
 pub mod speaker;
 pub mod supervised;
 pub mod topology;
+
+/// Prints why `test` is skipped, `SKIP <test>: <reason>`, to the stderr handle rather than
+/// with `eprintln!`, which the test harness captures: the skip shows in every run.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}

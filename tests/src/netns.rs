@@ -5,7 +5,7 @@
 //! so parallel tests never collide, and leftovers of killed runs are removed on first use.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
 use std::sync::Once;
@@ -25,9 +25,7 @@ pub fn can_run(test: &str) -> bool {
     } else {
         return true;
     };
-    // Written to the stderr handle, not with eprintln!, so the test harness does not
-    // capture it: the skip shows in every run.
-    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
+    crate::skip(test, reason);
     false
 }
 

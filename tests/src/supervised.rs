@@ -36,7 +36,6 @@ use crate::service::Service;
 /// `ptrace_scope` at most 1 (a parent may reach its child's descriptors and memory). If
 /// not, prints `SKIP <test>: <reason>` (past the harness's capture) and returns false.
 pub fn can_run(test: &str) -> bool {
-    use std::io::Write;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let mut numbers = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
@@ -51,7 +50,7 @@ pub fn can_run(test: &str) -> bool {
     } else {
         return true;
     };
-    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
+    crate::skip(test, &reason);
     false
 }
 

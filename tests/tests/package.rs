@@ -8,24 +8,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use ipvsca_tests::skip;
 use tempfile::TempDir;
 
 const UNIT: &str = "usr/lib/systemd/system/ipvsca.service";
 
 fn workspace() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// Prints why `test` is skipped, to the stderr handle so the harness does not capture it (as
-/// `netns::can_run`).
-fn skip(test: &str, reason: &str) {
-    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
