@@ -4,6 +4,22 @@
 
 use serde_json::Value;
 
+/// Asserts the truncated addresses (`*addrlen` 4 or 6): family then port, the balancer's
+/// natively (ports 40001 for TCP, 50001 for UDP), the client's (`client_port`) supervised,
+/// and the bytes past the length the caller gave untouched.
+pub fn assert_truncated_addresses(native: &Value, supervised: &Value, client_port: u16) {
+    let bytes = |v: &Value, case: &str| v[case]["bytes"].as_str().unwrap_or_else(|| panic!("{case}: {v}")).to_owned();
+    let port_hex = |p: u16| format!("0200{p:04x}");
+    for (case, native_port) in
+        [("getpeername_len_4", 40001), ("accept_short_addrlen", 40001), ("recvfrom_addrlen_4", 50001)]
+    {
+        assert!(bytes(native, case).starts_with(&port_hex(native_port)), "{case}: {}", native[case]);
+        assert!(bytes(supervised, case).starts_with(&port_hex(client_port)), "{case}: {}", supervised[case]);
+    }
+    assert!(bytes(supervised, "accept_short_addrlen").ends_with("c633eeee"), "6 bytes written, then untouched");
+    assert!(bytes(supervised, "getpeername_len_4").ends_with("eeeeeeee"), "4 bytes written, then untouched");
+}
+
 /// Asserts what the kernel's answers say natively (a send to a shut-down socket is `EPIPE`
 /// without a SIGPIPE, a blocking Fast Open send to a closed port is refused, timeouts) and
 /// that every case is answered exactly as the kernel answered it: return values, errnos and

@@ -456,15 +456,7 @@ fn every_error_case_returns_what_the_kernel_returns() {
         assert_eq!(pick(native), lb, "{case} natively");
         assert_eq!(pick(supervised), client.as_str(), "{case} under ipvsca");
     }
-    // Truncated addresses: family then port, the balancer's natively, the client's here.
-    let port_hex = |p: u16| format!("0200{p:04x}");
-    for (case, native_port) in
-        [("getpeername_len_4", 40001), ("accept_short_addrlen", 40001), ("recvfrom_addrlen_4", 50001)]
-    {
-        assert!(s(&native[case]["bytes"]).starts_with(&port_hex(native_port)), "{case}: {}", native[case]);
-        assert!(s(&supervised[case]["bytes"]).starts_with(&port_hex(6000)), "{case}: {}", supervised[case]);
-    }
-    assert!(s(&supervised["accept_short_addrlen"]["bytes"]).ends_with("c633eeee"), "6 bytes written, then untouched");
+    battery::assert_truncated_addresses(native, supervised, 6000);
     battery::assert_the_rest_is_the_kernels(native, supervised);
 }
 
