@@ -193,8 +193,8 @@ fn same_file_as(tid: u32, fd: RawFd, copy: &OwnedFd) -> Result<(), Errno> {
         std::io::ErrorKind::NotFound => Errno::EBADF,
         _ => io_errno(&e),
     })?;
-    let ours = std::fs::File::from(copy.try_clone().map_err(|e| io_errno(&e))?).metadata().map_err(|e| io_errno(&e))?;
-    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) { Ok(()) } else { Err(Errno::EXDEV) }
+    let ours = nix::sys::stat::fstat(copy)?;
+    if (theirs.dev(), theirs.ino()) == (ours.st_dev, ours.st_ino) { Ok(()) } else { Err(Errno::EXDEV) }
 }
 
 /// The errno of a failed `/proc` access (`EIO` if it has none).
