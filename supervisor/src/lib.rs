@@ -9,6 +9,7 @@ pub(crate) mod connected;
 pub mod control;
 pub mod emulate;
 pub mod filter;
+pub(crate) mod park;
 pub mod privileges;
 pub mod process;
 pub mod procs;

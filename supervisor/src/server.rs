@@ -1,21 +1,30 @@
-//! The notification loop: one receiving thread answers what cannot block (with
-//! `SYNC_WAKE_UP` it runs on the caller's CPU), and one worker per calling thread takes the
-//! calls that wait (a blocking `accept`, `recvfrom`, `connect`), so a service may have as
-//! many threads blocked as it likes without stalling the others.
+//! The supervisor's threads, a fixed few whatever the service does (docs/design.md,
+//! "Threads"):
 //!
-//! At most one worker serves a thread (seccomp spec, rule 2): a thread can only be in one
-//! call, so a new notification from a thread whose worker is still busy means the old call
-//! was interrupted by a signal (an idle worker's thread is answered by the receiving thread
-//! like any other, without a hand-over); the worker is interrupted too (a real-time signal makes its
-//! blocking call return `EINTR`), checks its call is gone, and takes the new one. A reaper
-//! re-checks busy workers every [`REAP_EVERY`], which also catches callers that died.
-//! Workers idle for [`WORKER_IDLE`] exit: no thread leaks over time. Owns threads and their
-//! lifetimes; the calls' semantics are in `emulate`.
+//! - the **receiving thread** answers every call that does not wait, on the caller's CPU
+//!   (`SYNC_WAKE_UP`), including a blocking `accept` or `recvfrom` whose connection or
+//!   datagram is already there;
+//! - the **waiting thread** (`ipvsca-wait`) answers the blocking `accept` and `recvfrom`
+//!   calls that had to wait, when their socket becomes readable (`park`): ten thousand
+//!   threads blocked in `accept` cost one descriptor and no thread;
+//! - **workers**, at most [`max_workers`], take the rarer calls that must block in the
+//!   kernel (a blocking `connect` or Fast Open `sendto` to a mapped client, a `sendto` on a
+//!   full socket). At most one serves a thread (seccomp spec, rule 2): a thread can only be
+//!   in one call, so a new notification from a thread whose worker is still busy means the
+//!   old call was interrupted by a signal; the worker is interrupted too (a real-time signal
+//!   makes its blocking call return `EINTR`), checks its call is gone, and takes the new
+//!   one. Workers idle for [`WORKER_IDLE`] exit; past the bound a call fails for lack of
+//!   resources (counted);
+//! - the **reaper** (`ipvsca-reaper`) re-checks busy workers every [`REAP_EVERY`] and
+//!   drops what interrupted calls left behind.
+//!
+//! Owns threads and their lifetimes; the calls' semantics are in `emulate`.
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -24,6 +33,7 @@ use tracing::{debug, warn};
 use crate::abi::{self, Call, Decoded, Syscall, SyscallTable};
 use crate::connected::{Accepted, Connected};
 use crate::emulate::{Emulator, Handled, Options, Place};
+use crate::park::{Event, Parker, Refused};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
 use crate::stash::Stash;
@@ -52,6 +62,9 @@ pub enum ServeError {
     /// This kernel's notification structures do not fit the listener's buffers.
     #[error("this kernel's seccomp notifications do not fit (SECCOMP_GET_NOTIF_SIZES): {0}")]
     NotifSizes(Errno),
+    /// The set of waited-on sockets could not be made (epoll, eventfd).
+    #[error("making the set of sockets calls wait on (epoll): {0}")]
+    Parker(Errno),
     /// A thread could not be started.
     #[error("starting a supervisor thread: {0}")]
     Thread(std::io::Error),
@@ -60,12 +73,18 @@ pub enum ServeError {
     Receive(Errno),
 }
 
-/// A call for a worker: the notification, its decoded call, and how many of the
+/// Workers at most: four per CPU.
+pub fn max_workers() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A call that waits: the notification, its decoded call, and how many of the
 /// notification's argument registers the call uses (what a restart must repeat).
-struct Job {
-    n: Notification,
-    call: Call,
-    registers: usize,
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub n: Notification,
+    pub call: Call,
+    pub registers: usize,
 }
 
 struct Worker {
@@ -111,6 +130,7 @@ struct Shared {
     counters: Arc<SupervisorCounters>,
     options: Options,
     workers: Mutex<HashMap<u32, Arc<Worker>>>,
+    parker: Parker,
 }
 
 impl Shared {
@@ -125,6 +145,8 @@ impl Shared {
             restarts: &self.restarts,
             counters: &self.counters,
             options: self.options,
+            parker: &self.parker,
+            kept: None,
         }
     }
 }
@@ -171,6 +193,7 @@ impl Supervisor {
             counters,
             options,
             workers: Mutex::new(HashMap::new()),
+            parker: Parker::new().map_err(ServeError::Parker)?,
         };
         Ok(Supervisor { shared: Arc::new(shared) })
     }
@@ -180,9 +203,22 @@ impl Supervisor {
         self.shared.targets.thread_pidfds()
     }
 
-    /// Starts the reaper and runs the receiving loop in the calling thread until every
-    /// process under the filter has exited (the listener hangs up).
+    /// Starts the waiting thread and the reaper, and runs the receiving loop in the calling
+    /// thread until every process under the filter has exited (the listener hangs up). The
+    /// calling thread's signal mask gains the workers' interrupt signal.
     pub fn serve(&self) -> Result<(), ServeError> {
+        signal::block_interrupts();
+        let waiting = self.shared.clone();
+        std::thread::Builder::new()
+            .name("ipvsca-wait".into())
+            .spawn(move || serve_parked(&waiting))
+            .map_err(ServeError::Thread)?;
+        let served = self.receive();
+        self.shared.parker.stop();
+        served
+    }
+
+    fn receive(&self) -> Result<(), ServeError> {
         let reaper = Arc::downgrade(&self.shared);
         std::thread::Builder::new()
             .name("ipvsca-reaper".into())
@@ -285,27 +321,111 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     }
+    // A call this thread had parked was interrupted: it is in this one now.
+    shared.parker.interrupted(n.tid, &shared.restarts);
     // Checked once no worker of the thread is busy: a worker keeps its answer before it
     // stops being busy, so a restart is never performed again here.
     if answer_kept(shared, &job) {
         return;
     }
-    // An idle worker of this thread has nothing in progress: the call is answered here,
-    // and only handed over if it must wait.
-    if emulator.handle(&n, &call, Place::Receiver) == Handled::ToWorker {
-        let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
-        match workers.get(&n.tid) {
-            Some(worker) => {
-                let busy = worker.busy();
-                worker.push(job);
-                if busy {
-                    worker.interrupt();
+    let handled = emulator.handle(&n, &call, Place::Receiver);
+    follow(shared, job, handled);
+}
+
+/// Gives a call that could not be answered yet to whoever answers it.
+fn follow(shared: &Arc<Shared>, job: Job, handled: Handled) {
+    match handled {
+        Handled::Done => {}
+        Handled::Park(wait) => {
+            let (id, syscall) = (job.n.id, job.call.syscall());
+            match shared.parker.park(job, wait) {
+                Ok(()) => shared.counters.parked.inc(),
+                Err(Refused::Gone) => {}
+                Err(Refused::Resources) => refuse(
+                    shared,
+                    id,
+                    syscall,
+                    "parking a waiting call (too many sockets waited on, or out of descriptors)",
+                ),
+            }
+        }
+        Handled::ToWorker => {
+            // An idle worker of this thread has nothing in progress: the call is answered
+            // here, and only handed over if it must wait.
+            let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
+            match workers.get(&job.n.tid) {
+                Some(worker) => {
+                    let busy = worker.busy();
+                    worker.push(job);
+                    if busy {
+                        worker.interrupt();
+                    }
+                }
+                None if workers.len() >= max_workers() => {
+                    drop(workers);
+                    refuse(
+                        shared,
+                        job.n.id,
+                        job.call.syscall(),
+                        "handing a blocking call to a worker (all workers busy)",
+                    );
+                }
+                None => {
+                    drop(workers);
+                    start_worker(shared, job);
                 }
             }
-            None => {
-                drop(workers);
-                start_worker(shared, job);
+        }
+    }
+}
+
+/// Fails `job` as for lack of resources: the supervisor cannot serve it, and running it
+/// unchanged could hand the service a wrong address.
+fn refuse(shared: &Shared, id: u64, syscall: Syscall, what: &str) {
+    warn!("{what} failed; the call fails with a resource error");
+    shared.counters.supervisor_errors.inc();
+    let _ = shared.listener.reply_error(id, crate::emulate::resource_errno(syscall));
+}
+
+/// The waiting thread: answers parked calls as their sockets become readable, fails those
+/// whose receive timeout runs out, drops those of processes that exit.
+fn serve_parked(shared: &Arc<Shared>) {
+    signal::block_interrupts();
+    let parker = &shared.parker;
+    let mut events = [nix::sys::epoll::EpollEvent::empty(); 64];
+    let mut todo = Vec::new();
+    while !parker.stopping() {
+        parker.wait(&mut events, &mut todo);
+        for event in &todo {
+            match *event {
+                Event::Socket(inode) => serve_socket(shared, inode),
+                Event::ProcessExited(tgid) => parker.process_exited(tgid),
+                Event::Wake => {}
             }
+        }
+        for parked in parker.expired(Instant::now()) {
+            // SO_RCVTIMEO ran out: accept(2) and recvfrom(2) fail with EAGAIN.
+            let _ = shared.listener.reply_error(parked.job.n.id, Errno::EAGAIN);
+        }
+    }
+}
+
+/// Tries the calls parked on socket `inode`, oldest first, until one has to wait again.
+fn serve_socket(shared: &Arc<Shared>, inode: u64) {
+    while let Some((copy, parked)) = shared.parker.next(inode) {
+        let mut emulator = shared.emulator();
+        emulator.kept = Some(copy.as_fd());
+        match emulator.handle(&parked.job.n, &parked.job.call, Place::Ready) {
+            Handled::Done => {}
+            Handled::Park(_) => {
+                let (id, syscall) = (parked.job.n.id, parked.job.call.syscall());
+                if shared.parker.repark(copy.clone(), parked).is_err() {
+                    refuse(shared, id, syscall, "watching a socket again");
+                }
+                return;
+            }
+            // Never for the calls that park; handled as anywhere else.
+            Handled::ToWorker => follow(shared, parked.job, Handled::ToWorker),
         }
     }
 }
@@ -328,6 +448,7 @@ fn answer_kept(shared: &Shared, job: &Job) -> bool {
 }
 
 fn start_worker(shared: &Arc<Shared>, job: Job) {
+    debug_assert!(!matches!(job.call, Call::Accept(_) | Call::Accept4(_)));
     let (tid, id, syscall) = (job.n.tid, job.n.id, job.call.syscall());
     let worker = Arc::new(Worker {
         queue: Mutex::new(VecDeque::from([job])),
@@ -403,6 +524,10 @@ fn reap(shared: &Shared) {
                 worker.interrupt();
             }
         }
+    }
+    let dropped = shared.parker.sweep(&shared.listener);
+    if dropped > 0 {
+        debug!(count = dropped, "dropped parked calls that were interrupted without a restart");
     }
     shared.restarts.expire();
     shared.targets.forget_exited();

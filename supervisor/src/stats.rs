@@ -61,6 +61,9 @@ counter_set! {
         stash_delivered,
         /// Stashed connections and datagrams nobody asked for within a minute, dropped.
         stash_expired,
+        /// Blocking `accept`/`recvfrom` calls that waited for their socket (parked) rather
+        /// than finding their connection or datagram there.
+        parked,
         /// Worker threads started for blocking calls.
         workers_started,
         /// Calls answered with an error because the supervisor itself failed (logged).

@@ -24,7 +24,7 @@ mod rx;
 mod tx;
 
 use std::net::SocketAddr;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use capture::Proto;
 use nix::errno::Errno;
@@ -60,12 +60,26 @@ pub struct Options {
 }
 
 /// What became of a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Handled {
     /// Answered, or dropped because its caller went away.
     Done,
     /// It would block: give it to a worker for its thread (nothing was taken).
     ToWorker,
+    /// It waits for its socket to become readable (nothing was taken): park it (`park`).
+    Park(Wait),
+}
+
+/// A call that waits for its socket: a blocking `accept` with no connection queued, a
+/// blocking `recvfrom` with no datagram.
+#[derive(Debug)]
+pub(crate) struct Wait {
+    /// The copy of the socket to wait on; `None` if the call ran on the copy its parked
+    /// entry keeps (`Emulator::kept`).
+    pub socket: Option<OwnedFd>,
+    /// The socket's receive timeout (`SO_RCVTIMEO`): the call fails with `EAGAIN` when it
+    /// runs out, and a signal makes it fail with `EINTR` rather than restart.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// A handler's progress: `Ok` to go on, `Err` when the notification is dealt with already.
@@ -76,9 +90,32 @@ pub(crate) type Step<T> = Result<T, Handled>;
 pub(crate) enum Place {
     /// The receiving thread: never block.
     Receiver,
+    /// A parked call whose socket just became readable: never block either.
+    Ready,
     /// A worker for the calling thread: may block; `EINTR` means the supervisor
     /// interrupted it because the call may be gone.
     Worker,
+}
+
+impl Place {
+    fn may_block(self) -> bool {
+        self == Place::Worker
+    }
+}
+
+/// A copy of the caller's socket: made for this call, or the one a parked call keeps.
+pub(crate) enum Copied<'a> {
+    Made(OwnedFd),
+    Kept(BorrowedFd<'a>),
+}
+
+impl AsFd for Copied<'_> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Copied::Made(fd) => fd.as_fd(),
+            Copied::Kept(fd) => *fd,
+        }
+    }
 }
 
 /// Everything a handler needs.
@@ -102,6 +139,12 @@ pub(crate) struct Emulator<'a> {
     pub counters: &'a SupervisorCounters,
     /// Switches.
     pub options: Options,
+    /// Parked calls, told when something is kept for their socket.
+    pub parker: &'a crate::park::Parker,
+    /// The copy of the socket a parked call waits on, when its handler runs again: used in
+    /// place of a new copy (the call goes on on the file it started on, as in the kernel,
+    /// even if the caller's descriptor now names another).
+    pub kept: Option<BorrowedFd<'a>>,
 }
 
 impl Emulator<'_> {
@@ -109,7 +152,7 @@ impl Emulator<'_> {
     pub(crate) fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
         let step = match *call {
             Call::GetPeerName(c) => self.getpeername(n, c),
-            Call::Accept(c) | Call::Accept4(c) => self.accept(n, c, place),
+            Call::Accept(c) | Call::Accept4(c) => self.accept(n, c),
             Call::RecvFrom(c) => self.recvfrom(n, c, place),
             Call::SendTo(c) => self.sendto(n, c, place),
             Call::Connect(c) => self.connect(n, c, place),
@@ -188,9 +231,12 @@ impl Emulator<'_> {
     /// (out of descriptors, no ptrace right), the call fails with a resource error rather
     /// than running unchanged: a rewrite may have been due, and a wrong address must never
     /// reach the service silently.
-    fn copy(&self, n: &Notification, syscall: Syscall, fd: RawFd) -> Step<OwnedFd> {
+    fn copy(&self, n: &Notification, syscall: Syscall, fd: RawFd) -> Step<Copied<'_>> {
+        if let Some(kept) = self.kept {
+            return Ok(Copied::Kept(kept));
+        }
         match self.targets.fd(n.tid, fd) {
-            Ok(copy) => Ok(copy),
+            Ok(copy) => Ok(Copied::Made(copy)),
             Err(Errno::ESRCH) => Err(Handled::Done),
             Err(Errno::EBADF) => Err(self.cont(n)),
             Err(e) => {
@@ -200,8 +246,18 @@ impl Emulator<'_> {
         }
     }
 
-    /// Runs `op`, a socket call that may block, until it completes: its result. On the
-    /// receiving thread it runs once (the caller made sure it cannot block). On a worker the
+    /// The call parks until `socket` is readable; `timeout` names its socket option.
+    fn park(&self, socket: Copied<'_>, timeout: libc::c_int) -> Handled {
+        let timeout = net::sockopt_timeout(socket.as_fd(), timeout).ok().flatten();
+        let socket = match socket {
+            Copied::Made(fd) => Some(fd),
+            Copied::Kept(_) => None,
+        };
+        Handled::Park(Wait { socket, timeout })
+    }
+
+    /// Runs `op`, a socket call that may block, until it completes: its result. Where the
+    /// handler may not block it runs once (the caller made sure it cannot block). On a worker the
     /// supervisor interrupts it (`EINTR`) when the call may be gone: still pending, it runs
     /// again (a blocking `connect` goes on in the kernel, and calling it again waits for
     /// it, as the service's own restarted call would); gone, the handler ends, and a socket
@@ -216,7 +272,7 @@ impl Emulator<'_> {
     ) -> Step<Result<T, Errno>> {
         loop {
             match place {
-                Place::Receiver => return Ok(op()),
+                Place::Receiver | Place::Ready => return Ok(op()),
                 Place::Worker => match crate::sys::signal::interruptible(&mut op) {
                     Err(Errno::EINTR) => {
                         if self.pending(n).is_err() {

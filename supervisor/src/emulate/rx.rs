@@ -19,7 +19,7 @@ use crate::sockaddr;
 use crate::stash::Datagram;
 use crate::sys::net::{self, RawSockAddr};
 use crate::sys::sched::CpuPin;
-use crate::sys::{mem, seccomp::Notification};
+use crate::sys::{mem, seccomp::Notification, signal};
 
 /// The largest datagram UDP carries (IPv6 without jumbograms): the supervisor always
 /// receives whole datagrams, so a stashed one can be handed on unchanged.
@@ -103,7 +103,7 @@ impl Emulator<'_> {
         Ok(self.reply(n, 0))
     }
 
-    pub(super) fn accept(&self, n: &Notification, c: Accept, place: Place) -> Step<Handled> {
+    pub(super) fn accept(&self, n: &Notification, c: Accept) -> Step<Handled> {
         // NULL address (possible through socketcall) or flags the kernel refuses: nothing
         // to rewrite, or its own EINVAL.
         if c.addr == 0 || c.flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
@@ -122,12 +122,25 @@ impl Emulator<'_> {
         let (socket, peer) = match self.take_stashed_connection(lfd, nonblock) {
             Some(kept) => kept,
             None => {
-                if status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
-                    return Ok(Handled::ToWorker);
-                }
                 let accept_flags = libc::SOCK_CLOEXEC | (c.flags & libc::SOCK_NONBLOCK);
                 self.pending(n)?;
-                let accepted = self.wait_for(n, place, lfd, libc::SO_RCVTIMEO, || net::accept(lfd, accept_flags))?;
+                let accepted = if status & libc::O_NONBLOCK != 0 {
+                    net::accept(lfd, accept_flags)
+                } else {
+                    // A blocking listener: accepted here only if a connection is queued,
+                    // guarded in case another thread takes it first; else the call parks.
+                    // (A socket that is not a listening TCP one fails at once: the kernel's
+                    // own error, from the same call.)
+                    let listening = net::sockopt_int(lfd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
+                        && socket_proto(lfd) == Some(Proto::Tcp);
+                    if listening && !net::readable(lfd) {
+                        return Ok(self.park(listener, libc::SO_RCVTIMEO));
+                    }
+                    match signal::guarded(|| net::accept(lfd, accept_flags)) {
+                        Err(Errno::EINTR) => return Ok(self.park(listener, libc::SO_RCVTIMEO)),
+                        other => other,
+                    }
+                };
                 self.or_fail(n, accepted)?
             }
         };
@@ -206,6 +219,7 @@ impl Emulator<'_> {
             Ok(inode) => {
                 self.stash.put_connection(inode, stash_owner(n), socket, peer);
                 self.counters.stashed_connections.inc();
+                self.parker.poke(inode);
             }
             Err(e) => self.supervisor_error("identifying a listener to keep a connection for it", e),
         }
@@ -236,22 +250,23 @@ impl Emulator<'_> {
         if let Some(d) = &stashed {
             return self.deliver_datagram(n, sfd, &local, c, &d.data, &d.from, peek);
         }
-        DATAGRAM_BUF.with_borrow_mut(|scratch| {
-            // On the receiving thread, never waiting: a blocking call whose datagram is
-            // already there is answered here, and one that would wait goes to a worker
-            // (nothing was taken).
-            let recv_flags = if place == Place::Receiver { c.flags | libc::MSG_DONTWAIT } else { c.flags };
+        let waits = DATAGRAM_BUF.with_borrow_mut(|scratch| {
+            // Never waiting where the handler may not block: a blocking call whose datagram
+            // is already there is answered here, and one that would wait parks (nothing was
+            // taken).
+            let recv_flags = if place.may_block() { c.flags } else { c.flags | libc::MSG_DONTWAIT };
             self.pending(n)?;
             // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
             let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
                 net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)
             })?;
-            if blocking && place == Place::Receiver && got.is_err_and(|e| e == Errno::EAGAIN) {
-                return Ok(Handled::ToWorker);
+            if blocking && !place.may_block() && got.is_err_and(|e| e == Errno::EAGAIN) {
+                return Ok(true);
             }
             let (len, from) = self.or_fail(n, got)?;
-            self.deliver_datagram(n, sfd, &local, c, &scratch[..len], &from, peek)
-        })
+            self.deliver_datagram(n, sfd, &local, c, &scratch[..len], &from, peek).map(|_| false)
+        })?;
+        Ok(if waits { self.park(socket, libc::SO_RCVTIMEO) } else { Handled::Done })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -271,6 +286,7 @@ impl Emulator<'_> {
                 if let Ok(inode) = net::inode(socket) {
                     self.stash.put_datagram(inode, stash_owner(n), Datagram { data: data.to_vec(), from: *from });
                     self.counters.stashed_datagrams.inc();
+                    self.parker.poke(inode);
                 }
             }
         };

@@ -8,13 +8,13 @@
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 
 use capture::Proto;
 use nix::errno::Errno;
 
 use super::rx::DATAGRAM_MAX;
-use super::{Emulator, Handled, Place, Step, inet_local, socket_proto};
+use super::{Copied, Emulator, Handled, Place, Step, inet_local, socket_proto};
 use crate::abi::{Connect, SendTo, Syscall};
 use crate::sockaddr;
 use crate::sys::mem;
@@ -34,11 +34,11 @@ thread_local! {
 }
 
 /// The start of a `connect` or `sendto`.
-struct TxCall {
+struct TxCall<'a> {
     /// The destination the caller passed.
     dest: RawSockAddr,
     /// A copy of the caller's socket.
-    socket: OwnedFd,
+    socket: Copied<'a>,
     /// The socket's own address (parts unspecified if unbound).
     local: SocketAddr,
 }
@@ -88,7 +88,7 @@ impl Emulator<'_> {
     /// What `connect` and `sendto` start with: the destination the caller passed, and a copy
     /// of its socket with the socket's own address; the call left to the kernel when it
     /// should handle it (not an inet destination or socket, a bad pointer or descriptor).
-    fn tx_call(&self, n: &Notification, syscall: Syscall, fd: RawFd, addr: u64, addrlen: i32) -> Step<TxCall> {
+    fn tx_call(&self, n: &Notification, syscall: Syscall, fd: RawFd, addr: u64, addrlen: i32) -> Step<TxCall<'_>> {
         let dest = self.read_dest(n, addr, addrlen).filter(|d| sockaddr::user_inet(d).is_some());
         let dest = self.or_continue(n, dest)?;
         let socket = self.copy(n, syscall, fd)?;
@@ -106,7 +106,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         };
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        if proto == Proto::Tcp && status & libc::O_NONBLOCK == 0 && place == Place::Receiver {
+        if proto == Proto::Tcp && status & libc::O_NONBLOCK == 0 && !place.may_block() {
             return Ok(Handled::ToWorker);
         }
         self.pending(n)?;
@@ -137,7 +137,7 @@ impl Emulator<'_> {
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
         let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
         // A blocking Fast Open send waits for the handshake: never start it here.
-        if blocking && proto == Proto::Tcp && place == Place::Receiver {
+        if blocking && proto == Proto::Tcp && !place.may_block() {
             return Ok(Handled::ToWorker);
         }
         let answered = SEND_BUF.with_borrow_mut(|buf| {
@@ -147,12 +147,12 @@ impl Emulator<'_> {
             }
             let data = &mut buf[..len];
             self.or_fail(n, mem::read(n.tid, c.buf, data))?;
-            let receiver = if place == Place::Receiver { libc::MSG_DONTWAIT } else { 0 };
+            let receiver = if !place.may_block() { libc::MSG_DONTWAIT } else { 0 };
             let send_flags = c.flags | libc::MSG_NOSIGNAL | receiver;
             self.pending(n)?;
             let result =
                 self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || net::send_to(sfd, data, send_flags, &rewrite.to))?;
-            if result == Err(Errno::EAGAIN) && blocking && place == Place::Receiver {
+            if result == Err(Errno::EAGAIN) && blocking && !place.may_block() {
                 return Ok(Handled::ToWorker);
             }
             let result = result.map(|sent| sent as i64);

@@ -245,3 +245,11 @@ pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } as libc::c_long)?;
     Ok(st.st_ino)
 }
+
+/// Whether `fd` is readable now (a connection queued on a listener, a datagram waiting).
+pub fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout never waits.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & libc::POLLIN != 0
+}

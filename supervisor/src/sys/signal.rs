@@ -1,6 +1,7 @@
 //! Signals the supervisor sends: to interrupt one of its own workers blocked in a socket
 //! call (a real-time signal with an empty handler installed without `SA_RESTART`, so the
-//! call returns `EINTR`), and `SIGPIPE` to a caller, as the kernel would.
+//! call returns `EINTR`), to bound a call that should not block but might ([`guarded`]),
+//! and `SIGPIPE` to a caller, as the kernel would.
 
 use nix::errno::Errno;
 
@@ -51,6 +52,47 @@ pub fn interruptible<T>(call: impl FnOnce() -> T) -> T {
     interrupt_mask(libc::SIG_UNBLOCK);
     let result = call();
     interrupt_mask(libc::SIG_BLOCK);
+    result
+}
+
+/// How long a [`guarded`] call may block before it is interrupted, and again after that.
+const GUARD: libc::timespec = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+
+thread_local! {
+    /// This thread's guard timer ([`guarded`]), created at its first use.
+    static GUARD_TIMER: Option<libc::timer_t> = guard_timer();
+}
+
+fn guard_timer() -> Option<libc::timer_t> {
+    // SAFETY: an all-zero sigevent is valid; the fields set name this thread and the signal.
+    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = interrupt_signal();
+    event.sigev_notify_thread_id = nix::unistd::gettid().as_raw();
+    let mut timer: libc::timer_t = std::ptr::null_mut();
+    // SAFETY: `event` and `timer` are live locals; the kernel writes the timer's id.
+    let rc = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) };
+    (rc == 0).then_some(timer)
+}
+
+fn arm(timer: libc::timer_t, every: libc::timespec) {
+    let spec = libc::itimerspec { it_interval: every, it_value: every };
+    // SAFETY: `timer` was created by this thread and is never deleted; `spec` is live.
+    unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
+}
+
+/// Runs `call`, a socket call that should find what it waits for already there (a
+/// connection the listener just reported) but may block if another thread took it first:
+/// with [`interrupt_signal`] unblocked and a timer of this thread raising it every
+/// millisecond until `call` returns, so a call that blocks returns `EINTR` within about a
+/// millisecond. There is no per-call "do not wait" for `accept` on a blocking listener
+/// (the file's `O_NONBLOCK` is shared with the service), so this is how a thread that must
+/// never wait long runs one. `ENOMEM` without running `call` if the thread has no timer.
+pub fn guarded<T>(call: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+    let Some(timer) = GUARD_TIMER.with(|t| *t) else { return Err(Errno::ENOMEM) };
+    arm(timer, GUARD);
+    let result = interruptible(call);
+    arm(timer, libc::timespec { tv_sec: 0, tv_nsec: 0 });
     result
 }
 

@@ -1,0 +1,443 @@
+//! Calls that wait, parked: a blocking `accept` with no connection queued and a blocking
+//! `recvfrom` with no datagram wait here for their socket to become readable, without a
+//! thread each. One epoll set holds one copy of each socket waited on (however many threads
+//! wait on it), the pidfd of each process with parked calls, and an eventfd that wakes the
+//! waiting thread; `server` runs that thread and answers from it.
+//!
+//! - A socket's waiters are served in the order they came, as the kernel wakes a
+//!   listener's exclusive waiters. A waiter whose handler finds nothing after all (another
+//!   thread took the connection first) goes back to the front and the socket is armed again
+//!   (`EPOLLONESHOT`).
+//! - A thread is in one call at a time (seccomp spec, rule 2): a new notification from a
+//!   thread with a parked call means that call was interrupted. It is dropped, and if its
+//!   socket has a receive timeout its restart is answered `EINTR` (signal(7): such calls are
+//!   never restarted).
+//! - A receive timeout (`SO_RCVTIMEO`) runs out here: the call fails with `EAGAIN`.
+//! - A process that exits (killed in its call) is seen at once through its pidfd, and its
+//!   parked calls are dropped. Threads that vanish alone (another thread's `execve`) and
+//!   calls interrupted without a restart are dropped by [`Parker::sweep`]; until then they
+//!   cost memory, never a connection: nothing is taken for a parked call before the
+//!   notification is checked to be still pending.
+//! - Bounds: at most [`MAX_SOCKETS`] sockets waited on (a call past that fails for lack of
+//!   resources, counted) and [`MAX_PROCESSES`] pidfds (past that, exits are seen by the
+//!   sweep), whatever the number of parked calls.
+//!
+//! Owns the parked calls and the epoll set; runs nothing itself (`server` does).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::emulate::Wait;
+use crate::restart::Restarts;
+use crate::server::Job;
+use crate::sys::seccomp::Listener;
+use crate::sys::{net, pidfd};
+
+/// Sockets waited on at once, at most (one descriptor each).
+pub const MAX_SOCKETS: usize = 4096;
+/// Processes watched through a pidfd at once, at most (one descriptor each).
+pub const MAX_PROCESSES: usize = 1024;
+/// Thread-to-process entries remembered before they are forgotten all at once.
+const MAX_GROUPS: usize = 65_536;
+/// The longest the waiting thread sleeps without an event.
+pub const IDLE_WAKE: Duration = Duration::from_secs(1);
+
+const WAKE_KEY: u64 = u64::MAX;
+const PROCESS_KEY: u64 = 1 << 63;
+
+/// What the waiting thread is told to do by one epoll event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// Socket (by inode) readable, or poked: serve its waiters.
+    Socket(u64),
+    /// Process (by id) exited.
+    ProcessExited(u32),
+    /// The eventfd: pokes, a new deadline, or stop.
+    Wake,
+}
+
+/// A parked call.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    /// The call.
+    pub job: Job,
+    inode: u64,
+    tgid: Option<u32>,
+    deadline: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Socket {
+    copy: Arc<OwnedFd>,
+    /// (thread, notification id), oldest first; entries whose call is no longer parked
+    /// are skipped when reached, and compacted away when they outnumber the live ones.
+    waiters: VecDeque<(u32, u64)>,
+    live: usize,
+}
+
+#[derive(Debug)]
+struct Process {
+    pidfd: OwnedFd,
+    calls: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sockets: HashMap<u64, Socket>,
+    /// By thread: a thread is in one call.
+    calls: HashMap<u32, Parked>,
+    processes: HashMap<u32, Process>,
+    groups: HashMap<u32, u32>,
+    deadlines: BTreeSet<(Instant, u32, u64)>,
+    pokes: Vec<u64>,
+}
+
+/// Why a call could not be parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its caller is gone: nothing to answer.
+    Gone,
+    /// No room or no descriptor: the call fails for lack of resources.
+    Resources,
+}
+
+/// The parked calls.
+#[derive(Debug)]
+pub(crate) struct Parker {
+    epoll: Epoll,
+    wake: EventFd,
+    state: Mutex<State>,
+    parked: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Parker {
+    pub fn new() -> Result<Self, Errno> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))?;
+        Ok(Parker {
+            epoll,
+            wake,
+            state: Mutex::new(State::default()),
+            parked: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake_up(&self) {
+        let _ = self.wake.write(1);
+    }
+
+    /// How many calls are parked.
+    pub fn len(&self) -> usize {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    /// Parks `job` until `wait.socket` is readable.
+    pub fn park(&self, job: Job, wait: Wait) -> Result<(), Refused> {
+        let Some(copy) = wait.socket else { return Err(Refused::Resources) };
+        let Ok(inode) = net::inode(copy.as_fd()) else { return Err(Refused::Resources) };
+        let tid = job.n.tid;
+        let tgid = match self.group(tid) {
+            Ok(tgid) => Some(tgid),
+            Err(Errno::ESRCH) => return Err(Refused::Gone),
+            Err(_) => None,
+        };
+        let deadline = wait.timeout.map(|t| Instant::now() + t);
+        let mut state = self.state();
+        if let Some(old) = state.calls.remove(&tid) {
+            self.unlink(&mut state, &old);
+        }
+        if !state.sockets.contains_key(&inode) {
+            if state.sockets.len() >= MAX_SOCKETS {
+                return Err(Refused::Resources);
+            }
+            if self.epoll.add(copy.as_fd(), readable(inode)).is_err() {
+                return Err(Refused::Resources);
+            }
+            state.sockets.insert(inode, Socket { copy: Arc::new(copy), waiters: VecDeque::new(), live: 0 });
+        }
+        if let Some(tgid) = tgid {
+            self.watch(&mut state, tgid);
+        }
+        let parked = Parked { job, inode, tgid, deadline };
+        self.link(&mut state, parked, false);
+        drop(state);
+        if deadline.is_some() {
+            self.wake_up();
+        }
+        Ok(())
+    }
+
+    /// The process thread `tid` belongs to, remembered.
+    fn group(&self, tid: u32) -> Result<u32, Errno> {
+        if let Some(&tgid) = self.state().groups.get(&tid) {
+            return Ok(tgid);
+        }
+        let tgid = crate::target::thread_group(tid)?;
+        let mut state = self.state();
+        if state.groups.len() >= MAX_GROUPS {
+            state.groups.clear();
+        }
+        state.groups.insert(tid, tgid);
+        Ok(tgid)
+    }
+
+    /// Watches process `tgid`'s exit, if there is room.
+    fn watch(&self, state: &mut State, tgid: u32) {
+        if let Some(p) = state.processes.get_mut(&tgid) {
+            p.calls += 1;
+            return;
+        }
+        if state.processes.len() >= MAX_PROCESSES {
+            return;
+        }
+        let Ok(pidfd) = pidfd::open(tgid, 0) else { return };
+        let event = EpollEvent::new(EpollFlags::EPOLLIN, PROCESS_KEY | u64::from(tgid));
+        if self.epoll.add(pidfd.as_fd(), event).is_ok() {
+            state.processes.insert(tgid, Process { pidfd, calls: 1 });
+        }
+    }
+
+    /// Files `parked` under its thread and socket (at the front of the socket's queue when
+    /// it goes back after a try).
+    fn link(&self, state: &mut State, parked: Parked, front: bool) {
+        let (tid, id) = (parked.job.n.tid, parked.job.n.id);
+        let Some(socket) = state.sockets.get_mut(&parked.inode) else { return };
+        if front {
+            socket.waiters.push_front((tid, id));
+        } else {
+            socket.waiters.push_back((tid, id));
+        }
+        socket.live += 1;
+        if let Some(at) = parked.deadline {
+            state.deadlines.insert((at, tid, id));
+        }
+        state.calls.insert(tid, parked);
+        self.parked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Undoes `link` for a call just removed from `calls` (its queue entry is skipped later).
+    fn unlink(&self, state: &mut State, parked: &Parked) {
+        let (tid, id) = (parked.job.n.tid, parked.job.n.id);
+        if let Some(at) = parked.deadline {
+            state.deadlines.remove(&(at, tid, id));
+        }
+        if let Some(socket) = state.sockets.get_mut(&parked.inode) {
+            socket.live = socket.live.saturating_sub(1);
+            if socket.waiters.len() > 2 * socket.live + 64 {
+                let calls = &state.calls;
+                socket.waiters.retain(|(t, i)| calls.get(t).is_some_and(|c| c.job.n.id == *i));
+            }
+        }
+        if let Some(tgid) = parked.tgid {
+            if let Some(p) = state.processes.get_mut(&tgid) {
+                p.calls = p.calls.saturating_sub(1);
+            }
+        }
+        self.parked.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A new notification from thread `tid`: a call it had parked was interrupted. Drops it;
+    /// if its socket has a receive timeout, keeps `EINTR` for its restart.
+    pub fn interrupted(&self, tid: u32, restarts: &Restarts) {
+        if self.len() == 0 {
+            return;
+        }
+        let mut state = self.state();
+        let Some(old) = state.calls.remove(&tid) else { return };
+        self.unlink(&mut state, &old);
+        drop(state);
+        if old.deadline.is_some() {
+            restarts.keep(&old.job.n, Err(Errno::EINTR));
+        }
+    }
+
+    /// The next call waiting on socket `inode`, taken out to be tried, and the socket's
+    /// copy; `None` when no call waits (the socket is then forgotten).
+    pub fn next(&self, inode: u64) -> Option<(Arc<OwnedFd>, Parked)> {
+        let mut state = self.state();
+        loop {
+            let socket = state.sockets.get_mut(&inode)?;
+            let Some((tid, id)) = socket.waiters.pop_front() else {
+                let socket = state.sockets.remove(&inode)?;
+                let _ = self.epoll.delete(socket.copy.as_fd());
+                return None;
+            };
+            let copy = socket.copy.clone();
+            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
+                let parked = state.calls.remove(&tid)?;
+                self.unlink(&mut state, &parked);
+                return Some((copy, parked));
+            }
+        }
+    }
+
+    /// `parked`, tried on `copy` and still waiting: back at the front of its socket's
+    /// queue, and the socket armed again. Dropped if its thread has made another call
+    /// meanwhile. `Err` if its socket could not be watched again.
+    pub fn repark(&self, copy: Arc<OwnedFd>, parked: Parked) -> Result<(), Refused> {
+        let mut state = self.state();
+        let inode = parked.inode;
+        if state.calls.contains_key(&parked.job.n.tid) {
+            return Ok(());
+        }
+        if let std::collections::hash_map::Entry::Vacant(e) = state.sockets.entry(inode) {
+            // Forgotten while its last call was tried: filed again.
+            if self.epoll.add(copy.as_fd(), readable(inode)).is_err() {
+                return Err(Refused::Resources);
+            }
+            e.insert(Socket { copy, waiters: VecDeque::new(), live: 0 });
+        }
+        if let Some(tgid) = parked.tgid {
+            if let Some(p) = state.processes.get_mut(&tgid) {
+                p.calls += 1;
+            }
+        }
+        self.link(&mut state, parked, true);
+        self.arm(&state, inode);
+        Ok(())
+    }
+
+    /// Arms socket `inode` for its next readiness event.
+    fn arm(&self, state: &State, inode: u64) {
+        if let Some(socket) = state.sockets.get(&inode) {
+            let mut event = readable(inode);
+            let _ = self.epoll.modify(socket.copy.as_fd(), &mut event);
+        }
+    }
+
+    /// Something was kept for socket `inode` (`stash`): its parked calls are tried.
+    pub fn poke(&self, inode: u64) {
+        if self.len() == 0 {
+            return;
+        }
+        let mut state = self.state();
+        if state.sockets.contains_key(&inode) {
+            state.pokes.push(inode);
+            drop(state);
+            self.wake_up();
+        }
+    }
+
+    /// Waits for events (at most until the next deadline or [`IDLE_WAKE`]) into `events`.
+    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Event>) {
+        out.clear();
+        let timeout = {
+            let state = self.state();
+            let now = Instant::now();
+            state.deadlines.first().map_or(IDLE_WAKE, |(at, _, _)| at.saturating_duration_since(now).min(IDLE_WAKE))
+        };
+        // Rounded up, so a deadline is not polled for in a busy loop.
+        let ms =
+            timeout.as_millis().min(u128::from(u16::MAX)) as u16 + u16::from(timeout.subsec_nanos() % 1_000_000 != 0);
+        let n = self.epoll.wait(events, EpollTimeout::from(ms)).unwrap_or(0);
+        for e in &events[..n] {
+            match e.data() {
+                WAKE_KEY => {
+                    let _ = self.wake.read();
+                    out.push(Event::Wake);
+                    out.extend(std::mem::take(&mut self.state().pokes).into_iter().map(Event::Socket));
+                }
+                k if k & PROCESS_KEY != 0 => out.push(Event::ProcessExited((k & !PROCESS_KEY) as u32)),
+                inode => out.push(Event::Socket(inode)),
+            }
+        }
+    }
+
+    /// Whether [`Parker::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Ends the waiting thread's loop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_up();
+    }
+
+    /// Process `tgid` exited: its parked calls are dropped (they cannot be answered).
+    pub fn process_exited(&self, tgid: u32) {
+        let mut state = self.state();
+        if let Some(p) = state.processes.remove(&tgid) {
+            let _ = self.epoll.delete(p.pidfd.as_fd());
+        }
+        let gone: Vec<u32> = state.calls.iter().filter(|(_, c)| c.tgid == Some(tgid)).map(|(&t, _)| t).collect();
+        for tid in gone {
+            if let Some(old) = state.calls.remove(&tid) {
+                self.unlink(&mut state, &old);
+            }
+        }
+        state.groups.retain(|_, g| *g != tgid);
+    }
+
+    /// Calls whose receive timeout ran out by `now`, taken out.
+    pub fn expired(&self, now: Instant) -> Vec<Parked> {
+        let mut state = self.state();
+        let mut out = Vec::new();
+        while let Some(&(at, tid, id)) = state.deadlines.first() {
+            if at > now {
+                break;
+            }
+            state.deadlines.pop_first();
+            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
+                if let Some(parked) = state.calls.remove(&tid) {
+                    self.unlink(&mut state, &parked);
+                    out.push(parked);
+                }
+            }
+        }
+        out
+    }
+
+    /// Drops the parked calls that are no longer pending (interrupted without a restart,
+    /// or their thread gone), and the pidfds of processes with no parked call; how many
+    /// calls were dropped.
+    pub fn sweep(&self, listener: &Listener) -> usize {
+        if self.len() == 0 && self.state().processes.is_empty() {
+            return 0;
+        }
+        let ids: Vec<(u32, u64)> = self.state().calls.iter().map(|(&t, c)| (t, c.job.n.id)).collect();
+        let gone: Vec<(u32, u64)> = ids.into_iter().filter(|&(_, id)| listener.id_valid(id).is_err()).collect();
+        let mut state = self.state();
+        let mut dropped = 0;
+        for (tid, id) in gone {
+            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
+                if let Some(old) = state.calls.remove(&tid) {
+                    self.unlink(&mut state, &old);
+                    dropped += 1;
+                }
+            }
+        }
+        let idle: Vec<u32> = state.processes.iter().filter(|(_, p)| p.calls == 0).map(|(&t, _)| t).collect();
+        for tgid in idle {
+            if let Some(p) = state.processes.remove(&tgid) {
+                let _ = self.epoll.delete(p.pidfd.as_fd());
+            }
+        }
+        // Sockets nobody waits on any more.
+        let empty: Vec<u64> = state.sockets.iter().filter(|(_, s)| s.live == 0).map(|(&i, _)| i).collect();
+        for inode in empty {
+            if let Some(socket) = state.sockets.remove(&inode) {
+                let _ = self.epoll.delete(socket.copy.as_fd());
+            }
+        }
+        dropped
+    }
+}
+
+fn readable(inode: u64) -> EpollEvent {
+    EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, inode)
+}
