@@ -17,19 +17,29 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
 use crate::sys::pidfd;
 
-/// Entries kept before the cache drops those of threads that have exited.
-const CACHE_LIMIT: usize = 4096;
+/// Entries kept before the cache drops those of threads that have exited (two descriptors
+/// each at most: the pidfd and the thread's `/proc/<tid>/fd`).
+const CACHE_LIMIT: usize = 1024;
+
+/// How long a caller's `RLIMIT_NOFILE` is taken as read.
+const LIMIT_AGE: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Entry {
     pidfd: Arc<OwnedFd>,
     /// Before 6.9: the thread group the pidfd belongs to.
     tgid: Option<u32>,
+    /// `/proc/<tid>/fd`, opened at the first `accept`: its size is the number of open
+    /// descriptors in the thread's table (Linux 6.2).
+    fds: Option<Arc<OwnedFd>>,
+    /// The process's `RLIMIT_NOFILE`, and when it was read.
+    nofile: Option<(u64, Instant)>,
 }
 
 /// pidfds of the calling threads.
@@ -120,7 +130,7 @@ impl Targets {
             }
         }
         let pidfd = Arc::new(pidfd);
-        cache.insert(tid, Entry { pidfd: pidfd.clone(), tgid });
+        cache.insert(tid, Entry { pidfd: pidfd.clone(), tgid, fds: None, nofile: None });
         Ok((pidfd, tgid))
     }
 
@@ -138,6 +148,53 @@ impl Targets {
                 cache.remove(tid);
             }
         }
+    }
+
+    /// Whether thread `tid` (whose pidfd is cached: call after [`Targets::fd`]) has room
+    /// for one more descriptor below its `RLIMIT_NOFILE`: `accept` fails with `EMFILE`
+    /// before anything else when it has none. Counted, not guessed: the number of open
+    /// descriptors (the size of `/proc/<tid>/fd`) against the limit (read again after
+    /// [`LIMIT_AGE`], or when the count reaches it), and only when the count reaches the
+    /// limit, which numbers are taken. When the supervisor cannot tell (out of descriptors
+    /// itself, a kernel before 6.2 that gives no count), the answer is yes, and an `accept`
+    /// that then finds the table full keeps the connection for the next call (`stash`).
+    pub fn descriptor_room(&self, tid: u32) -> bool {
+        let (fds, nofile) = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = cache.get_mut(&tid) else { return true };
+            if entry.fds.is_none() {
+                entry.fds = std::fs::File::open(format!("/proc/{tid}/fd")).ok().map(|f| Arc::new(OwnedFd::from(f)));
+            }
+            let Some(fds) = entry.fds.clone() else { return true };
+            (fds, entry.nofile)
+        };
+        // A directory of /proc reports a size of 0 before Linux 6.2: no count then.
+        let open = match nix::sys::stat::fstat(&fds) {
+            Ok(st) if st.st_size > 0 => st.st_size as u64,
+            _ => return true,
+        };
+        let limit = match nofile {
+            Some((limit, at)) if open < limit && at.elapsed() < LIMIT_AGE => return true,
+            _ => match crate::sys::rlimit::nofile(tid) {
+                Ok(limit) => limit,
+                Err(_) => return true,
+            },
+        };
+        if let Some(entry) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&tid) {
+            entry.nofile = Some((limit, Instant::now()));
+        }
+        if open < limit {
+            return true;
+        }
+        // As many open as the limit allows: full, unless some are numbered past the limit
+        // (opened before it was lowered), which leaves holes below it.
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{tid}/fd")) else { return true };
+        let below = dir
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()))
+            .filter(|&n| n < limit)
+            .count() as u64;
+        below < limit
     }
 
     fn forget(&self, tid: u32) {

@@ -117,6 +117,12 @@ impl Emulator<'_> {
         if !is_inet(lfd) {
             return Ok(self.cont(n));
         }
+        // The kernel takes the new descriptor's number before it looks at the listener: a
+        // full table is EMFILE at once, and the connection stays queued. (A parked call
+        // took it natively when it started, and is not asked again.)
+        if self.kept.is_none() && !self.targets.descriptor_room(n.tid) {
+            return Ok(self.reply_error(n, Errno::EMFILE));
+        }
         let status = self.or_continue(n, net::status_flags(lfd).ok())?;
         let nonblock = c.flags & libc::SOCK_NONBLOCK != 0;
         let (socket, peer) = match self.take_stashed_connection(lfd, nonblock) {

@@ -6,6 +6,7 @@
 pub(crate) mod mem;
 pub(crate) mod net;
 pub(crate) mod pidfd;
+pub(crate) mod rlimit;
 pub(crate) mod sched;
 pub mod seccomp;
 pub(crate) mod signal;
