@@ -441,3 +441,120 @@ impl Parker {
 fn readable(inode: u64) -> EpollEvent {
     EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLONESHOT, inode)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::abi::{Call, RecvFrom};
+    use crate::sys::seccomp::Notification;
+
+    /// `n` live threads of this process, parked on a channel until the returned sender
+    /// drops: real thread ids, each with its own entry.
+    fn threads(n: usize) -> (Vec<u32>, mpsc::Sender<()>) {
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let stop_rx = Arc::new(Mutex::new(stop_rx));
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..n {
+            let (tx, stop_rx) = (tx.clone(), stop_rx.clone());
+            std::thread::spawn(move || {
+                tx.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+                let _ = stop_rx.lock().unwrap().recv();
+            });
+        }
+        ((0..n).map(|_| rx.recv().unwrap()).collect(), stop_tx)
+    }
+
+    fn job(tid: u32, id: u64) -> Job {
+        let n = Notification { id, tid, nr: 45, arch: 0, args: [3, 0, 0, 0, 0, 0] };
+        let call = Call::RecvFrom(RecvFrom { fd: 3, buf: 0, len: 0, flags: 0, addr: 0, addrlen: 0 });
+        Job { n, call, registers: 6 }
+    }
+
+    fn wait_on(socket: &UdpSocket, timeout: Option<Duration>) -> Wait {
+        Wait { socket: Some(OwnedFd::from(socket.try_clone().unwrap())), timeout }
+    }
+
+    #[test]
+    fn calls_on_one_socket_share_its_copy_and_are_served_in_order() {
+        let parker = Parker::new().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = net::inode(socket.as_fd()).unwrap();
+        let (tids, _stop) = threads(3);
+        for (i, &tid) in tids.iter().enumerate() {
+            parker.park(job(tid, i as u64 + 1), wait_on(&socket, None)).unwrap();
+        }
+        assert_eq!(parker.len(), 3);
+        assert_eq!(parker.state().sockets.len(), 1, "one copy for the socket");
+        let (copy, first) = parker.next(inode).unwrap();
+        assert_eq!(first.job.n.id, 1);
+        let (_, second) = parker.next(inode).unwrap();
+        assert_eq!(second.job.n.id, 2);
+        // Tried, found nothing: back first.
+        parker.repark(copy, second).unwrap();
+        assert_eq!(parker.next(inode).unwrap().1.job.n.id, 2);
+        assert_eq!(parker.next(inode).unwrap().1.job.n.id, 3);
+        assert!(parker.next(inode).is_none());
+        assert!(parker.state().sockets.is_empty(), "the copy is closed once nobody waits");
+        assert_eq!(parker.len(), 0);
+    }
+
+    #[test]
+    fn an_interrupted_call_is_dropped_and_with_a_timeout_its_restart_gets_eintr() {
+        let parker = Parker::new().unwrap();
+        let restarts = Restarts::default();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = net::inode(socket.as_fd()).unwrap();
+        let (tids, _stop) = threads(2);
+        parker.park(job(tids[0], 1), wait_on(&socket, Some(Duration::from_secs(5)))).unwrap();
+        parker.park(job(tids[1], 2), wait_on(&socket, None)).unwrap();
+        parker.interrupted(tids[0], &restarts);
+        parker.interrupted(tids[1], &restarts);
+        assert_eq!(parker.len(), 0);
+        assert_eq!(restarts.take(&job(tids[0], 3).n, 6), Some(Err(Errno::EINTR)), "SO_RCVTIMEO: no restart");
+        assert_eq!(restarts.take(&job(tids[1], 4).n, 6), None, "restarted as the kernel would");
+        assert!(parker.next(inode).is_none(), "their queue entries are skipped");
+    }
+
+    #[test]
+    fn a_receive_timeout_runs_out_in_the_parker() {
+        let parker = Parker::new().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (tids, _stop) = threads(1);
+        parker.park(job(tids[0], 1), wait_on(&socket, Some(Duration::from_millis(20)))).unwrap();
+        assert!(parker.expired(Instant::now()).is_empty());
+        let expired = parker.expired(Instant::now() + Duration::from_millis(25));
+        assert_eq!(expired.iter().map(|p| p.job.n.id).collect::<Vec<_>>(), [1]);
+        assert_eq!(parker.len(), 0);
+    }
+
+    #[test]
+    fn readiness_and_a_process_exit_reach_the_waiting_thread() {
+        let parker = Parker::new().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = net::inode(socket.as_fd()).unwrap();
+        let (tids, _stop) = threads(2);
+        parker.park(job(tids[0], 1), wait_on(&socket, None)).unwrap();
+        let mut events = [EpollEvent::empty(); 8];
+        let mut out = Vec::new();
+        // Nothing yet: a poke for a socket with parked calls is an event too.
+        parker.poke(inode);
+        parker.wait(&mut events, &mut out);
+        assert!(out.contains(&Event::Socket(inode)), "{out:?}");
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
+        parker.wait(&mut events, &mut out);
+        assert_eq!(out, [Event::Socket(inode)]);
+        // One shot: not reported again until armed again.
+        parker.park(job(tids[1], 2), wait_on(&socket, None)).unwrap();
+        let start = Instant::now();
+        parker.stop();
+        parker.wait(&mut events, &mut out);
+        assert_eq!(out, [Event::Wake]);
+        assert!(parker.stopping() && start.elapsed() < IDLE_WAKE);
+        // This process's calls go when it exits (here: told so).
+        parker.process_exited(std::process::id());
+        assert_eq!(parker.len(), 0);
+    }
+}
