@@ -10,8 +10,7 @@ use super::check;
 pub fn nofile(tid: u32) -> Result<u64, Errno> {
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: a null new limit reads only; `limit` is a live rlimit the kernel writes.
-    check(
-        unsafe { libc::prlimit(tid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) } as libc::c_long
-    )?;
+    let rc = unsafe { libc::prlimit(tid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    check(rc as libc::c_long)?;
     Ok(limit.rlim_cur)
 }
