@@ -14,8 +14,8 @@
 //!   readable for their lengths; an address length above 128 is refused (`EINVAL`) before
 //!   anything is read. Or
 //! - deliberately bad, pointing where no Rust object lives ([`BAD_POINTER`],
-//!   [`read_only_page`]): the call then fails with `EFAULT` and changes nothing there,
-//!   which is what the probe wants to see.
+//!   [`read_only_page`], [`no_access_page`]): the call then fails with `EFAULT` and
+//!   changes nothing there, which is what the probe wants to see.
 
 use std::os::fd::RawFd;
 
@@ -102,6 +102,18 @@ pub fn read_only_page() -> *mut u8 {
     // never unmapped (the probe is short-lived).
     let p = unsafe {
         libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    p.cast()
+}
+
+/// A mapped page the process may neither read nor write (`PROT_NONE`): the kernel's copy
+/// to it faults (`EFAULT`) where a copy to the page before it would have succeeded.
+pub fn no_access_page() -> *mut u8 {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; it is
+    // never unmapped (the probe is short-lived).
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
     };
     assert_ne!(p, libc::MAP_FAILED, "mmap");
     p.cast()

@@ -311,13 +311,17 @@ fn an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eint
 }
 
 /// The probe's battery of error cases (`ipvsca-probe errors`), natively and supervised:
-/// two connections and five datagrams from a balancer, mapped to one client when
+/// three connections and six datagrams from a balancer, mapped to one client when
 /// supervised. Returns the probe's results.
 fn error_cases(test: u8, supervised: bool) -> Value {
     let h = hosts(test);
     let (rs_tcp, rs_udp) = (SocketAddrV4::new(h.rs, 8080), SocketAddrV4::new(h.rs, 5353));
-    let (lb1, lb2, lb_udp) =
-        (SocketAddrV4::new(h.lb, 40001), SocketAddrV4::new(h.lb, 40002), SocketAddrV4::new(h.lb, 50001));
+    let (lb1, lb2, lb3, lb_udp) = (
+        SocketAddrV4::new(h.lb, 40001),
+        SocketAddrV4::new(h.lb, 40002),
+        SocketAddrV4::new(h.lb, 40003),
+        SocketAddrV4::new(h.lb, 50001),
+    );
     let c = client(60, 6000);
     // Natively the service answers the balancer it sees; supervised, the client it sees:
     // the kernel's answers must be the same.
@@ -329,6 +333,10 @@ fn error_cases(test: u8, supervised: bool) -> Value {
     for lb in [lb1, lb2] {
         learn(&table, Proto::Tcp, lb, rs_tcp, c);
     }
+    // The third connection is lost to the accept whose address buffer faults. Its own
+    // client: the battery's connect to `c` must not be sent to its balancer port, which
+    // the lost connection still holds.
+    learn(&table, Proto::Tcp, lb3, rs_tcp, client(61, 6001));
     learn(&table, Proto::Udp, lb_udp, rs_udp, c);
     let (mut under, mut native) = (None, None);
     let service = if supervised {
@@ -337,9 +345,9 @@ fn error_cases(test: u8, supervised: bool) -> Value {
         &*native.insert(Service::start(cmd).unwrap())
     };
     ready(service);
-    let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp)];
+    let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp), connect_from(lb3, rs_tcp)];
     let datagrams = UdpSocket::bind(lb_udp).unwrap();
-    for i in 0..5 {
+    for i in 0..6 {
         datagrams.send_to(format!("datagram-{i}").as_bytes(), rs_udp).unwrap();
     }
     let out = service.json(WAIT);

@@ -410,8 +410,8 @@ fn connect(o: &Opts) {
     emit(line);
 }
 
-/// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
-/// (the test's balancer sends them once "ready" is printed).
+/// Every error case of the six calls, on mapped TCP connections (three) and mapped
+/// datagrams (six), which the test's balancer sends once "ready" is printed.
 fn errors(o: &Opts) {
     // The service's sockets, and beside them (same ports) the sockets it sends from.
     let tcp = listener(o.addr("tcp"), 16);
@@ -450,6 +450,15 @@ fn errors(o: &Opts) {
             "nonblock": fl_flags & libc::O_NONBLOCK != 0,
         }),
     );
+
+    // A third connection, accepted into an address buffer that faults, offered more than
+    // the address: the connection is lost (EFAULT), and `*addrlen` shows where the kernel
+    // writes the length (before the address since Linux 6.12, after it before).
+    let mut len = 100u32;
+    // SAFETY: the no-access page holds no Rust object and cannot be written (EFAULT);
+    // `len` is a local held for the call.
+    let got = outcome(unsafe { calls::accept(l, calls::no_access_page(), &mut len) });
+    case("accept_faulting_addr", json!({"o": got, "len": len}));
 
     // In every call below but the deliberately bad ones, `buf` (128 bytes) and `len` are
     // locals held for the call: the module rule of `calls` holds whatever `*len` says.
@@ -517,7 +526,7 @@ fn errors(o: &Opts) {
     // SAFETY: `buf` and `len` as above.
     case("accept_eagain", outcome(unsafe { calls::accept(quiet.as_raw_fd(), buf.as_mut_ptr(), &mut len) }));
 
-    // Datagrams: wait for the balancer's five.
+    // Datagrams: wait for the balancer's six.
     let mut p = libc::pollfd { fd: u, events: libc::POLLIN, revents: 0 };
     // SAFETY: one live pollfd.
     unsafe { libc::poll(&mut p, 1, 10_000) };
@@ -556,6 +565,15 @@ fn errors(o: &Opts) {
     // for the call, 128 bytes and 4.
     let r = unsafe { calls::recvfrom(u, BAD_POINTER, 64, 0, addr.as_mut_ptr(), &mut len) };
     case("recvfrom_bad_buffer", outcome(r));
+    // The sixth datagram, into an address buffer that faults, offered more than the
+    // address: the data is copied first, then the length and the address in the kernel's
+    // order; the datagram is gone (EFAULT).
+    let mut data = [0u8; 64];
+    let mut len = 100u32;
+    // SAFETY: `data` and `len` are locals held for the call, 64 bytes and 4; the no-access
+    // page holds no Rust object and cannot be written (EFAULT).
+    let r = unsafe { calls::recvfrom(u, data.as_mut_ptr(), data.len(), 0, calls::no_access_page(), &mut len) };
+    case("recvfrom_faulting_addr", json!({"o": outcome(r), "len": len, "data": hex(&data[..16])}));
     let mut len = 128u32;
     let r = rf(&mut data, libc::MSG_DONTWAIT, &mut addr, &mut len);
     case("recvfrom_eagain", outcome(r));
