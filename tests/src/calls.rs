@@ -162,6 +162,23 @@ pub fn fork() -> i32 {
     unsafe { libc::fork() }
 }
 
+/// Sets the soft `RLIMIT_NOFILE` to `soft`, the hard limit unchanged: an error if `soft`
+/// is above it.
+pub fn set_nofile(soft: u64) -> std::io::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill, then for setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = soft;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.
 pub fn alarm_every(every: std::time::Duration) {
     let tv =

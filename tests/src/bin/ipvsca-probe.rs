@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
         .split_first()
-        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted [options]");
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-emfile|accept-forked [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
@@ -25,6 +25,8 @@ fn main() {
         "connect" => connect(&opts),
         "errors" => errors(&opts),
         "accept-interrupted" => accept_interrupted(&opts),
+        "accept-emfile" => accept_emfile(&opts),
+        "accept-forked" => accept_forked(&opts),
         "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
@@ -697,4 +699,122 @@ fn accept_interrupted(o: &Opts) {
     let first_ms = start.elapsed().as_millis() as u64;
     let second = if first.ret >= 0 { first } else { accept() };
     emit(json!({"first": outcome(first), "first_ms": first_ms, "second": {"ok": second.ret >= 0}}));
+}
+
+/// One blocking `accept` on `fd`, restarted when a signal interrupts it: the peer it showed
+/// and the connection, or the errno it failed with.
+fn accept_one(fd: RawFd) -> Result<(Value, OwnedFd), i32> {
+    loop {
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        // SAFETY: `buf` and `len` are this thread's locals, 128 bytes and 4.
+        let r = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+        match r.ret {
+            // SAFETY: the descriptor accept just returned, owned by nothing else.
+            0.. => return Ok((show(&buf, len), unsafe { OwnedFd::from_raw_fd(r.ret as RawFd) })),
+            _ if r.errno == libc::EINTR => continue,
+            _ => return Err(r.errno),
+        }
+    }
+}
+
+/// A connection waiting while the descriptor table is full. The soft `RLIMIT_NOFILE` is
+/// lowered to `--nofile` (64 by default) and the table filled with copies of `/dev/null`,
+/// then `{"ready":true,...}` is printed; once a connection waits on the listener
+/// (`--listen`, blocking or `--nonblocking`): `accept` (`EMFILE` natively), `poll` of the
+/// listener for `POLLIN` without waiting, one copy closed, and `accept` again. Prints
+/// `{"waited":revents,"first":outcome,"after_first":revents,"second":outcome,
+/// "peer":shown,"getpeername":shown}`.
+fn accept_emfile(o: &Opts) {
+    let l = listener(o.addr("listen"), 16);
+    let fd = l.as_raw_fd();
+    if o.flag("nonblocking") {
+        calls::set_nonblocking(fd);
+    }
+    calls::set_nofile(o.num("nofile", 64) as u64).expect("lowering RLIMIT_NOFILE");
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut fillers = Vec::new();
+    let full = loop {
+        // SAFETY: dup of a descriptor the probe owns.
+        let copy = unsafe { libc::dup(null.as_raw_fd()) };
+        if copy < 0 {
+            break std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
+        // SAFETY: the descriptor dup just returned, owned by nothing else.
+        fillers.push(unsafe { OwnedFd::from_raw_fd(copy) });
+    };
+    assert_eq!(full, libc::EMFILE, "filling the descriptor table");
+    emit(json!({"ready": true, "pids": [std::process::id()], "filled": fillers.len()}));
+    let poll_now = |timeout_ms| {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        p.revents
+    };
+    let waited = poll_now(20_000);
+    let (mut buf, mut len) = ([0u8; 128], 128u32);
+    // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+    let first = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+    let after_first = poll_now(0);
+    drop(fillers.pop());
+    let (mut buf, mut len) = ([0u8; 128], 128u32);
+    // SAFETY: as above.
+    let second = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+    let (peer, getpeername) =
+        if second.ret >= 0 { (show(&buf, len), peer_of(second.ret as RawFd)) } else { (Value::Null, Value::Null) };
+    emit(json!({
+        "waited": waited,
+        "first": outcome(first),
+        "after_first": after_first,
+        "second": outcome(second),
+        "peer": peer,
+        "getpeername": getpeername,
+    }));
+}
+
+/// Two processes blocked in a blocking `accept` on one listener (`--listen`), forked one
+/// after the other `--stagger-ms` (300) apart, so that the first has waited longest. Prints
+/// `{"ready":true,"pids":[parent],"callers":[first,second]}` once both wait. A caller that
+/// accepts prints `{"pid":..,"accept":shown,"getpeername":shown}`, writes one byte, `x`,
+/// to the connection, and exits once its peer closes (or after 10 s); the parent exits
+/// once both callers have. A caller dies with the parent (`PR_SET_PDEATHSIG`).
+fn accept_forked(o: &Opts) {
+    let l = listener(o.addr("listen"), 16);
+    let stagger = Duration::from_millis(o.num("stagger-ms", 300) as u64);
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        match calls::fork() {
+            0 => accept_and_answer(l.as_raw_fd()),
+            pid if pid > 0 => callers.push(pid),
+            _ => panic!("fork: {}", std::io::Error::last_os_error()),
+        }
+        std::thread::sleep(stagger);
+    }
+    emit(json!({"ready": true, "pids": [std::process::id()], "callers": callers}));
+    for _ in &callers {
+        let mut status = 0;
+        // SAFETY: waits for any child, into a live int.
+        unsafe { libc::wait(&mut status) };
+    }
+}
+
+/// A forked caller of [`accept_forked`]: never returns.
+fn accept_and_answer(l: RawFd) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let (shown, conn) = match accept_one(l) {
+        Ok(accepted) => accepted,
+        Err(errno) => {
+            emit(json!({"pid": std::process::id(), "accept": {"errno": errno}}));
+            std::process::exit(1);
+        }
+    };
+    let c = conn.as_raw_fd();
+    emit(json!({"pid": std::process::id(), "accept": shown, "getpeername": peer_of(c)}));
+    // SAFETY: one byte from a static, on a descriptor the caller owns.
+    unsafe { libc::send(c, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    let mut stream = std::net::TcpStream::from(conn);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = std::io::Read::read(&mut stream, &mut [0u8; 16]);
+    std::process::exit(0);
 }
