@@ -179,6 +179,14 @@ pub fn set_nofile(soft: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The hard `RLIMIT_NOFILE`.
+pub fn nofile_hard_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_max
+}
+
 /// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.
 pub fn alarm_every(every: std::time::Duration) {
     let tv =

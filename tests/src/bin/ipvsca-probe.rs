@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
         .split_first()
-        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-emfile|accept-forked [options]");
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
@@ -25,6 +25,7 @@ fn main() {
         "connect" => connect(&opts),
         "errors" => errors(&opts),
         "accept-interrupted" => accept_interrupted(&opts),
+        "accept-crowd" => accept_crowd(&opts),
         "accept-emfile" => accept_emfile(&opts),
         "accept-forked" => accept_forked(&opts),
         "spin" => spin(),
@@ -701,6 +702,77 @@ fn accept_interrupted(o: &Opts) {
     emit(json!({"first": outcome(first), "first_ms": first_ms, "second": {"ok": second.ret >= 0}}));
 }
 
+/// `--threads N` threads, each with a stack of `--stack-kib` KiB (64 by default), blocked in
+/// a blocking `accept` on one listener (`--listen`) until each has taken one connection; and
+/// one more thread, with a non-blocking listener of its own (`--extra`), that accepts one
+/// connection and asks its peer while the others wait. Prints `{"ready":true,...}` once
+/// every thread is started, `{"extra":{"accept":..,"getpeername":..}}` once the extra
+/// connection is served, and, once every thread has its connection,
+/// `{"accepted":..,"expected":..,"distinct_ports":..,"other":..,"errors":..,"sample":[..]}`:
+/// `expected` counts the peers at `--expect-ip` with a port from `--expect-port` to that
+/// plus N (each thread's, `distinct_ports` says how many differ), `other` the other peers,
+/// `errors` the accepts that failed; `sample` shows the first few of those.
+fn accept_crowd(o: &Opts) {
+    // One descriptor per connection: as many as the hard limit allows.
+    let _ = calls::set_nofile(calls::nofile_hard_limit());
+    let fd = listener(o.addr("listen"), 4096).into_raw_fd();
+    let count = o.num("threads", 1);
+    let stack = o.num("stack-kib", 64) * 1024;
+    let expect_ip: std::net::IpAddr = o.get("expect-ip").expect("--expect-ip IP").parse().expect("an address");
+    let first_port = o.num("expect-port", 0);
+    let extra = listener(o.addr("extra"), 16);
+    calls::set_nonblocking(extra.as_raw_fd());
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(stack)
+                .spawn(move || accept_one(fd))
+                .unwrap_or_else(|e| panic!("starting thread {i} of {count}: {e}"))
+        })
+        .collect();
+    std::thread::spawn(move || serve_extra(extra));
+    emit(json!({"ready": true, "pids": [std::process::id()], "threads": count}));
+    let (mut expected, mut other, mut errors) = (0, 0, 0);
+    let mut ports = std::collections::HashSet::new();
+    let mut sample = Vec::new();
+    let mut connections = Vec::new();
+    for thread in threads {
+        match thread.join().expect("an accepting thread panicked") {
+            Ok((shown, connection)) => {
+                connections.push(connection);
+                let peer = shown.as_str().and_then(|p| p.parse::<SocketAddr>().ok());
+                match peer {
+                    Some(p) if p.ip() == expect_ip && (first_port..first_port + count).contains(&p.port().into()) => {
+                        expected += 1;
+                        ports.insert(p.port());
+                    }
+                    _ => {
+                        other += 1;
+                        if sample.len() < 5 {
+                            sample.push(shown);
+                        }
+                    }
+                }
+            }
+            Err(errno) => {
+                errors += 1;
+                if sample.len() < 5 {
+                    sample.push(json!({"errno": errno}));
+                }
+            }
+        }
+    }
+    emit(json!({
+        "accepted": connections.len(),
+        "expected": expected,
+        "distinct_ports": ports.len(),
+        "other": other,
+        "errors": errors,
+        "sample": sample,
+    }));
+    std::process::exit(0);
+}
+
 /// One blocking `accept` on `fd`, restarted when a signal interrupts it: the peer it showed
 /// and the connection, or the errno it failed with.
 fn accept_one(fd: RawFd) -> Result<(Value, OwnedFd), i32> {
@@ -714,6 +786,31 @@ fn accept_one(fd: RawFd) -> Result<(Value, OwnedFd), i32> {
             0.. => return Ok((show(&buf, len), unsafe { OwnedFd::from_raw_fd(r.ret as RawFd) })),
             _ if r.errno == libc::EINTR => continue,
             _ => return Err(r.errno),
+        }
+    }
+}
+
+/// The extra thread of [`accept_crowd`]: one connection on its own non-blocking listener,
+/// waited for with `poll`, and its peer asked; the connection stays open (never closed)
+/// until the probe exits.
+fn serve_extra(listener: OwnedFd) {
+    let l = listener.as_raw_fd();
+    loop {
+        let mut p = libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+        let r = unsafe { calls::accept4(l, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC) };
+        if r.ret >= 0 {
+            let conn = r.ret as RawFd;
+            emit(json!({"extra": {"accept": show(&buf, len), "getpeername": peer_of(conn)}}));
+            return;
+        }
+        if r.errno != libc::EAGAIN && r.errno != libc::EINTR {
+            emit(json!({"extra": {"errno": r.errno}}));
+            return;
         }
     }
 }
