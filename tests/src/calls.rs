@@ -14,8 +14,8 @@
 //!   readable for their lengths; an address length above 128 is refused (`EINVAL`) before
 //!   anything is read. Or
 //! - deliberately bad, pointing where no Rust object lives ([`BAD_POINTER`],
-//!   [`read_only_page`]): the call then fails with `EFAULT` and changes nothing there,
-//!   which is what the probe wants to see.
+//!   [`read_only_page`], [`no_access_page`]): the call then fails with `EFAULT` and
+//!   changes nothing there, which is what the probe wants to see.
 
 use std::os::fd::RawFd;
 
@@ -107,6 +107,18 @@ pub fn read_only_page() -> *mut u8 {
     p.cast()
 }
 
+/// A mapped page the process may neither read nor write (`PROT_NONE`): the kernel's copy
+/// to it faults (`EFAULT`) where a copy to the page before it would have succeeded.
+pub fn no_access_page() -> *mut u8 {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; it is
+    // never unmapped (the probe is short-lived).
+    let p = unsafe {
+        libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    assert_ne!(p, libc::MAP_FAILED, "mmap");
+    p.cast()
+}
+
 /// An address no process can use: the kernel reports `EFAULT` for it.
 pub const BAD_POINTER: *mut u8 = 0x10 as *mut u8;
 
@@ -148,6 +160,31 @@ pub fn signal_thread(thread: libc::pthread_t, sig: i32) {
 pub fn fork() -> i32 {
     // SAFETY: called while the probe has one thread (see the caller).
     unsafe { libc::fork() }
+}
+
+/// Sets the soft `RLIMIT_NOFILE` to `soft`, the hard limit unchanged: an error if `soft`
+/// is above it.
+pub fn set_nofile(soft: u64) -> std::io::Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill, then for setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = soft;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The hard `RLIMIT_NOFILE`.
+pub fn nofile_hard_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a live rlimit for getrlimit to fill.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_max
 }
 
 /// Sends SIGALRM every `every` (zero: stop), as `setitimer(ITIMER_REAL)`.

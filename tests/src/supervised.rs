@@ -11,7 +11,7 @@
 //! what the supervisor answers is the `supervisor` crate's.
 
 use std::io;
-use std::net::{SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -19,8 +19,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use capture::MappingTable;
+use capture::clock::monotonic_millis;
+use capture::table::Announced;
 use capture::trust::Trust;
+use capture::{FlowKey, MappingTable, Proto, Via};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, socketpair, sockopt};
 use supervisor::emulate::Options;
 use supervisor::filter::IoUring;
@@ -194,4 +196,50 @@ pub fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> TcpStream {
     nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrIn::from(from)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
     nix::sys::socket::connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect {to}: {e}"));
     TcpStream::from(fd)
+}
+
+/// One test's loopback addresses, distinct per test (`test`, 1 to 50) and per run (the
+/// process id), so that tests running side by side, and other runs, never share one.
+///
+/// Loopback balancer addresses are what the capture and `ipvsca map add` refuse to learn
+/// (`capture::flow::not_a_peer`); the table itself holds what it is given, and the tests
+/// fill it directly, as the capture would after those checks.
+#[derive(Debug, Clone, Copy)]
+pub struct Hosts {
+    /// The real server (the probe).
+    pub rs: Ipv4Addr,
+    /// A balancer whose flows are mapped.
+    pub lb: Ipv4Addr,
+    /// A balancer with no mapping.
+    pub unmapped: Ipv4Addr,
+}
+
+/// Test `test`'s [`Hosts`]: 127.`test`.x.y, 127.`100+test`.x.y and 127.`200+test`.x.y.
+pub fn hosts(test: u8) -> Hosts {
+    let pid = std::process::id();
+    let (a, b) = (((pid / 250) % 250) as u8, (1 + pid % 250) as u8);
+    Hosts {
+        rs: Ipv4Addr::new(127, test, a, b),
+        lb: Ipv4Addr::new(127, 100 + test, a, b),
+        unmapped: Ipv4Addr::new(127, 200 + test, a, b),
+    }
+}
+
+/// A client a balancer announces: 198.51.100.`host`:`port` (TEST-NET-2, never local).
+pub fn client(host: u8, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, host), port)
+}
+
+/// What a capture would have learned: `lb` announced `client` for a new flow to `rs`. The
+/// entry is provisional for `capture::table::PROVISIONAL_LIFETIME` (10 s) until the service
+/// meets its flow.
+pub fn learn(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
+    let via = if proto == Proto::Tcp { Via::Toa } else { Via::Icmp };
+    let key = FlowKey { proto, lb: lb.into(), rs: rs.into() };
+    table.learn(key, client.into(), via, Announced::NewFlow, monotonic_millis());
+}
+
+/// The operator's mapping (`ipvsca map add`): confirmed from the start and never expiring.
+pub fn add_static(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
+    table.add_static(FlowKey { proto, lb: lb.into(), rs: rs.into() }, client.into(), monotonic_millis());
 }

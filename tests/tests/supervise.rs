@@ -436,11 +436,17 @@ fn every_error_case_returns_what_the_kernel_returns() {
             let speaker = balancer(&topo);
             let flow = Flow { lb: SocketAddrV4::new(LB1, 40001), rs: SocketAddrV4::new(RS, 8080), client };
             let second = Flow { lb: SocketAddrV4::new(LB1, 40002), ..flow };
+            // The third is lost to the accept whose address buffer faults. Its own client:
+            // the connect to `client` below must not be sent to its balancer port, which
+            // the lost connection still holds.
+            let other_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 61), 6001);
+            let third = Flow { lb: SocketAddrV4::new(LB1, 40003), client: other_client, ..flow };
             assert_eq!(speaker.handshake(&[flow], ToaOn::HandshakeAck, 1, WAIT).unwrap().completed, 1);
             assert_eq!(speaker.handshake(&[second], ToaOn::Syn, 1, WAIT).unwrap().completed, 1);
+            assert_eq!(speaker.handshake(&[third], ToaOn::Syn, 1, WAIT).unwrap().completed, 1);
             let a = Announcement { proto: Proto::Udp, lb_port: 50001, rs_port: 5353, client };
             speaker.announce(LB1, RS, &a).unwrap();
-            for i in 0..5 {
+            for i in 0..6 {
                 let payload = format!("datagram-{i}");
                 speaker
                     .send_udp(SocketAddrV4::new(LB1, 50001), SocketAddrV4::new(RS, 5353), payload.as_bytes())

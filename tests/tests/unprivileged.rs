@@ -3,54 +3,25 @@
 //! the test process answers its calls from a table the test fills, over loopback. No
 //! namespace, no capture, no capability: these run on every machine and as any user.
 //!
-//! Addresses are loopback ones (127.0.0.0/8 is all local): a real server, a balancer whose
-//! flows are mapped to clients in 198.51.100.0/24, and a balancer with no mapping. Loopback
-//! balancer addresses are what the capture and `ipvsca map add` refuse to learn
-//! (`capture::flow::not_a_peer`); the table itself holds what it is given, and these tests
-//! fill it directly, as the capture would after those checks. The capture, namespaces,
-//! the launcher and packaging keep their root tests (supervise.rs and others).
+//! Addresses are loopback ones (127.0.0.0/8 is all local, `supervised::Hosts`): a real
+//! server, a balancer whose flows are mapped to clients in 198.51.100.0/24, and a balancer
+//! with no mapping. The capture, namespaces, the launcher and packaging keep their root
+//! tests (supervise.rs and others).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capture::clock::monotonic_millis;
-use capture::table::Announced;
-use capture::{FlowKey, MappingTable, Proto, Via};
+use capture::{MappingTable, Proto};
 use ipvsca_tests::battery;
 use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
-use ipvsca_tests::supervised::{self, Supervised, connect_from};
+use ipvsca_tests::supervised::{self, Supervised, add_static, client, connect_from, hosts, learn};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// One test's loopback addresses, distinct per test (`test`, 1 to 50) and per run (the
-/// process id), so that tests running side by side, and other runs, never share one.
-struct Hosts {
-    /// The real server (the probe).
-    rs: Ipv4Addr,
-    /// A balancer whose flows are mapped.
-    lb: Ipv4Addr,
-    /// A balancer with no mapping.
-    unmapped: Ipv4Addr,
-}
-
-fn hosts(test: u8) -> Hosts {
-    let pid = std::process::id();
-    let (a, b) = (((pid / 250) % 250) as u8, (1 + pid % 250) as u8);
-    Hosts {
-        rs: Ipv4Addr::new(127, test, a, b),
-        lb: Ipv4Addr::new(127, 100 + test, a, b),
-        unmapped: Ipv4Addr::new(127, 200 + test, a, b),
-    }
-}
-
-fn client(host: u8, port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, host), port)
-}
 
 fn probe(args: &[String]) -> Command {
     let mut cmd = Command::new(bins::path("ipvsca-probe"));
@@ -73,13 +44,6 @@ fn supervise(probe: Command, table: Arc<MappingTable>) -> Supervised {
 fn ready(s: &Service) {
     let line = s.json(WAIT);
     assert_eq!(line["ready"], true, "{line}");
-}
-
-/// What a capture would have learned: `lb` announced `client` for a new flow to `rs`.
-fn learn(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
-    let via = if proto == Proto::Tcp { Via::Toa } else { Via::Icmp };
-    let key = FlowKey { proto, lb: lb.into(), rs: rs.into() };
-    table.learn(key, client.into(), via, Announced::NewFlow, monotonic_millis());
 }
 
 /// The peer of the next connection `listener` accepts within `timeout`.
@@ -243,12 +207,6 @@ fn nonblocking_recvfrom_shows_the_mapped_client_and_sendto_replies_reach_the_bal
     udp_scenario(6, &["--nonblocking"]);
 }
 
-/// The operator's mapping (`ipvsca map add`): confirmed from the start, as for a server that
-/// connects back to its clients from its own port.
-fn add_static(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
-    table.add_static(FlowKey { proto, lb: lb.into(), rs: rs.into() }, client.into(), monotonic_millis());
-}
-
 /// `connect` from the service's own port to a mapped client reaches the balancer; the
 /// socket's peer shows as the client. `nonblocking`: answered at once (`EINPROGRESS`),
 /// else by a worker once the handshake is done.
@@ -353,13 +311,17 @@ fn an_accept_with_a_timeout_interrupted_by_one_restarting_signal_fails_with_eint
 }
 
 /// The probe's battery of error cases (`ipvsca-probe errors`), natively and supervised:
-/// two connections and five datagrams from a balancer, mapped to one client when
+/// three connections and six datagrams from a balancer, mapped to one client when
 /// supervised. Returns the probe's results.
 fn error_cases(test: u8, supervised: bool) -> Value {
     let h = hosts(test);
     let (rs_tcp, rs_udp) = (SocketAddrV4::new(h.rs, 8080), SocketAddrV4::new(h.rs, 5353));
-    let (lb1, lb2, lb_udp) =
-        (SocketAddrV4::new(h.lb, 40001), SocketAddrV4::new(h.lb, 40002), SocketAddrV4::new(h.lb, 50001));
+    let (lb1, lb2, lb3, lb_udp) = (
+        SocketAddrV4::new(h.lb, 40001),
+        SocketAddrV4::new(h.lb, 40002),
+        SocketAddrV4::new(h.lb, 40003),
+        SocketAddrV4::new(h.lb, 50001),
+    );
     let c = client(60, 6000);
     // Natively the service answers the balancer it sees; supervised, the client it sees:
     // the kernel's answers must be the same.
@@ -371,6 +333,10 @@ fn error_cases(test: u8, supervised: bool) -> Value {
     for lb in [lb1, lb2] {
         learn(&table, Proto::Tcp, lb, rs_tcp, c);
     }
+    // The third connection is lost to the accept whose address buffer faults. Its own
+    // client: the battery's connect to `c` must not be sent to its balancer port, which
+    // the lost connection still holds.
+    learn(&table, Proto::Tcp, lb3, rs_tcp, client(61, 6001));
     learn(&table, Proto::Udp, lb_udp, rs_udp, c);
     let (mut under, mut native) = (None, None);
     let service = if supervised {
@@ -379,9 +345,9 @@ fn error_cases(test: u8, supervised: bool) -> Value {
         &*native.insert(Service::start(cmd).unwrap())
     };
     ready(service);
-    let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp)];
+    let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp), connect_from(lb3, rs_tcp)];
     let datagrams = UdpSocket::bind(lb_udp).unwrap();
-    for i in 0..5 {
+    for i in 0..6 {
         datagrams.send_to(format!("datagram-{i}").as_bytes(), rs_udp).unwrap();
     }
     let out = service.json(WAIT);

@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
         .split_first()
-        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted [options]");
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
@@ -25,6 +25,9 @@ fn main() {
         "connect" => connect(&opts),
         "errors" => errors(&opts),
         "accept-interrupted" => accept_interrupted(&opts),
+        "accept-crowd" => accept_crowd(&opts),
+        "accept-emfile" => accept_emfile(&opts),
+        "accept-forked" => accept_forked(&opts),
         "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
@@ -410,8 +413,8 @@ fn connect(o: &Opts) {
     emit(line);
 }
 
-/// Every error case of the six calls, on a mapped TCP connection and mapped datagrams
-/// (the test's balancer sends them once "ready" is printed).
+/// Every error case of the six calls, on mapped TCP connections (three) and mapped
+/// datagrams (six), which the test's balancer sends once "ready" is printed.
 fn errors(o: &Opts) {
     // The service's sockets, and beside them (same ports) the sockets it sends from.
     let tcp = listener(o.addr("tcp"), 16);
@@ -450,6 +453,15 @@ fn errors(o: &Opts) {
             "nonblock": fl_flags & libc::O_NONBLOCK != 0,
         }),
     );
+
+    // A third connection, accepted into an address buffer that faults, offered more than
+    // the address: the connection is lost (EFAULT), and `*addrlen` shows where the kernel
+    // writes the length (before the address since Linux 6.12, after it before).
+    let mut len = 100u32;
+    // SAFETY: the no-access page holds no Rust object and cannot be written (EFAULT);
+    // `len` is a local held for the call.
+    let got = outcome(unsafe { calls::accept(l, calls::no_access_page(), &mut len) });
+    case("accept_faulting_addr", json!({"o": got, "len": len}));
 
     // In every call below but the deliberately bad ones, `buf` (128 bytes) and `len` are
     // locals held for the call: the module rule of `calls` holds whatever `*len` says.
@@ -517,7 +529,7 @@ fn errors(o: &Opts) {
     // SAFETY: `buf` and `len` as above.
     case("accept_eagain", outcome(unsafe { calls::accept(quiet.as_raw_fd(), buf.as_mut_ptr(), &mut len) }));
 
-    // Datagrams: wait for the balancer's five.
+    // Datagrams: wait for the balancer's six.
     let mut p = libc::pollfd { fd: u, events: libc::POLLIN, revents: 0 };
     // SAFETY: one live pollfd.
     unsafe { libc::poll(&mut p, 1, 10_000) };
@@ -556,6 +568,15 @@ fn errors(o: &Opts) {
     // for the call, 128 bytes and 4.
     let r = unsafe { calls::recvfrom(u, BAD_POINTER, 64, 0, addr.as_mut_ptr(), &mut len) };
     case("recvfrom_bad_buffer", outcome(r));
+    // The sixth datagram, into an address buffer that faults, offered more than the
+    // address: the data is copied first, then the length and the address in the kernel's
+    // order; the datagram is gone (EFAULT).
+    let mut data = [0u8; 64];
+    let mut len = 100u32;
+    // SAFETY: `data` and `len` are locals held for the call, 64 bytes and 4; the no-access
+    // page holds no Rust object and cannot be written (EFAULT).
+    let r = unsafe { calls::recvfrom(u, data.as_mut_ptr(), data.len(), 0, calls::no_access_page(), &mut len) };
+    case("recvfrom_faulting_addr", json!({"o": outcome(r), "len": len, "data": hex(&data[..16])}));
     let mut len = 128u32;
     let r = rf(&mut data, libc::MSG_DONTWAIT, &mut addr, &mut len);
     case("recvfrom_eagain", outcome(r));
@@ -679,4 +700,218 @@ fn accept_interrupted(o: &Opts) {
     let first_ms = start.elapsed().as_millis() as u64;
     let second = if first.ret >= 0 { first } else { accept() };
     emit(json!({"first": outcome(first), "first_ms": first_ms, "second": {"ok": second.ret >= 0}}));
+}
+
+/// `--threads N` threads, each with a stack of `--stack-kib` KiB (64 by default), blocked in
+/// a blocking `accept` on one listener (`--listen`) until each has taken one connection; and
+/// one more thread, with a non-blocking listener of its own (`--extra`), that accepts one
+/// connection and asks its peer while the others wait. Prints `{"ready":true,...}` once
+/// every thread is started, `{"extra":{"accept":..,"getpeername":..}}` once the extra
+/// connection is served, and, once every thread has its connection,
+/// `{"accepted":..,"expected":..,"distinct_ports":..,"other":..,"errors":..,"sample":[..]}`:
+/// `expected` counts the peers at `--expect-ip` with a port from `--expect-port` to that
+/// plus N (each thread's, `distinct_ports` says how many differ), `other` the other peers,
+/// `errors` the accepts that failed; `sample` shows the first few of those.
+fn accept_crowd(o: &Opts) {
+    // One descriptor per connection: as many as the hard limit allows.
+    let _ = calls::set_nofile(calls::nofile_hard_limit());
+    let fd = listener(o.addr("listen"), 4096).into_raw_fd();
+    let count = o.num("threads", 1);
+    let stack = o.num("stack-kib", 64) * 1024;
+    let expect_ip: std::net::IpAddr = o.get("expect-ip").expect("--expect-ip IP").parse().expect("an address");
+    let first_port = o.num("expect-port", 0);
+    let extra = listener(o.addr("extra"), 16);
+    calls::set_nonblocking(extra.as_raw_fd());
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(stack)
+                .spawn(move || accept_one(fd))
+                .unwrap_or_else(|e| panic!("starting thread {i} of {count}: {e}"))
+        })
+        .collect();
+    std::thread::spawn(move || serve_extra(extra));
+    emit(json!({"ready": true, "pids": [std::process::id()], "threads": count}));
+    let (mut expected, mut other, mut errors) = (0, 0, 0);
+    let mut ports = std::collections::HashSet::new();
+    let mut sample = Vec::new();
+    let mut connections = Vec::new();
+    for thread in threads {
+        match thread.join().expect("an accepting thread panicked") {
+            Ok((shown, connection)) => {
+                connections.push(connection);
+                let peer = shown.as_str().and_then(|p| p.parse::<SocketAddr>().ok());
+                match peer {
+                    Some(p) if p.ip() == expect_ip && (first_port..first_port + count).contains(&p.port().into()) => {
+                        expected += 1;
+                        ports.insert(p.port());
+                    }
+                    _ => {
+                        other += 1;
+                        if sample.len() < 5 {
+                            sample.push(shown);
+                        }
+                    }
+                }
+            }
+            Err(errno) => {
+                errors += 1;
+                if sample.len() < 5 {
+                    sample.push(json!({"errno": errno}));
+                }
+            }
+        }
+    }
+    emit(json!({
+        "accepted": connections.len(),
+        "expected": expected,
+        "distinct_ports": ports.len(),
+        "other": other,
+        "errors": errors,
+        "sample": sample,
+    }));
+    std::process::exit(0);
+}
+
+/// One blocking `accept` on `fd`, restarted when a signal interrupts it: the peer it showed
+/// and the connection, or the errno it failed with.
+fn accept_one(fd: RawFd) -> Result<(Value, OwnedFd), i32> {
+    loop {
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        // SAFETY: `buf` and `len` are this thread's locals, 128 bytes and 4.
+        let r = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+        match r.ret {
+            // SAFETY: the descriptor accept just returned, owned by nothing else.
+            0.. => return Ok((show(&buf, len), unsafe { OwnedFd::from_raw_fd(r.ret as RawFd) })),
+            _ if r.errno == libc::EINTR => continue,
+            _ => return Err(r.errno),
+        }
+    }
+}
+
+/// The extra thread of [`accept_crowd`]: one connection on its own non-blocking listener,
+/// waited for with `poll`, and its peer asked; the connection stays open (never closed)
+/// until the probe exits.
+fn serve_extra(listener: OwnedFd) {
+    let l = listener.as_raw_fd();
+    loop {
+        let mut p = libc::pollfd { fd: l, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, 100) };
+        let mut buf = [0u8; 128];
+        let mut len = 128u32;
+        // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+        let r = unsafe { calls::accept4(l, buf.as_mut_ptr(), &mut len, libc::SOCK_CLOEXEC) };
+        if r.ret >= 0 {
+            let conn = r.ret as RawFd;
+            emit(json!({"extra": {"accept": show(&buf, len), "getpeername": peer_of(conn)}}));
+            return;
+        }
+        if r.errno != libc::EAGAIN && r.errno != libc::EINTR {
+            emit(json!({"extra": {"errno": r.errno}}));
+            return;
+        }
+    }
+}
+
+/// A connection waiting while the descriptor table is full. The soft `RLIMIT_NOFILE` is
+/// lowered to `--nofile` (64 by default) and the table filled with copies of `/dev/null`,
+/// then `{"ready":true,...}` is printed; once a connection waits on the listener
+/// (`--listen`, blocking or `--nonblocking`): `accept` (`EMFILE` natively), `poll` of the
+/// listener for `POLLIN` without waiting, one copy closed, and `accept` again. Prints
+/// `{"waited":revents,"first":outcome,"after_first":revents,"second":outcome,
+/// "peer":shown,"getpeername":shown}`.
+fn accept_emfile(o: &Opts) {
+    let l = listener(o.addr("listen"), 16);
+    let fd = l.as_raw_fd();
+    if o.flag("nonblocking") {
+        calls::set_nonblocking(fd);
+    }
+    calls::set_nofile(o.num("nofile", 64) as u64).expect("lowering RLIMIT_NOFILE");
+    let null = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut fillers = Vec::new();
+    let full = loop {
+        // SAFETY: dup of a descriptor the probe owns.
+        let copy = unsafe { libc::dup(null.as_raw_fd()) };
+        if copy < 0 {
+            break std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        }
+        // SAFETY: the descriptor dup just returned, owned by nothing else.
+        fillers.push(unsafe { OwnedFd::from_raw_fd(copy) });
+    };
+    assert_eq!(full, libc::EMFILE, "filling the descriptor table");
+    emit(json!({"ready": true, "pids": [std::process::id()], "filled": fillers.len()}));
+    let poll_now = |timeout_ms| {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one live pollfd.
+        unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        p.revents
+    };
+    let waited = poll_now(20_000);
+    let (mut buf, mut len) = ([0u8; 128], 128u32);
+    // SAFETY: `buf` and `len` are locals held for the call, 128 bytes and 4.
+    let first = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+    let after_first = poll_now(0);
+    drop(fillers.pop());
+    let (mut buf, mut len) = ([0u8; 128], 128u32);
+    // SAFETY: as above.
+    let second = unsafe { calls::accept(fd, buf.as_mut_ptr(), &mut len) };
+    let (peer, getpeername) =
+        if second.ret >= 0 { (show(&buf, len), peer_of(second.ret as RawFd)) } else { (Value::Null, Value::Null) };
+    emit(json!({
+        "waited": waited,
+        "first": outcome(first),
+        "after_first": after_first,
+        "second": outcome(second),
+        "peer": peer,
+        "getpeername": getpeername,
+    }));
+}
+
+/// Two processes blocked in a blocking `accept` on one listener (`--listen`), forked one
+/// after the other `--stagger-ms` (300) apart, so that the first has waited longest. Prints
+/// `{"ready":true,"pids":[parent],"callers":[first,second]}` once both wait. A caller that
+/// accepts prints `{"pid":..,"accept":shown,"getpeername":shown}`, writes one byte, `x`,
+/// to the connection, and exits once its peer closes (or after 10 s); the parent exits
+/// once both callers have. A caller dies with the parent (`PR_SET_PDEATHSIG`).
+fn accept_forked(o: &Opts) {
+    let l = listener(o.addr("listen"), 16);
+    let stagger = Duration::from_millis(o.num("stagger-ms", 300) as u64);
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        match calls::fork() {
+            0 => accept_and_answer(l.as_raw_fd()),
+            pid if pid > 0 => callers.push(pid),
+            _ => panic!("fork: {}", std::io::Error::last_os_error()),
+        }
+        std::thread::sleep(stagger);
+    }
+    emit(json!({"ready": true, "pids": [std::process::id()], "callers": callers}));
+    for _ in &callers {
+        let mut status = 0;
+        // SAFETY: waits for any child, into a live int.
+        unsafe { libc::wait(&mut status) };
+    }
+}
+
+/// A forked caller of [`accept_forked`]: never returns.
+fn accept_and_answer(l: RawFd) -> ! {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    let (shown, conn) = match accept_one(l) {
+        Ok(accepted) => accepted,
+        Err(errno) => {
+            emit(json!({"pid": std::process::id(), "accept": {"errno": errno}}));
+            std::process::exit(1);
+        }
+    };
+    let c = conn.as_raw_fd();
+    emit(json!({"pid": std::process::id(), "accept": shown, "getpeername": peer_of(c)}));
+    // SAFETY: one byte from a static, on a descriptor the caller owns.
+    unsafe { libc::send(c, b"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL) };
+    let mut stream = std::net::TcpStream::from(conn);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = std::io::Read::read(&mut stream, &mut [0u8; 16]);
+    std::process::exit(0);
 }
