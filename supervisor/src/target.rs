@@ -25,7 +25,7 @@ use crate::sys::pidfd;
 
 /// Entries kept before the cache drops those of threads that have exited (two descriptors
 /// each at most: the pidfd and the thread's `/proc/<tid>/fd`).
-const CACHE_LIMIT: usize = 1024;
+const CACHE_LIMIT: usize = 256;
 
 /// How long a caller's `RLIMIT_NOFILE` is taken as read.
 const LIMIT_AGE: Duration = Duration::from_secs(1);

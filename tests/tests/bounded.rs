@@ -27,8 +27,10 @@ const FIRST_PORT: u16 = 20_000;
 /// Connections made before waiting for them to be accepted: well within the listener's
 /// backlog (4096 at most), so that no SYN is dropped and retried a second later.
 const BATCH: usize = 500;
-/// Descriptors the supervisor may hold, whatever the number of waiting calls.
-const SUPERVISOR_DESCRIPTORS: usize = 512;
+/// Descriptors the supervisor may hold, whatever the number of waiting calls: 256 cached
+/// callers with two each (a pidfd, `/proc/<tid>/fd`), the waited-on socket, the epoll set
+/// and its eventfd, a process pidfd, the listener, and room to spare.
+const SUPERVISOR_DESCRIPTORS: usize = 768;
 /// How long the 10,000 connections may take to be accepted, all batches together.
 const CONNECTING: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(20);
