@@ -7,11 +7,13 @@
 //!
 //! Each runs natively, under ipvsca (`supervise`: embedded and, as root, served by the
 //! daemon) and under the floor (`floor`: the least a seccomp supervisor can do), the modes
-//! interleaved (`compare`). `ipvsca-bench table` measures the mapping table alone
-//! (`table`). Nothing is asserted: the figures are printed.
+//! interleaved (`compare`). `ipvsca-bench nginx` measures nginx natively and under
+//! `ipvsca-run` (`nginx`); `ipvsca-bench table` the mapping table alone (`table`). Nothing
+//! is asserted: the figures are printed.
 
 mod compare;
 mod floor;
+mod nginx;
 mod supervise;
 mod table;
 mod workload;
@@ -31,13 +33,19 @@ Usage:
       20000): native, under the embedded supervisor, as root under an `ipvsca supervise`
       daemon, and under the floor (a minimal C supervisor compiled with cc at run time);
       the median of --rounds (default 3) runs, the modes interleaved.
+  ipvsca-bench nginx [--duration S] [--rounds N] [--connections N]
+      nginx (worker_processes 1, then 2) natively and under `ipvsca-run`, loaded by wrk
+      from another network namespace over a veth pair, with keep-alive and with one request
+      per connection: requests per second (median of --rounds, default 3, of --duration,
+      default 3 s, with --connections, default 16) and how the workers shared them. Root,
+      nginx (nginx-light) and wrk needed; skipped with the reason otherwise.
   ipvsca-bench table [--n N] [--v6]
       The mapping table alone: memory per entry, insert and lookup rates, housekeeping and
       expiry times with N mappings (default 1000000), IPv4 or IPv6.
 
 As root the comparison runs in a network namespace of its own; unprivileged, on loopback
 and without the daemon rows. Build every binary first (cargo build --release --workspace
---bins): the daemon rows need `ipvsca` beside this binary.
+--bins): the daemon rows need `ipvsca`, and `nginx` needs `ipvsca-run`, beside this binary.
 Nothing is asserted: the figures are printed.";
 
 fn main() {
@@ -47,6 +55,7 @@ fn main() {
         Some("--workload") => workload::run(&args[2..]),
         Some("--under") => supervise::under(&args[2], &args[3..]),
         Some("table") => table::figures(&args[2..]),
+        Some("nginx") => nginx::compare(&args[2..]),
         _ => compare::compare(&args[1..]),
     }
 }
