@@ -59,19 +59,23 @@ impl Emulator<'_> {
         let (Some(peer_inet), Some(local_inet)) = (sockaddr::kernel_inet(peer), sockaddr::kernel_inet(local)) else {
             return Err(RxMiss::NotInet);
         };
-        // An accepted socket is shown what its accept showed (`connected::Accepted`).
-        if let Seen::Socket(inode) = seen {
-            if let Some(shown) = self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet) {
-                let client = shown.ok_or(RxMiss::Unmapped)?;
-                return sockaddr::replace(peer, client).ok_or(RxMiss::Unrepresentable);
-            }
-        }
         let connected = socket.and_then(|s| self.connected.recall(|| net::inode(s).ok(), peer_inet));
         let client =
             connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)?;
         sockaddr::replace(peer, client).ok_or_else(|| {
             self.counters.unrepresentable.inc();
             RxMiss::Unrepresentable
+        })
+    }
+
+    /// What an accepted socket `inode` whose peer is `peer` is shown: what its accept
+    /// showed (`connected::Accepted`), if it was accepted under the supervisor.
+    fn shown_at_accept(&self, inode: u64, peer: &RawSockAddr) -> Option<Result<RawSockAddr, RxMiss>> {
+        let peer_inet = sockaddr::kernel_inet(peer)?;
+        let shown = self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet)?;
+        Some(match shown {
+            Some(client) => sockaddr::replace(peer, client).ok_or(RxMiss::Unrepresentable),
+            None => Err(RxMiss::Unmapped),
         })
     }
 
@@ -85,10 +89,17 @@ impl Emulator<'_> {
         };
         // Only an inet peer can be rewritten; its family says the socket's.
         let peer = net::peer_name(fd).ok().filter(|p| sockaddr::kernel_inet(p).is_some()).ok_or_else(bypass)?;
-        let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return Err(bypass()) };
-        // The socket that asks: the mapping it confirmed keeps its client (docs/trust.md).
-        let seen = Seen::Socket(net::inode(fd).unwrap_or(0));
-        let shown = self.rx_rewrite(proto, Some(fd), seen, &peer, &local).map_err(|miss| {
+        let inode = net::inode(fd).unwrap_or(0);
+        // An accepted socket needs nothing more to be answered; another is looked up.
+        let shown = match self.shown_at_accept(inode, &peer) {
+            Some(shown) => shown,
+            None => {
+                let (Some(proto), Ok(local)) = (socket_proto(fd), net::sock_name(fd)) else { return Err(bypass()) };
+                // The socket that asks: the mapping it confirmed keeps its client (docs/trust.md).
+                self.rx_rewrite(proto, Some(fd), Seen::Socket(inode), &peer, &local)
+            }
+        };
+        let shown = shown.map_err(|miss| {
             match miss {
                 RxMiss::Unrepresentable => self.counters.getpeername_unrepresentable.inc(),
                 RxMiss::Unmapped | RxMiss::NotInet => self.counters.getpeername_unmapped.inc(),
