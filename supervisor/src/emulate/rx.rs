@@ -148,9 +148,10 @@ impl Emulator<'_> {
                     // guarded in case another thread takes it first; else the call parks.
                     // (A socket that is not a listening TCP one fails at once: the kernel's
                     // own error, from the same call.)
-                    let listening = net::sockopt_int(lfd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
-                        && socket_proto(lfd) == Some(Proto::Tcp);
-                    if listening && !net::readable(lfd) {
+                    if !net::readable(lfd)
+                        && net::sockopt_int(lfd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Ok(1)
+                        && socket_proto(lfd) == Some(Proto::Tcp)
+                    {
                         return Ok(self.park(listener, libc::SO_RCVTIMEO));
                     }
                     match signal::guarded(|| net::accept(lfd, accept_flags)) {
