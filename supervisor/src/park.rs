@@ -46,6 +46,9 @@ pub const MAX_SOCKETS: usize = 4096;
 pub const MAX_PROCESSES: usize = 1024;
 /// Thread-to-process entries remembered before they are forgotten all at once.
 const MAX_GROUPS: usize = 65_536;
+/// Parked calls a sweep checks (`ID_VALID` each, a walk of the kernel's list of pending
+/// notifications: 10,000 of them took seconds).
+pub const SWEEP_SLICE: usize = 64;
 /// The longest the waiting thread sleeps without an event.
 pub const IDLE_WAKE: Duration = Duration::from_secs(1);
 
@@ -97,6 +100,8 @@ struct State {
     groups: HashMap<u32, u32>,
     deadlines: BTreeSet<(Instant, u32, u64)>,
     pokes: Vec<u64>,
+    /// The thread the next sweep starts from.
+    sweep_from: u32,
 }
 
 /// Why a call could not be parked.
@@ -145,8 +150,8 @@ impl Parker {
         self.parked.load(Ordering::Acquire)
     }
 
-    /// Parks `job` until `wait.socket` is readable.
-    pub fn park(&self, job: Job, wait: Wait) -> Result<(), Refused> {
+    /// Parks `job` until `wait.socket` is readable: the socket's inode.
+    pub fn park(&self, job: Job, wait: Wait) -> Result<u64, Refused> {
         let Some(copy) = wait.socket else { return Err(Refused::Resources) };
         let Ok(inode) = net::inode(copy.as_fd()) else { return Err(Refused::Resources) };
         let tid = job.n.tid;
@@ -178,7 +183,7 @@ impl Parker {
         if deadline.is_some() {
             self.wake_up();
         }
-        Ok(())
+        Ok(inode)
     }
 
     /// The process thread `tid` belongs to, remembered.
@@ -292,6 +297,9 @@ impl Parker {
         let mut state = self.state();
         let inode = parked.inode;
         if state.calls.contains_key(&parked.job.n.tid) {
+            // Its thread parked another call meanwhile (this one was interrupted): dropped,
+            // but the socket is armed again for the calls still waiting on it.
+            self.arm(&state, inode);
             return Ok(());
         }
         if let std::collections::hash_map::Entry::Vacant(e) = state.sockets.entry(inode) {
@@ -368,14 +376,23 @@ impl Parker {
         self.wake_up();
     }
 
-    /// Process `tgid` exited: its parked calls are dropped (they cannot be answered).
-    pub fn process_exited(&self, tgid: u32) {
+    /// Process `tgid` exited: its parked calls are dropped (they cannot be answered). Only
+    /// those the listener no longer holds: a thread id reused by another process since it
+    /// was filed under `tgid` belongs to a live call.
+    pub fn process_exited(&self, tgid: u32, listener: &Listener) {
         let mut state = self.state();
         if let Some(p) = state.processes.remove(&tgid) {
             let _ = self.epoll.delete(p.pidfd.as_fd());
         }
-        let gone: Vec<u32> = state.calls.iter().filter(|(_, c)| c.tgid == Some(tgid)).map(|(&t, _)| t).collect();
-        for tid in gone {
+        let filed: Vec<(u32, u64)> =
+            state.calls.iter().filter(|(_, c)| c.tgid == Some(tgid)).map(|(&t, c)| (t, c.job.n.id)).collect();
+        for (tid, id) in filed {
+            if listener.id_valid(id).is_ok() {
+                if let Some(call) = state.calls.get_mut(&tid) {
+                    call.tgid = None;
+                }
+                continue;
+            }
             if let Some(old) = state.calls.remove(&tid) {
                 self.unlink(&mut state, &old);
             }
@@ -402,14 +419,28 @@ impl Parker {
         out
     }
 
-    /// Drops the parked calls that are no longer pending (interrupted without a restart,
-    /// or their thread gone), and the pidfds of processes with no parked call; how many
-    /// calls were dropped.
+    /// Drops parked calls that are no longer pending, [`SWEEP_SLICE`] checked per sweep,
+    /// and the pidfds of processes with no parked call; how many calls were dropped. Such
+    /// calls are rare: an interrupted call goes when its thread makes its next call
+    /// (`interrupted`), a process's when it exits; left are threads gone alone (another
+    /// thread's `execve`) and threads that never call again.
     pub fn sweep(&self, listener: &Listener) -> usize {
         if self.len() == 0 && self.state().processes.is_empty() {
             return 0;
         }
-        let ids: Vec<(u32, u64)> = self.state().calls.iter().map(|(&t, c)| (t, c.job.n.id)).collect();
+        // A slice at a time, in thread order from where the last sweep stopped: each
+        // ID_VALID walks the kernel's list of pending notifications.
+        let ids: Vec<(u32, u64)> = {
+            let mut state = self.state();
+            let cursor = state.sweep_from;
+            let mut ids: Vec<(u32, u64)> = state.calls.iter().map(|(&t, c)| (t, c.job.n.id)).collect();
+            ids.sort_unstable();
+            let start = ids.partition_point(|&(t, _)| t < cursor);
+            let slice: Vec<(u32, u64)> =
+                ids.iter().cycle().skip(start).take(SWEEP_SLICE.min(ids.len())).copied().collect();
+            state.sweep_from = slice.last().map_or(0, |&(t, _)| t.wrapping_add(1));
+            slice
+        };
         let gone: Vec<(u32, u64)> = ids.into_iter().filter(|&(_, id)| listener.id_valid(id).is_err()).collect();
         let mut state = self.state();
         let mut dropped = 0;
@@ -553,8 +584,33 @@ mod tests {
         parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Wake]);
         assert!(parker.stopping() && start.elapsed() < IDLE_WAKE);
-        // This process's calls go when it exits (here: told so).
-        parker.process_exited(std::process::id());
+        // This process's calls go when it exits (here: told so, by a listener that holds
+        // no notification).
+        let none = Listener::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        parker.process_exited(std::process::id(), &none);
         assert_eq!(parker.len(), 0);
+    }
+
+    #[test]
+    fn a_tried_call_superseded_by_its_threads_next_call_leaves_the_socket_armed() {
+        let parker = Parker::new().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = net::inode(socket.as_fd()).unwrap();
+        let (tids, _stop) = threads(2);
+        parker.park(job(tids[0], 1), wait_on(&socket, None)).unwrap();
+        parker.park(job(tids[1], 2), wait_on(&socket, None)).unwrap();
+        let mut events = [EpollEvent::empty(); 8];
+        let mut out = Vec::new();
+        UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
+        parker.wait(&mut events, &mut out);
+        assert_eq!(out, [Event::Socket(inode)]);
+        // Tried; meanwhile its thread was interrupted and parked its restart.
+        let (copy, first) = parker.next(inode).unwrap();
+        parker.interrupted(tids[0], &Restarts::default());
+        parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
+        parker.repark(copy, first).unwrap();
+        assert_eq!(parker.len(), 2, "the restart and the other thread's call");
+        parker.wait(&mut events, &mut out);
+        assert_eq!(out, [Event::Socket(inode)], "still readable, still reported");
     }
 }

@@ -65,6 +65,9 @@ pub enum ServeError {
     /// The set of waited-on sockets could not be made (epoll, eventfd).
     #[error("making the set of sockets calls wait on (epoll): {0}")]
     Parker(Errno),
+    /// A guard timer could not be made (`timer_create`; `RLIMIT_SIGPENDING`).
+    #[error("making a guard timer for blocking accepts (timer_create): {0}")]
+    Guard(Errno),
     /// A thread could not be started.
     #[error("starting a supervisor thread: {0}")]
     Thread(std::io::Error),
@@ -208,11 +211,24 @@ impl Supervisor {
     /// calling thread's signal mask gains the workers' interrupt signal.
     pub fn serve(&self) -> Result<(), ServeError> {
         signal::block_interrupts();
+        // Both threads that try blocking accepts make their guard timer now (see
+        // `signal::guarded`): the waiting thread must never be without one.
+        signal::prepare_guard().map_err(ServeError::Guard)?;
         let waiting = self.shared.clone();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("ipvsca-wait".into())
-            .spawn(move || serve_parked(&waiting))
+            .spawn(move || {
+                signal::block_interrupts();
+                let prepared = signal::prepare_guard();
+                let ok = prepared.is_ok();
+                let _ = ready_tx.send(prepared);
+                if ok {
+                    serve_parked(&waiting)
+                }
+            })
             .map_err(ServeError::Thread)?;
+        ready.recv().unwrap_or(Err(Errno::EAGAIN)).map_err(ServeError::Guard)?;
         let served = self.receive();
         self.shared.parker.stop();
         served
@@ -339,7 +355,14 @@ fn follow(shared: &Arc<Shared>, job: Job, handled: Handled) {
         Handled::Park(wait) => {
             let (id, syscall) = (job.n.id, job.call.syscall());
             match shared.parker.park(job, wait) {
-                Ok(()) => shared.counters.parked.inc(),
+                Ok(inode) => {
+                    shared.counters.parked.inc();
+                    // Kept for this socket just before the call was filed (an interrupted
+                    // try's connection or datagram): offered now, not at the next arrival.
+                    if shared.stash.holds(inode) {
+                        shared.parker.poke(inode);
+                    }
+                }
                 Err(Refused::Gone) => {}
                 Err(Refused::Resources) => refuse(
                     shared,
@@ -390,7 +413,6 @@ fn refuse(shared: &Shared, id: u64, syscall: Syscall, what: &str) {
 /// The waiting thread: answers parked calls as their sockets become readable, fails those
 /// whose receive timeout runs out, drops those of processes that exit.
 fn serve_parked(shared: &Arc<Shared>) {
-    signal::block_interrupts();
     let parker = &shared.parker;
     let mut events = [nix::sys::epoll::EpollEvent::empty(); 64];
     let mut todo = Vec::new();
@@ -399,7 +421,7 @@ fn serve_parked(shared: &Arc<Shared>) {
         for event in &todo {
             match *event {
                 Event::Socket(inode) => serve_socket(shared, inode),
-                Event::ProcessExited(tgid) => parker.process_exited(tgid),
+                Event::ProcessExited(tgid) => parker.process_exited(tgid, &shared.listener),
                 Event::Wake => {}
             }
         }
@@ -475,7 +497,7 @@ fn start_worker(shared: &Arc<Shared>, job: Job) {
     }
 }
 
-fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
+fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
     signal::block_interrupts();
     let _ = worker.thread.set(signal::current_thread());
     let emulator = shared.emulator();
@@ -497,8 +519,21 @@ fn serve_thread(shared: &Shared, tid: u32, worker: &Worker) {
         };
         match job {
             Some(job) => {
+                // A call of this thread that was parked is gone: the thread is in this one.
+                shared.parker.interrupted(job.n.tid, &shared.restarts);
                 if !answer_kept(shared, &job) {
-                    emulator.handle(&job.n, &job.call, Place::Worker);
+                    // A call that parks (a blocking accept or recvfrom queued here behind an
+                    // interrupted connect) never blocks a worker: it is tried, then parked.
+                    let parks = matches!(job.call, Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_));
+                    let place = if parks { Place::Receiver } else { Place::Worker };
+                    match emulator.handle(&job.n, &job.call, place) {
+                        Handled::Park(wait) => {
+                            worker.current.store(0, Ordering::Release);
+                            follow(shared, job, Handled::Park(wait));
+                            continue;
+                        }
+                        Handled::Done | Handled::ToWorker => {}
+                    }
                 }
                 worker.current.store(0, Ordering::Release);
             }

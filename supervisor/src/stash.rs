@@ -54,6 +54,15 @@ pub struct Stash {
 }
 
 impl Stash {
+    /// Whether something is kept for socket `inode`.
+    pub fn holds(&self, inode: u64) -> bool {
+        if self.is_empty() {
+            return false;
+        }
+        self.connections.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&inode)
+            || self.datagrams.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&inode)
+    }
+
     /// True when nothing is kept: the hot path checks this before computing any key.
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0

@@ -389,3 +389,41 @@ fn every_error_case_returns_what_the_kernel_returns() {
     }
     battery::assert_the_rest_is_the_kernels(&native, &supervised);
 }
+
+/// A thread's blocking `connect` to a mapped client waits on a worker (its balancer never
+/// answers: its accept queue is full, so SYNs are dropped); `alarm()` interrupts it without
+/// `SA_RESTART`, and the thread's next call, a blocking `accept`, reaches the still busy
+/// worker. The worker must park it, not drop it.
+#[test]
+fn an_accept_after_an_interrupted_blocking_connect_is_answered() {
+    if !supervised::can_run("an_accept_after_an_interrupted_blocking_connect_is_answered") {
+        return;
+    }
+    let h = hosts(20);
+    let (rs, lb, c) = (SocketAddrV4::new(h.rs, 8080), SocketAddrV4::new(h.lb, 40001), client(20, 2000));
+    let table = Arc::new(MappingTable::default());
+    add_static(&table, Proto::Tcp, lb, rs, c);
+    // The balancer: a listener whose one-place queue (backlog 0) is taken.
+    let balancer = {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(lb)).unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        fd
+    };
+    let _queued = TcpStream::connect(lb).unwrap();
+    let program = ipvsca_tests::cbuild::build("connect_then_accept", &[]);
+    let mut cmd = Command::new(program);
+    cmd.args([h.rs.to_string(), "8081".into(), "8080".into(), c.ip().to_string(), c.port().to_string()]);
+    let under = supervise(cmd, table);
+    ready(&under.service);
+    let connected = under.service.json(WAIT);
+    assert_eq!(connected["errno"], libc::EINTR, "the connect is interrupted by the alarm: {connected}");
+    let peer = SocketAddrV4::new(h.unmapped, 42000);
+    let _client = connect_from(peer, SocketAddrV4::new(h.rs, 8081));
+    let accepted = under.service.json(WAIT);
+    assert!(accepted["accept"].as_i64().unwrap() >= 0, "the accept is answered: {accepted}");
+    assert_eq!(accepted["peer"], peer.to_string(), "{accepted}");
+    drop(balancer);
+    assert_eq!(under.finish(WAIT), 0);
+}

@@ -130,8 +130,8 @@ impl Emulator<'_> {
         }
         // The kernel takes the new descriptor's number before it looks at the listener: a
         // full table is EMFILE at once, and the connection stays queued. (A parked call
-        // took it natively when it started, and is not asked again.)
-        if self.kept.is_none() && !self.targets.descriptor_room(n.tid) {
+        // had its number natively since it started; here it fails, taking nothing.)
+        if !self.targets.descriptor_room(n.tid) {
             return Ok(self.reply_error(n, Errno::EMFILE));
         }
         let status = self.or_continue(n, net::status_flags(lfd).ok())?;
@@ -154,9 +154,11 @@ impl Emulator<'_> {
                     {
                         return Ok(self.park(listener, libc::SO_RCVTIMEO));
                     }
+                    // Interrupted (another thread took it) or no timer here: the waiting
+                    // thread, which made its timer at start, tries it when it is readable.
                     match signal::guarded(|| net::accept(lfd, accept_flags)) {
-                        Err(Errno::EINTR) => return Ok(self.park(listener, libc::SO_RCVTIMEO)),
-                        other => other,
+                        Some(Err(Errno::EINTR)) | None => return Ok(self.park(listener, libc::SO_RCVTIMEO)),
+                        Some(other) => other,
                     }
                 };
                 self.or_fail(n, accepted)?

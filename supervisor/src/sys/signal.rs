@@ -3,6 +3,8 @@
 //! call returns `EINTR`), to bound a call that should not block but might ([`guarded`]),
 //! and `SIGPIPE` to a caller, as the kernel would.
 
+use std::cell::RefCell;
+
 use nix::errno::Errno;
 
 use super::check;
@@ -58,26 +60,45 @@ pub fn interruptible<T>(call: impl FnOnce() -> T) -> T {
 /// How long a [`guarded`] call may block before it is interrupted, and again after that.
 const GUARD: libc::timespec = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
 
-thread_local! {
-    /// This thread's guard timer ([`guarded`]), created at its first use.
-    static GUARD_TIMER: Option<libc::timer_t> = guard_timer();
+/// A timer that raises [`interrupt_signal`] in the thread that made it; deleted with it.
+struct GuardTimer(libc::timer_t);
+
+impl Drop for GuardTimer {
+    fn drop(&mut self) {
+        // SAFETY: a timer this thread created and nothing else deletes.
+        unsafe { libc::timer_delete(self.0) };
+    }
 }
 
-fn guard_timer() -> Option<libc::timer_t> {
-    // SAFETY: an all-zero sigevent is valid; the fields set name this thread and the signal.
-    let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
-    event.sigev_notify = libc::SIGEV_THREAD_ID;
-    event.sigev_signo = interrupt_signal();
-    event.sigev_notify_thread_id = nix::unistd::gettid().as_raw();
-    let mut timer: libc::timer_t = std::ptr::null_mut();
-    // SAFETY: `event` and `timer` are live locals; the kernel writes the timer's id.
-    let rc = unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) };
-    (rc == 0).then_some(timer)
+thread_local! {
+    /// This thread's guard timer ([`guarded`]).
+    static GUARD_TIMER: RefCell<Option<GuardTimer>> = const { RefCell::new(None) };
+}
+
+/// Makes the calling thread's guard timer, if it has none. A thread that answers calls
+/// makes it when it starts, so that a failure (a timer counts against the user's
+/// `RLIMIT_SIGPENDING`) stops the supervisor at start rather than failing calls later.
+pub fn prepare_guard() -> Result<(), Errno> {
+    GUARD_TIMER.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            // SAFETY: an all-zero sigevent is valid; the fields set name this thread and
+            // the signal.
+            let mut event: libc::sigevent = unsafe { std::mem::zeroed() };
+            event.sigev_notify = libc::SIGEV_THREAD_ID;
+            event.sigev_signo = interrupt_signal();
+            event.sigev_notify_thread_id = nix::unistd::gettid().as_raw();
+            let mut timer: libc::timer_t = std::ptr::null_mut();
+            // SAFETY: `event` and `timer` are live locals; the kernel writes the timer's id.
+            check(unsafe { libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) } as libc::c_long)?;
+            *slot = Some(GuardTimer(timer));
+        }
+        Ok(())
+    })
 }
 
 fn arm(timer: libc::timer_t, every: libc::timespec) {
     let spec = libc::itimerspec { it_interval: every, it_value: every };
-    // SAFETY: `timer` was created by this thread and is never deleted; `spec` is live.
+    // SAFETY: `timer` was created by this thread and lives as long as it; `spec` is live.
     unsafe { libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()) };
 }
 
@@ -87,13 +108,15 @@ fn arm(timer: libc::timer_t, every: libc::timespec) {
 /// millisecond until `call` returns, so a call that blocks returns `EINTR` within about a
 /// millisecond. There is no per-call "do not wait" for `accept` on a blocking listener
 /// (the file's `O_NONBLOCK` is shared with the service), so this is how a thread that must
-/// never wait long runs one. `ENOMEM` without running `call` if the thread has no timer.
-pub fn guarded<T>(call: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
-    let Some(timer) = GUARD_TIMER.with(|t| *t) else { return Err(Errno::ENOMEM) };
+/// never wait long runs one. `None`, without running `call`, if this thread has no timer
+/// and cannot make one.
+pub fn guarded<T>(call: impl FnOnce() -> Result<T, Errno>) -> Option<Result<T, Errno>> {
+    prepare_guard().ok()?;
+    let timer = GUARD_TIMER.with_borrow(|t| t.as_ref().map(|t| t.0))?;
     arm(timer, GUARD);
     let result = interruptible(call);
     arm(timer, libc::timespec { tv_sec: 0, tv_nsec: 0 });
-    result
+    Some(result)
 }
 
 /// The calling thread's handle, for [`interrupt`].
