@@ -41,8 +41,10 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
 /// The capture thread reads at most once per this time while packets keep coming (2,000
 /// times a second): woken for each connection's SYN, it held the drain lock just when that
 /// connection's `accept` wanted it, and on a busy machine a lookup then waited for it to be
-/// scheduled again. nginx, one request per connection, capture on the load's interface:
-/// 0.64-0.73x native with a wake-up per packet, 0.77-0.79x with this (`ipvsca-bench nginx`).
+/// scheduled again. nginx, one request per connection, capture on the load's interface,
+/// `ipvsca-bench nginx` run four times, the two builds alternating (1 and 2 workers):
+/// 0.64x/0.59x and 0.78x/0.72x native with a wake-up per packet, 0.81x/0.84x and
+/// 1.11x/0.76x with this.
 pub const READ_EVERY: Duration = Duration::from_micros(500);
 
 /// Why the capture could not start or went wrong.
