@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::EventFd;
 use std::os::fd::AsFd;
 
@@ -117,6 +118,10 @@ pub struct LiveCapture {
     /// Lookups waiting for the drain lock: the capture thread gives it up to them.
     lookups_waiting: AtomicUsize,
     stop: EventFd,
+    /// Every capture socket, level-triggered: one `epoll_wait` with no timeout says whether
+    /// any has packets queued, with nothing built per call (`drain_if_pending` runs on the
+    /// answering path).
+    queued: Epoll,
 }
 
 impl std::fmt::Debug for LiveCapture {
@@ -152,6 +157,12 @@ impl LiveCapture {
         }
         let stop = EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_CLOEXEC)
             .map_err(|e| CaptureError::Socket(e.into()))?;
+        let queued = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(|e| CaptureError::Socket(e.into()))?;
+        for (_, socket) in &sockets {
+            queued
+                .add(socket.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, 0))
+                .map_err(|e| CaptureError::Socket(e.into()))?;
+        }
         Ok(LiveCapture {
             sockets,
             addresses,
@@ -160,6 +171,7 @@ impl LiveCapture {
             kinds_change: Mutex::new(()),
             lookups_waiting: AtomicUsize::new(0),
             stop,
+            queued,
         })
     }
 
@@ -238,14 +250,12 @@ impl LiveCapture {
     /// on a reused balancer port whose announcement is not read yet): drains for at most
     /// [`LOOKUP_DRAIN_TIME`] / 10 if packets are queued and no drain is under way (the
     /// capture thread, draining, will read them anyway). Returns whether it drained. Costs
-    /// one `poll` when nothing is queued, so that a hit stays cheap under a flood.
+    /// one `epoll_wait` when nothing is queued, so that a hit stays cheap under a flood.
     pub fn drain_if_pending(&self) -> bool {
-        let mut fds: Vec<PollFd> =
-            self.sockets.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
-        if !poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0) {
+        let mut event = [EpollEvent::empty()];
+        if !self.queued.wait(&mut event, EpollTimeout::ZERO).is_ok_and(|n| n > 0) {
             return false;
         }
-        drop(fds);
         let Ok(state) = self.drain.try_lock() else { return false };
         self.drain_locked(state, Drain::Until(Instant::now() + LOOKUP_DRAIN_TIME / 10));
         true
