@@ -152,7 +152,7 @@ impl Emulator<'_> {
     pub(crate) fn handle(&self, n: &Notification, call: &Call, place: Place) -> Handled {
         let step = match *call {
             Call::GetPeerName(c) => self.getpeername(n, c),
-            Call::Accept(c) | Call::Accept4(c) => self.accept(n, c),
+            Call::Accept(c) | Call::Accept4(c) => self.accept(n, c, place),
             Call::RecvFrom(c) => self.recvfrom(n, c, place),
             Call::SendTo(c) => self.sendto(n, c, place),
             Call::Connect(c) => self.connect(n, c, place),

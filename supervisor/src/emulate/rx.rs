@@ -114,7 +114,7 @@ impl Emulator<'_> {
         Ok(self.reply(n, 0))
     }
 
-    pub(super) fn accept(&self, n: &Notification, c: Accept) -> Step<Handled> {
+    pub(super) fn accept(&self, n: &Notification, c: Accept, place: Place) -> Step<Handled> {
         // NULL address (possible through socketcall) or flags the kernel refuses: nothing
         // to rewrite, or its own EINVAL.
         if c.addr == 0 || c.flags & !(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) != 0 {
@@ -141,7 +141,9 @@ impl Emulator<'_> {
             None => {
                 let accept_flags = libc::SOCK_CLOEXEC | (c.flags & libc::SOCK_NONBLOCK);
                 self.pending(n)?;
-                let accepted = if status & libc::O_NONBLOCK != 0 {
+                // A parked call started blocking: it goes on blocking even if the service
+                // has made the listener non-blocking since, as the kernel's call would.
+                let accepted = if status & libc::O_NONBLOCK != 0 && place != Place::Ready {
                     net::accept(lfd, accept_flags)
                 } else {
                     // A blocking listener: accepted here only if a connection is queued,
@@ -157,7 +159,9 @@ impl Emulator<'_> {
                     // Interrupted (another thread took it) or no timer here: the waiting
                     // thread, which made its timer at start, tries it when it is readable.
                     match signal::guarded(|| net::accept(lfd, accept_flags)) {
-                        Some(Err(Errno::EINTR)) | None => return Ok(self.park(listener, libc::SO_RCVTIMEO)),
+                        Some(Err(Errno::EINTR | Errno::EAGAIN)) | None => {
+                            return Ok(self.park(listener, libc::SO_RCVTIMEO));
+                        }
                         Some(other) => other,
                     }
                 };
@@ -257,7 +261,8 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        // A parked call started blocking, whatever the socket's flags say now.
+        let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
         let peek = c.flags & libc::MSG_PEEK != 0;
         let stashed = if self.stash.is_empty() {
             None
