@@ -524,16 +524,25 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
                 if !answer_kept(shared, &job) {
                     // A call that parks (a blocking accept or recvfrom queued here behind an
                     // interrupted connect) never blocks a worker: it is tried, then parked.
+                    // One that cannot be parked (its socket shut down or failed) is then
+                    // run here, blocking.
                     let parks = matches!(job.call, Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_));
-                    let place = if parks { Place::Receiver } else { Place::Worker };
-                    match emulator.handle(&job.n, &job.call, place) {
-                        Handled::Park(wait) => {
-                            worker.current.store(0, Ordering::Release);
-                            follow(shared, job, Handled::Park(wait));
-                            continue;
+                    let mut place = if parks { Place::Receiver } else { Place::Worker };
+                    loop {
+                        match emulator.handle(&job.n, &job.call, place) {
+                            Handled::ToWorker if place != Place::Worker => place = Place::Worker,
+                            Handled::Park(wait) => {
+                                worker.current.store(0, Ordering::Release);
+                                follow(shared, job, Handled::Park(wait));
+                                break;
+                            }
+                            Handled::Done | Handled::ToWorker => {
+                                worker.current.store(0, Ordering::Release);
+                                break;
+                            }
                         }
-                        Handled::Done | Handled::ToWorker => {}
                     }
+                    continue;
                 }
                 worker.current.store(0, Ordering::Release);
             }

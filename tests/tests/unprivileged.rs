@@ -427,3 +427,34 @@ fn an_accept_after_an_interrupted_blocking_connect_is_answered() {
     drop(balancer);
     assert_eq!(under.finish(WAIT), 0);
 }
+
+/// A UDP socket shut down for reading while a thread waits in `recvfrom` (parked under
+/// ipvsca): epoll says it is ready, yet a receive that may not wait finds nothing. The call
+/// must get what the kernel gives (0), not be tried again and again.
+#[test]
+fn a_recvfrom_waiting_on_a_socket_shut_down_for_reading_returns_as_natively() {
+    if !supervised::can_run("a_recvfrom_waiting_on_a_socket_shut_down_for_reading_returns_as_natively") {
+        return;
+    }
+    let run = |test: u8, supervised: bool| -> Value {
+        let h = hosts(test);
+        let rs = SocketAddrV4::new(h.rs, 5353);
+        let cmd = probe(&args(&[&"recv-shutdown", &"--listen", &rs, &"--after-ms", &300]));
+        let (mut under, mut native) = (None, None);
+        let service = if supervised {
+            &under.insert(supervise(cmd, Arc::new(MappingTable::default()))).service
+        } else {
+            &*native.insert(Service::start(cmd).expect("starting the probe"))
+        };
+        ready(service);
+        let line = service.json(WAIT);
+        if let Some(s) = under {
+            assert_eq!(s.finish(WAIT), 0);
+        }
+        line
+    };
+    let native = run(21, false);
+    assert_eq!(native["o"]["ret"], 0, "natively: {native}");
+    let supervised = run(22, true);
+    assert_eq!(supervised, native, "supervised {supervised} vs native {native}");
+}

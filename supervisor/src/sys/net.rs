@@ -253,3 +253,12 @@ pub fn readable(fd: BorrowedFd<'_>) -> bool {
     let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
     rc > 0 && pfd.revents & libc::POLLIN != 0
 }
+
+/// Whether `fd` is shut down for reading, hung up, or has an error (or error queue)
+/// pending: states in which epoll reports it ready though a receive may find nothing.
+pub fn hung_up_or_failed(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+    // SAFETY: one live pollfd; a zero timeout never waits.
+    let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+    rc > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}

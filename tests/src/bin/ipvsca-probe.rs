@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
         .split_first()
-        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked [options]");
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked|recv-shutdown [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
@@ -28,6 +28,7 @@ fn main() {
         "accept-crowd" => accept_crowd(&opts),
         "accept-emfile" => accept_emfile(&opts),
         "accept-forked" => accept_forked(&opts),
+        "recv-shutdown" => recv_shutdown(&opts),
         "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
@@ -914,4 +915,28 @@ fn accept_and_answer(l: RawFd) -> ! {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = std::io::Read::read(&mut stream, &mut [0u8; 16]);
     std::process::exit(0);
+}
+
+/// A blocking `recvfrom` on a UDP socket that another thread shuts down for reading after
+/// `--after-ms` (the usual way to wake a thread blocked in a receive): what it returns,
+/// `*addrlen`, and when.
+fn recv_shutdown(o: &Opts) {
+    let socket = UdpSocket::bind(o.addr("listen")).expect("bind");
+    let fd = socket.as_raw_fd();
+    let after = Duration::from_millis(o.num("after-ms", 300) as u64);
+    emit(json!({"ready": true, "pids": [std::process::id()]}));
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        // SAFETY: shutdown on a descriptor the probe owns, alive until the process exits.
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    });
+    let (mut data, mut addr, mut len) = ([0u8; 64], [0xeeu8; 128], 128u32);
+    // SAFETY: `data`, `addr` and `len` are locals held for the call, 64, 128 and 4 bytes.
+    let r = unsafe { calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len) };
+    let ms = start.elapsed().as_millis() as u64;
+    emit(
+        json!({"o": {"ret": r.ret, "errno": r.errno}, "len": len, "after_shutdown": ms >= after.as_millis() as u64 - 20}),
+    );
+    drop(socket);
 }
