@@ -162,9 +162,7 @@ impl Parker {
         };
         let deadline = wait.timeout.map(|t| Instant::now() + t);
         let mut state = self.state();
-        if let Some(old) = state.calls.remove(&tid) {
-            self.unlink(&mut state, &old);
-        }
+        self.take(&mut state, tid, None);
         if !state.sockets.contains_key(&inode) {
             if state.sockets.len() >= MAX_SOCKETS {
                 return Err(Refused::Resources);
@@ -234,7 +232,18 @@ impl Parker {
         self.parked.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Undoes `link` for a call just removed from `calls` (its queue entry is skipped later).
+    /// Takes thread `tid`'s parked call out, undoing `link` (its queue entry is skipped
+    /// later); only if it is call `id`, when one is named (an entry queued or timed for an
+    /// earlier call of the thread is not its current one).
+    fn take(&self, state: &mut State, tid: u32, id: Option<u64>) -> Option<Parked> {
+        if id.is_some_and(|id| !is_current(&state.calls, tid, id)) {
+            return None;
+        }
+        let parked = state.calls.remove(&tid)?;
+        self.unlink(state, &parked);
+        Some(parked)
+    }
+
     fn unlink(&self, state: &mut State, parked: &Parked) {
         let (tid, id) = (parked.job.n.tid, parked.job.n.id);
         if let Some(at) = parked.deadline {
@@ -244,7 +253,7 @@ impl Parker {
             socket.live = socket.live.saturating_sub(1);
             if socket.waiters.len() > 2 * socket.live + 64 {
                 let calls = &state.calls;
-                socket.waiters.retain(|(t, i)| calls.get(t).is_some_and(|c| c.job.n.id == *i));
+                socket.waiters.retain(|&(t, i)| is_current(calls, t, i));
             }
         }
         if let Some(tgid) = parked.tgid {
@@ -261,10 +270,7 @@ impl Parker {
         if self.len() == 0 {
             return;
         }
-        let mut state = self.state();
-        let Some(old) = state.calls.remove(&tid) else { return };
-        self.unlink(&mut state, &old);
-        drop(state);
+        let Some(old) = self.take(&mut self.state(), tid, None) else { return };
         if old.deadline.is_some() {
             restarts.keep(&old.job.n, Err(Errno::EINTR));
         }
@@ -282,9 +288,7 @@ impl Parker {
                 return None;
             };
             let copy = socket.copy.clone();
-            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
-                let parked = state.calls.remove(&tid)?;
-                self.unlink(&mut state, &parked);
+            if let Some(parked) = self.take(&mut state, tid, Some(id)) {
                 return Some((copy, parked));
             }
         }
@@ -310,9 +314,7 @@ impl Parker {
             e.insert(Socket { copy, waiters: VecDeque::new(), live: 0 });
         }
         if let Some(tgid) = parked.tgid {
-            if let Some(p) = state.processes.get_mut(&tgid) {
-                p.calls += 1;
-            }
+            self.watch(&mut state, tgid);
         }
         self.link(&mut state, parked, true);
         self.arm(&state, inode);
@@ -393,9 +395,7 @@ impl Parker {
                 }
                 continue;
             }
-            if let Some(old) = state.calls.remove(&tid) {
-                self.unlink(&mut state, &old);
-            }
+            self.take(&mut state, tid, Some(id));
         }
         state.groups.retain(|_, g| *g != tgid);
     }
@@ -409,12 +409,7 @@ impl Parker {
                 break;
             }
             state.deadlines.pop_first();
-            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
-                if let Some(parked) = state.calls.remove(&tid) {
-                    self.unlink(&mut state, &parked);
-                    out.push(parked);
-                }
-            }
+            out.extend(self.take(&mut state, tid, Some(id)));
         }
         out
     }
@@ -443,15 +438,7 @@ impl Parker {
         };
         let gone: Vec<(u32, u64)> = ids.into_iter().filter(|&(_, id)| listener.id_valid(id).is_err()).collect();
         let mut state = self.state();
-        let mut dropped = 0;
-        for (tid, id) in gone {
-            if state.calls.get(&tid).is_some_and(|c| c.job.n.id == id) {
-                if let Some(old) = state.calls.remove(&tid) {
-                    self.unlink(&mut state, &old);
-                    dropped += 1;
-                }
-            }
-        }
+        let dropped = gone.into_iter().filter(|&(tid, id)| self.take(&mut state, tid, Some(id)).is_some()).count();
         let idle: Vec<u32> = state.processes.iter().filter(|(_, p)| p.calls == 0).map(|(&t, _)| t).collect();
         for tgid in idle {
             if let Some(p) = state.processes.remove(&tgid) {
@@ -467,6 +454,11 @@ impl Parker {
         }
         dropped
     }
+}
+
+/// Whether call `id` is the one thread `tid` has parked.
+fn is_current(calls: &HashMap<u32, Parked>, tid: u32, id: u64) -> bool {
+    calls.get(&tid).is_some_and(|c| c.job.n.id == id)
 }
 
 fn readable(inode: u64) -> EpollEvent {

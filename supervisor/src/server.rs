@@ -489,10 +489,8 @@ fn start_worker(shared: &Arc<Shared>, job: Job) {
         Err(e) => {
             // Without a thread the call cannot wait here; running it unchanged could hand
             // the service a wrong address, so it fails as for lack of resources.
-            warn!(error = %e, "starting a worker failed; the call fails with a resource error");
             shared.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(&tid);
-            shared.counters.supervisor_errors.inc();
-            let _ = shared.listener.reply_error(id, crate::emulate::resource_errno(syscall));
+            refuse(shared, id, syscall, &format!("starting a worker ({e})"));
         }
     }
 }
@@ -521,30 +519,11 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
             Some(job) => {
                 // A call of this thread that was parked is gone: the thread is in this one.
                 shared.parker.interrupted(job.n.tid, &shared.restarts);
-                if !answer_kept(shared, &job) {
-                    // A call that parks (a blocking accept or recvfrom queued here behind an
-                    // interrupted connect) never blocks a worker: it is tried, then parked.
-                    // One that cannot be parked (its socket shut down or failed) is then
-                    // run here, blocking.
-                    let parks = matches!(job.call, Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_));
-                    let mut place = if parks { Place::Receiver } else { Place::Worker };
-                    loop {
-                        match emulator.handle(&job.n, &job.call, place) {
-                            Handled::ToWorker if place != Place::Worker => place = Place::Worker,
-                            Handled::Park(wait) => {
-                                worker.current.store(0, Ordering::Release);
-                                follow(shared, job, Handled::Park(wait));
-                                break;
-                            }
-                            Handled::Done | Handled::ToWorker => {
-                                worker.current.store(0, Ordering::Release);
-                                break;
-                            }
-                        }
-                    }
-                    continue;
-                }
+                let waits = if answer_kept(shared, &job) { None } else { run_on_worker(&emulator, &job) };
                 worker.current.store(0, Ordering::Release);
+                if let Some(wait) = waits {
+                    follow(shared, job, Handled::Park(wait));
+                }
             }
             None => {
                 // Leave the map only if nothing was queued meanwhile: the dispatcher pushes
@@ -555,6 +534,22 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Runs `job` on a worker: what it waits for if it must be parked. A call that parks (a
+/// blocking accept or recvfrom queued here behind an interrupted connect) never blocks a
+/// worker: it is tried, then parked; one that cannot be parked (its socket shut down or
+/// failed) is then run here, blocking.
+fn run_on_worker(emulator: &Emulator<'_>, job: &Job) -> Option<crate::emulate::Wait> {
+    let parks = matches!(job.call, Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_));
+    let mut place = if parks { Place::Receiver } else { Place::Worker };
+    loop {
+        match emulator.handle(&job.n, &job.call, place) {
+            Handled::ToWorker if place != Place::Worker => place = Place::Worker,
+            Handled::Park(wait) => return Some(wait),
+            Handled::Done | Handled::ToWorker => return None,
         }
     }
 }
