@@ -124,6 +124,51 @@ impl Supervised {
     }
 }
 
+/// A program run natively or under the filter, for tests that compare the two.
+#[derive(Debug)]
+pub enum Run {
+    /// Without ipvsca.
+    Native(Service),
+    /// Under the filter, answered by a supervisor in the test process.
+    Supervised(Supervised),
+}
+
+impl Run {
+    /// `cmd` natively, or (`supervised`) under the filter answered from `table`.
+    pub fn start(cmd: Command, table: Arc<MappingTable>, supervised: bool) -> Run {
+        if supervised {
+            Run::Supervised(start(cmd, table).expect("starting the program under the filter"))
+        } else {
+            Run::Native(Service::start(cmd).expect("starting the program"))
+        }
+    }
+
+    /// The program.
+    pub fn service(&self) -> &Service {
+        match self {
+            Run::Native(service) => service,
+            Run::Supervised(s) => &s.service,
+        }
+    }
+
+    /// The supervisor's side, when there is one.
+    pub fn supervised(&self) -> Option<&Supervised> {
+        match self {
+            Run::Native(_) => None,
+            Run::Supervised(s) => Some(s),
+        }
+    }
+
+    /// Under the filter, the supervised run, to [`Supervised::finish`]; natively `None`
+    /// (the program is killed when dropped).
+    pub fn into_supervised(self) -> Option<Supervised> {
+        match self {
+            Run::Native(_) => None,
+            Run::Supervised(s) => Some(s),
+        }
+    }
+}
+
 /// The forked child's part: no_new_privs, the filter, the listener sent to the test.
 fn load_filter_and_hand_over(filter: &[libc::sock_filter], channel: RawFd) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.

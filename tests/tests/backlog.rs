@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use capture::{MappingTable, Proto};
 use ipvsca_tests::bins;
-use ipvsca_tests::service::{self, Service};
-use ipvsca_tests::supervised::{self, Supervised, client, connect_from, hosts, learn};
+use ipvsca_tests::service;
+use ipvsca_tests::supervised::{self, Run, client, connect_from, hosts, learn};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,16 +23,6 @@ fn probe(args: &[&str]) -> Command {
     let mut cmd = Command::new(bins::path("ipvsca-probe"));
     cmd.args(args).env("RUST_LOG", "warn");
     cmd
-}
-
-/// `cmd` run natively, or under the filter answered from `table`: the service, and the
-/// supervisor when there is one.
-fn start(cmd: Command, table: Arc<MappingTable>, under_ipvsca: bool) -> (Option<Supervised>, Option<Service>) {
-    if under_ipvsca {
-        (Some(supervised::start(cmd, table).expect("starting the probe under the filter")), None)
-    } else {
-        (None, Some(Service::start(cmd).expect("starting the probe")))
-    }
 }
 
 /// One connection from a mapped balancer to `ipvsca-probe accept-emfile` (a descriptor
@@ -49,14 +39,14 @@ fn accept_with_a_full_table(test: u8, nonblocking: bool, under_ipvsca: bool) -> 
     let cmd = probe(&args);
     let table = Arc::new(MappingTable::default());
     learn(&table, Proto::Tcp, lb, rs, c);
-    let (under, native) = start(cmd, table, under_ipvsca);
-    let service = under.as_ref().map_or_else(|| native.as_ref().unwrap(), |s| &s.service);
+    let run = Run::start(cmd, table, under_ipvsca);
+    let service = run.service();
     let ready = service.json(WAIT);
     assert_eq!(ready["ready"], true, "{ready}");
     let connection = connect_from(lb, rs);
     let seen = service.json(WAIT);
     eprintln!("under ipvsca: {under_ipvsca}, nonblocking: {nonblocking}: {seen}");
-    if let Some(under) = under {
+    if let Some(under) = run.into_supervised() {
         assert_eq!(under.finish(WAIT), 0);
     }
     drop(connection);
@@ -118,13 +108,13 @@ fn killed_caller_leaves_the_connection(test: u8, round: u16, under_ipvsca: bool)
     let cmd = probe(&["accept-forked", "--listen", &rs_arg, "--stagger-ms", "300"]);
     let table = Arc::new(MappingTable::default());
     learn(&table, Proto::Tcp, lb, rs, c);
-    let (under, native) = start(cmd, table, under_ipvsca);
-    let service = under.as_ref().map_or_else(|| native.as_ref().unwrap(), |s| &s.service);
+    let run = Run::start(cmd, table, under_ipvsca);
+    let service = run.service();
     let ready = service.json(WAIT);
     assert_eq!(ready["ready"], true, "{ready}");
     let callers: Vec<i32> = ready["callers"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap() as i32).collect();
     let (first, second) = (callers[0], callers[1]);
-    if let Some(under) = &under {
+    if let Some(under) = run.supervised() {
         // Both accepts have reached the supervisor.
         let end = Instant::now() + WAIT;
         while under.counters.accept.get() < 2 && Instant::now() < end {
@@ -147,7 +137,7 @@ fn killed_caller_leaves_the_connection(test: u8, round: u16, under_ipvsca: bool)
     let line = service.json_lines(1, Duration::from_millis(500)).pop();
     let context = format!(
         "under ipvsca: {under_ipvsca}, round {round}; callers {first} (killed) and {second}; the survivor said {line:?}; {}",
-        under.as_ref().map(|u| format!("{:?}", u.counters.snapshot())).unwrap_or_default()
+        run.supervised().map(|u| format!("{:?}", u.counters.snapshot())).unwrap_or_default()
     );
     assert!(
         matches!(read, Ok(1)) && byte == *b"x",
@@ -156,7 +146,7 @@ fn killed_caller_leaves_the_connection(test: u8, round: u16, under_ipvsca: bool)
     let line = line.unwrap_or_else(|| panic!("the survivor printed nothing; {context}"));
     assert_eq!(line["pid"], second, "{context}");
     drop(connection);
-    if let Some(under) = under {
+    if let Some(under) = run.into_supervised() {
         assert_eq!(under.finish(WAIT), 0);
     }
     (line, if under_ipvsca { c } else { lb }.to_string())

@@ -18,7 +18,7 @@ use capture::{MappingTable, Proto};
 use ipvsca_tests::battery;
 use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
-use ipvsca_tests::supervised::{self, Supervised, add_static, client, connect_from, hosts, learn};
+use ipvsca_tests::supervised::{self, Run, Supervised, add_static, client, connect_from, hosts, learn};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -280,18 +280,13 @@ fn accept_interrupted_once(test: u8, supervised: bool) -> Value {
     let h = hosts(test);
     let rs = SocketAddrV4::new(h.rs, 8080);
     let cmd = probe(&args(&[&"accept-interrupted", &"--listen", &rs, &"--timeout-ms", &3000, &"--signal-ms", &300]));
-    let (mut under, mut native) = (None, None);
-    let service = if supervised {
-        &under.insert(supervise(cmd, Arc::new(MappingTable::default()))).service
-    } else {
-        &*native.insert(Service::start(cmd).expect("starting the probe"))
-    };
-    ready(service);
+    let run = Run::start(cmd, Arc::new(MappingTable::default()), supervised);
+    ready(run.service());
     std::thread::sleep(Duration::from_millis(600));
     let client = connect_from(SocketAddrV4::new(h.unmapped, 42000), rs);
-    let line = service.json(WAIT);
+    let line = run.service().json(WAIT);
     drop(client);
-    if let Some(s) = under {
+    if let Some(s) = run.into_supervised() {
         assert_eq!(s.finish(WAIT), 0);
     }
     line
@@ -338,12 +333,8 @@ fn error_cases(test: u8, supervised: bool) -> Value {
     // the lost connection still holds.
     learn(&table, Proto::Tcp, lb3, rs_tcp, client(61, 6001));
     learn(&table, Proto::Udp, lb_udp, rs_udp, c);
-    let (mut under, mut native) = (None, None);
-    let service = if supervised {
-        &under.insert(supervise(cmd, table)).service
-    } else {
-        &*native.insert(Service::start(cmd).unwrap())
-    };
+    let run = Run::start(cmd, table, supervised);
+    let service = run.service();
     ready(service);
     let connections = [connect_from(lb1, rs_tcp), connect_from(lb2, rs_tcp), connect_from(lb3, rs_tcp)];
     let datagrams = UdpSocket::bind(lb_udp).unwrap();
@@ -352,7 +343,7 @@ fn error_cases(test: u8, supervised: bool) -> Value {
     }
     let out = service.json(WAIT);
     eprintln!("supervised={supervised}: {out:#}");
-    if let Some(under) = under {
+    if let Some(under) = run.into_supervised() {
         assert_eq!(under.finish(WAIT), 0);
     }
     drop(connections);
@@ -440,15 +431,10 @@ fn a_recvfrom_waiting_on_a_socket_shut_down_for_reading_returns_as_natively() {
         let h = hosts(test);
         let rs = SocketAddrV4::new(h.rs, 5353);
         let cmd = probe(&args(&[&"recv-shutdown", &"--listen", &rs, &"--after-ms", &300]));
-        let (mut under, mut native) = (None, None);
-        let service = if supervised {
-            &under.insert(supervise(cmd, Arc::new(MappingTable::default()))).service
-        } else {
-            &*native.insert(Service::start(cmd).expect("starting the probe"))
-        };
-        ready(service);
-        let line = service.json(WAIT);
-        if let Some(s) = under {
+        let run = Run::start(cmd, Arc::new(MappingTable::default()), supervised);
+        ready(run.service());
+        let line = run.service().json(WAIT);
+        if let Some(s) = run.into_supervised() {
             assert_eq!(s.finish(WAIT), 0);
         }
         line
