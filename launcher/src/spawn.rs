@@ -329,7 +329,7 @@ fn service_child(
         report(channel, Stage::NoNewPrivs, e, None);
         sys::exit_now(1);
     }
-    let listener = match sys::load_filter(filter) {
+    let listener = match supervisor::sys::seccomp::load_filter(filter) {
         Ok(fd) => fd,
         Err(e) => {
             report(channel, Stage::Seccomp, e, None);

@@ -1,5 +1,6 @@
-//! The launcher's raw system calls: `fork`, loading a seccomp program, `_exit`, killing
-//! through a pidfd, and the signal state it was started with. Everything else goes through nix's safe wrappers.
+//! The launcher's raw system calls: `fork`, `_exit`, killing through a pidfd, and the
+//! signal state it was started with. Everything else goes through nix's safe wrappers
+//! (the filter is loaded by `supervisor::sys::seccomp::load_filter`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -12,26 +13,6 @@ pub fn fork() -> Result<ForkResult, Errno> {
     // SAFETY: the launcher forks before starting any thread (see the callers), so no lock
     // can be held by a thread that does not exist in the child.
     unsafe { nix::unistd::fork() }
-}
-
-/// Loads `program` as a seccomp filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the
-/// listener. The caller has set no_new_privs.
-pub fn load_filter(program: &[libc::sock_filter]) -> Result<OwnedFd, Errno> {
-    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: `prog` points to `program`, alive for the call; seccomp only reads it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Closes every descriptor above standard error but `keep`. For the keeper, a child of a

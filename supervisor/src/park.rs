@@ -24,7 +24,7 @@
 //!
 //! Owns the parked calls and the epoll set; runs nothing itself (`server` does).
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,13 +95,15 @@ struct Process {
 struct State {
     sockets: HashMap<u64, Socket>,
     /// By thread: a thread is in one call.
-    calls: HashMap<u32, Parked>,
+    calls: BTreeMap<u32, Parked>,
     processes: HashMap<u32, Process>,
     groups: HashMap<u32, u32>,
     deadlines: BTreeSet<(Instant, u32, u64)>,
     pokes: Vec<u64>,
     /// The thread the next sweep starts from.
     sweep_from: u32,
+    /// The thread the next signal watch starts from.
+    watch_from: u32,
 }
 
 /// Why a call could not be parked.
@@ -143,6 +145,26 @@ impl Parker {
 
     fn wake_up(&self) {
         let _ = self.wake.write(1);
+    }
+
+    /// Makes the waiting thread look again at what it waits for (a call is held elsewhere
+    /// now, see `crate::signals`).
+    pub fn nudge(&self) {
+        self.wake_up();
+    }
+
+    /// Up to `max` parked calls, from where the last look stopped: (thread, notification,
+    /// whether its socket has a receive timeout). For the signal watch.
+    pub fn held(&self, max: usize) -> Vec<(u32, u64, bool)> {
+        let mut state = self.state();
+        let slice = slice_from(&state.calls, state.watch_from, max);
+        state.watch_from = slice.last().map_or(0, |&(t, _)| t.wrapping_add(1));
+        slice.into_iter().map(|(t, id)| (t, id, state.calls.get(&t).is_some_and(|c| c.deadline.is_some()))).collect()
+    }
+
+    /// Takes call `id` of thread `tid` out, if it is still parked (not being tried).
+    pub fn take_call(&self, tid: u32, id: u64) -> Option<Parked> {
+        self.take(&mut self.state(), tid, Some(id))
     }
 
     /// How many calls are parked.
@@ -342,13 +364,15 @@ impl Parker {
         }
     }
 
-    /// Waits for events (at most until the next deadline or [`IDLE_WAKE`]) into `events`.
-    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Event>) {
+    /// Waits for events (at most until the next deadline, `until`, or [`IDLE_WAKE`]) into
+    /// `events`.
+    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Event>, until: Option<Instant>) {
         out.clear();
         let timeout = {
             let state = self.state();
             let now = Instant::now();
-            state.deadlines.first().map_or(IDLE_WAKE, |(at, _, _)| at.saturating_duration_since(now).min(IDLE_WAKE))
+            let first = state.deadlines.first().map(|&(at, _, _)| at).into_iter().chain(until).min();
+            first.map_or(IDLE_WAKE, |at| at.saturating_duration_since(now).min(IDLE_WAKE))
         };
         // Rounded up, so a deadline is not polled for in a busy loop.
         let ms =
@@ -428,11 +452,7 @@ impl Parker {
         let ids: Vec<(u32, u64)> = {
             let mut state = self.state();
             let cursor = state.sweep_from;
-            let mut ids: Vec<(u32, u64)> = state.calls.iter().map(|(&t, c)| (t, c.job.n.id)).collect();
-            ids.sort_unstable();
-            let start = ids.partition_point(|&(t, _)| t < cursor);
-            let slice: Vec<(u32, u64)> =
-                ids.iter().cycle().skip(start).take(SWEEP_SLICE.min(ids.len())).copied().collect();
+            let slice = slice_from(&state.calls, cursor, SWEEP_SLICE);
             state.sweep_from = slice.last().map_or(0, |&(t, _)| t.wrapping_add(1));
             slice
         };
@@ -456,8 +476,14 @@ impl Parker {
     }
 }
 
+/// Up to `max` parked calls (thread, id) in thread order from `cursor`, wrapping around.
+fn slice_from(calls: &BTreeMap<u32, Parked>, cursor: u32, max: usize) -> Vec<(u32, u64)> {
+    let ids = |(&t, c): (&u32, &Parked)| (t, c.job.n.id);
+    calls.range(cursor..).chain(calls.range(..cursor)).take(max).map(ids).collect()
+}
+
 /// Whether call `id` is the one thread `tid` has parked.
-fn is_current(calls: &HashMap<u32, Parked>, tid: u32, id: u64) -> bool {
+fn is_current(calls: &BTreeMap<u32, Parked>, tid: u32, id: u64) -> bool {
     calls.get(&tid).is_some_and(|c| c.job.n.id == id)
 }
 
@@ -564,16 +590,16 @@ mod tests {
         let mut out = Vec::new();
         // Nothing yet: a poke for a socket with parked calls is an event too.
         parker.poke(inode);
-        parker.wait(&mut events, &mut out);
+        parker.wait(&mut events, &mut out, None);
         assert!(out.contains(&Event::Socket(inode)), "{out:?}");
         UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
-        parker.wait(&mut events, &mut out);
+        parker.wait(&mut events, &mut out, None);
         assert_eq!(out, [Event::Socket(inode)]);
         // One shot: not reported again until armed again.
         parker.park(job(tids[1], 2), wait_on(&socket, None)).unwrap();
         let start = Instant::now();
         parker.stop();
-        parker.wait(&mut events, &mut out);
+        parker.wait(&mut events, &mut out, None);
         assert_eq!(out, [Event::Wake]);
         assert!(parker.stopping() && start.elapsed() < IDLE_WAKE);
         // This process's calls go when it exits (here: told so, by a listener that holds
@@ -594,7 +620,7 @@ mod tests {
         let mut events = [EpollEvent::empty(); 8];
         let mut out = Vec::new();
         UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
-        parker.wait(&mut events, &mut out);
+        parker.wait(&mut events, &mut out, None);
         assert_eq!(out, [Event::Socket(inode)]);
         // Tried; meanwhile its thread was interrupted and parked its restart.
         let (copy, first) = parker.next(inode).unwrap();
@@ -602,7 +628,7 @@ mod tests {
         parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
         parker.repark(copy, first).unwrap();
         assert_eq!(parker.len(), 2, "the restart and the other thread's call");
-        parker.wait(&mut events, &mut out);
+        parker.wait(&mut events, &mut out, None);
         assert_eq!(out, [Event::Socket(inode)], "still readable, still reported");
     }
 }

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -175,20 +175,7 @@ fn load_filter_and_hand_over(filter: &[libc::sock_filter], channel: RawFd) -> io
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
-    // SAFETY: `prog` points to `filter`, alive for the call; seccomp only reads it.
-    let listener = unsafe {
-        libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &prog as *const libc::sock_fprog,
-        )
-    };
-    if listener < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let listener = listener as RawFd;
+    let listener = supervisor::sys::seccomp::load_filter(filter).map_err(io::Error::from)?.into_raw_fd();
     let sent = send_fd(channel, listener);
     // SAFETY: the descriptor seccomp just returned, owned by nothing else; the test holds
     // its own copy now, and the service must not keep one (the supervisor sees the
