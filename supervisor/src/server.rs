@@ -458,8 +458,9 @@ fn serve_parked(shared: &Arc<Shared>) {
 /// Interrupts the held calls whose thread is marked to take a signal (`crate::signals`):
 /// up to [`signals::WATCH_SLICE`] parked calls, in turn, and every busy worker's.
 fn watch_signals(shared: &Shared) {
+    let mut watch = signals::Watch::default();
     for (tid, id, has_timeout) in shared.parker.held(signals::WATCH_SLICE) {
-        if signals::taken_by(tid).unwrap_or(false) && shared.parker.take_call(tid, id).is_some() {
+        if watch.taken_by(tid).unwrap_or(false) && shared.parker.take_call(tid, id).is_some() {
             crate::emulate::interrupt_for_signal(&shared.listener, &shared.counters, id, has_timeout);
         }
     }
@@ -471,7 +472,7 @@ fn watch_signals(shared: &Shared) {
         workers.iter().map(|(&tid, w)| (tid, w.current.load(Ordering::Acquire))).filter(|&(_, id)| id != 0).collect()
     };
     for (tid, id) in busy {
-        if !signals::taken_by(tid).unwrap_or(false) {
+        if !watch.taken_by(tid).unwrap_or(false) {
             continue;
         }
         // The worker answers its call itself when its wait is interrupted; a lost

@@ -20,7 +20,10 @@
 //! several other threads could take) the signal waits until the call is answered, as it
 //! would under the flag alone.
 
+use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// How often held calls are checked for pending signals: the most a signal waits before
@@ -82,20 +85,39 @@ impl SignalState {
     }
 }
 
-/// Whether thread `tid`, blocked in a call the supervisor holds, is marked to take a
-/// pending signal: answered with `ERESTARTSYS`, its handler then runs.
-///
-/// - A signal pending for the thread itself and not blocked: the kernel marked it when
-///   the signal came (or it was marked already).
-/// - A signal pending for the process, not blocked by the thread, when the thread is the
-///   process's main thread: `complete_signal` tries the main thread first, and passes it
-///   over only when it blocks the signal or is marked already.
-/// - Such a signal when the thread is not the main one: the main thread takes it if it
-///   can (the held thread is not asked). If it cannot (it blocks the signal, or it is
-///   gone), the kernel picks any thread that can; the held thread is marked for certain
-///   only when it is the one thread of the process that can.
-pub fn taken_by(tid: u32) -> io::Result<bool> {
-    let me = SignalState::read(tid)?;
+/// One look at the held calls: what it learned of each process, asked once.
+#[derive(Debug, Default)]
+pub struct Watch {
+    freezing: HashMap<u32, bool>,
+}
+
+impl Watch {
+    /// Whether thread `tid`, blocked in a call the supervisor holds, is marked to take a
+    /// pending signal, or to stop for its cgroup's freezer: answered with `ERESTARTSYS`,
+    /// its handler then runs (or it freezes, and restarts the call when thawed).
+    ///
+    /// - A signal pending for the thread itself and not blocked: the kernel marked it when
+    ///   the signal came (or it was marked already).
+    /// - A signal pending for the process, not blocked by the thread, when the thread is
+    ///   the process's main thread: `complete_signal` tries the main thread first, and
+    ///   passes it over only when it blocks the signal or is marked already.
+    /// - Such a signal when the thread is not the main one: the main thread takes it if it
+    ///   can (the held thread is not asked). If it cannot (it blocks the signal, or it is
+    ///   gone), the kernel picks any thread that can; the held thread is marked for certain
+    ///   only when it is the one thread of the process that can.
+    /// - A cgroup freezer freezing the thread's cgroup (`docker pause`): the kernel marks
+    ///   every task of the cgroup (v2's `cgroup_freeze_task`, v1's `freeze_task`).
+    pub fn taken_by(&mut self, tid: u32) -> io::Result<bool> {
+        let me = SignalState::read(tid)?;
+        if signal_for(tid, &me)? {
+            return Ok(true);
+        }
+        let freezing = *self.freezing.entry(me.tgid).or_insert_with(|| cgroup_freezing(me.tgid));
+        Ok(freezing)
+    }
+}
+
+fn signal_for(tid: u32, me: &SignalState) -> io::Result<bool> {
     if me.pending & !me.blocked != 0 {
         return Ok(true);
     }
@@ -116,6 +138,69 @@ pub fn taken_by(tid: u32) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Where this process sees the cgroup hierarchies that can freeze a task: the v2 one and
+/// the v1 `freezer` one, from `/proc/self/mountinfo`.
+#[derive(Debug, Default)]
+struct Hierarchies {
+    v2: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+}
+
+fn hierarchies() -> &'static Hierarchies {
+    static FOUND: OnceLock<Hierarchies> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        let mut found = Hierarchies::default();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+            let Some((before, after)) = line.split_once(" - ") else { continue };
+            let Some(point) = before.split(' ').nth(4) else { continue };
+            let mut after = after.split(' ');
+            let (fstype, sup) = (after.next(), after.nth(1).unwrap_or(""));
+            match fstype {
+                Some("cgroup2") if found.v2.is_none() => found.v2 = Some(PathBuf::from(point)),
+                Some("cgroup") if found.freezer.is_none() && sup.split(',').any(|o| o == "freezer") => {
+                    found.freezer = Some(PathBuf::from(point))
+                }
+                _ => {}
+            }
+        }
+        found
+    })
+}
+
+/// Whether process `tgid`'s cgroup is being frozen: v2's `cgroup.freeze` is 1 in its
+/// cgroup or one above (`docker pause`), or v1's `freezer.state` is not `THAWED`.
+fn cgroup_freezing(tgid: u32) -> bool {
+    let Ok(cgroups) = std::fs::read_to_string(format!("/proc/{tgid}/cgroup")) else { return false };
+    let found = hierarchies();
+    for line in cgroups.lines() {
+        // ID:CONTROLLERS:PATH, relative to this process's cgroup namespace, as its mounts.
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            let Some(root) = &found.v2 else { continue };
+            let mut dir = root.join(path);
+            while dir.starts_with(root) {
+                if std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|f| f.trim() == "1") {
+                    return true;
+                }
+                if !dir.pop() {
+                    break;
+                }
+            }
+        } else if controllers.split(',').any(|c| c == "freezer") {
+            let Some(root) = &found.freezer else { continue };
+            let state = std::fs::read_to_string(root.join(path).join("freezer.state"));
+            if state.is_ok_and(|s| s.trim() != "THAWED") {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// Whether `tid` is the one thread of process `tgid` that can take `signal` now.
@@ -158,7 +243,13 @@ SigPnd:\t0000000000000200\nShdPnd:\t0000000000004000\nSigBlk:\t0000000000000200\
         assert_eq!(s.tgid, tid);
         assert!(!s.inactive);
         // Nothing pending for a thread that is running.
-        assert!(!taken_by(tid).unwrap());
+        assert!(!Watch::default().taken_by(tid).unwrap());
+    }
+
+    #[test]
+    fn a_running_process_is_not_being_frozen() {
+        assert!(!cgroup_freezing(std::process::id()));
+        assert!(!cgroup_freezing(u32::MAX), "no such process");
     }
 
     #[test]
