@@ -354,8 +354,11 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     }
-    // A call this thread had parked was interrupted: it is in this one now.
-    shared.parker.interrupted(n.tid, &shared.restarts);
+    // A call this thread had parked was interrupted: it is in this one now. Under the
+    // killable wait only the watch interrupts a parked call, and takes it out itself.
+    if !shared.killable {
+        shared.parker.interrupted(n.tid, &shared.restarts);
+    }
     // Checked once no worker of the thread is busy: a worker keeps its answer before it
     // stops being busy, so a restart is never performed again here.
     if answer_kept(shared, &job) {
@@ -574,7 +577,9 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
         match job {
             Some(job) => {
                 // A call of this thread that was parked is gone: the thread is in this one.
-                shared.parker.interrupted(job.n.tid, &shared.restarts);
+                if !shared.killable {
+                    shared.parker.interrupted(job.n.tid, &shared.restarts);
+                }
                 if shared.killable && shared.busy_workers.fetch_add(1, Ordering::AcqRel) == 0 {
                     // The waiting thread watches signals for this call from now on.
                     shared.parker.nudge();
