@@ -123,10 +123,14 @@ pub(crate) struct Parker {
     state: Mutex<State>,
     parked: AtomicUsize,
     stop: AtomicBool,
+    /// Wake the waiting thread when a first call is parked: it watches held calls for
+    /// signals (`crate::signals`) and may be asleep for up to [`IDLE_WAKE`].
+    wake_when_held: bool,
 }
 
 impl Parker {
-    pub fn new() -> Result<Self, Errno> {
+    /// The parker; `wake_when_held` if the waiting thread watches held calls for signals.
+    pub fn new(wake_when_held: bool) -> Result<Self, Errno> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))?;
@@ -136,6 +140,7 @@ impl Parker {
             state: Mutex::new(State::default()),
             parked: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            wake_when_held,
         })
     }
 
@@ -251,7 +256,9 @@ impl Parker {
             state.deadlines.insert((at, tid, id));
         }
         state.calls.insert(tid, parked);
-        self.parked.fetch_add(1, Ordering::AcqRel);
+        if self.parked.fetch_add(1, Ordering::AcqRel) == 0 && self.wake_when_held && !front {
+            self.wake_up();
+        }
     }
 
     /// Takes thread `tid`'s parked call out, undoing `link` (its queue entry is skipped
@@ -528,7 +535,7 @@ mod tests {
 
     #[test]
     fn calls_on_one_socket_share_its_copy_and_are_served_in_order() {
-        let parker = Parker::new().unwrap();
+        let parker = Parker::new(false).unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(3);
@@ -552,7 +559,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_call_is_dropped_and_with_a_timeout_its_restart_gets_eintr() {
-        let parker = Parker::new().unwrap();
+        let parker = Parker::new(false).unwrap();
         let restarts = Restarts::default();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
@@ -569,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_receive_timeout_runs_out_in_the_parker() {
-        let parker = Parker::new().unwrap();
+        let parker = Parker::new(false).unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (tids, _stop) = threads(1);
         parker.park(job(tids[0], 1), wait_on(&socket, Some(Duration::from_millis(20)))).unwrap();
@@ -581,7 +588,7 @@ mod tests {
 
     #[test]
     fn readiness_and_a_process_exit_reach_the_waiting_thread() {
-        let parker = Parker::new().unwrap();
+        let parker = Parker::new(false).unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(2);
@@ -611,7 +618,7 @@ mod tests {
 
     #[test]
     fn a_tried_call_superseded_by_its_threads_next_call_leaves_the_socket_armed() {
-        let parker = Parker::new().unwrap();
+        let parker = Parker::new(false).unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(2);

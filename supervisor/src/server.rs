@@ -194,6 +194,7 @@ impl Supervisor {
                 warn!(error = %e, "this kernel has no SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): every answer will cost a cross-CPU wake-up")
             }
         }
+        let killable = crate::sys::seccomp::wait_killable_available();
         let shared = Shared {
             listener,
             syscalls: SyscallTable::new()?,
@@ -207,8 +208,8 @@ impl Supervisor {
             options,
             workers: Mutex::new(HashMap::new()),
             busy_workers: AtomicUsize::new(0),
-            parker: Parker::new().map_err(ServeError::Parker)?,
-            killable: crate::sys::seccomp::wait_killable_available(),
+            parker: Parker::new(killable).map_err(ServeError::Parker)?,
+            killable,
         };
         if !shared.killable {
             warn!(
