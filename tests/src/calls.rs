@@ -134,14 +134,67 @@ pub fn set_nonblocking(fd: RawFd) {
 /// Installs an empty handler for `sig`, restarting interrupted calls or not.
 pub fn install_handler(sig: i32, restart: bool) {
     extern "C" fn noop(_: libc::c_int) {}
-    // SAFETY: an all-zero sigaction is valid; the handler does nothing, so it is
-    // async-signal-safe.
+    // SAFETY: the handler does nothing, so it is async-signal-safe.
+    unsafe { install(sig, restart, noop) };
+}
+
+/// Installs `handler` for `sig`, restarting interrupted calls or not.
+///
+/// # Safety
+///
+/// `handler` runs between any two instructions of the thread it interrupts: it must be
+/// async-signal-safe (no allocation, no lock; atomics, [`gettid`] and [`monotonic_nanos`]
+/// are).
+pub unsafe fn install(sig: i32, restart: bool, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: an all-zero sigaction is valid; the caller vouches for the handler.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = noop as extern "C" fn(libc::c_int) as usize;
+        action.sa_sigaction = handler as usize;
         action.sa_flags = if restart { libc::SA_RESTART } else { 0 };
         libc::sigaction(sig, &action, std::ptr::null_mut());
     }
+}
+
+/// Blocks (`blocked`) or unblocks `sig` for the calling thread only; threads it starts
+/// afterwards inherit its mask.
+pub fn block_signal(sig: i32, blocked: bool) {
+    // SAFETY: `set` is a live sigset for sigemptyset/sigaddset to fill and
+    // pthread_sigmask to read; the old mask is not wanted.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        let how = if blocked { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// The calling thread's kernel id (what `/proc/<pid>/task` lists). Async-signal-safe.
+pub fn gettid() -> i32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Sends `sig` to thread `tid` of this process (`tgkill`): unlike `pthread_kill`, still
+/// defined once the thread has exited (`ESRCH`).
+pub fn signal_task(tid: i32, sig: i32) {
+    // SAFETY: integer arguments only.
+    unsafe { libc::tgkill(libc::getpid(), tid, sig) };
+}
+
+/// Sends `sig` to this process (`kill`): the kernel gives it to a thread that does not
+/// block it, the main thread first.
+pub fn signal_process(sig: i32) {
+    // SAFETY: integer arguments only.
+    unsafe { libc::kill(libc::getpid(), sig) };
+}
+
+/// Nanoseconds on the monotonic clock (`CLOCK_MONOTONIC`). Async-signal-safe.
+pub fn monotonic_nanos() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a live timespec for the call to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// The calling thread's handle.

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipvsca_tests::calls::{self, BAD_POINTER, Outcome};
@@ -17,7 +17,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args
         .split_first()
-        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked|recv-shutdown [options]");
+        .expect("usage: ipvsca-probe tcp-server|udp-server|connect|errors|accept-interrupted|accept-crowd|accept-emfile|accept-forked|recv-shutdown|signal-wait [options]");
     let opts = Opts::parse(rest);
     match cmd.as_str() {
         "tcp-server" => tcp_server(&opts),
@@ -29,6 +29,7 @@ fn main() {
         "accept-emfile" => accept_emfile(&opts),
         "accept-forked" => accept_forked(&opts),
         "recv-shutdown" => recv_shutdown(&opts),
+        "signal-wait" => signal_wait(&opts),
         "spin" => spin(),
         other => panic!("unknown command {other}"),
     }
@@ -132,15 +133,17 @@ fn listener(addr: SocketAddr, backlog: i32) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Sends SIGUSR1 to every registered thread every millisecond while `running`: the
-/// signals a Go runtime sends itself, the hardest case for the supervisor.
-fn storm(threads: Arc<std::sync::Mutex<Vec<libc::pthread_t>>>, running: Arc<AtomicBool>) {
+/// Sends SIGUSR1 to every registered thread every `--storm-us` microseconds (1000 by
+/// default) while `running`: the signals a Go runtime sends itself, the hardest case for
+/// the supervisor.
+fn storm(o: &Opts, threads: Arc<std::sync::Mutex<Vec<libc::pthread_t>>>, running: Arc<AtomicBool>) {
+    let every = Duration::from_micros(o.num("storm-us", 1000) as u64);
     std::thread::spawn(move || {
         while running.load(Ordering::Relaxed) {
             for &t in threads.lock().unwrap().iter() {
                 calls::signal_thread(t, libc::SIGUSR1);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            std::thread::sleep(every);
         }
     });
 }
@@ -179,7 +182,7 @@ fn tcp_server(o: &Opts) {
     let registered = Arc::new(std::sync::Mutex::new(Vec::new()));
     let running = Arc::new(AtomicBool::new(true));
     if storm_mode.is_some() {
-        storm(registered.clone(), running.clone());
+        storm(o, registered.clone(), running.clone());
     }
     let threads: Vec<_> = (0..o.num("threads", 1))
         .map(|_| {
@@ -263,10 +266,13 @@ fn udp_server(o: &Opts) {
     if nonblocking {
         calls::set_nonblocking(fd);
     }
+    if let Some(bytes) = o.get("rcvbuf") {
+        receive_buffer(fd, bytes.parse().expect("--rcvbuf BYTES"));
+    }
     if let Some(mode) = o.get("storm") {
         calls::install_handler(libc::SIGUSR1, mode == "restart");
         let running = Arc::new(AtomicBool::new(true));
-        storm(Arc::new(std::sync::Mutex::new(vec![calls::this_thread()])), running);
+        storm(o, Arc::new(std::sync::Mutex::new(vec![calls::this_thread()])), running);
     }
     emit(json!({"ready": true, "pids": [std::process::id()], "local": local_of(fd)}));
     let count = o.num("count", usize::MAX);
@@ -670,19 +676,7 @@ fn errors(o: &Opts) {
 /// arrives meanwhile. Prints `{"first": outcome, "first_ms": ms, "second": outcome}`.
 fn accept_interrupted(o: &Opts) {
     let l = listener(o.addr("listen"), 16);
-    let timeout = Duration::from_millis(o.num("timeout-ms", 3000) as u64);
-    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
-    // SAFETY: `tv` is a live timeval, its size given.
-    let set = unsafe {
-        libc::setsockopt(
-            l.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "SO_RCVTIMEO");
+    receive_timeout(l.as_raw_fd(), Duration::from_millis(o.num("timeout-ms", 3000) as u64));
     calls::install_handler(libc::SIGUSR1, true);
     let me = calls::this_thread();
     let after = Duration::from_millis(o.num("signal-ms", 300) as u64);
@@ -939,4 +933,156 @@ fn recv_shutdown(o: &Opts) {
         json!({"o": {"ret": r.ret, "errno": r.errno}, "len": len, "after_shutdown": ms >= after.as_millis() as u64 - 20}),
     );
     drop(socket);
+}
+
+/// Sets `SO_RCVTIMEO` on `fd`.
+fn receive_timeout(fd: RawFd, timeout: Duration) {
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
+    // SAFETY: `tv` is a live timeval, its size given.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
+}
+
+/// Asks for a receive buffer of `bytes` (`SO_RCVBUF`; the kernel caps it at
+/// `net.core.rmem_max`, or with `CAP_NET_ADMIN` takes it as asked, `SO_RCVBUFFORCE`), so
+/// that a burst waits there rather than being dropped.
+fn receive_buffer(fd: RawFd, bytes: libc::c_int) {
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: an int option value, live for the call.
+        let set = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, option, (&raw const bytes).cast(), 4) };
+        if set == 0 {
+            return;
+        }
+    }
+}
+
+/// When [`signal_wait`]'s wait started ([`calls::monotonic_nanos`]).
+static WAIT_START_NANOS: AtomicU64 = AtomicU64::new(0);
+/// When [`note_handler`] first ran (0: not yet); written by the handler, so an atomic.
+static HANDLER_NANOS: AtomicU64 = AtomicU64::new(0);
+/// The thread [`note_handler`] first ran on (0: none yet).
+static HANDLER_TID: AtomicI32 = AtomicI32::new(0);
+/// The thread that waits in [`signal_wait`]'s call (0: not started yet).
+static WAITER_TID: AtomicI32 = AtomicI32::new(0);
+
+/// [`signal_wait`]'s SIGUSR1 handler: notes the first time it runs, and where.
+extern "C" fn note_handler(_: libc::c_int) {
+    if HANDLER_NANOS.compare_exchange(0, calls::monotonic_nanos(), Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        HANDLER_TID.store(calls::gettid(), Ordering::SeqCst);
+    }
+}
+
+fn ms_since_wait_start(nanos: u64) -> u64 {
+    nanos.saturating_sub(WAIT_START_NANOS.load(Ordering::SeqCst)) / 1_000_000
+}
+
+/// One signal to a thread waiting in a blocking `accept` (a TCP listener at `--listen`) or
+/// `recvfrom` (a UDP socket there), as `--call` says, with `SO_RCVTIMEO` of `--timeout-ms`
+/// (0, none, by default): SIGUSR1, `--signal-ms` (300) after the wait starts, to the
+/// waiting thread (`--to thread`, the default) or to the process (`--to process`), from a
+/// thread that blocks it. Its handler (`SA_RESTART` with `--restart`) notes when it first
+/// ran and on which thread. The call waits in the main thread or, with `--in-thread`, in a
+/// second one while the main thread waits to join it (with SIGUSR1 blocked, with
+/// `--main-blocks`). A first call that fails is followed by a second. Prints
+/// `{"ready":true,"pids":[pid]}`, then `{"first":outcome,"first_ms":ms,"second":outcome or
+/// null,"peer":shown or null,"handler_ms":ms or null,"handler_in_waiter":bool}` and exits,
+/// whether or not the signal was sent.
+fn signal_wait(o: &Opts) {
+    let accept = match o.get("call") {
+        Some("accept") => true,
+        Some("recvfrom") => false,
+        other => panic!("--call accept|recvfrom, not {other:?}"),
+    };
+    let to_process = match o.get("to").unwrap_or("thread") {
+        "thread" => false,
+        "process" => true,
+        other => panic!("--to thread|process, not {other}"),
+    };
+    let (in_thread, main_blocks) = (o.flag("in-thread"), o.flag("main-blocks"));
+    assert!(in_thread || !main_blocks, "--main-blocks needs --in-thread: the main thread would be the waiting one");
+    let socket = if accept {
+        listener(o.addr("listen"), 16)
+    } else {
+        OwnedFd::from(UdpSocket::bind(o.addr("listen")).expect("bind"))
+    };
+    let fd = socket.as_raw_fd();
+    let timeout = o.num("timeout-ms", 0);
+    if timeout > 0 {
+        receive_timeout(fd, Duration::from_millis(timeout as u64));
+    }
+    // SAFETY: `note_handler` reads the clock, asks its thread id and stores atomics.
+    unsafe { calls::install(libc::SIGUSR1, o.flag("restart"), note_handler) };
+    if main_blocks {
+        calls::block_signal(libc::SIGUSR1, true);
+    }
+    let after = Duration::from_millis(o.num("signal-ms", 300) as u64);
+    emit(json!({"ready": true, "pids": [std::process::id()]}));
+    WAIT_START_NANOS.store(calls::monotonic_nanos(), Ordering::SeqCst);
+    std::thread::spawn(move || {
+        calls::block_signal(libc::SIGUSR1, true);
+        std::thread::sleep(after);
+        if to_process {
+            calls::signal_process(libc::SIGUSR1);
+        } else {
+            // The waiting thread notes its id before it calls; it is signalled by id, which
+            // stays defined (ESRCH) if it is gone.
+            let waiter = loop {
+                match WAITER_TID.load(Ordering::SeqCst) {
+                    0 => std::thread::sleep(Duration::from_millis(1)),
+                    tid => break tid,
+                }
+            };
+            calls::signal_task(waiter, libc::SIGUSR1);
+        }
+    });
+    let mut out = if in_thread {
+        std::thread::spawn(move || {
+            calls::block_signal(libc::SIGUSR1, false);
+            wait_for_peer(fd, accept)
+        })
+        .join()
+        .expect("the waiting thread panicked")
+    } else {
+        wait_for_peer(fd, accept)
+    };
+    let handled = HANDLER_NANOS.load(Ordering::SeqCst);
+    out["handler_ms"] = if handled == 0 { Value::Null } else { json!(ms_since_wait_start(handled)) };
+    out["handler_in_waiter"] = json!(HANDLER_TID.load(Ordering::SeqCst) == WAITER_TID.load(Ordering::SeqCst));
+    emit(out);
+    std::process::exit(0);
+}
+
+/// [`signal_wait`]'s waiting thread: a blocking `accept` (or `recvfrom`) on `fd`, and a
+/// second if the first fails.
+fn wait_for_peer(fd: RawFd, accept: bool) -> Value {
+    WAITER_TID.store(calls::gettid(), Ordering::SeqCst);
+    let call = || {
+        let (mut data, mut addr, mut len) = ([0u8; 64], [0u8; 128], 128u32);
+        // SAFETY: `data`, `addr` and `len` are locals held for the call, 64, 128 and 4 bytes.
+        let r = unsafe {
+            if accept {
+                calls::accept(fd, addr.as_mut_ptr(), &mut len)
+            } else {
+                calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len)
+            }
+        };
+        (r, if r.ret >= 0 { show(&addr, len) } else { Value::Null })
+    };
+    let (first, peer) = call();
+    let first_ms = ms_since_wait_start(calls::monotonic_nanos());
+    let (second, peer) = if first.ret >= 0 {
+        (Value::Null, peer)
+    } else {
+        let (second, peer) = call();
+        (outcome(second), peer)
+    };
+    json!({"first": outcome(first), "first_ms": first_ms, "second": second, "peer": peer})
 }
