@@ -211,6 +211,11 @@ fn signal_storm_scenario(name: &str, mode: &str, threads: &str) {
     check_accepts(&lines, &want, &reverse(&want));
     let stats = exit_stats(&mut server);
     storm_touched(&stats, "stashed_connections", "");
+    // A handler without SA_RESTART can make getpeername fail with EINTR, which natively it
+    // never does: in the microseconds before the supervisor receives the call, the kernel's
+    // wait is interruptible whatever the filter's flags (the probe retries, and counts).
+    let eintr = lines.iter().filter_map(|l| l["peer_eintr"].as_u64()).max();
+    eprintln!("{mode}: getpeername failed with EINTR {eintr:?} times");
 }
 
 /// What a storm did to the supervisor. Under the killable wait (Linux 5.19) a received

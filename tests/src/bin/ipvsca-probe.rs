@@ -97,9 +97,13 @@ fn outcome(o: Outcome) -> Value {
     json!({"ret": o.ret, "errno": o.errno})
 }
 
-/// `getpeername` into a fresh buffer: the address shown. Retried on `EINTR`: a call
-/// answered by a seccomp supervisor returns it when a signal whose handler lacks
-/// `SA_RESTART` arrives meanwhile, even a call that natively never blocks.
+/// How many `getpeername` calls [`peer_of`] had to retry after `EINTR`.
+static PEER_EINTR: AtomicUsize = AtomicUsize::new(0);
+
+/// `getpeername` into a fresh buffer: the address shown. Retried on `EINTR`, counted in
+/// [`PEER_EINTR`]: natively it never happens; a call answered by a seccomp supervisor gets it
+/// when a signal whose handler lacks `SA_RESTART` arrives meanwhile, unless the filter has
+/// the killable wait (Linux 5.19).
 fn peer_of(fd: RawFd) -> Value {
     for _ in 0..100 {
         let mut buf = [0u8; 128];
@@ -108,7 +112,10 @@ fn peer_of(fd: RawFd) -> Value {
         let o = unsafe { calls::getpeername(fd, buf.as_mut_ptr(), &mut len) };
         match o.ret {
             0.. => return show(&buf, len),
-            _ if o.errno == libc::EINTR => continue,
+            _ if o.errno == libc::EINTR => {
+                PEER_EINTR.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             _ => return json!({"errno": o.errno}),
         }
     }
@@ -226,6 +233,7 @@ fn tcp_server(o: &Opts) {
                         "accept": show(&buf, len),
                         "getpeername": peer_of(conn),
                         "local": local_of(conn),
+                        "peer_eintr": PEER_EINTR.load(Ordering::Relaxed),
                     }));
                     // SAFETY: `conn` is the descriptor accept just returned.
                     held.push(unsafe { OwnedFd::from_raw_fd(conn) });
