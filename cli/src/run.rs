@@ -13,7 +13,7 @@ use clap::{CommandFactory, Parser};
 use launcher::run::{self, ControlSocket, DaemonSupervision, RunError, Supervision};
 use launcher::{preflight, spawn};
 use supervisor::emulate::{Options, pin_accepts_requested};
-use supervisor::filter::IoUring;
+use supervisor::filter::{IoUring, Msg, Rules};
 
 use crate::capture_args::CaptureArgs;
 
@@ -63,6 +63,14 @@ struct Cli {
     #[arg(long, default_value = "deny", value_name = "deny|allow", value_parser = io_uring_parser())]
     io_uring: IoUring,
 
+    /// Also rewrite recvmsg, recvmmsg, sendmsg and sendmmsg, per message, as recvfrom and
+    /// sendto are: for UDP servers that use them (Node's dgram, nginx's stream, DNS servers,
+    /// Go's ReadMsgUDP, QUIC servers). Every call of the four then costs a round trip to
+    /// the supervisor, TCP and Unix sockets too, which are let through unchanged: leave it
+    /// off for services that send their data with sendmsg.
+    #[arg(long)]
+    msg: bool,
+
     /// ip_vs_ca's old recvfrom mode: a caller passing *addrlen == 32 gets two sockaddr_in,
     /// the balancer's then the client's, and *addrlen == 32.
     #[arg(long)]
@@ -100,6 +108,12 @@ struct Cli {
 }
 
 /// `--io-uring`'s values, listed and explained in the help.
+impl Cli {
+    fn rules(&self) -> Rules {
+        Rules { io_uring: self.io_uring, msg: if self.msg { Msg::Trap } else { Msg::Pass } }
+    }
+}
+
 fn io_uring_parser() -> impl TypedValueParser<Value = IoUring> {
     PossibleValuesParser::new([
         PossibleValue::new("deny").help("Fail with `ENOSYS`, so programs use the calls ipvsca sees"),
@@ -168,6 +182,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             feature.since.1
         );
     }
+    let rules = cli.rules();
     if let Some(control) = cli.supervisor {
         if cli.capture != CaptureArgs::default() {
             return Err(anyhow::anyhow!(
@@ -175,7 +190,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             )
             .into());
         }
-        let daemon = DaemonSupervision { control, io_uring: cli.io_uring, recvfrom_append: cli.recvfrom_append, user };
+        let daemon = DaemonSupervision { control, rules, recvfrom_append: cli.recvfrom_append, user };
         return Ok(run::supervise_with_daemon(&program, &cli.command, daemon)?);
     }
     let learner = Arc::new(cli.capture.learner().map_err(anyhow::Error::from)?);
@@ -186,7 +201,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         table,
         capture: Some(capture),
         trust,
-        io_uring: cli.io_uring,
+        rules,
         options: Options { recvfrom_append: cli.recvfrom_append, pin_accepts: pin_accepts_requested() },
         control: cli.control.map_or(ControlSocket::Default, ControlSocket::At),
         user,

@@ -70,13 +70,16 @@ pub fn run(lifeline: OwnedFd, start: impl FnOnce(Pid, &OwnedFd)) -> ! {
             // The keeper needs none of the launcher's descriptors (capture, control socket,
             // a daemon's connection) and no capability but CAP_KILL.
             sys::close_descriptors_except(&[lifeline.as_raw_fd(), signals.as_raw_fd(), ours.as_raw_fd()]);
-            let _ = supervisor::privileges::keep_only_kill();
             child
         }
         Err(_) => sys::exit_now(1),
     };
     // Held until the keeper exits; nothing if the service failed before loading its filter.
-    let _listener = crate::spawn::receive(&ours).ok().and_then(|(_, _, _, fd)| fd);
+    // Copied from the service (it may run as another user: CAP_SYS_PTRACE is still held),
+    // then the service is told, and the keeper keeps no capability but CAP_KILL.
+    let _listener = crate::spawn::receive(&ours).ok().and_then(|(_, _, _, listener)| listener);
+    let _ = nix::unistd::write(&ours, b"k");
+    let _ = supervisor::privileges::keep_only_kill();
     drop(ours);
     let mut status: Option<i32> = None;
     loop {

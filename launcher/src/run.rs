@@ -18,7 +18,7 @@ use supervisor::control::server::{ControlGuard, ControlServer};
 use supervisor::control::{self, Connection, ControlError, Request};
 use supervisor::control::{Mode, Node, ServiceInfo, Services};
 use supervisor::emulate::Options;
-use supervisor::filter::{FilterError, IoUring};
+use supervisor::filter::{FilterError, Msg, Rules};
 use supervisor::privileges;
 use supervisor::process::{abort_on_panic, raise_descriptor_limit, spawn_capture};
 use supervisor::resolve::Resolver;
@@ -106,8 +106,8 @@ pub struct Supervision {
     pub capture: Option<Arc<LiveCapture>>,
     /// Sources the capture trusts (a miss for another source is not drained for).
     pub trust: Trust,
-    /// io_uring_setup's fate.
-    pub io_uring: IoUring,
+    /// What the filter traps besides the six calls (io_uring_setup, the msg family).
+    pub rules: Rules,
     /// Emulation switches.
     pub options: Options,
     /// The control socket.
@@ -121,8 +121,8 @@ pub struct Supervision {
 pub struct DaemonSupervision {
     /// The daemon's control socket.
     pub control: PathBuf,
-    /// io_uring_setup's fate.
-    pub io_uring: IoUring,
+    /// What the filter traps besides the six calls (io_uring_setup, the msg family).
+    pub rules: Rules,
     /// `--recvfrom-append`.
     pub recvfrom_append: bool,
     /// `--user`.
@@ -134,15 +134,16 @@ pub struct DaemonSupervision {
 fn start(
     program: &Path,
     argv: &[OsString],
-    io_uring: IoUring,
+    rules: Rules,
     user: Option<&Credentials>,
 ) -> Result<(Launched, OwnedFd, SigSet), RunError> {
-    let filter = supervisor::filter::build(io_uring)?;
+    let filter = supervisor::filter::build(rules)?;
     // A subreaper too: if the keeper is killed (OOM, kill -9), the service's processes come
     // to this process rather than to init, and are stopped with it (`run_to_end`).
     nix::sys::prctl::set_child_subreaper(true).map_err(system("becoming a subreaper"))?;
     // Forks the keeper and the service: the last moment this process has one thread.
-    let (launched, listener) = spawn::launch(program, argv, &filter, user)?;
+    let hand_over = if rules.msg == Msg::Trap { spawn::HandOver::ByNumber } else { spawn::HandOver::Passed };
+    let (launched, listener) = spawn::launch(program, argv, &filter, hand_over, user)?;
     let mut forwarded = SigSet::empty();
     for sig in FORWARDED {
         forwarded.add(sig);
@@ -210,7 +211,7 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> Result<i3
         }
         _ => None,
     };
-    let (launched, listener, forwarded) = start(program, argv, s.io_uring, s.user.as_ref())?;
+    let (launched, listener, forwarded) = start(program, argv, s.rules, s.user.as_ref())?;
     let control = match (explicit, &s.control) {
         (Some(bound), _) => Some(bound),
         (None, ControlSocket::Default) => {
@@ -286,7 +287,7 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
     let handover = |source| RunError::Handover { path: d.control.clone(), source };
     // Reach the daemon before starting anything.
     let mut daemon = Connection::open(&d.control)?;
-    let (launched, listener, forwarded) = start(program, argv, d.io_uring, d.user.as_ref())?;
+    let (launched, listener, forwarded) = start(program, argv, d.rules, d.user.as_ref())?;
     // This process only forwards signals, waits, and kills what is left of the service if
     // the keeper is killed (`run_to_end`): CAP_KILL, for a service running as another user.
     if let Err(e) = privileges::keep_only_kill() {

@@ -7,15 +7,16 @@
 //!   signals the launcher forwards, exits with the service's status when the last one is
 //!   gone, and kills them all if the launcher dies (see `keeper`);
 //! - the service, the keeper's child: takes `--user`'s credentials if given, sets
-//!   no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, passes the
-//!   listener to the launcher over a socket pair, waits for the launcher's go, and execs
-//!   PROGRAM with environment, working directory and standard streams untouched.
+//!   no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, tells the
+//!   keeper and then the launcher the listener's descriptor number, which each copies
+//!   (`pidfd_getfd`), waits for the launcher's go, and execs PROGRAM with environment,
+//!   working directory and standard streams untouched.
 //!
 //! Both forks happen while the launcher has a single thread. Owns this choreography.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -201,6 +202,7 @@ pub fn launch(
     program: &Path,
     argv: &[OsString],
     filter: &[libc::sock_filter],
+    hand_over: HandOver,
     user: Option<&Credentials>,
 ) -> Result<(Launched, OwnedFd), LaunchError> {
     let c_program = CString::new(program.as_os_str().as_bytes())
@@ -221,13 +223,13 @@ pub fn launch(
             // The closure owns the service's end of the channel: the keeper drops it once the
             // service is forked, so the launcher sees end-of-file when the service execs.
             keeper::run(life_read, move |keeper, keeper_channel| {
-                service_child(&theirs, keeper_channel, keeper, &c_program, &c_argv, filter, user);
+                service_child(&theirs, keeper_channel, keeper, &c_program, &c_argv, (filter, hand_over), user);
             })
         }
         ForkResult::Parent { child: keeper } => {
             drop(theirs);
             drop(life_read);
-            let (stage, errno, service, fd) = receive(&ours)?;
+            let (stage, errno, service, listener) = receive(&ours)?;
             let fail = match stage {
                 Some(Stage::Ready) => None,
                 Some(Stage::NoNewPrivs) => Some(LaunchError::NoNewPrivs(errno)),
@@ -242,7 +244,7 @@ pub fn launch(
                 let _ = nix::sys::wait::waitpid(keeper, None);
                 return Err(e);
             }
-            let listener = fd.ok_or(LaunchError::Vanished)?;
+            let listener = listener.ok_or(LaunchError::Vanished)?;
             let launched = Launched {
                 keeper,
                 service,
@@ -268,10 +270,21 @@ impl Launched {
     }
 }
 
-/// One message of the service: stage, errno, pid, and the listener with `Ready`.
+/// How the service hands its listener over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOver {
+    /// With the report, over the channel (`SCM_RIGHTS`).
+    Passed,
+    /// By number, for the reader to copy (`pidfd_getfd`): under `--msg` the filter traps
+    /// `sendmsg`, and the listener that would answer it is the one being handed over.
+    ByNumber,
+}
+
+/// One message of the service: stage, errno, its pid, and with `Ready` its listener, passed
+/// or copied from the service by number.
 pub(crate) fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, Option<OwnedFd>), LaunchError> {
-    let mut buf = [0u8; 12];
-    let (bytes, fd) = supervisor::sys::unix::recv_with_fd(channel, &mut buf)
+    let mut buf = [0u8; 16];
+    let (bytes, passed) = supervisor::sys::unix::recv_with_fd(channel, &mut buf)
         .map_err(|e| system("reading the service's report")(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
     if bytes == 0 {
         return Err(LaunchError::Vanished);
@@ -285,18 +298,45 @@ pub(crate) fn receive(channel: &OwnedFd) -> Result<(Option<Stage>, Errno, Pid, O
         4 => Some(Stage::User),
         _ => None,
     };
-    Ok((stage, Errno::from_raw(word(1) as i32), Pid::from_raw(word(2) as i32), fd))
+    let pid = Pid::from_raw(word(2) as i32);
+    let listener = match (passed, word(3) as RawFd) {
+        (Some(fd), _) => Some(fd),
+        (None, number) if stage == Some(Stage::Ready) && number >= 0 => {
+            Some(copy_listener(pid, number).map_err(system("copying the service's listener (pidfd_getfd)"))?)
+        }
+        (None, _) => None,
+    };
+    Ok((stage, Errno::from_raw(word(1) as i32), pid, listener))
 }
 
-fn report(channel: &OwnedFd, stage: Stage, errno: Errno, fd: Option<RawFd>) {
-    let mut buf = [0u8; 12];
+/// A copy of the listener the service holds as descriptor `fd`.
+fn copy_listener(service: Pid, fd: RawFd) -> Result<OwnedFd, Errno> {
+    let pidfd = supervisor::sys::pidfd::open(service.as_raw() as u32, 0)?;
+    supervisor::sys::pidfd::get_fd(pidfd.as_fd(), fd)
+}
+
+fn report(channel: &OwnedFd, stage: Stage, errno: Errno, listener: Option<(RawFd, HandOver)>) {
+    let mut buf = [0u8; 16];
     buf[0..4].copy_from_slice(&(stage as u32).to_ne_bytes());
     buf[4..8].copy_from_slice(&(errno as i32 as u32).to_ne_bytes());
     buf[8..12].copy_from_slice(&(nix::unistd::getpid().as_raw() as u32).to_ne_bytes());
-    let iov = [IoSlice::new(&buf)];
-    let fds = fd.map(|f| [f]);
-    let cmsgs: Vec<ControlMessage> = fds.iter().map(|f| ControlMessage::ScmRights(f)).collect();
-    let _ = sendmsg::<()>(channel.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None);
+    let number = match listener {
+        Some((fd, HandOver::ByNumber)) => fd,
+        _ => -1,
+    };
+    buf[12..16].copy_from_slice(&(number as u32).to_ne_bytes());
+    match listener {
+        Some((fd, HandOver::Passed)) => {
+            let iov = [IoSlice::new(&buf)];
+            let fds = [fd];
+            let _ =
+                sendmsg::<()>(channel.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
+        }
+        // A plain write: never trapped.
+        _ => {
+            let _ = nix::unistd::write(channel, &buf);
+        }
+    }
 }
 
 /// The service's side, in the keeper's forked child: never returns.
@@ -306,7 +346,7 @@ fn service_child(
     keeper: Pid,
     program: &CString,
     argv: &[CString],
-    filter: &[libc::sock_filter],
+    (filter, hand_over): (&[libc::sock_filter], HandOver),
     user: Option<&Credentials>,
 ) -> ! {
     use nix::sys::signal::Signal;
@@ -337,15 +377,19 @@ fn service_child(
         }
     };
     // The keeper holds the listener too: if the launcher dies, trapped calls then wait (for
-    // the keeper's SIGKILL) instead of failing with ENOSYS.
-    report(keeper_channel, Stage::Ready, Errno::UnknownErrno, Some(listener.as_raw_fd()));
-    report(channel, Stage::Ready, Errno::UnknownErrno, Some(listener.as_raw_fd()));
-    drop(listener);
+    // the keeper's SIGKILL) instead of failing with ENOSYS. Each copies it from here: the
+    // keeper first, which says when it has; then the launcher, whose go comes after.
+    let handed = Some((listener.as_raw_fd(), hand_over));
+    report(keeper_channel, Stage::Ready, Errno::UnknownErrno, handed);
+    let mut copied = [0u8; 1];
+    let _ = nix::unistd::read(keeper_channel, &mut copied);
+    report(channel, Stage::Ready, Errno::UnknownErrno, handed);
     let mut go = [0u8; 1];
     match nix::unistd::read(channel, &mut go) {
         Ok(1) => {}
         _ => sys::exit_now(1),
     }
+    drop(listener);
     let errno = nix::unistd::execv(program, argv).unwrap_err();
     report(channel, Stage::Exec, errno, None);
     sys::exit_now(if errno == Errno::ENOENT { 127 } else { 126 });

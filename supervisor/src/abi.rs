@@ -40,12 +40,37 @@ pub enum Syscall {
     SendTo,
     /// `connect(2)`.
     Connect,
+    /// `recvmsg(2)` (with `--msg`).
+    RecvMsg,
+    /// `recvmmsg(2)` (with `--msg`).
+    RecvMmsg,
+    /// `sendmsg(2)` (with `--msg`).
+    SendMsg,
+    /// `sendmmsg(2)` (with `--msg`).
+    SendMmsg,
 }
 
 impl Syscall {
-    /// Every trapped call.
-    pub const ALL: [Syscall; 6] =
+    /// The calls always trapped: those the module patched.
+    pub const BASE: [Syscall; 6] =
         [Syscall::Accept, Syscall::Accept4, Syscall::GetPeerName, Syscall::RecvFrom, Syscall::SendTo, Syscall::Connect];
+
+    /// The msg family, trapped with `--msg`: the address is in a `msghdr` in memory.
+    pub const MSG: [Syscall; 4] = [Syscall::RecvMsg, Syscall::RecvMmsg, Syscall::SendMsg, Syscall::SendMmsg];
+
+    /// Every call the supervisor knows.
+    pub const ALL: [Syscall; 10] = [
+        Syscall::Accept,
+        Syscall::Accept4,
+        Syscall::GetPeerName,
+        Syscall::RecvFrom,
+        Syscall::SendTo,
+        Syscall::Connect,
+        Syscall::RecvMsg,
+        Syscall::RecvMmsg,
+        Syscall::SendMsg,
+        Syscall::SendMmsg,
+    ];
 
     /// The call's name in libseccomp's (and the kernel's) tables.
     pub fn name(self) -> &'static str {
@@ -56,6 +81,10 @@ impl Syscall {
             Syscall::RecvFrom => "recvfrom",
             Syscall::SendTo => "sendto",
             Syscall::Connect => "connect",
+            Syscall::RecvMsg => "recvmsg",
+            Syscall::RecvMmsg => "recvmmsg",
+            Syscall::SendMsg => "sendmsg",
+            Syscall::SendMmsg => "sendmmsg",
         }
     }
 
@@ -68,7 +97,16 @@ impl Syscall {
             Syscall::SendTo => (11, 6),
             Syscall::RecvFrom => (12, 6),
             Syscall::Accept4 => (18, 4),
+            Syscall::SendMsg => (16, 3),
+            Syscall::RecvMsg => (17, 3),
+            Syscall::RecvMmsg => (19, 5),
+            Syscall::SendMmsg => (20, 4),
         }
+    }
+
+    /// Whether this is one of the msg family.
+    pub fn is_msg(self) -> bool {
+        Syscall::MSG.contains(&self)
     }
 
     fn from_socketcall(call: u64) -> Option<Syscall> {
@@ -93,6 +131,40 @@ pub enum Call {
     SendTo(SendTo),
     /// `connect(fd, addr, addrlen)`.
     Connect(Connect),
+    /// `recvmsg(fd, msg, flags)`.
+    RecvMsg(Msg),
+    /// `recvmmsg(fd, msgvec, vlen, flags, timeout)`.
+    RecvMmsg(Mmsg),
+    /// `sendmsg(fd, msg, flags)`.
+    SendMsg(Msg),
+    /// `sendmmsg(fd, msgvec, vlen, flags)` (`timeout` 0).
+    SendMmsg(Mmsg),
+}
+
+/// The arguments of `recvmsg` and `sendmsg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg {
+    /// The socket.
+    pub fd: RawFd,
+    /// `struct msghdr *`.
+    pub msg: u64,
+    /// `MSG_*`.
+    pub flags: i32,
+}
+
+/// The arguments of `recvmmsg` and `sendmmsg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mmsg {
+    /// The socket.
+    pub fd: RawFd,
+    /// `struct mmsghdr *`.
+    pub msgvec: u64,
+    /// How many (an `unsigned int`).
+    pub vlen: u32,
+    /// `MSG_*`.
+    pub flags: i32,
+    /// `struct timespec *` (recvmmsg; may be NULL).
+    pub timeout: u64,
 }
 
 /// The arguments of `accept` and `accept4`.
@@ -190,6 +262,18 @@ impl Call {
                 addrlen: int(5),
             }),
             Syscall::Connect => Call::Connect(Connect { fd: int(0), addr: args[1], addrlen: int(2) }),
+            Syscall::RecvMsg => Call::RecvMsg(Msg { fd: int(0), msg: args[1], flags: int(2) }),
+            Syscall::SendMsg => Call::SendMsg(Msg { fd: int(0), msg: args[1], flags: int(2) }),
+            Syscall::RecvMmsg => Call::RecvMmsg(Mmsg {
+                fd: int(0),
+                msgvec: args[1],
+                vlen: args[2] as u32,
+                flags: int(3),
+                timeout: args[4],
+            }),
+            Syscall::SendMmsg => {
+                Call::SendMmsg(Mmsg { fd: int(0), msgvec: args[1], vlen: args[2] as u32, flags: int(3), timeout: 0 })
+            }
         }
     }
 
@@ -197,8 +281,9 @@ impl Call {
     /// hold anything).
     pub fn registers(&self) -> usize {
         match self {
-            Call::Accept(_) | Call::GetPeerName(_) | Call::Connect(_) => 3,
-            Call::Accept4(_) => 4,
+            Call::Accept(_) | Call::GetPeerName(_) | Call::Connect(_) | Call::RecvMsg(_) | Call::SendMsg(_) => 3,
+            Call::Accept4(_) | Call::SendMmsg(_) => 4,
+            Call::RecvMmsg(_) => 5,
             Call::RecvFrom(_) | Call::SendTo(_) => 6,
         }
     }
@@ -212,6 +297,10 @@ impl Call {
             Call::RecvFrom(_) => Syscall::RecvFrom,
             Call::SendTo(_) => Syscall::SendTo,
             Call::Connect(_) => Syscall::Connect,
+            Call::RecvMsg(_) => Syscall::RecvMsg,
+            Call::RecvMmsg(_) => Syscall::RecvMmsg,
+            Call::SendMsg(_) => Syscall::SendMsg,
+            Call::SendMmsg(_) => Syscall::SendMmsg,
         }
     }
 }
@@ -228,6 +317,9 @@ pub enum Decoded {
         /// Address of the argument array in the caller.
         args: u64,
     },
+    /// A msg-family call of an i386 or x32 program, whose `msghdr` has 32-bit pointers:
+    /// not emulated, let run unchanged (counted, docs/design.md).
+    OtherAbi(Syscall),
     /// Something the filter should not have trapped (a `socketcall` sub-call ipvsca does
     /// not emulate): let it run.
     Other,
@@ -237,6 +329,8 @@ pub enum Decoded {
 #[derive(Debug, Clone)]
 pub struct SyscallTable {
     by_number: HashMap<(u32, i32), Syscall>,
+    /// The msg family's numbers on the ABIs whose `msghdr` is not x86-64's.
+    other_abi: HashMap<(u32, i32), Syscall>,
     socketcall_i386: i32,
 }
 
@@ -244,11 +338,13 @@ impl SyscallTable {
     /// Resolves the numbers with libseccomp.
     pub fn new() -> Result<Self, libseccomp::error::SeccompError> {
         let mut by_number = HashMap::new();
-        for arch in [ScmpArch::X8664, ScmpArch::X32] {
-            for s in Syscall::ALL {
-                let nr = ScmpSyscall::from_name_by_arch(s.name(), arch)?.as_raw_syscall();
-                by_number.insert((AUDIT_ARCH_X86_64, nr), s);
-            }
+        let mut other_abi = HashMap::new();
+        for s in Syscall::ALL {
+            let nr = ScmpSyscall::from_name_by_arch(s.name(), ScmpArch::X8664)?.as_raw_syscall();
+            by_number.insert((AUDIT_ARCH_X86_64, nr), s);
+            let x32 = ScmpSyscall::from_name_by_arch(s.name(), ScmpArch::X32)?.as_raw_syscall();
+            let table = if s.is_msg() { &mut other_abi } else { &mut by_number };
+            table.insert((AUDIT_ARCH_X86_64, x32), s);
         }
         // i386 has no direct accept (socketcall only).
         for (nr, s) in [
@@ -260,17 +356,26 @@ impl SyscallTable {
         ] {
             by_number.insert((AUDIT_ARCH_I386, nr), s);
         }
+        for (nr, s) in
+            [(370, Syscall::SendMsg), (372, Syscall::RecvMsg), (337, Syscall::RecvMmsg), (345, Syscall::SendMmsg)]
+        {
+            other_abi.insert((AUDIT_ARCH_I386, nr), s);
+        }
         let socketcall_i386 = ScmpSyscall::from_name_by_arch("socketcall", ScmpArch::X86)?.as_raw_syscall();
-        Ok(SyscallTable { by_number, socketcall_i386 })
+        Ok(SyscallTable { by_number, other_abi, socketcall_i386 })
     }
 
     /// Decodes a notification's call number and arguments.
     pub fn decode(&self, arch: u32, nr: i32, args: [u64; 6]) -> Decoded {
         if arch == AUDIT_ARCH_I386 && nr == self.socketcall_i386 {
             return match Syscall::from_socketcall(args[0]) {
+                Some(syscall) if syscall.is_msg() => Decoded::OtherAbi(syscall),
                 Some(syscall) => Decoded::SocketCall { syscall, args: args[1] & 0xffff_ffff },
                 None => Decoded::Other,
             };
+        }
+        if let Some(&syscall) = self.other_abi.get(&(arch, nr)) {
+            return Decoded::OtherAbi(syscall);
         }
         match self.by_number.get(&(arch, nr)) {
             Some(&syscall) => Decoded::Call(Call::new(syscall, args)),
@@ -310,6 +415,10 @@ mod tests {
         assert!(matches!(call(45), Decoded::Call(Call::RecvFrom(_))));
         assert!(matches!(call(44), Decoded::Call(Call::SendTo(_))));
         assert!(matches!(call(42), Decoded::Call(Call::Connect(_))));
+        assert!(matches!(call(47), Decoded::Call(Call::RecvMsg(_))));
+        assert!(matches!(call(299), Decoded::Call(Call::RecvMmsg(_))));
+        assert!(matches!(call(46), Decoded::Call(Call::SendMsg(_))));
+        assert!(matches!(call(307), Decoded::Call(Call::SendMmsg(_))));
         assert_eq!(call(39), Decoded::Other);
     }
 
@@ -319,6 +428,9 @@ mod tests {
         let x32 = |nr: i32| t.decode(AUDIT_ARCH_X86_64, nr | 0x4000_0000, [0; 6]);
         assert!(matches!(x32(288), Decoded::Call(Call::Accept4(_))));
         assert!(matches!(x32(517), Decoded::Call(Call::RecvFrom(_))));
+        // x32's msghdr has 32-bit pointers: its msg family is let through.
+        assert_eq!(x32(519), Decoded::OtherAbi(Syscall::RecvMsg));
+        assert_eq!(x32(518), Decoded::OtherAbi(Syscall::SendMsg));
     }
 
     #[test]
@@ -329,6 +441,8 @@ mod tests {
         let got = t.decode(AUDIT_ARCH_I386, 102, [12, 0xffff_1000, 0, 0, 0, 0]);
         assert_eq!(got, Decoded::SocketCall { syscall: Syscall::RecvFrom, args: 0xffff_1000 });
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");
+        assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [17, 0, 0, 0, 0, 0]), Decoded::OtherAbi(Syscall::RecvMsg));
+        assert_eq!(t.decode(AUDIT_ARCH_I386, 372, [0; 6]), Decoded::OtherAbi(Syscall::RecvMsg));
     }
 
     #[test]
@@ -347,6 +461,11 @@ mod tests {
             Call::Accept4(Accept { fd: 5, addr: 0x1000, addrlen: 0x2000, flags: 0x800 })
         );
         assert_eq!(Call::new(Syscall::Connect, args), Call::Connect(Connect { fd: 5, addr: 0x1000, addrlen: 0x2000 }));
+        assert_eq!(Call::new(Syscall::RecvMsg, args), Call::RecvMsg(Msg { fd: 5, msg: 0x1000, flags: 0x2000 }));
+        assert_eq!(
+            Call::new(Syscall::RecvMmsg, args),
+            Call::RecvMmsg(Mmsg { fd: 5, msgvec: 0x1000, vlen: 0x2000, flags: 0x800, timeout: 0x3000 })
+        );
         for s in Syscall::ALL {
             assert_eq!(Call::new(s, args).syscall(), s);
         }

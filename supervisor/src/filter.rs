@@ -9,7 +9,10 @@
 //! - `accept`, `accept4`: when the address buffer (argument 1) is not NULL;
 //! - `recvfrom`, `sendto`: when the address argument (4) is not NULL;
 //! - i386 `socketcall` for the same six sub-calls, whatever their arguments (they are in
-//!   memory, out of BPF's reach; the supervisor lets the NULL ones continue).
+//!   memory, out of BPF's reach; the supervisor lets the NULL ones continue);
+//! - with [`Msg::Trap`] (`--msg`), `recvmsg`, `recvmmsg`, `sendmsg` and `sendmmsg` always: the
+//!   address is in a `msghdr` in memory, so BPF cannot tell which need the supervisor, and
+//!   every call of the four pays a round trip (docs/design.md, "The msg family").
 //!
 //! `io_uring_setup` fails with `ENOSYS` unless allowed: io_uring's accept, connect and
 //! send/recv bypass seccomp (rule 8), and runtimes that probe it fall back to plain calls.
@@ -44,6 +47,33 @@ impl std::str::FromStr for IoUring {
     }
 }
 
+/// Whether the msg family (`recvmsg`, `recvmmsg`, `sendmsg`, `sendmmsg`) is trapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Msg {
+    /// Left to the kernel: a UDP server using them sees the balancer (the default).
+    #[default]
+    Pass,
+    /// Trapped and rewritten as `recvfrom`/`sendto` are, per message.
+    Trap,
+}
+
+/// What the filter traps besides the six calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rules {
+    /// `io_uring_setup`'s fate.
+    pub io_uring: IoUring,
+    /// The msg family.
+    pub msg: Msg,
+}
+
+impl Rules {
+    /// The calls the filter traps.
+    pub fn trapped(self) -> impl Iterator<Item = Syscall> {
+        let msg: &[Syscall] = if self.msg == Msg::Trap { &Syscall::MSG } else { &[] };
+        Syscall::BASE.into_iter().chain(msg.iter().copied())
+    }
+}
+
 /// Why the filter could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
@@ -59,8 +89,8 @@ pub enum FilterError {
 pub type Insn = libc::sock_filter;
 
 /// Builds the filter program.
-pub fn build(io_uring: IoUring) -> Result<Vec<Insn>, FilterError> {
-    let bytes = export(|f| context(io_uring)?.export_bpf(f).map_err(FilterError::from))?;
+pub fn build(rules: Rules) -> Result<Vec<Insn>, FilterError> {
+    let bytes = export(|f| context(rules)?.export_bpf(f).map_err(FilterError::from))?;
     Ok(bytes
         .chunks_exact(8)
         .map(|c| Insn {
@@ -73,8 +103,8 @@ pub fn build(io_uring: IoUring) -> Result<Vec<Insn>, FilterError> {
 }
 
 /// The filter in libseccomp's readable pseudo code, for tests and debugging.
-pub fn pseudo_code(io_uring: IoUring) -> Result<String, FilterError> {
-    let bytes = export(|f| context(io_uring)?.export_pfc(f).map_err(FilterError::from))?;
+pub fn pseudo_code(rules: Rules) -> Result<String, FilterError> {
+    let bytes = export(|f| context(rules)?.export_pfc(f).map_err(FilterError::from))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
@@ -83,27 +113,32 @@ pub fn pseudo_code(io_uring: IoUring) -> Result<String, FilterError> {
 /// and `socketcall`. Its `socketcall` translation keeps the argument tests, which there
 /// apply to the wrong registers, so the unconditional `socketcall` rules are added first:
 /// the union of the two is unconditional per sub-call.
-fn context(io_uring: IoUring) -> Result<ScmpFilterContext, FilterError> {
+fn context(rules: Rules) -> Result<ScmpFilterContext, FilterError> {
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow)?;
     ctx.add_arch(ScmpArch::X86)?;
     ctx.add_arch(ScmpArch::X32)?;
     // The child sets no_new_privs itself before loading the program.
     ctx.set_ctl_nnp(false)?;
     let socketcall = ScmpSyscall::from_name("socketcall")?;
-    for s in Syscall::ALL {
+    for s in rules.trapped() {
         let call = [ScmpArgCompare::new(0, ScmpCompareOp::Equal, s.socketcall().0)];
         ctx.add_rule_conditional(ScmpAction::Notify, socketcall, &call)?;
     }
     let not_null = |arg| [ScmpArgCompare::new(arg, ScmpCompareOp::NotEqual, 0)];
-    for s in Syscall::ALL {
+    for s in rules.trapped() {
         let sys = ScmpSyscall::from_name(s.name())?;
         match s {
-            Syscall::GetPeerName | Syscall::Connect => ctx.add_rule(ScmpAction::Notify, sys)?,
             Syscall::Accept | Syscall::Accept4 => ctx.add_rule_conditional(ScmpAction::Notify, sys, &not_null(1))?,
             Syscall::RecvFrom | Syscall::SendTo => ctx.add_rule_conditional(ScmpAction::Notify, sys, &not_null(4))?,
+            _ => ctx.add_rule(ScmpAction::Notify, sys)?,
         };
     }
-    if io_uring == IoUring::Deny {
+    if rules.msg == Msg::Trap {
+        // 32-bit programs' recvmmsg with a 64-bit timeout (i386 only; the supervisor lets
+        // it through, counted, as every 32-bit msg call).
+        ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name("recvmmsg_time64")?)?;
+    }
+    if rules.io_uring == IoUring::Deny {
         ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), ScmpSyscall::from_name("io_uring_setup")?)?;
     }
     Ok(ctx)
@@ -130,7 +165,7 @@ mod tests {
     #[test]
     fn filter_builds_and_ends_in_a_return() {
         for io_uring in [IoUring::Deny, IoUring::Allow] {
-            let program = build(io_uring).unwrap();
+            let program = build(Rules { io_uring, msg: Msg::Pass }).unwrap();
             assert!(program.len() > 20 && program.len() < 4096, "{} instructions", program.len());
             assert_eq!(program.last().unwrap().code & 0x07, 0x06, "BPF_RET");
         }
@@ -138,15 +173,31 @@ mod tests {
 
     #[test]
     fn deny_adds_the_io_uring_rule() {
-        assert!(build(IoUring::Deny).unwrap().len() > build(IoUring::Allow).unwrap().len());
-        assert!(pseudo_code(IoUring::Deny).unwrap().contains("ERRNO(38)"));
+        let allow = Rules { io_uring: IoUring::Allow, msg: Msg::Pass };
+        assert!(build(Rules::default()).unwrap().len() > build(allow).unwrap().len());
+        assert!(pseudo_code(Rules::default()).unwrap().contains("ERRNO(38)"));
+    }
+
+    #[test]
+    fn the_msg_family_is_trapped_only_when_asked() {
+        let x86_64 = |rules| {
+            let pfc = pseudo_code(rules).unwrap();
+            pfc.split("# filter for arch x86_64").nth(1).unwrap().split("# filter for arch").next().unwrap().to_owned()
+        };
+        let (pass, trap) = (x86_64(Rules::default()), x86_64(Rules { msg: Msg::Trap, ..Rules::default() }));
+        // recvmsg 47, sendmsg 46, recvmmsg 299, sendmmsg 307: unconditionally.
+        for nr in [46, 47, 299, 307] {
+            let rule = format!("if ($syscall == {nr})\n    action 0x7fc00000;");
+            assert!(trap.contains(&rule), "syscall {nr} not trapped:\n{trap}");
+            assert!(!pass.contains(&format!("if ($syscall == {nr})")), "syscall {nr} trapped without --msg");
+        }
     }
 
     /// The i386 part of the pseudo code: `socketcall` traps each sub-call unconditionally,
     /// and the direct calls test the right argument.
     #[test]
     fn i386_socketcall_is_trapped_whatever_its_arguments() {
-        let pfc = pseudo_code(IoUring::Deny).unwrap();
+        let pfc = pseudo_code(Rules::default()).unwrap();
         let x86 = pfc.split("# filter for arch x86 (").nth(1).unwrap().split("# filter for arch").next().unwrap();
         let socketcall = x86.split("if ($syscall == 102)").nth(1).unwrap().split("# default action").next().unwrap();
         for call in [3, 5, 7, 11, 12, 18] {

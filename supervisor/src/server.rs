@@ -314,6 +314,10 @@ fn count(counters: &SupervisorCounters, call: &Call, via_socketcall: bool) {
         Syscall::RecvFrom => counters.recvfrom.inc(),
         Syscall::SendTo => counters.sendto.inc(),
         Syscall::Connect => counters.connect.inc(),
+        Syscall::RecvMsg => counters.recvmsg.inc(),
+        Syscall::RecvMmsg => counters.recvmmsg.inc(),
+        Syscall::SendMsg => counters.sendmsg.inc(),
+        Syscall::SendMmsg => counters.sendmmsg.inc(),
     }
 }
 
@@ -337,6 +341,19 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
                     return;
                 }
             }
+        }
+        Decoded::OtherAbi(syscall) => {
+            shared.counters.notifications.inc();
+            shared.counters.other_abi.inc();
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    call = syscall.name(),
+                    "a 32-bit (i386 or x32) program's msg-family call is not rewritten: it runs unchanged (other_abi counts them)"
+                )
+            });
+            emulator.cont(&n);
+            return;
         }
         Decoded::Other => {
             shared.counters.notifications.inc();
@@ -612,7 +629,10 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
 /// worker: it is tried, then parked; one that cannot be parked (its socket shut down or
 /// failed) is then run here, blocking.
 fn run_on_worker(emulator: &Emulator<'_>, job: &Job) -> Option<crate::emulate::Wait> {
-    let parks = matches!(job.call, Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_));
+    let parks = matches!(
+        job.call,
+        Call::Accept(_) | Call::Accept4(_) | Call::RecvFrom(_) | Call::RecvMsg(_) | Call::RecvMmsg(_)
+    );
     let mut place = if parks { Place::Receiver } else { Place::Worker };
     loop {
         match emulator.handle(&job.n, &job.call, place) {

@@ -20,6 +20,17 @@ counter_set! {
         sendto,
         /// ... of which `connect`.
         connect,
+        /// ... of which `recvmsg` (`--msg`).
+        recvmsg,
+        /// ... of which `recvmmsg` (`--msg`).
+        recvmmsg,
+        /// ... of which `sendmsg` (`--msg`).
+        sendmsg,
+        /// ... of which `sendmmsg` (`--msg`).
+        sendmmsg,
+        /// msg-family calls of i386 and x32 programs, let through unchanged (their
+        /// `msghdr` is not rewritten).
+        other_abi,
         /// ... of which i386 `socketcall`.
         socketcall,
         /// Addresses shown as the client instead of the balancer (rx).

@@ -12,7 +12,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ use capture::trust::Trust;
 use capture::{FlowKey, MappingTable, Proto, Via};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, setsockopt, socketpair, sockopt};
 use supervisor::emulate::Options;
-use supervisor::filter::IoUring;
+use supervisor::filter::{Msg, Rules};
 use supervisor::resolve::Resolver;
 use supervisor::server::{ServeError, Supervisor};
 use supervisor::stats::SupervisorCounters;
@@ -75,12 +75,29 @@ pub fn start(cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervised> {
 /// [`start`], with `on_thread` run first on the thread that then receives and answers the
 /// service's calls (a test marks it there, to watch what that thread does).
 pub fn start_with(
-    mut cmd: Command,
+    cmd: Command,
     table: Arc<MappingTable>,
     on_thread: impl FnOnce() + Send + 'static,
 ) -> io::Result<Supervised> {
-    let filter = supervisor::filter::build(IoUring::Deny).map_err(io::Error::other)?;
-    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Datagram, None, SockFlag::SOCK_CLOEXEC)?;
+    start_under(cmd, table, Rules::default(), on_thread)
+}
+
+/// [`start`] with the msg family trapped too (`ipvsca-run --msg`).
+pub fn start_with_msg(cmd: Command, table: Arc<MappingTable>) -> io::Result<Supervised> {
+    start_under(cmd, table, Rules { msg: Msg::Trap, ..Rules::default() }, || ())
+}
+
+/// [`start_with`] under a filter with `rules`. The child tells its pid and the listener's
+/// descriptor number, and waits while a thread here copies it (`pidfd_getfd`): passing it
+/// with `sendmsg` would be trapped under `--msg`, with nobody to answer yet.
+pub fn start_under(
+    mut cmd: Command,
+    table: Arc<MappingTable>,
+    rules: Rules,
+    on_thread: impl FnOnce() + Send + 'static,
+) -> io::Result<Supervised> {
+    let filter = supervisor::filter::build(rules).map_err(io::Error::other)?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
     let channel = theirs.as_raw_fd();
     // SAFETY: the closure runs in the forked child before exec and makes only
     // async-signal-safe system calls on memory that exists in the child (the filter, built
@@ -88,10 +105,12 @@ pub fn start_with(
     unsafe {
         cmd.pre_exec(move || load_filter_and_hand_over(&filter, channel));
     }
-    let service = Service::start(cmd)?;
+    // Spawning returns after the exec, which waits for the copy.
+    let copier = std::thread::spawn(move || copy_listener(&ours));
+    let service = Service::start(cmd);
     drop(theirs);
-    // The child sent the listener before exec, and spawning returns after the exec.
-    let listener = receive_listener(&ours)?;
+    let listener = copier.join().map_err(|_| io::Error::other("copying the listener panicked"))?;
+    let (service, listener) = (service?, listener?);
     let counters = Arc::new(SupervisorCounters::default());
     let resolver = Resolver::new(table, None, Trust::any(), counters.clone());
     let supervisor = Supervisor::new(Listener::new(listener), resolver, counters.clone(), Options::default())
@@ -101,6 +120,22 @@ pub fn start_with(
         supervisor.serve()
     })?;
     Ok(Supervised { service, counters, serving: Some(serving) })
+}
+
+/// Reads the child's pid and listener number from `channel`, copies the listener, and lets
+/// the child go on.
+fn copy_listener(channel: &OwnedFd) -> io::Result<OwnedFd> {
+    let mut words = [0u8; 8];
+    let n = nix::unistd::read(channel, &mut words)?;
+    if n != 8 {
+        return Err(io::Error::other("the service sent no seccomp listener"));
+    }
+    let pid = u32::from_ne_bytes(words[..4].try_into().expect("4 bytes"));
+    let fd = i32::from_ne_bytes(words[4..].try_into().expect("4 bytes"));
+    let pidfd = supervisor::sys::pidfd::open(pid, 0)?;
+    let listener = supervisor::sys::pidfd::get_fd(pidfd.as_fd(), fd)?;
+    nix::unistd::write(channel, b"g")?;
+    Ok(listener)
 }
 
 impl Supervised {
@@ -169,56 +204,29 @@ impl Run {
     }
 }
 
-/// The forked child's part: no_new_privs, the filter, the listener sent to the test.
+/// The forked child's part: no_new_privs, the filter, its number told to the test, which
+/// copies it; then the child goes on to exec.
 fn load_filter_and_hand_over(filter: &[libc::sock_filter], channel: RawFd) -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let listener = supervisor::sys::seccomp::load_filter(filter).map_err(io::Error::from)?.into_raw_fd();
-    let sent = send_fd(channel, listener);
+    let mut words = [0u8; 8];
+    // SAFETY: getpid has no preconditions.
+    words[..4].copy_from_slice(&(unsafe { libc::getpid() } as u32).to_ne_bytes());
+    words[4..].copy_from_slice(&listener.to_ne_bytes());
+    let mut go = [0u8; 1];
+    // SAFETY: `words` and `go` are live locals of the lengths given.
+    let told = unsafe {
+        libc::write(channel, words.as_ptr().cast(), words.len()) == 8
+            && libc::read(channel, go.as_mut_ptr().cast(), 1) == 1
+    };
     // SAFETY: the descriptor seccomp just returned, owned by nothing else; the test holds
     // its own copy now, and the service must not keep one (the supervisor sees the
     // listener hang up only when every process under the filter is gone).
     unsafe { libc::close(listener) };
-    sent
-}
-
-/// Sends `fd` over the datagram socket `channel` (SCM_RIGHTS), with stack buffers only.
-fn send_fd(channel: RawFd, fd: RawFd) -> io::Result<()> {
-    // Aligned for a cmsghdr and large enough for one descriptor (CMSG_SPACE(4) is 24).
-    let mut control = [0u64; 4];
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // SAFETY: an all-zero msghdr is valid; every pointer set below is to a live local of
-    // the length given.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE computes a size from its argument.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
-    // SAFETY: `msg` has a control buffer of `msg_controllen` bytes (at most `control`'s 32),
-    // so the first header and its data lie inside `control`.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    }
-    // SAFETY: `msg` and everything it points to are live for the call.
-    if unsafe { libc::sendmsg(channel, &msg, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The listener the child sent.
-fn receive_listener(channel: &OwnedFd) -> io::Result<OwnedFd> {
-    let mut byte = [0u8; 1];
-    let (_, listener) = supervisor::sys::unix::recv_with_fd(channel, &mut byte)?;
-    listener.ok_or_else(|| io::Error::other("the service sent no seccomp listener"))
+    if told { Ok(()) } else { Err(io::Error::other("the test did not copy the listener")) }
 }
 
 /// A TCP connection from `from` (bound first, as a balancer's local address is) to `to`.

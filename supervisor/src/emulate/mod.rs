@@ -20,6 +20,7 @@
 //! call left to the kernel, answered with an error, or gone), so `?` ends a handler.
 
 mod addr;
+mod msg;
 mod rx;
 mod tx;
 
@@ -161,6 +162,10 @@ impl Emulator<'_> {
             Call::RecvFrom(c) => self.recvfrom(n, c, place),
             Call::SendTo(c) => self.sendto(n, c, place),
             Call::Connect(c) => self.connect(n, c, place),
+            Call::RecvMsg(c) => self.recvmsg(n, c, place),
+            Call::RecvMmsg(c) => self.recvmmsg(n, c, place),
+            Call::SendMsg(c) => self.sendmsg(n, c, place),
+            Call::SendMmsg(c) => self.sendmmsg(n, c, place),
         };
         step.unwrap_or_else(|handled| handled)
     }

@@ -32,7 +32,7 @@ thread_local! {
 
 /// Why an address the kernel gave is shown unchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RxMiss {
+pub(super) enum RxMiss {
     /// Not an inet address.
     NotInet,
     /// No mapping for it.
@@ -48,7 +48,7 @@ impl Emulator<'_> {
     /// `socket` is given for a socket the service may have connected itself: its peer may
     /// be a balancer ipvsca connected it to instead of a client (see `connected`).
     /// `seen` says how the service met the flow (a provisional entry may be confirmed).
-    fn rx_rewrite(
+    pub(super) fn rx_rewrite(
         &self,
         proto: Proto,
         socket: Option<BorrowedFd<'_>>,

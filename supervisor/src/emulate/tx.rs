@@ -45,9 +45,9 @@ struct TxCall<'a> {
 
 /// A destination rewritten from a client to its balancer.
 #[derive(Debug, Clone, Copy)]
-struct TxRewrite {
+pub(super) struct TxRewrite {
     /// The address to use, in the caller's family.
-    to: RawSockAddr,
+    pub(super) to: RawSockAddr,
     /// The balancer.
     lb: SocketAddr,
     /// The client the caller asked for.
@@ -57,7 +57,7 @@ struct TxRewrite {
 impl Emulator<'_> {
     /// For `connect`/`sendto` to `dest` from a socket of `proto` whose own address is
     /// `local`: the balancer's address in the caller's family, if `dest` is a mapped client.
-    fn tx_rewrite(&self, proto: Proto, dest: &RawSockAddr, local: SocketAddr) -> Option<TxRewrite> {
+    pub(super) fn tx_rewrite(&self, proto: Proto, dest: &RawSockAddr, local: SocketAddr) -> Option<TxRewrite> {
         let client = sockaddr::user_inet(dest)?;
         let lb = self.resolver.balancer(proto, client, local)?;
         let Some(to) = sockaddr::replace(dest, lb) else {

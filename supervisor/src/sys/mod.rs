@@ -5,7 +5,7 @@
 
 pub(crate) mod mem;
 pub(crate) mod net;
-pub(crate) mod pidfd;
+pub mod pidfd;
 pub(crate) mod rlimit;
 pub(crate) mod sched;
 pub mod seccomp;

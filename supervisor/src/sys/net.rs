@@ -178,6 +178,144 @@ pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], flags: libc::c_int, to: &RawSock
     Ok(n as usize)
 }
 
+/// What one received message came with (the kernel's `msghdr` after `recvmsg`).
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// Bytes received (the datagram's full length with `MSG_TRUNC`).
+    pub len: usize,
+    /// The source address.
+    pub from: RawSockAddr,
+    /// Bytes of control messages written.
+    pub control_len: usize,
+    /// `msg_flags` (`MSG_TRUNC`, `MSG_CTRUNC`...).
+    pub flags: libc::c_int,
+}
+
+/// The buffers one message is received into: data and control messages.
+#[derive(Debug)]
+pub struct Slot<'a> {
+    /// The data.
+    pub data: &'a mut [u8],
+    /// The control messages.
+    pub control: &'a mut [u8],
+}
+
+/// A `msghdr` for `slot`, naming `from` (sized as a `sockaddr_storage`).
+fn recv_header(slot: &mut Slot<'_>, iov: &mut libc::iovec, from: &mut RawSockAddr) -> libc::msghdr {
+    *iov = libc::iovec { iov_base: slot.data.as_mut_ptr().cast(), iov_len: slot.data.len() };
+    from.len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: an all-zero msghdr is valid; every pointer set below is to a live buffer of
+    // the length given.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    h.msg_name = (&mut from.storage as *mut libc::sockaddr_storage).cast();
+    h.msg_namelen = from.len;
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    if !slot.control.is_empty() {
+        h.msg_control = slot.control.as_mut_ptr().cast();
+        h.msg_controllen = slot.control.len();
+    }
+    h
+}
+
+fn received(h: &libc::msghdr, len: usize, mut from: RawSockAddr) -> Received {
+    from.len = h.msg_namelen;
+    Received { len, from, control_len: h.msg_controllen, flags: h.msg_flags }
+}
+
+/// `recvmsg(2)` into `slot`.
+pub fn recv_msg(fd: BorrowedFd<'_>, slot: &mut Slot<'_>, flags: libc::c_int) -> Result<Received, Errno> {
+    let mut from = RawSockAddr::empty();
+    let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut h = recv_header(slot, &mut iov, &mut from);
+    // SAFETY: `h` names live buffers (the slot's, `iov`, `from`) of the lengths it gives.
+    let n = check(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut h, flags) } as libc::c_long)?;
+    Ok(received(&h, n as usize, from))
+}
+
+/// `recvmmsg(2)` into `slots`, one message each, with the caller's `timeout` (updated to
+/// what is left, as the kernel does): what each message that came received.
+pub fn recv_mmsg(
+    fd: BorrowedFd<'_>,
+    slots: &mut [Slot<'_>],
+    flags: libc::c_int,
+    timeout: Option<&mut libc::timespec>,
+) -> Result<Vec<Received>, Errno> {
+    let count = slots.len();
+    let mut froms = vec![RawSockAddr::empty(); count];
+    let mut iovs = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; count];
+    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(count);
+    for ((slot, iov), from) in slots.iter_mut().zip(iovs.iter_mut()).zip(froms.iter_mut()) {
+        headers.push(libc::mmsghdr { msg_hdr: recv_header(slot, iov, from), msg_len: 0 });
+    }
+    let timeout = timeout.map_or(std::ptr::null_mut(), |t| t as *mut libc::timespec);
+    // SAFETY: `headers` holds `count` msghdrs naming live buffers (the slots', `iovs`,
+    // `froms`, none moved since); `timeout` is null or a live timespec.
+    let n =
+        check(unsafe { libc::recvmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), count as libc::c_uint, flags, timeout) }
+            as libc::c_long)?;
+    Ok(headers
+        .iter()
+        .zip(froms)
+        .take(n as usize)
+        .map(|(h, from)| received(&h.msg_hdr, h.msg_len as usize, from))
+        .collect())
+}
+
+/// One message to send: data, control messages, and a destination (`None`: the connected
+/// peer).
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// The data.
+    pub data: &'a [u8],
+    /// The control messages.
+    pub control: &'a [u8],
+    /// The destination.
+    pub to: Option<RawSockAddr>,
+}
+
+fn send_header(m: &Outgoing<'_>, iov: &mut libc::iovec) -> libc::msghdr {
+    *iov = libc::iovec { iov_base: m.data.as_ptr() as *mut libc::c_void, iov_len: m.data.len() };
+    // SAFETY: an all-zero msghdr is valid; every pointer set below is to a live buffer of
+    // the length given, which the kernel only reads.
+    let mut h: libc::msghdr = unsafe { zeroed() };
+    if let Some(to) = &m.to {
+        h.msg_name = to.ptr() as *mut libc::c_void;
+        h.msg_namelen = to.len;
+    }
+    h.msg_iov = iov;
+    h.msg_iovlen = 1;
+    if !m.control.is_empty() {
+        h.msg_control = m.control.as_ptr() as *mut libc::c_void;
+        h.msg_controllen = m.control.len();
+    }
+    h
+}
+
+/// `sendmsg(2)` of `m`.
+pub fn send_msg(fd: BorrowedFd<'_>, m: &Outgoing<'_>, flags: libc::c_int) -> Result<usize, Errno> {
+    let mut iov = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let h = send_header(m, &mut iov);
+    // SAFETY: `h` names live buffers of the lengths it gives, which the kernel only reads.
+    let n = check(unsafe { libc::sendmsg(fd.as_raw_fd(), &h, flags) } as libc::c_long)?;
+    Ok(n as usize)
+}
+
+/// `sendmmsg(2)` of `messages`: the bytes sent of each message that went.
+pub fn send_mmsg(fd: BorrowedFd<'_>, messages: &[Outgoing<'_>], flags: libc::c_int) -> Result<Vec<u32>, Errno> {
+    let mut iovs = vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; messages.len()];
+    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(messages.len());
+    for (m, iov) in messages.iter().zip(iovs.iter_mut()) {
+        headers.push(libc::mmsghdr { msg_hdr: send_header(m, iov), msg_len: 0 });
+    }
+    // SAFETY: `headers` holds one msghdr per message, naming live buffers (the messages',
+    // `iovs`, none moved since) that the kernel only reads; it writes `msg_len`.
+    let n =
+        check(unsafe { libc::sendmmsg(fd.as_raw_fd(), headers.as_mut_ptr(), headers.len() as libc::c_uint, flags) }
+            as libc::c_long)?;
+    Ok(headers.iter().take(n as usize).map(|h| h.msg_len).collect())
+}
+
 /// `connect(2)` to `to`.
 pub fn connect(fd: BorrowedFd<'_>, to: &RawSockAddr) -> Result<(), Errno> {
     // SAFETY: `to` points to `to.len` valid bytes.

@@ -17,7 +17,7 @@ use capture::{FlowKey, MappingTable, Proto, Via};
 use launcher::run::{ControlSocket, DaemonSupervision, Supervision, supervise, supervise_with_daemon};
 use supervisor::control::{Connection, Request};
 use supervisor::emulate::Options;
-use supervisor::filter::IoUring;
+use supervisor::filter::Rules;
 
 use crate::workload::{ACCEPT_BLOCKING_PORT, ACCEPT_PORT, FIRST_CLIENT_PORT, GETPEERNAME_PORT, UDP_PORT};
 use crate::{addr_arg, arg};
@@ -61,7 +61,7 @@ pub fn under(mode: &str, workload_args: &[String]) -> ! {
             connection.request(&add, None).unwrap_or_else(|e| panic!("map add: {e}"));
         }
         drop(connection);
-        let daemon = DaemonSupervision { control, io_uring: IoUring::Deny, recvfrom_append: false, user: None };
+        let daemon = DaemonSupervision { control, rules: Rules::default(), recvfrom_append: false, user: None };
         supervise_with_daemon(&me, &argv, daemon)
     } else {
         let table = Arc::new(MappingTable::default());
@@ -76,7 +76,7 @@ pub fn under(mode: &str, workload_args: &[String]) -> ! {
             table,
             capture: None,
             trust: Trust::any(),
-            io_uring: IoUring::Deny,
+            rules: Rules::default(),
             options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
             control: ControlSocket::Off,
             user: None,

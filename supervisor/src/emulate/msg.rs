@@ -1,0 +1,589 @@
+//! The msg family (`--msg`): `recvmsg`, `recvmmsg`, `sendmsg` and `sendmmsg` on UDP
+//! sockets, rewritten per message with `recvfrom`'s and `sendto`'s rules (spec, "Syscall
+//! semantics"): the source of each datagram received is shown as its client, and each
+//! message sent to a client goes to its balancer. x86-64 callers only (their `msghdr`);
+//! 32-bit callers' calls run unchanged, counted (`other_abi`).
+//!
+//! The supervisor makes the call itself on its copy of the socket, with its own buffers
+//! sized as the caller's (so that the kernel itself computes `MSG_TRUNC`, `MSG_CTRUNC`,
+//! control messages and counts), then leaves in the caller's memory what the kernel would
+//! have: the data in its iovecs, the control messages, the address (`move_addr_to_user`),
+//! `msg_flags`, `msg_controllen` and, for `recvmmsg`, `msg_len`, in the kernel's order. A
+//! send leaves the caller's memory untouched (`msg_name` keeps the client). A call with
+//! nothing to rewrite (no `msg_name`, not an inet datagram socket, a destination that is no
+//! client's, `MSG_ERRQUEUE`) or that the kernel would refuse before doing anything (a bad
+//! `msghdr` or iovec array) is left to the kernel (`CONTINUE`).
+
+use std::cell::RefCell;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use capture::Proto;
+use capture::table::Seen;
+use nix::errno::Errno;
+
+use super::addr::write_addr;
+use super::{Emulator, Handled, Place, Step, inet_local, socket_proto, stash_owner};
+use crate::abi::{Mmsg, Msg, Syscall};
+use crate::sockaddr;
+use crate::stash::Datagram;
+use crate::sys::mem::{self, Range};
+use crate::sys::net::{self, Outgoing, RawSockAddr, Received, Slot};
+use crate::sys::seccomp::Notification;
+
+/// `sizeof(struct msghdr)` on x86-64.
+const MSGHDR: u64 = 56;
+/// `sizeof(struct mmsghdr)` on x86-64.
+const MMSGHDR: u64 = 64;
+/// The kernel's `UIO_MAXIOV`: the most iovecs in a message, and messages in a batch.
+const UIO_MAXIOV: usize = 1024;
+/// The most data one message gets: more than any datagram, coalesced ones (`UDP_GRO`)
+/// included, so a larger buffer changes nothing the caller sees.
+const MESSAGE_MAX: usize = 1 << 17;
+/// The most control-message bytes one message gets: far more than the kernel writes for
+/// UDP (`IP_PKTINFO`, timestamps, `UDP_GRO` take tens of bytes).
+const CONTROL_MAX: usize = 1 << 16;
+/// The most data one batch call gets at once; a larger batch is received or sent in parts.
+const BATCH_MAX: usize = 4 << 20;
+/// `sizeof(struct sockaddr_storage)`: the longest `msg_namelen` the kernel keeps.
+const NAME_MAX: u32 = 128;
+
+thread_local! {
+    /// Data and control buffers of each thread, grown to the largest call seen.
+    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A caller's `struct msghdr`, as read from its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    name: u64,
+    namelen: u32,
+    iov: u64,
+    iovlen: u64,
+    control: u64,
+    controllen: u64,
+}
+
+impl Header {
+    fn parse(b: &[u8; MSGHDR as usize]) -> Header {
+        let u64_at = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        Header {
+            name: u64_at(0),
+            namelen: u32::from_ne_bytes(b[8..12].try_into().expect("4 bytes")),
+            iov: u64_at(16),
+            iovlen: u64_at(24),
+            control: u64_at(32),
+            controllen: u64_at(40),
+        }
+    }
+}
+
+/// Offsets in `struct msghdr` the kernel writes back.
+const NAMELEN_AT: u64 = 8;
+const CONTROLLEN_AT: u64 = 40;
+const FLAGS_AT: u64 = 48;
+/// Offset of `msg_len` in `struct mmsghdr`.
+const MSG_LEN_AT: u64 = 56;
+
+/// One of the caller's messages: where its `msghdr` is, what it says, its iovecs.
+#[derive(Debug)]
+struct Message {
+    at: u64,
+    header: Header,
+    ranges: Vec<Range>,
+}
+
+impl Message {
+    /// Reads the `msghdr` at `at` and its iovecs: `None` for what the kernel refuses
+    /// before it receives or sends anything (a bad pointer, too many iovecs, a length
+    /// that does not fit, a negative `msg_namelen`).
+    fn read(tid: u32, at: u64) -> Option<Message> {
+        let mut raw = [0u8; MSGHDR as usize];
+        mem::read(tid, at, &mut raw).ok()?;
+        let header = Header::parse(&raw);
+        if header.iovlen as usize > UIO_MAXIOV || (header.namelen as i32) < 0 {
+            return None;
+        }
+        let mut bytes = vec![0u8; header.iovlen as usize * 16];
+        mem::read(tid, header.iov, &mut bytes).ok()?;
+        let mut ranges = Vec::with_capacity(header.iovlen as usize);
+        let mut total: usize = 0;
+        for raw in bytes.chunks_exact(16) {
+            let addr = u64::from_ne_bytes(raw[..8].try_into().expect("8 bytes"));
+            let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
+            // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
+            if len > isize::MAX as u64 {
+                return None;
+            }
+            total = total.saturating_add(len as usize);
+            ranges.push(Range { addr, len: len as usize });
+        }
+        Some(Message { at, header, ranges })
+    }
+
+    /// The caller's room for data, as far as a datagram can use it.
+    fn data_room(&self) -> usize {
+        self.ranges.iter().map(|r| r.len).fold(0usize, usize::saturating_add).min(MESSAGE_MAX)
+    }
+
+    /// The caller's room for control messages (`msg_control` NULL gets none).
+    fn control_room(&self) -> usize {
+        if self.header.control == 0 { 0 } else { (self.header.controllen as usize).min(CONTROL_MAX) }
+    }
+}
+
+/// Reads up to `vlen` messages of a batch at `msgvec`, stopping at the first the kernel
+/// would refuse (it stops there too, returning what it did before).
+fn read_batch(tid: u32, msgvec: u64, vlen: u32) -> Vec<Message> {
+    let vlen = (vlen as usize).min(UIO_MAXIOV);
+    (0..vlen as u64).map_while(|i| Message::read(tid, msgvec + i * MMSGHDR)).collect()
+}
+
+/// Whether `sfd` is an inet datagram socket: the only kind the msg family is rewritten on;
+/// its own address.
+fn udp_local(sfd: BorrowedFd<'_>) -> Option<RawSockAddr> {
+    let local = net::sock_name(sfd).ok()?;
+    (sockaddr::kernel_inet(&local).is_some() && socket_proto(sfd) == Some(Proto::Udp)).then_some(local)
+}
+
+impl Emulator<'_> {
+    pub(super) fn recvmsg(&self, n: &Notification, c: Msg, place: Place) -> Step<Handled> {
+        let batch = Mmsg { fd: c.fd, msgvec: c.msg, vlen: 1, flags: c.flags, timeout: 0 };
+        self.receive(n, batch, place, false)
+    }
+
+    pub(super) fn recvmmsg(&self, n: &Notification, c: Mmsg, place: Place) -> Step<Handled> {
+        self.receive(n, c, place, true)
+    }
+
+    /// `recvmsg` (one message, `batch` false: the `msghdr` is at `c.msgvec`) or
+    /// `recvmmsg`.
+    fn receive(&self, n: &Notification, c: Mmsg, place: Place, batch: bool) -> Step<Handled> {
+        if c.flags & libc::MSG_ERRQUEUE != 0 || c.vlen == 0 {
+            return Ok(self.cont(n));
+        }
+        let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
+        let messages = if batch { read_batch(n.tid, c.msgvec, c.vlen) } else { read_batch(n.tid, c.msgvec, 1) };
+        // Nothing asks for an address, or the first message is refused: the kernel's call.
+        if messages.iter().all(|m| m.header.name == 0) {
+            return Ok(self.cont(n));
+        }
+        let mut timeout = match (batch, c.timeout) {
+            (true, t) if t != 0 => Some(self.or_continue(n, read_timespec(n.tid, t))?),
+            _ => None,
+        };
+        let socket = self.copy(n, syscall, c.fd)?;
+        let sfd = socket.as_fd();
+        let local = self.or_continue(n, udp_local(sfd))?;
+        let status = self.or_continue(n, net::status_flags(sfd).ok())?;
+        let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
+        // A blocking batch without MSG_WAITFORONE waits for all its messages: only the
+        // kernel's own call, on a worker, does that exactly.
+        let waits_for_all = batch && blocking && c.flags & libc::MSG_WAITFORONE == 0 && messages.len() > 1;
+        if waits_for_all && !place.may_block() {
+            return Ok(Handled::ToWorker);
+        }
+        // Fits the budget: a batch of large buffers is received in part (recvmmsg may
+        // return fewer messages than asked).
+        let mut room = 0usize;
+        let take = messages
+            .iter()
+            .take_while(|m| {
+                room += m.data_room() + m.control_room();
+                room <= BATCH_MAX
+            })
+            .count()
+            .max(1);
+        let messages = &messages[..take];
+        let recv_flags = (c.flags & !libc::MSG_CMSG_CLOEXEC) | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
+        let waits = BUFFERS.with_borrow_mut(|(data, control)| {
+            let mut slots = slots(messages, data, control);
+            self.pending(n)?;
+            let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
+                if batch {
+                    net::recv_mmsg(sfd, &mut slots, recv_flags, timeout.as_mut())
+                } else {
+                    net::recv_msg(sfd, &mut slots[0], recv_flags).map(|r| vec![r])
+                }
+            })?;
+            if blocking && !place.may_block() && got.as_ref().is_err_and(|e| *e == Errno::EAGAIN) {
+                return Ok(true);
+            }
+            let received = self.or_fail(n, got)?;
+            let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
+                .iter()
+                .zip(&received)
+                .zip(slots.iter())
+                .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
+                .collect();
+            self.deliver_messages(n, sfd, &local, &filled, batch, timeout, c)?;
+            Ok(false)
+        })?;
+        if !waits {
+            return Ok(Handled::Done);
+        }
+        if net::hung_up_or_failed(sfd) {
+            return Ok(Handled::ToWorker);
+        }
+        Ok(self.park(socket, libc::SO_RCVTIMEO))
+    }
+
+    /// Leaves each received message in the caller's memory, in the kernel's order, and
+    /// answers: the count for `recvmmsg`, the length for `recvmsg`.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_messages(
+        &self,
+        n: &Notification,
+        socket: BorrowedFd<'_>,
+        local: &RawSockAddr,
+        received: &[(&Message, &Received, &[u8], &[u8])],
+        batch: bool,
+        timeout: Option<libc::timespec>,
+        c: Mmsg,
+    ) -> Step<()> {
+        let shown: Vec<Option<RawSockAddr>> = received
+            .iter()
+            .map(|(_, r, _, _)| self.rx_rewrite(Proto::Udp, Some(socket), Seen::Datagram, &r.from, local).ok())
+            .collect();
+        if self.pending(n).is_err() {
+            self.keep_messages(n, socket, received, c.flags);
+            return Err(Handled::Done);
+        }
+        let mut delivered = 0;
+        let mut failed = None;
+        for ((m, r, data, control), shown) in received.iter().zip(&shown) {
+            match write_message(n.tid, m, r, data, control, shown.as_ref(), batch) {
+                Ok(()) => delivered += 1,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // recvmmsg writes the time left back, once it received something.
+        if let (Some(t), true) = (timeout, delivered > 0) {
+            let bytes = timespec_bytes(&t);
+            if let Err(e) = mem::write_pieces(n.tid, [(c.timeout, &bytes[..])]) {
+                failed.get_or_insert(e);
+            }
+        }
+        let answer = match (batch, failed) {
+            (_, Some(e)) if delivered == 0 => Err(e),
+            (true, _) => Ok(delivered as i64),
+            (false, _) => Ok(received[0].1.len as i64),
+        };
+        let sent = match answer {
+            Ok(v) => self.listener.reply(n.id, v),
+            Err(e) => self.listener.reply_error(n.id, e),
+        };
+        match sent {
+            Ok(()) => {
+                let rewritten = shown.iter().take(delivered).filter(|s| s.is_some()).count();
+                self.counters.rewrites_rx.add(rewritten as u64);
+            }
+            Err(Errno::ENOENT) => {
+                self.counters.interrupted.inc();
+                self.keep_messages(n, socket, received, c.flags);
+            }
+            Err(e) => self.supervisor_error("answering recvmsg", e),
+        }
+        Ok(())
+    }
+
+    /// Keeps what was received for an interrupted call (kernels before 5.19, whose wait a
+    /// signal can end after the supervisor received the call) for the next receive on the
+    /// socket; the control messages are not kept.
+    fn keep_messages(
+        &self,
+        n: &Notification,
+        socket: BorrowedFd<'_>,
+        received: &[(&Message, &Received, &[u8], &[u8])],
+        flags: i32,
+    ) {
+        if flags & libc::MSG_PEEK != 0 {
+            return;
+        }
+        let Ok(inode) = net::inode(socket) else { return };
+        for (_, r, data, _) in received {
+            self.stash.put_datagram(inode, stash_owner(n), Datagram { data: data.to_vec(), from: r.from });
+            self.counters.stashed_datagrams.inc();
+        }
+        self.parker.poke(inode);
+    }
+
+    pub(super) fn sendmsg(&self, n: &Notification, c: Msg, place: Place) -> Step<Handled> {
+        let batch = Mmsg { fd: c.fd, msgvec: c.msg, vlen: 1, flags: c.flags, timeout: 0 };
+        self.send(n, batch, place, false)
+    }
+
+    pub(super) fn sendmmsg(&self, n: &Notification, c: Mmsg, place: Place) -> Step<Handled> {
+        self.send(n, c, place, true)
+    }
+
+    /// `sendmsg` (one message, `batch` false) or `sendmmsg`: sent by the supervisor when a
+    /// message goes to a client, left to the kernel otherwise.
+    fn send(&self, n: &Notification, c: Mmsg, place: Place, batch: bool) -> Step<Handled> {
+        if c.vlen == 0 {
+            return Ok(self.cont(n));
+        }
+        let messages = read_batch(n.tid, c.msgvec, if batch { c.vlen } else { 1 });
+        let names: Vec<Option<RawSockAddr>> = messages.iter().map(|m| read_name(n.tid, &m.header)).collect();
+        // No destination is an inet address: nothing to rewrite.
+        if names.iter().all(|d| d.as_ref().and_then(sockaddr::user_inet).is_none()) {
+            return Ok(self.cont(n));
+        }
+        let syscall = if batch { Syscall::SendMmsg } else { Syscall::SendMsg };
+        let socket = self.copy(n, syscall, c.fd)?;
+        let sfd = socket.as_fd();
+        let (Some(_), Some(local)) = (udp_local(sfd), inet_local(sfd)) else { return Ok(self.cont(n)) };
+        // Each message's destination: its balancer where it names a mapped client.
+        let mut rewritten = 0u64;
+        let destinations: Vec<Option<RawSockAddr>> = names
+            .iter()
+            .map(|name| {
+                let name = name.as_ref()?;
+                Some(match self.tx_rewrite(Proto::Udp, name, local) {
+                    Some(r) => {
+                        rewritten += 1;
+                        r.to
+                    }
+                    None => *name,
+                })
+            })
+            .collect();
+        if rewritten == 0 {
+            return Ok(self.cont(n));
+        }
+        let status = self.or_continue(n, net::status_flags(sfd).ok())?;
+        let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
+        let send_flags = c.flags | libc::MSG_NOSIGNAL | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
+        let result = BUFFERS.with_borrow_mut(|(data, control)| {
+            self.send_messages(n, sfd, &messages, &destinations, (data, control), send_flags, place, batch)
+        })?;
+        let result = match result {
+            Err(Errno::EAGAIN) if blocking && !place.may_block() => return Ok(Handled::ToWorker),
+            other => other,
+        };
+        if result.is_ok() {
+            self.counters.rewrites_tx.add(rewritten);
+        }
+        Ok(self.answer_once(n, result))
+    }
+
+    /// Sends `messages` to `destinations` from the supervisor's copy: for `sendmmsg` the
+    /// count sent (each one's `msg_len` written), for `sendmsg` the bytes. `Err` when the
+    /// call was dealt with meanwhile (its caller gone, or interrupted for a signal).
+    #[allow(clippy::too_many_arguments)]
+    fn send_messages(
+        &self,
+        n: &Notification,
+        sfd: BorrowedFd<'_>,
+        messages: &[Message],
+        destinations: &[Option<RawSockAddr>],
+        (data, control): (&mut Vec<u8>, &mut Vec<u8>),
+        flags: i32,
+        place: Place,
+        batch: bool,
+    ) -> Step<Result<i64, Errno>> {
+        let mut sent = 0usize;
+        while sent < messages.len() {
+            // A part within the budget, read from the caller.
+            let mut part = Vec::new();
+            let mut room = 0usize;
+            for m in &messages[sent..] {
+                let size = m.ranges.iter().map(|r| r.len).fold(0usize, usize::saturating_add);
+                if size > MESSAGE_MAX {
+                    // No datagram is that long: the kernel's own answer.
+                    if part.is_empty() {
+                        return Ok(if sent == 0 { Err(Errno::EMSGSIZE) } else { Ok(sent as i64) });
+                    }
+                    break;
+                }
+                let control_len = if m.header.control == 0 { 0 } else { m.header.controllen as usize };
+                if control_len > CONTROL_MAX {
+                    if part.is_empty() {
+                        return Ok(if sent == 0 { Err(Errno::ENOBUFS) } else { Ok(sent as i64) });
+                    }
+                    break;
+                }
+                if !part.is_empty() && room + size + control_len > BATCH_MAX {
+                    break;
+                }
+                room += size + control_len;
+                part.push((m, size, control_len));
+            }
+            if data.len() < room {
+                data.resize(room, 0);
+            }
+            let control_total: usize = part.iter().map(|p| p.2).sum();
+            if control.len() < control_total {
+                control.resize(control_total, 0);
+            }
+            let (mut data_left, mut control_left) = (&mut data[..], &mut control[..]);
+            let mut outgoing = Vec::with_capacity(part.len());
+            for (i, &(m, size, control_len)) in part.iter().enumerate() {
+                let (d, rest) = std::mem::take(&mut data_left).split_at_mut(size);
+                data_left = rest;
+                let (k, rest) = std::mem::take(&mut control_left).split_at_mut(control_len);
+                control_left = rest;
+                let read = mem::read_gathered(n.tid, &m.ranges, d).and_then(|_| mem::read(n.tid, m.header.control, k));
+                if let Err(e) = read {
+                    if sent + i == 0 {
+                        return Ok(Err(e));
+                    }
+                    break;
+                }
+                outgoing.push(Outgoing { data: d, control: k, to: destinations[sent + i] });
+            }
+            if outgoing.is_empty() {
+                return Ok(Ok(sent as i64));
+            }
+            let wanted = outgoing.len();
+            let lens = if batch {
+                self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || net::send_mmsg(sfd, &outgoing, flags))
+            } else {
+                self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || {
+                    net::send_msg(sfd, &outgoing[0], flags).map(|b| vec![b as u32])
+                })
+            };
+            let lens = match lens? {
+                Ok(lens) => lens,
+                Err(e) if sent == 0 => return Ok(Err(e)),
+                Err(_) => return Ok(Ok(sent as i64)),
+            };
+            if !batch {
+                return Ok(Ok(i64::from(lens[0])));
+            }
+            for (i, len) in lens.iter().enumerate() {
+                let at = messages[sent + i].at + MSG_LEN_AT;
+                let _ = mem::write_pieces(n.tid, [(at, &len.to_ne_bytes()[..])]);
+            }
+            sent += lens.len();
+            if lens.len() < wanted {
+                break;
+            }
+        }
+        Ok(Ok(sent as i64))
+    }
+}
+
+/// The data and control buffers for `messages`, cut from `data` and `control` (grown to
+/// fit).
+fn slots<'b>(messages: &[Message], data: &'b mut Vec<u8>, control: &'b mut Vec<u8>) -> Vec<Slot<'b>> {
+    let data_total: usize = messages.iter().map(Message::data_room).sum();
+    let control_total: usize = messages.iter().map(Message::control_room).sum();
+    if data.len() < data_total {
+        data.resize(data_total, 0);
+    }
+    if control.len() < control_total {
+        control.resize(control_total, 0);
+    }
+    let (mut data_left, mut control_left) = (&mut data[..], &mut control[..]);
+    let mut slots = Vec::with_capacity(messages.len());
+    for m in messages {
+        let (d, rest) = std::mem::take(&mut data_left).split_at_mut(m.data_room());
+        data_left = rest;
+        let (k, rest) = std::mem::take(&mut control_left).split_at_mut(m.control_room());
+        control_left = rest;
+        slots.push(Slot { data: d, control: k });
+    }
+    slots
+}
+
+/// What the kernel leaves for one received message, in its order (`____sys_recvmsg`):
+/// the data, the control messages, the address and its length, `msg_flags`,
+/// `msg_controllen`, then (`recvmmsg`) `msg_len`.
+fn write_message(
+    tid: u32,
+    m: &Message,
+    r: &Received,
+    data: &[u8],
+    control: &[u8],
+    shown: Option<&RawSockAddr>,
+    batch: bool,
+) -> Result<(), Errno> {
+    mem::write_scattered(tid, data, &m.ranges)?;
+    if !control.is_empty() {
+        mem::write_pieces(tid, [(m.header.control, control)])?;
+    }
+    if m.header.name != 0 {
+        let address = shown.unwrap_or(&r.from);
+        write_addr(tid, None, m.header.name, m.at + NAMELEN_AT, m.header.namelen.min(NAME_MAX), address.as_bytes())?;
+    }
+    let flags = (r.flags as u32).to_ne_bytes();
+    let controllen = (r.control_len as u64).to_ne_bytes();
+    mem::write_pieces(tid, [(m.at + FLAGS_AT, &flags[..]), (m.at + CONTROLLEN_AT, &controllen[..])])?;
+    if batch {
+        mem::write_pieces(tid, [(m.at + MSG_LEN_AT, &(r.len as u32).to_ne_bytes()[..])])?;
+    }
+    Ok(())
+}
+
+/// The destination a message names, if it names one the kernel would take (`msg_namelen`
+/// within a `sockaddr_storage`, readable).
+fn read_name(tid: u32, h: &Header) -> Option<RawSockAddr> {
+    if h.name == 0 || h.namelen == 0 || h.namelen > NAME_MAX {
+        return None;
+    }
+    let mut bytes = [0u8; NAME_MAX as usize];
+    mem::read(tid, h.name, &mut bytes[..h.namelen as usize]).ok()?;
+    Some(RawSockAddr::from_bytes(&bytes[..h.namelen as usize]))
+}
+
+/// A caller's `struct timespec` (recvmmsg's timeout), if readable and valid.
+fn read_timespec(tid: u32, at: u64) -> Option<libc::timespec> {
+    let mut raw = [0u8; 16];
+    mem::read(tid, at, &mut raw).ok()?;
+    let sec = i64::from_ne_bytes(raw[..8].try_into().expect("8 bytes"));
+    let nsec = i64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
+    // The kernel's EINVAL.
+    (sec >= 0 && (0..1_000_000_000).contains(&nsec)).then_some(libc::timespec { tv_sec: sec, tv_nsec: nsec })
+}
+
+fn timespec_bytes(t: &libc::timespec) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&t.tv_sec.to_ne_bytes());
+    b[8..].copy_from_slice(&t.tv_nsec.to_ne_bytes());
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_msghdr_parses_at_the_kernels_offsets() {
+        let mut raw = [0u8; MSGHDR as usize];
+        raw[0..8].copy_from_slice(&0x1000u64.to_ne_bytes());
+        raw[8..12].copy_from_slice(&16u32.to_ne_bytes());
+        raw[16..24].copy_from_slice(&0x2000u64.to_ne_bytes());
+        raw[24..32].copy_from_slice(&2u64.to_ne_bytes());
+        raw[32..40].copy_from_slice(&0x3000u64.to_ne_bytes());
+        raw[40..48].copy_from_slice(&64u64.to_ne_bytes());
+        let h = Header::parse(&raw);
+        assert_eq!(h, Header { name: 0x1000, namelen: 16, iov: 0x2000, iovlen: 2, control: 0x3000, controllen: 64 });
+        assert_eq!(std::mem::size_of::<libc::msghdr>() as u64, MSGHDR);
+        assert_eq!(std::mem::size_of::<libc::mmsghdr>() as u64, MMSGHDR);
+    }
+
+    #[test]
+    fn this_process_messages_read_back() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 20];
+        let iov = [
+            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
+            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
+        ];
+        // SAFETY: an all-zero msghdr is valid; the pointers set are to live locals.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_iov = iov.as_ptr() as *mut libc::iovec;
+        h.msg_iovlen = 2;
+        let tid = std::process::id();
+        let m = Message::read(tid, &raw const h as u64).unwrap();
+        assert_eq!(m.data_room(), 30);
+        assert_eq!(m.control_room(), 0);
+        mem::write_scattered(tid, &[7u8; 15], &m.ranges).unwrap();
+        assert_eq!((a, &b[..5], b[5]), ([7u8; 10], &[7u8; 5][..], 0));
+        h.msg_iovlen = UIO_MAXIOV + 1;
+        assert!(Message::read(tid, &raw const h as u64).is_none(), "too many iovecs: the kernel's EMSGSIZE");
+    }
+}
