@@ -14,7 +14,7 @@ use ipvsca_tests::netns::Netns;
 
 use crate::floor::Floor;
 use crate::supervise::{CLIENT_IP, Daemon};
-use crate::workload::UDP_PORT;
+use crate::workload::{BATCH, UDP_PORT};
 use crate::{arg, wait_or_kill};
 
 /// As root, the bench runs in a network namespace of its own where this network is local
@@ -29,9 +29,11 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 enum Mode {
     Native,
-    /// Under the supervisor library in a process of the bench's (`--under pin|nopin`).
+    /// Under the supervisor library in a process of the bench's (`--under pin|nopin|msg`).
     Embedded {
         pin: bool,
+        /// The msg family trapped (`ipvsca-run --msg`).
+        msg: bool,
     },
     /// Served by the daemon at this control socket.
     Daemon(PathBuf),
@@ -72,9 +74,18 @@ fn run(mode: &Mode, workload: &[String]) -> Vec<String> {
             c.arg("--workload");
             c
         }
-        Mode::Embedded { pin } => {
+        Mode::Embedded { pin, msg } => {
             let mut c = Command::new(&me);
-            c.args(["--under", if *pin { "pin" } else { "nopin" }]);
+            c.args([
+                "--under",
+                if *msg {
+                    "msg"
+                } else if *pin {
+                    "pin"
+                } else {
+                    "nopin"
+                },
+            ]);
             c
         }
         Mode::Daemon(socket) => {
@@ -191,6 +202,7 @@ fn compare_in(args: &[String], net: [u8; 2]) {
     let calls_n = arg(args, "--calls", 100_000).to_string();
     let conns_n = arg(args, "--connections", 10_000).to_string();
     let datagrams_n = arg(args, "--datagrams", 20_000).to_string();
+    let chunks_n = arg(args, "--chunks", 50_000).to_string();
     let rounds = arg(args, "--rounds", 3);
     let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -228,8 +240,8 @@ fn compare_in(args: &[String], net: [u8; 2]) {
             .collect()
     };
     let both = [
-        ("ipvsca (default)", Mode::Embedded { pin: false }),
-        ("ipvsca, IPVSCA_PIN_ACCEPTS=1", Mode::Embedded { pin: true }),
+        ("ipvsca (default)", Mode::Embedded { pin: false, msg: false }),
+        ("ipvsca, IPVSCA_PIN_ACCEPTS=1", Mode::Embedded { pin: true, msg: false }),
     ];
     let workload = |kind: &str, n: &str, from: String| -> Vec<String> {
         [kind, "--n", n, "--from", &from, "--listen", &listen].map(str::to_owned).to_vec()
@@ -237,7 +249,7 @@ fn compare_in(args: &[String], net: [u8; 2]) {
     let mut measure = Measure { rounds, runs: 0, net };
 
     let title = format!("getpeername on a mapped socket ({calls_n} calls), ns per call:");
-    let gpn = rows(&[("ipvsca", Mode::Embedded { pin: true })]);
+    let gpn = rows(&[("ipvsca", Mode::Embedded { pin: true, msg: false })]);
     measure.table(&title, Unit::Ns, &gpn, |_, _, from| workload("getpeername", &calls_n, from));
 
     let title = format!(
@@ -250,7 +262,7 @@ fn compare_in(args: &[String], net: [u8; 2]) {
     );
     measure.table(&title, Unit::PerSecond, &rows(&both), |_, _, from| workload("accept-blocking", &conns_n, from));
 
-    let udp_rows = rows(&[("ipvsca", Mode::Embedded { pin: false })]);
+    let udp_rows = rows(&[("ipvsca", Mode::Embedded { pin: false, msg: false })]);
     let title = format!(
         "UDP request/response, a blocking recvfrom + sendto server ({datagrams_n} round trips), round trips per second:"
     );
@@ -261,6 +273,47 @@ fn compare_in(args: &[String], net: [u8; 2]) {
         let port = (UDP_PORT as usize + round * count + i).to_string();
         let mut args = workload("udp", &datagrams_n, from);
         args.extend(["--port".to_owned(), port]);
+        args
+    });
+
+    // The msg family: only the embedded supervisor with --msg rewrites it (no floor; the
+    // daemon rows would need their launchers' --msg too).
+    let msg = || -> Rows { vec![("native", Mode::Native), ("ipvsca --msg", Mode::Embedded { pin: false, msg: true })] };
+    let mut port_base = UDP_PORT as usize + rounds * count;
+    for (kind, title) in [
+        (
+            "udp-msg",
+            format!(
+                "UDP request/response, a recvmsg + sendmsg server ({datagrams_n} round trips), round trips per second:"
+            ),
+        ),
+        (
+            "udp-mmsg",
+            format!(
+                "UDP in batches of {BATCH}, a recvmmsg (MSG_WAITFORONE) + sendmmsg server ({datagrams_n} datagrams), datagrams per second:"
+            ),
+        ),
+    ] {
+        let rows = msg();
+        let base = port_base;
+        measure.table(&title, Unit::PerSecond, &rows, |round, i, from| {
+            let mut args = workload(kind, &datagrams_n, from);
+            args.extend(["--port".to_owned(), (base + round * 2 + i).to_string()]);
+            args
+        });
+        port_base += rounds * 2;
+    }
+    let tcp_rows: Rows = vec![
+        ("native", Mode::Native),
+        ("ipvsca (default)", Mode::Embedded { pin: false, msg: false }),
+        ("ipvsca --msg", Mode::Embedded { pin: false, msg: true }),
+    ];
+    let title = format!(
+        "TCP, the service sending 16 KiB with sendmsg ({chunks_n} calls), calls per second (what --msg costs a TCP server):"
+    );
+    measure.table(&title, Unit::PerSecond, &tcp_rows, |round, i, from| {
+        let mut args = workload("tcp-sendmsg", &chunks_n, from);
+        args.extend(["--port".to_owned(), (port_base + round * 3 + i).to_string()]);
         args
     });
     drop(daemon);

@@ -3,7 +3,10 @@
 //! - `getpeername` on a socket whose peer is mapped (the supervisor rewrites it);
 //! - `connect` + `accept4` + `close` over local addresses, one-threaded, the accepted peer
 //!   mapped, on a non-blocking and on a blocking listener;
-//! - UDP request/response to a blocking `recvfrom` + `sendto` server.
+//! - UDP request/response to a blocking `recvfrom` + `sendto` server;
+//! - with `--msg`: UDP request/response to a `recvmsg` + `sendmsg` server and in batches of
+//!   32 to a `recvmmsg` + `sendmmsg` one, and what `--msg` costs a TCP server sending with
+//!   `sendmsg`.
 //!
 //! Each runs natively, under ipvsca (`supervise`: embedded and, as root, served by the
 //! daemon) and under the floor (`floor`: the least a seccomp supervisor can do), the modes
@@ -26,13 +29,17 @@ const USAGE: &str = "\
 ipvsca-bench: what a trapped call costs, native and supervised side by side.
 
 Usage:
-  ipvsca-bench [--calls N] [--connections N] [--datagrams N] [--rounds N]
+  ipvsca-bench [--calls N] [--connections N] [--datagrams N] [--chunks N] [--rounds N]
       getpeername on a mapped socket (N calls, default 100000), connect + accept4 + close
       on a non-blocking and on a blocking listener (N connections each, default 10000) and
       UDP request/response to a blocking recvfrom + sendto server (N round trips, default
       20000): native, under the embedded supervisor, as root under an `ipvsca supervise`
       daemon, and under the floor (a minimal C supervisor compiled with cc at run time);
-      the median of --rounds (default 3) runs, the modes interleaved.
+      then, natively and under the embedded supervisor with --msg, UDP request/response to
+      a recvmsg + sendmsg server, UDP in batches of 32 to a recvmmsg + sendmmsg server
+      (N datagrams each), and a TCP service sending 16 KiB with sendmsg (N calls, default
+      50000; also without --msg); the median of --rounds (default 3) runs, the modes
+      interleaved.
   ipvsca-bench nginx [--duration S] [--rounds N] [--connections N]
       nginx (worker_processes 1, then 2) natively and under `ipvsca-run`, loaded by wrk
       from another network namespace over a veth pair, with keep-alive and with one request

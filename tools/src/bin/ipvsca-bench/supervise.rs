@@ -1,5 +1,5 @@
 //! ipvsca's side of the comparison: a workload supervised with a table of its own filled in
-//! advance (`--under pin|nopin`, as `ipvsca-run` would, minus the capture), or served by an
+//! advance (`--under pin|nopin|msg`, as `ipvsca-run` would, minus the capture), or served by an
 //! `ipvsca supervise` daemon (`--under daemon:SOCKET`, its mappings added with `map add`, as
 //! `ipvsca-run --supervisor` would). Owns the daemon and its idle interface; never measures.
 
@@ -17,7 +17,7 @@ use capture::{FlowKey, MappingTable, Proto, Via};
 use launcher::run::{ControlSocket, DaemonSupervision, Supervision, supervise, supervise_with_daemon};
 use supervisor::control::{Connection, Request};
 use supervisor::emulate::Options;
-use supervisor::filter::Rules;
+use supervisor::filter::{Msg, Rules};
 
 use crate::workload::{ACCEPT_BLOCKING_PORT, ACCEPT_PORT, FIRST_CLIENT_PORT, GETPEERNAME_PORT, UDP_PORT};
 use crate::{addr_arg, arg};
@@ -36,7 +36,8 @@ fn mappings(workload_args: &[String]) -> (Proto, Vec<(SocketAddrV4, SocketAddr)>
     let (from, listen) = (addr_arg(workload_args, "--from"), addr_arg(workload_args, "--listen"));
     let (proto, port, count) = match workload_args[0].as_str() {
         "getpeername" => (Proto::Tcp, GETPEERNAME_PORT, 1),
-        "udp" => (Proto::Udp, arg(workload_args, "--port", UDP_PORT.into()) as u16, 1),
+        "udp" | "udp-msg" | "udp-mmsg" => (Proto::Udp, arg(workload_args, "--port", UDP_PORT.into()) as u16, 1),
+        "tcp-sendmsg" => (Proto::Tcp, 0, 0),
         "accept-blocking" => (Proto::Tcp, ACCEPT_BLOCKING_PORT, n),
         _ => (Proto::Tcp, ACCEPT_PORT, n),
     };
@@ -76,7 +77,7 @@ pub fn under(mode: &str, workload_args: &[String]) -> ! {
             table,
             capture: None,
             trust: Trust::any(),
-            rules: Rules::default(),
+            rules: Rules { msg: if mode == "msg" { Msg::Trap } else { Msg::Pass }, ..Rules::default() },
             options: Options { recvfrom_append: false, pin_accepts: mode == "pin" },
             control: ControlSocket::Off,
             user: None,

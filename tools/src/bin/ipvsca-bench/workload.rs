@@ -3,7 +3,7 @@
 //! the sockets; never supervises and never prints more than that line.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,10 @@ pub fn run(args: &[String]) {
         "getpeername" => getpeername(n, client_ip, listen),
         "accept" => accept(n, client_ip, listen, false),
         "accept-blocking" => accept(n, client_ip, listen, true),
-        "udp" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16),
+        "udp" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvFrom),
+        "udp-msg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvMsg),
+        "udp-mmsg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvMmsg),
+        "tcp-sendmsg" => tcp_sendmsg(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16),
         other => panic!("unknown workload {other}"),
     }
 }
@@ -90,41 +93,200 @@ fn accept(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, blocking: bool) {
     println!("accept {per_second:.0} {}", seen.unwrap());
 }
 
-/// A blocking UDP server (recvfrom, then sendto the address it gave: both trapped)
-/// answering a client of the same process, whose connected socket sends and receives
-/// without addresses (not trapped): request/response round trips. Prints the peer the
-/// server was shown; the replies reaching the client show that its sends to that address
-/// were sent back to the client.
-fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16) {
+/// How the UDP server reads and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    /// `recvfrom` + `sendto`.
+    RecvFrom,
+    /// `recvmsg` + `sendmsg`.
+    RecvMsg,
+    /// `recvmmsg` (`MSG_WAITFORONE`) + `sendmmsg`, up to [`BATCH`] at a time.
+    RecvMmsg,
+}
+
+/// Datagrams per batch of the `udp-mmsg` workload: the client sends this many, then reads
+/// their replies.
+pub const BATCH: usize = 32;
+
+/// A UDP server answering each datagram to its source, in a thread, and a client doing `n`
+/// request/response round trips with it (by batches of [`BATCH`] for `Server::RecvMmsg`)
+/// with `send`/`recv` (not trapped): round trips per second. Prints the peer the server was
+/// shown; the replies reaching the client show that its sends to that address were sent
+/// back to the client.
+fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server) {
     static SEEN: OnceLock<SocketAddrV4> = OnceLock::new();
     let server = UdpSocket::bind((listen, port)).unwrap();
     let sfd = server.as_raw_fd();
     std::thread::spawn(move || {
         let _server = server;
-        let (mut data, mut addr) = ([0u8; 2048], [0u8; 128]);
         loop {
-            let mut len = 128u32;
-            // SAFETY: `data`, `addr` and `len` are locals held for the call.
-            let r = unsafe { calls::recvfrom(sfd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len) };
-            if r.ret < 0 {
-                continue;
+            match kind {
+                Server::RecvFrom => answer_recvfrom(sfd, &SEEN),
+                Server::RecvMsg => answer_recvmsg(sfd, &SEEN),
+                Server::RecvMmsg => answer_recvmmsg(sfd, &SEEN),
             }
-            SEEN.get_or_init(|| sockaddr_of(&addr));
-            // SAFETY: `data` holds `r.ret` bytes and `addr` `len`, both live.
-            unsafe { calls::sendto(sfd, data.as_ptr(), r.ret as usize, 0, addr.as_ptr(), len) };
         }
     });
     let client = UdpSocket::bind(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT)).unwrap();
     client.connect((listen, port)).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let batch = if kind == Server::RecvMmsg { BATCH } else { 1 };
     let mut buf = [0u8; 64];
     let start = Instant::now();
+    for _ in 0..n.div_ceil(batch) {
+        for _ in 0..batch {
+            client.send(&[7u8; 32]).unwrap();
+        }
+        for _ in 0..batch {
+            client.recv(&mut buf).expect("the reply came back");
+        }
+    }
+    let per_second = (n.div_ceil(batch) * batch) as f64 / start.elapsed().as_secs_f64();
+    let name = match kind {
+        Server::RecvFrom => "udp",
+        Server::RecvMsg => "udp-msg",
+        Server::RecvMmsg => "udp-mmsg",
+    };
+    println!("{name} {per_second:.0} {}", SEEN.get().expect("the server saw a datagram"));
+}
+
+fn answer_recvfrom(sfd: RawFd, seen: &OnceLock<SocketAddrV4>) {
+    let (mut data, mut addr) = ([0u8; 2048], [0u8; 128]);
+    let mut len = 128u32;
+    // SAFETY: `data`, `addr` and `len` are locals held for the call.
+    let r = unsafe { calls::recvfrom(sfd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len) };
+    if r.ret < 0 {
+        return;
+    }
+    seen.get_or_init(|| sockaddr_of(&addr));
+    // SAFETY: `data` holds `r.ret` bytes and `addr` `len`, both live.
+    unsafe { calls::sendto(sfd, data.as_ptr(), r.ret as usize, 0, addr.as_ptr(), len) };
+}
+
+/// One message's buffers for the msg-family servers: data, address, iovec, header.
+struct Slot {
+    data: [u8; 2048],
+    addr: [u8; 128],
+    iov: libc::iovec,
+}
+
+impl Slot {
+    fn new() -> Box<Slot> {
+        let mut slot = Box::new(Slot {
+            data: [0; 2048],
+            addr: [0; 128],
+            iov: libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
+        });
+        slot.iov = libc::iovec { iov_base: slot.data.as_mut_ptr().cast(), iov_len: slot.data.len() };
+        slot
+    }
+
+    /// A header naming this slot's buffers (`len` bytes of data, for a reply).
+    fn header(&mut self, len: usize) -> libc::msghdr {
+        self.iov.iov_len = len;
+        // SAFETY: an all-zero msghdr is valid; the pointers set are to this slot's fields,
+        // boxed, so they stay put.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = self.addr.as_mut_ptr().cast();
+        h.msg_namelen = 128;
+        h.msg_iov = &mut self.iov;
+        h.msg_iovlen = 1;
+        h
+    }
+}
+
+fn answer_recvmsg(sfd: RawFd, seen: &OnceLock<SocketAddrV4>) {
+    thread_local! {
+        static SLOT: std::cell::RefCell<Box<Slot>> = std::cell::RefCell::new(Slot::new());
+    }
+    SLOT.with_borrow_mut(|slot| {
+        let mut h = slot.header(2048);
+        // SAFETY: `h` names the slot's live buffers.
+        let r = unsafe { libc::recvmsg(sfd, &mut h, 0) };
+        if r < 0 {
+            return;
+        }
+        seen.get_or_init(|| sockaddr_of(&slot.addr));
+        let namelen = h.msg_namelen;
+        let mut reply = slot.header(r as usize);
+        reply.msg_namelen = namelen;
+        // SAFETY: `reply` names the slot's live buffers.
+        unsafe { libc::sendmsg(sfd, &reply, 0) };
+    });
+}
+
+fn answer_recvmmsg(sfd: RawFd, seen: &OnceLock<SocketAddrV4>) {
+    thread_local! {
+        static SLOTS: std::cell::RefCell<Vec<Box<Slot>>> = std::cell::RefCell::new((0..BATCH).map(|_| Slot::new()).collect());
+    }
+    SLOTS.with_borrow_mut(|slots| {
+        let mut headers: Vec<libc::mmsghdr> =
+            slots.iter_mut().map(|s| libc::mmsghdr { msg_hdr: s.header(2048), msg_len: 0 }).collect();
+        // SAFETY: `headers` holds BATCH headers naming the slots' live buffers.
+        let got = unsafe {
+            libc::recvmmsg(sfd, headers.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        };
+        if got <= 0 {
+            return;
+        }
+        seen.get_or_init(|| sockaddr_of(&slots[0].addr));
+        let lens: Vec<(u32, u32)> =
+            headers.iter().take(got as usize).map(|h| (h.msg_len, h.msg_hdr.msg_namelen)).collect();
+        let mut replies: Vec<libc::mmsghdr> = slots
+            .iter_mut()
+            .zip(&lens)
+            .map(|(s, &(len, namelen))| {
+                let mut h = s.header(len as usize);
+                h.msg_namelen = namelen;
+                libc::mmsghdr { msg_hdr: h, msg_len: 0 }
+            })
+            .collect();
+        // SAFETY: `replies` holds `got` headers naming the slots' live buffers.
+        unsafe { libc::sendmmsg(sfd, replies.as_mut_ptr(), replies.len() as u32, 0) };
+    });
+}
+
+/// The service sends `n` chunks of [`CHUNK`] bytes with `sendmsg` (no address) on a TCP
+/// connection to a reader thread of its own: chunks per second. What `--msg` costs a TCP
+/// server that sends its data with `sendmsg` (each call then trapped, and let through).
+fn tcp_sendmsg(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16) {
+    const CHUNK: usize = 16 * 1024;
+    let server = TcpListener::bind((listen, port)).unwrap();
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = server.accept().unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0usize;
+        while let Ok(k) = std::io::Read::read(&mut conn, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            total += k;
+        }
+        total
+    });
+    let socket = Socket::bound(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT));
+    socket.connect(SocketAddrV4::new(listen, port));
+    let data = vec![7u8; CHUNK];
+    let start = Instant::now();
     for _ in 0..n {
-        client.send(&[7u8; 32]).unwrap();
-        client.recv(&mut buf).expect("the reply came back");
+        let mut sent = 0;
+        while sent < CHUNK {
+            let mut iov = libc::iovec { iov_base: data[sent..].as_ptr() as *mut libc::c_void, iov_len: CHUNK - sent };
+            // SAFETY: an all-zero msghdr is valid; its iovec points into `data`, live.
+            let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+            h.msg_iov = &mut iov;
+            h.msg_iovlen = 1;
+            // SAFETY: `h` names `iov`, which points into `data`; both live.
+            let r = unsafe { libc::sendmsg(socket.0.as_raw_fd(), &h, 0) };
+            assert!(r > 0, "sendmsg: {}", std::io::Error::last_os_error());
+            sent += r as usize;
+        }
     }
     let per_second = n as f64 / start.elapsed().as_secs_f64();
-    println!("udp {per_second:.0} {}", SEEN.get().expect("the server saw a datagram"));
+    drop(socket);
+    let total = reader.join().unwrap();
+    assert_eq!(total, n * CHUNK, "every byte reached the reader");
+    println!("tcp-sendmsg {per_second:.0} {client_ip}");
 }
 
 /// A TCP socket bound to a chosen address before connecting, with std and libc only.
