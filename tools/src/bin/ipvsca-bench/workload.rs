@@ -32,9 +32,9 @@ pub fn run(args: &[String]) {
         "getpeername" => getpeername(n, client_ip, listen),
         "accept" => accept(n, client_ip, listen, false),
         "accept-blocking" => accept(n, client_ip, listen, true),
-        "udp" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvFrom),
-        "udp-msg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvMsg),
-        "udp-mmsg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::RecvMmsg),
+        "udp" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::From),
+        "udp-msg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::Msg),
+        "udp-mmsg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::Mmsg),
         "tcp-sendmsg" => tcp_sendmsg(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16),
         other => panic!("unknown workload {other}"),
     }
@@ -97,11 +97,11 @@ fn accept(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, blocking: bool) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     /// `recvfrom` + `sendto`.
-    RecvFrom,
+    From,
     /// `recvmsg` + `sendmsg`.
-    RecvMsg,
+    Msg,
     /// `recvmmsg` (`MSG_WAITFORONE`) + `sendmmsg`, up to [`BATCH`] at a time.
-    RecvMmsg,
+    Mmsg,
 }
 
 /// Datagrams per batch of the `udp-mmsg` workload: the client sends this many, then reads
@@ -109,7 +109,7 @@ enum Server {
 pub const BATCH: usize = 32;
 
 /// A UDP server answering each datagram to its source, in a thread, and a client doing `n`
-/// request/response round trips with it (by batches of [`BATCH`] for `Server::RecvMmsg`)
+/// request/response round trips with it (by batches of [`BATCH`] for `Server::Mmsg`)
 /// with `send`/`recv` (not trapped): round trips per second. Prints the peer the server was
 /// shown; the replies reaching the client show that its sends to that address were sent
 /// back to the client.
@@ -121,16 +121,16 @@ fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server)
         let _server = server;
         loop {
             match kind {
-                Server::RecvFrom => answer_recvfrom(sfd, &SEEN),
-                Server::RecvMsg => answer_recvmsg(sfd, &SEEN),
-                Server::RecvMmsg => answer_recvmmsg(sfd, &SEEN),
+                Server::From => answer_recvfrom(sfd, &SEEN),
+                Server::Msg => answer_recvmsg(sfd, &SEEN),
+                Server::Mmsg => answer_recvmmsg(sfd, &SEEN),
             }
         }
     });
     let client = UdpSocket::bind(SocketAddrV4::new(client_ip, FIRST_CLIENT_PORT)).unwrap();
     client.connect((listen, port)).unwrap();
     client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let batch = if kind == Server::RecvMmsg { BATCH } else { 1 };
+    let batch = if kind == Server::Mmsg { BATCH } else { 1 };
     let mut buf = [0u8; 64];
     let start = Instant::now();
     for _ in 0..n.div_ceil(batch) {
@@ -143,9 +143,9 @@ fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server)
     }
     let per_second = (n.div_ceil(batch) * batch) as f64 / start.elapsed().as_secs_f64();
     let name = match kind {
-        Server::RecvFrom => "udp",
-        Server::RecvMsg => "udp-msg",
-        Server::RecvMmsg => "udp-mmsg",
+        Server::From => "udp",
+        Server::Msg => "udp-msg",
+        Server::Mmsg => "udp-mmsg",
     };
     println!("{name} {per_second:.0} {}", SEEN.get().expect("the server saw a datagram"));
 }
@@ -217,6 +217,8 @@ fn answer_recvmsg(sfd: RawFd, seen: &OnceLock<SocketAddrV4>) {
 
 fn answer_recvmmsg(sfd: RawFd, seen: &OnceLock<SocketAddrV4>) {
     thread_local! {
+        // Boxed: each slot's header points into it, so it must not move.
+        #[allow(clippy::vec_box)]
         static SLOTS: std::cell::RefCell<Vec<Box<Slot>>> = std::cell::RefCell::new((0..BATCH).map(|_| Slot::new()).collect());
     }
     SLOTS.with_borrow_mut(|slots| {
