@@ -21,12 +21,11 @@ use capture::Proto;
 use capture::table::Seen;
 use nix::errno::Errno;
 
-use super::addr::write_addr;
 use super::{Emulator, Handled, Place, Step, inet_local, socket_proto, stash_owner};
 use crate::abi::{Mmsg, Msg, Syscall};
 use crate::sockaddr;
 use crate::stash::Datagram;
-use crate::sys::mem::{self, Range};
+use crate::sys::mem;
 use crate::sys::net::{self, Outgoing, RawSockAddr, Received, Slot};
 use crate::sys::seccomp::Notification;
 
@@ -84,6 +83,13 @@ const FLAGS_AT: u64 = 48;
 /// Offset of `msg_len` in `struct mmsghdr`.
 const MSG_LEN_AT: u64 = 56;
 
+/// A range of the caller's memory, as one of its iovecs gives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Range {
+    addr: u64,
+    len: usize,
+}
+
 /// One of the caller's messages: where its `msghdr` is, what it says, its iovecs.
 #[derive(Debug)]
 struct Message {
@@ -93,36 +99,14 @@ struct Message {
 }
 
 impl Message {
-    /// Reads the `msghdr` at `at` and its iovecs: `None` for what the kernel refuses
-    /// before it receives or sends anything (a bad pointer, too many iovecs, a length
-    /// that does not fit, a negative `msg_namelen`).
-    fn read(tid: u32, at: u64) -> Option<Message> {
-        let mut raw = [0u8; MSGHDR as usize];
-        mem::read(tid, at, &mut raw).ok()?;
-        let header = Header::parse(&raw);
-        if header.iovlen as usize > UIO_MAXIOV || (header.namelen as i32) < 0 {
-            return None;
-        }
-        let mut bytes = vec![0u8; header.iovlen as usize * 16];
-        mem::read(tid, header.iov, &mut bytes).ok()?;
-        let mut ranges = Vec::with_capacity(header.iovlen as usize);
-        let mut total: usize = 0;
-        for raw in bytes.chunks_exact(16) {
-            let addr = u64::from_ne_bytes(raw[..8].try_into().expect("8 bytes"));
-            let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
-            // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
-            if len > isize::MAX as u64 {
-                return None;
-            }
-            total = total.saturating_add(len as usize);
-            ranges.push(Range { addr, len: len as usize });
-        }
-        Some(Message { at, header, ranges })
-    }
-
     /// The caller's room for data, as far as a datagram can use it.
     fn data_room(&self) -> usize {
-        self.ranges.iter().map(|r| r.len).fold(0usize, usize::saturating_add).min(MESSAGE_MAX)
+        self.size().min(MESSAGE_MAX)
+    }
+
+    /// The bytes its iovecs hold.
+    fn size(&self) -> usize {
+        self.ranges.iter().map(|r| r.len).fold(0usize, usize::saturating_add)
     }
 
     /// The caller's room for control messages (`msg_control` NULL gets none).
@@ -131,11 +115,50 @@ impl Message {
     }
 }
 
-/// Reads up to `vlen` messages of a batch at `msgvec`, stopping at the first the kernel
-/// would refuse (it stops there too, returning what it did before).
-fn read_batch(tid: u32, msgvec: u64, vlen: u32) -> Vec<Message> {
-    let vlen = (vlen as usize).min(UIO_MAXIOV);
-    (0..vlen as u64).map_while(|i| Message::read(tid, msgvec + i * MMSGHDR)).collect()
+/// Reads up to `count` messages whose `msghdr`s start at `at`, `stride` bytes apart, with
+/// their iovecs, in two reads of the caller's memory; stops at the first the kernel would
+/// refuse before receiving or sending it (a bad pointer, too many iovecs, a length past
+/// `SSIZE_MAX`, a negative `msg_namelen`), as the kernel stops there too.
+fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
+    let count = (count as usize).min(UIO_MAXIOV);
+    let mut raw = vec![[0u8; MSGHDR as usize]; count];
+    let mut pieces: Vec<(u64, &mut [u8])> =
+        raw.iter_mut().enumerate().map(|(i, b)| (at + i as u64 * stride, &mut b[..])).collect();
+    let whole = mem::read_many(tid, &mut pieces).unwrap_or(0) / MSGHDR as usize;
+    let headers: Vec<Header> = raw[..whole]
+        .iter()
+        .map(Header::parse)
+        .take_while(|h| h.iovlen as usize <= UIO_MAXIOV && (h.namelen as i32) >= 0)
+        .collect();
+    let mut iovecs: Vec<Vec<u8>> = headers.iter().map(|h| vec![0u8; h.iovlen as usize * 16]).collect();
+    let mut pieces: Vec<(u64, &mut [u8])> =
+        headers.iter().zip(iovecs.iter_mut()).map(|(h, b)| (h.iov, &mut b[..])).collect();
+    let mut left = mem::read_many(tid, &mut pieces).unwrap_or(0);
+    let mut messages = Vec::with_capacity(headers.len());
+    for (i, (header, bytes)) in headers.into_iter().zip(&iovecs).enumerate() {
+        if left < bytes.len() {
+            break;
+        }
+        left -= bytes.len();
+        let mut ranges = Vec::with_capacity(bytes.len() / 16);
+        for raw in bytes.chunks_exact(16) {
+            let addr = u64::from_ne_bytes(raw[..8].try_into().expect("8 bytes"));
+            let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
+            // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
+            if len > isize::MAX as u64 {
+                return messages;
+            }
+            ranges.push(Range { addr, len: len as usize });
+        }
+        messages.push(Message { at: at + i as u64 * stride, header, ranges });
+    }
+    messages
+}
+
+/// Reads up to `vlen` messages of a batch at `msgvec` (`recvmmsg`, `sendmmsg`), or the one
+/// message at `msgvec` (`recvmsg`, `sendmsg`).
+fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> Vec<Message> {
+    if batch { read_messages(tid, msgvec, vlen, MMSGHDR) } else { read_messages(tid, msgvec, 1, MSGHDR) }
 }
 
 /// Whether `sfd` is an inet datagram socket: the only kind the msg family is rewritten on;
@@ -162,7 +185,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
-        let messages = if batch { read_batch(n.tid, c.msgvec, c.vlen) } else { read_batch(n.tid, c.msgvec, 1) };
+        let messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
         // Nothing asks for an address, or the first message is refused: the kernel's call.
         if messages.iter().all(|m| m.header.name == 0) {
             return Ok(self.cont(n));
@@ -248,17 +271,7 @@ impl Emulator<'_> {
             self.keep_messages(n, socket, received, c.flags);
             return Err(Handled::Done);
         }
-        let mut delivered = 0;
-        let mut failed = None;
-        for ((m, r, data, control), shown) in received.iter().zip(&shown) {
-            match write_message(n.tid, m, r, data, control, shown.as_ref(), batch) {
-                Ok(()) => delivered += 1,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
+        let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch);
         // recvmmsg writes the time left back, once it received something.
         if let (Some(t), true) = (timeout, delivered > 0) {
             let bytes = timespec_bytes(&t);
@@ -325,8 +338,8 @@ impl Emulator<'_> {
         if c.vlen == 0 {
             return Ok(self.cont(n));
         }
-        let messages = read_batch(n.tid, c.msgvec, if batch { c.vlen } else { 1 });
-        let names: Vec<Option<RawSockAddr>> = messages.iter().map(|m| read_name(n.tid, &m.header)).collect();
+        let mut messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let names = read_names(n.tid, &mut messages);
         // No destination is an inet address: nothing to rewrite.
         if names.iter().all(|d| d.as_ref().and_then(sockaddr::user_inet).is_none()) {
             return Ok(self.cont(n));
@@ -371,7 +384,8 @@ impl Emulator<'_> {
 
     /// Sends `messages` to `destinations` from the supervisor's copy: for `sendmmsg` the
     /// count sent (each one's `msg_len` written), for `sendmsg` the bytes. `Err` when the
-    /// call was dealt with meanwhile (its caller gone, or interrupted for a signal).
+    /// call was dealt with meanwhile (its caller gone, or interrupted for a signal). A batch
+    /// past [`BATCH_MAX`] bytes is sent in part (the count says how many went).
     #[allow(clippy::too_many_arguments)]
     fn send_messages(
         &self,
@@ -384,85 +398,99 @@ impl Emulator<'_> {
         place: Place,
         batch: bool,
     ) -> Step<Result<i64, Errno>> {
-        let mut sent = 0usize;
-        while sent < messages.len() {
-            // A part within the budget, read from the caller.
-            let mut part = Vec::new();
-            let mut room = 0usize;
-            for m in &messages[sent..] {
-                let size = m.ranges.iter().map(|r| r.len).fold(0usize, usize::saturating_add);
-                if size > MESSAGE_MAX {
-                    // No datagram is that long: the kernel's own answer.
-                    if part.is_empty() {
-                        return Ok(if sent == 0 { Err(Errno::EMSGSIZE) } else { Ok(sent as i64) });
-                    }
-                    break;
-                }
-                let control_len = if m.header.control == 0 { 0 } else { m.header.controllen as usize };
-                if control_len > CONTROL_MAX {
-                    if part.is_empty() {
-                        return Ok(if sent == 0 { Err(Errno::ENOBUFS) } else { Ok(sent as i64) });
-                    }
-                    break;
-                }
-                if !part.is_empty() && room + size + control_len > BATCH_MAX {
-                    break;
-                }
-                room += size + control_len;
-                part.push((m, size, control_len));
-            }
-            if data.len() < room {
-                data.resize(room, 0);
-            }
-            let control_total: usize = part.iter().map(|p| p.2).sum();
-            if control.len() < control_total {
-                control.resize(control_total, 0);
-            }
-            let (mut data_left, mut control_left) = (&mut data[..], &mut control[..]);
-            let mut outgoing = Vec::with_capacity(part.len());
-            for (i, &(m, size, control_len)) in part.iter().enumerate() {
-                let (d, rest) = std::mem::take(&mut data_left).split_at_mut(size);
-                data_left = rest;
-                let (k, rest) = std::mem::take(&mut control_left).split_at_mut(control_len);
-                control_left = rest;
-                let read = mem::read_gathered(n.tid, &m.ranges, d).and_then(|_| mem::read(n.tid, m.header.control, k));
-                if let Err(e) = read {
-                    if sent + i == 0 {
-                        return Ok(Err(e));
-                    }
-                    break;
-                }
-                outgoing.push(Outgoing { data: d, control: k, to: destinations[sent + i] });
-            }
-            if outgoing.is_empty() {
-                return Ok(Ok(sent as i64));
-            }
-            let wanted = outgoing.len();
-            let lens = if batch {
-                self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || net::send_mmsg(sfd, &outgoing, flags))
+        // What fits, each message whole: no datagram is longer than MESSAGE_MAX (the
+        // kernel's EMSGSIZE), nor a control buffer than CONTROL_MAX (its ENOBUFS).
+        let mut room = (0usize, 0usize);
+        let mut part = Vec::new();
+        for m in messages {
+            let size = m.size();
+            let control_len = if m.header.control == 0 { 0 } else { m.header.controllen as usize };
+            let refused = if size > MESSAGE_MAX {
+                Some(Errno::EMSGSIZE)
+            } else if control_len > CONTROL_MAX {
+                Some(Errno::ENOBUFS)
             } else {
-                self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || {
-                    net::send_msg(sfd, &outgoing[0], flags).map(|b| vec![b as u32])
-                })
+                None
             };
-            let lens = match lens? {
-                Ok(lens) => lens,
-                Err(e) if sent == 0 => return Ok(Err(e)),
-                Err(_) => return Ok(Ok(sent as i64)),
-            };
-            if !batch {
-                return Ok(Ok(i64::from(lens[0])));
-            }
-            for (i, len) in lens.iter().enumerate() {
-                let at = messages[sent + i].at + MSG_LEN_AT;
-                let _ = mem::write_pieces(n.tid, [(at, &len.to_ne_bytes()[..])]);
-            }
-            sent += lens.len();
-            if lens.len() < wanted {
+            if let Some(e) = refused {
+                if part.is_empty() {
+                    return Ok(Err(e));
+                }
                 break;
             }
+            if !part.is_empty() && room.0 + size + room.1 + control_len > BATCH_MAX {
+                break;
+            }
+            room = (room.0 + size, room.1 + control_len);
+            part.push((m, size, control_len));
         }
-        Ok(Ok(sent as i64))
+        if data.len() < room.0 {
+            data.resize(room.0, 0);
+        }
+        if control.len() < room.1 {
+            control.resize(room.1, 0);
+        }
+        // The data and control of every message, read in one go.
+        let mut buffers = Vec::with_capacity(part.len());
+        let (mut data_left, mut control_left) = (&mut data[..], &mut control[..]);
+        for &(_, size, control_len) in &part {
+            let (d, rest) = std::mem::take(&mut data_left).split_at_mut(size);
+            data_left = rest;
+            let (k, rest) = std::mem::take(&mut control_left).split_at_mut(control_len);
+            control_left = rest;
+            buffers.push((d, k));
+        }
+        let mut pieces: Vec<(u64, &mut [u8])> = Vec::new();
+        let mut ends = Vec::with_capacity(part.len());
+        let mut total = 0;
+        for ((m, _, _), (d, k)) in part.iter().zip(buffers.iter_mut()) {
+            let mut left: &mut [u8] = d;
+            for r in &m.ranges {
+                let (now, rest) = std::mem::take(&mut left).split_at_mut(r.len.min(left.len()));
+                total += now.len();
+                pieces.push((r.addr, now));
+                left = rest;
+            }
+            if !k.is_empty() {
+                total += k.len();
+                pieces.push((m.header.control, &mut k[..]));
+            }
+            ends.push(total);
+        }
+        let read = match mem::read_many(n.tid, &mut pieces) {
+            Ok(read) => read,
+            Err(e) => return Ok(Err(e)),
+        };
+        drop(pieces);
+        let whole = ends.iter().take_while(|&&end| end <= read).count();
+        if whole == 0 {
+            return Ok(Err(Errno::EFAULT));
+        }
+        let outgoing: Vec<Outgoing<'_>> = buffers
+            .iter()
+            .zip(destinations)
+            .take(whole)
+            .map(|((d, k), to)| Outgoing { data: d, control: k, to: *to })
+            .collect();
+        let lens = if batch {
+            self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || net::send_mmsg(sfd, &outgoing, flags))?
+        } else {
+            self.wait_for(n, place, sfd, libc::SO_SNDTIMEO, || {
+                net::send_msg(sfd, &outgoing[0], flags).map(|b| vec![b as u32])
+            })?
+        };
+        let lens = match lens {
+            Ok(lens) => lens,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !batch {
+            return Ok(Ok(i64::from(lens[0])));
+        }
+        let values: Vec<[u8; 4]> = lens.iter().map(|l| l.to_ne_bytes()).collect();
+        let pieces: Vec<(u64, &[u8])> =
+            part.iter().zip(&values).map(|((m, _, _), v)| (m.at + MSG_LEN_AT, &v[..])).collect();
+        let _ = mem::write_many(n.tid, &pieces);
+        Ok(Ok(lens.len() as i64))
     }
 }
 
@@ -489,44 +517,100 @@ fn slots<'b>(messages: &[Message], data: &'b mut Vec<u8>, control: &'b mut Vec<u
     slots
 }
 
-/// What the kernel leaves for one received message, in its order (`____sys_recvmsg`):
-/// the data, the control messages, the address and its length, `msg_flags`,
-/// `msg_controllen`, then (`recvmmsg`) `msg_len`.
-fn write_message(
+/// What the kernel leaves for each received message, in its order (`____sys_recvmsg`,
+/// then `do_recvmmsg`): the data, the control messages, the address and its length,
+/// `msg_flags`, `msg_controllen`, then (`recvmmsg`) `msg_len`; all in one write. How many
+/// messages were written whole, and the error where one faults (the kernel stops there).
+fn write_messages(
     tid: u32,
-    m: &Message,
-    r: &Received,
-    data: &[u8],
-    control: &[u8],
-    shown: Option<&RawSockAddr>,
+    received: &[(&Message, &Received, &[u8], &[u8])],
+    shown: &[Option<RawSockAddr>],
     batch: bool,
-) -> Result<(), Errno> {
-    mem::write_scattered(tid, data, &m.ranges)?;
-    if !control.is_empty() {
-        mem::write_pieces(tid, [(m.header.control, control)])?;
+) -> (usize, Option<Errno>) {
+    // The small values first, so that the pieces can borrow them.
+    let values: Vec<[u8; 20]> = received
+        .iter()
+        .zip(shown)
+        .map(|((_, r, _, _), shown)| {
+            let mut v = [0u8; 20];
+            let full = shown.as_ref().unwrap_or(&r.from).len() as u32;
+            v[..4].copy_from_slice(&full.to_ne_bytes());
+            v[4..8].copy_from_slice(&(r.flags as u32).to_ne_bytes());
+            v[8..16].copy_from_slice(&(r.control_len as u64).to_ne_bytes());
+            v[16..].copy_from_slice(&(r.len as u32).to_ne_bytes());
+            v
+        })
+        .collect();
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    let mut ends = Vec::with_capacity(received.len());
+    let mut total = 0usize;
+    for (((m, r, data, control), shown), v) in received.iter().zip(shown).zip(&values) {
+        let first = pieces.len();
+        let mut left: &[u8] = data;
+        for range in &m.ranges {
+            if left.is_empty() {
+                break;
+            }
+            let (now, rest) = left.split_at(range.len.min(left.len()));
+            pieces.push((range.addr, now));
+            left = rest;
+        }
+        if !control.is_empty() {
+            pieces.push((m.header.control, control));
+        }
+        if m.header.name != 0 {
+            let address = shown.as_ref().unwrap_or(&r.from).as_bytes();
+            let copied = address.len().min(m.header.namelen.min(NAME_MAX) as usize);
+            let (name, length) = ((m.header.name, &address[..copied]), (m.at + NAMELEN_AT, &v[..4]));
+            // The kernel's order (see `addr::write_addr`).
+            let (a, b) = if net::length_written_first() { (length, name) } else { (name, length) };
+            pieces.extend([a, b]);
+        }
+        pieces.push((m.at + FLAGS_AT, &v[4..8]));
+        pieces.push((m.at + CONTROLLEN_AT, &v[8..16]));
+        if batch {
+            pieces.push((m.at + MSG_LEN_AT, &v[16..]));
+        }
+        total += pieces[first..].iter().map(|(_, b)| b.len()).sum::<usize>();
+        ends.push(total);
     }
-    if m.header.name != 0 {
-        let address = shown.unwrap_or(&r.from);
-        write_addr(tid, None, m.header.name, m.at + NAMELEN_AT, m.header.namelen.min(NAME_MAX), address.as_bytes())?;
+    match mem::write_many(tid, &pieces) {
+        Ok(written) => {
+            let whole = ends.iter().take_while(|&&end| end <= written).count();
+            (whole, (whole < received.len()).then_some(Errno::EFAULT))
+        }
+        Err(e) => (0, Some(e)),
     }
-    let flags = (r.flags as u32).to_ne_bytes();
-    let controllen = (r.control_len as u64).to_ne_bytes();
-    mem::write_pieces(tid, [(m.at + FLAGS_AT, &flags[..]), (m.at + CONTROLLEN_AT, &controllen[..])])?;
-    if batch {
-        mem::write_pieces(tid, [(m.at + MSG_LEN_AT, &(r.len as u32).to_ne_bytes()[..])])?;
-    }
-    Ok(())
 }
 
-/// The destination a message names, if it names one the kernel would take (`msg_namelen`
-/// within a `sockaddr_storage`, readable).
-fn read_name(tid: u32, h: &Header) -> Option<RawSockAddr> {
-    if h.name == 0 || h.namelen == 0 || h.namelen > NAME_MAX {
-        return None;
+/// The destination each message names (`None` for none, or one the kernel would refuse:
+/// `msg_namelen` past a `sockaddr_storage`), read in one go; `messages` is cut at the
+/// first whose address faults (the kernel's `EFAULT` stops the batch there).
+fn read_names(tid: u32, messages: &mut Vec<Message>) -> Vec<Option<RawSockAddr>> {
+    let wanted = |h: &Header| h.name != 0 && (1..=NAME_MAX).contains(&h.namelen);
+    let mut raw = vec![[0u8; NAME_MAX as usize]; messages.len()];
+    let mut pieces: Vec<(u64, &mut [u8])> = messages
+        .iter()
+        .zip(raw.iter_mut())
+        .filter(|(m, _)| wanted(&m.header))
+        .map(|(m, b)| (m.header.name, &mut b[..m.header.namelen as usize]))
+        .collect();
+    let mut left = mem::read_many(tid, &mut pieces).unwrap_or(0);
+    let mut names = Vec::with_capacity(messages.len());
+    for (m, bytes) in messages.iter().zip(&raw) {
+        if !wanted(&m.header) {
+            names.push(None);
+            continue;
+        }
+        let len = m.header.namelen as usize;
+        if left < len {
+            break;
+        }
+        left -= len;
+        names.push(Some(RawSockAddr::from_bytes(&bytes[..len])));
     }
-    let mut bytes = [0u8; NAME_MAX as usize];
-    mem::read(tid, h.name, &mut bytes[..h.namelen as usize]).ok()?;
-    Some(RawSockAddr::from_bytes(&bytes[..h.namelen as usize]))
+    messages.truncate(names.len());
+    names
 }
 
 /// A caller's `struct timespec` (recvmmsg's timeout), if readable and valid.
@@ -578,12 +662,11 @@ mod tests {
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = 2;
         let tid = std::process::id();
-        let m = Message::read(tid, &raw const h as u64).unwrap();
-        assert_eq!(m.data_room(), 30);
-        assert_eq!(m.control_room(), 0);
-        mem::write_scattered(tid, &[7u8; 15], &m.ranges).unwrap();
-        assert_eq!((a, &b[..5], b[5]), ([7u8; 10], &[7u8; 5][..], 0));
+        let read = read_batch(tid, &raw const h as u64, 1, false);
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].data_room(), read[0].control_room()), (30, 0));
+        assert_eq!(read[0].ranges[1], Range { addr: b.as_ptr() as u64, len: 20 });
         h.msg_iovlen = UIO_MAXIOV + 1;
-        assert!(Message::read(tid, &raw const h as u64).is_none(), "too many iovecs: the kernel's EMSGSIZE");
+        assert!(read_batch(tid, &raw const h as u64, 1, false).is_empty(), "too many iovecs: the kernel's EMSGSIZE");
     }
 }

@@ -62,74 +62,85 @@ pub fn write_pieces<const N: usize>(tid: u32, pieces: [(u64, &[u8]); N]) -> Resu
     if n as usize == total { Ok(()) } else { Err(Errno::EFAULT) }
 }
 
-/// A range of the caller's memory, as its `struct iovec` gives it: address and length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Range {
-    /// Where it starts.
-    pub addr: u64,
-    /// How long it is.
-    pub len: usize,
-}
+/// The most iovecs one `process_vm_readv`/`writev` takes (`IOV_MAX`).
+const IOV_MAX: usize = 1024;
 
-fn remote(ranges: &[Range]) -> Vec<libc::iovec> {
-    ranges.iter().map(|r| libc::iovec { iov_base: r.addr as *mut libc::c_void, iov_len: r.len }).collect()
-}
-
-/// Writes `data` into thread `tid`'s `ranges`, filling each in turn (a received datagram into
-/// the caller's iovecs); the part of `ranges` past `data` is untouched. A range that faults
-/// leaves what follows it unwritten, and the result is `EFAULT`, as `copy_to_user` would.
-pub fn write_scattered(tid: u32, data: &[u8], ranges: &[Range]) -> Result<(), Errno> {
-    let mut left = data.len();
-    let mut used = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        if left == 0 {
+/// Reads each piece `(addr, buf)` of thread `tid` into its buffer, in order, in as few
+/// calls as `IOV_MAX` allows: how many bytes were read before the first piece that faults
+/// (no piece is read in part), all of them if none does.
+pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Errno> {
+    let mut done = 0;
+    for chunk in pieces.chunks_mut(IOV_MAX) {
+        let wanted: usize = chunk.iter().map(|(_, b)| b.len()).sum();
+        let local: Vec<libc::iovec> =
+            chunk.iter_mut().map(|(_, b)| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let remote: Vec<libc::iovec> =
+            chunk.iter().map(|(a, b)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: b.len() }).collect();
+        // SAFETY: each local iovec describes a buffer of `pieces`, writable for its length
+        // and alive for the call; the remote ranges are checked by the kernel against the
+        // target's mappings.
+        let n = check(unsafe {
+            libc::process_vm_readv(
+                tid as libc::pid_t,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        } as libc::c_long);
+        let n = match n {
+            Ok(n) => n as usize,
+            // The first piece faults.
+            Err(e) if efault_unless_gone(e) == Errno::EFAULT => 0,
+            Err(e) => return Err(e),
+        };
+        done += n;
+        if n < wanted {
             break;
         }
-        let take = r.len.min(left);
-        if take > 0 {
-            used.push(Range { addr: r.addr, len: take });
-        }
-        left -= take;
     }
-    if used.is_empty() {
-        return Ok(());
-    }
-    let remote = remote(&used);
-    let local = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() - left };
-    // SAFETY: `local` describes `data`, readable for that length (the kernel only reads
-    // it); the remote ranges are checked by the kernel against the target's mappings.
-    let n = check(unsafe {
-        libc::process_vm_writev(tid as libc::pid_t, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
-    } as libc::c_long)
-    .map_err(efault_unless_gone)?;
-    if n as usize == local.iov_len { Ok(()) } else { Err(Errno::EFAULT) }
+    Ok(done)
 }
 
-/// Reads thread `tid`'s `ranges`, in turn, into the start of `buf` (what the caller's iovecs
-/// hold, for a send); at most `buf.len()` bytes. A range that faults is `EFAULT`.
-pub fn read_gathered(tid: u32, ranges: &[Range], buf: &mut [u8]) -> Result<usize, Errno> {
-    let mut room = buf.len();
-    let mut used = Vec::with_capacity(ranges.len());
-    for r in ranges {
-        let take = r.len.min(room);
-        if take > 0 {
-            used.push(Range { addr: r.addr, len: take });
+/// Writes each piece `(addr, data)` into thread `tid`, in order, in as few calls as
+/// `IOV_MAX` allows: how many bytes were written before the first piece that faults (no
+/// piece is written in part; the pieces after it are not written), all of them if none
+/// does. What a series of `copy_to_user` would leave.
+pub fn write_many(tid: u32, pieces: &[(u64, &[u8])]) -> Result<usize, Errno> {
+    let mut done = 0;
+    for chunk in pieces.chunks(IOV_MAX) {
+        let wanted: usize = chunk.iter().map(|(_, d)| d.len()).sum();
+        let local: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
+            .collect();
+        let remote: Vec<libc::iovec> =
+            chunk.iter().map(|(a, d)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: d.len() }).collect();
+        // SAFETY: each local iovec describes a slice of `pieces`, readable for its length
+        // (the kernel only reads it); the remote ranges are checked by the kernel against
+        // the target's mappings.
+        let n = check(unsafe {
+            libc::process_vm_writev(
+                tid as libc::pid_t,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        } as libc::c_long);
+        let n = match n {
+            Ok(n) => n as usize,
+            Err(e) if efault_unless_gone(e) == Errno::EFAULT => 0,
+            Err(e) => return Err(e),
+        };
+        done += n;
+        if n < wanted {
+            break;
         }
-        room -= take;
     }
-    let total = buf.len() - room;
-    if total == 0 {
-        return Ok(0);
-    }
-    let remote = remote(&used);
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: total };
-    // SAFETY: `local` describes the start of `buf`, writable for `total` bytes; the remote
-    // ranges are checked by the kernel against the target's mappings.
-    let n = check(unsafe {
-        libc::process_vm_readv(tid as libc::pid_t, &local, 1, remote.as_ptr(), remote.len() as libc::c_ulong, 0)
-    } as libc::c_long)
-    .map_err(efault_unless_gone)?;
-    if n as usize == total { Ok(total) } else { Err(Errno::EFAULT) }
+    Ok(done)
 }
 
 /// Reads a native-endian `u32` (a `socklen_t`) at `addr` of thread `tid`.
