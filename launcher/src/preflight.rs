@@ -22,11 +22,6 @@ pub const FEATURES: &[Feature] = &[
     Feature { name: "pidfd_getfd", since: (5, 6), required: true },
     Feature { name: "SECCOMP_IOCTL_NOTIF_ADDFD", since: (5, 9), required: true },
     Feature { name: "SECCOMP_ADDFD_FLAG_SEND", since: (5, 14), required: true },
-    Feature {
-        name: "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (no answer lost to a signal)",
-        since: (5, 19),
-        required: false,
-    },
     Feature { name: "SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (speed)", since: (6, 6), required: false },
     Feature { name: "PIDFD_THREAD (per-thread pidfds)", since: (6, 9), required: false },
 ];

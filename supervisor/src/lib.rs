@@ -16,7 +16,6 @@ pub mod procs;
 pub mod resolve;
 pub(crate) mod restart;
 pub mod server;
-pub mod signals;
 pub(crate) mod sockaddr;
 pub(crate) mod stash;
 pub mod stats;

@@ -24,7 +24,7 @@
 //!
 //! Owns the parked calls and the epoll set; runs nothing itself (`server` does).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,15 +95,13 @@ struct Process {
 struct State {
     sockets: HashMap<u64, Socket>,
     /// By thread: a thread is in one call.
-    calls: BTreeMap<u32, Parked>,
+    calls: HashMap<u32, Parked>,
     processes: HashMap<u32, Process>,
     groups: HashMap<u32, u32>,
     deadlines: BTreeSet<(Instant, u32, u64)>,
     pokes: Vec<u64>,
     /// The thread the next sweep starts from.
     sweep_from: u32,
-    /// The thread the next signal watch starts from.
-    watch_from: u32,
 }
 
 /// Why a call could not be parked.
@@ -123,14 +121,10 @@ pub(crate) struct Parker {
     state: Mutex<State>,
     parked: AtomicUsize,
     stop: AtomicBool,
-    /// Wake the waiting thread when a first call is parked: it watches held calls for
-    /// signals (`crate::signals`) and may be asleep for up to [`IDLE_WAKE`].
-    wake_when_held: bool,
 }
 
 impl Parker {
-    /// The parker; `wake_when_held` if the waiting thread watches held calls for signals.
-    pub fn new(wake_when_held: bool) -> Result<Self, Errno> {
+    pub fn new() -> Result<Self, Errno> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_KEY))?;
@@ -140,7 +134,6 @@ impl Parker {
             state: Mutex::new(State::default()),
             parked: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
-            wake_when_held,
         })
     }
 
@@ -150,26 +143,6 @@ impl Parker {
 
     fn wake_up(&self) {
         let _ = self.wake.write(1);
-    }
-
-    /// Makes the waiting thread look again at what it waits for (a call is held elsewhere
-    /// now, see `crate::signals`).
-    pub fn nudge(&self) {
-        self.wake_up();
-    }
-
-    /// Up to `max` parked calls, from where the last look stopped: (thread, notification,
-    /// whether its socket has a receive timeout). For the signal watch.
-    pub fn held(&self, max: usize) -> Vec<(u32, u64, bool)> {
-        let mut state = self.state();
-        let slice = slice_from(&state.calls, state.watch_from, max);
-        state.watch_from = slice.last().map_or(0, |&(t, _)| t.wrapping_add(1));
-        slice.into_iter().map(|(t, id)| (t, id, state.calls.get(&t).is_some_and(|c| c.deadline.is_some()))).collect()
-    }
-
-    /// Takes call `id` of thread `tid` out, if it is still parked (not being tried).
-    pub fn take_call(&self, tid: u32, id: u64) -> Option<Parked> {
-        self.take(&mut self.state(), tid, Some(id))
     }
 
     /// How many calls are parked.
@@ -256,9 +229,7 @@ impl Parker {
             state.deadlines.insert((at, tid, id));
         }
         state.calls.insert(tid, parked);
-        if self.parked.fetch_add(1, Ordering::AcqRel) == 0 && self.wake_when_held && !front {
-            self.wake_up();
-        }
+        self.parked.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Takes thread `tid`'s parked call out, undoing `link` (its queue entry is skipped
@@ -371,15 +342,13 @@ impl Parker {
         }
     }
 
-    /// Waits for events (at most until the next deadline, `until`, or [`IDLE_WAKE`]) into
-    /// `events`.
-    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Event>, until: Option<Instant>) {
+    /// Waits for events (at most until the next deadline or [`IDLE_WAKE`]) into `events`.
+    pub fn wait(&self, events: &mut [EpollEvent], out: &mut Vec<Event>) {
         out.clear();
         let timeout = {
             let state = self.state();
             let now = Instant::now();
-            let first = state.deadlines.first().map(|&(at, _, _)| at).into_iter().chain(until).min();
-            first.map_or(IDLE_WAKE, |at| at.saturating_duration_since(now).min(IDLE_WAKE))
+            state.deadlines.first().map_or(IDLE_WAKE, |(at, _, _)| at.saturating_duration_since(now).min(IDLE_WAKE))
         };
         // Rounded up, so a deadline is not polled for in a busy loop.
         let ms =
@@ -459,7 +428,11 @@ impl Parker {
         let ids: Vec<(u32, u64)> = {
             let mut state = self.state();
             let cursor = state.sweep_from;
-            let slice = slice_from(&state.calls, cursor, SWEEP_SLICE);
+            let mut ids: Vec<(u32, u64)> = state.calls.iter().map(|(&t, c)| (t, c.job.n.id)).collect();
+            ids.sort_unstable();
+            let start = ids.partition_point(|&(t, _)| t < cursor);
+            let slice: Vec<(u32, u64)> =
+                ids.iter().cycle().skip(start).take(SWEEP_SLICE.min(ids.len())).copied().collect();
             state.sweep_from = slice.last().map_or(0, |&(t, _)| t.wrapping_add(1));
             slice
         };
@@ -483,14 +456,8 @@ impl Parker {
     }
 }
 
-/// Up to `max` parked calls (thread, id) in thread order from `cursor`, wrapping around.
-fn slice_from(calls: &BTreeMap<u32, Parked>, cursor: u32, max: usize) -> Vec<(u32, u64)> {
-    let ids = |(&t, c): (&u32, &Parked)| (t, c.job.n.id);
-    calls.range(cursor..).chain(calls.range(..cursor)).take(max).map(ids).collect()
-}
-
 /// Whether call `id` is the one thread `tid` has parked.
-fn is_current(calls: &BTreeMap<u32, Parked>, tid: u32, id: u64) -> bool {
+fn is_current(calls: &HashMap<u32, Parked>, tid: u32, id: u64) -> bool {
     calls.get(&tid).is_some_and(|c| c.job.n.id == id)
 }
 
@@ -535,7 +502,7 @@ mod tests {
 
     #[test]
     fn calls_on_one_socket_share_its_copy_and_are_served_in_order() {
-        let parker = Parker::new(false).unwrap();
+        let parker = Parker::new().unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(3);
@@ -559,7 +526,7 @@ mod tests {
 
     #[test]
     fn an_interrupted_call_is_dropped_and_with_a_timeout_its_restart_gets_eintr() {
-        let parker = Parker::new(false).unwrap();
+        let parker = Parker::new().unwrap();
         let restarts = Restarts::default();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
@@ -576,7 +543,7 @@ mod tests {
 
     #[test]
     fn a_receive_timeout_runs_out_in_the_parker() {
-        let parker = Parker::new(false).unwrap();
+        let parker = Parker::new().unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let (tids, _stop) = threads(1);
         parker.park(job(tids[0], 1), wait_on(&socket, Some(Duration::from_millis(20)))).unwrap();
@@ -588,7 +555,7 @@ mod tests {
 
     #[test]
     fn readiness_and_a_process_exit_reach_the_waiting_thread() {
-        let parker = Parker::new(false).unwrap();
+        let parker = Parker::new().unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(2);
@@ -597,16 +564,16 @@ mod tests {
         let mut out = Vec::new();
         // Nothing yet: a poke for a socket with parked calls is an event too.
         parker.poke(inode);
-        parker.wait(&mut events, &mut out, None);
+        parker.wait(&mut events, &mut out);
         assert!(out.contains(&Event::Socket(inode)), "{out:?}");
         UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
-        parker.wait(&mut events, &mut out, None);
+        parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)]);
         // One shot: not reported again until armed again.
         parker.park(job(tids[1], 2), wait_on(&socket, None)).unwrap();
         let start = Instant::now();
         parker.stop();
-        parker.wait(&mut events, &mut out, None);
+        parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Wake]);
         assert!(parker.stopping() && start.elapsed() < IDLE_WAKE);
         // This process's calls go when it exits (here: told so, by a listener that holds
@@ -618,7 +585,7 @@ mod tests {
 
     #[test]
     fn a_tried_call_superseded_by_its_threads_next_call_leaves_the_socket_armed() {
-        let parker = Parker::new(false).unwrap();
+        let parker = Parker::new().unwrap();
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let inode = net::inode(socket.as_fd()).unwrap();
         let (tids, _stop) = threads(2);
@@ -627,7 +594,7 @@ mod tests {
         let mut events = [EpollEvent::empty(); 8];
         let mut out = Vec::new();
         UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
-        parker.wait(&mut events, &mut out, None);
+        parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)]);
         // Tried; meanwhile its thread was interrupted and parked its restart.
         let (copy, first) = parker.next(inode).unwrap();
@@ -635,7 +602,7 @@ mod tests {
         parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
         parker.repark(copy, first).unwrap();
         assert_eq!(parker.len(), 2, "the restart and the other thread's call");
-        parker.wait(&mut events, &mut out, None);
+        parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)], "still readable, still reported");
     }
 }

@@ -1,8 +1,6 @@
 //! Answers kept for calls whose answer the kernel refused because a signal interrupted the
 //! caller in between (seccomp spec, rule 2): the kernel then restarts the call, or the
-//! service retries it after `EINTR`, with the very same arguments. Only on kernels without
-//! the filter's killable wait (before 5.19, `crate::signals`): with it, a received call is
-//! never interrupted, and an answer is refused only to a caller killed meanwhile.
+//! service retries it after `EINTR`, with the very same arguments.
 //!
 //! - A `sendto` or `connect` the supervisor already performed must not be performed again
 //!   (a datagram sent twice, `EISCONN` for a connection made): the restart is answered with

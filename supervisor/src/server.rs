@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -36,7 +36,6 @@ use crate::emulate::{Emulator, Handled, Options, Place};
 use crate::park::{Event, Parker, Refused};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
-use crate::signals;
 use crate::stash::Stash;
 use crate::stats::SupervisorCounters;
 use crate::sys::seccomp::{Listener, Notification};
@@ -97,9 +96,6 @@ struct Worker {
     thread: OnceLock<libc::pthread_t>,
     /// The notification being served, 0 when idle.
     current: AtomicU64,
-    /// The notification a signal for its caller must interrupt, 0 for none
-    /// (`Emulator::signalled`).
-    signalled: AtomicU64,
 }
 
 impl Worker {
@@ -137,12 +133,7 @@ struct Shared {
     counters: Arc<SupervisorCounters>,
     options: Options,
     workers: Mutex<HashMap<u32, Arc<Worker>>>,
-    /// Workers serving a call.
-    busy_workers: AtomicUsize,
     parker: Parker,
-    /// Whether the filter makes held calls deaf to signals, so that the supervisor watches
-    /// them (`crate::signals`).
-    killable: bool,
 }
 
 impl Shared {
@@ -159,7 +150,6 @@ impl Shared {
             options: self.options,
             parker: &self.parker,
             kept: None,
-            signalled: None,
         }
     }
 }
@@ -194,7 +184,6 @@ impl Supervisor {
                 warn!(error = %e, "this kernel has no SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (Linux 6.6): every answer will cost a cross-CPU wake-up")
             }
         }
-        let killable = crate::sys::seccomp::wait_killable_available();
         let shared = Shared {
             listener,
             syscalls: SyscallTable::new()?,
@@ -207,15 +196,8 @@ impl Supervisor {
             counters,
             options,
             workers: Mutex::new(HashMap::new()),
-            busy_workers: AtomicUsize::new(0),
-            parker: Parker::new(killable).map_err(ServeError::Parker)?,
-            killable,
+            parker: Parker::new().map_err(ServeError::Parker)?,
         };
-        if !shared.killable {
-            warn!(
-                "this kernel has no SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19): a signal can make the kernel drop an answer, and the datagram taken for it"
-            );
-        }
         Ok(Supervisor { shared: Arc::new(shared) })
     }
 
@@ -372,11 +354,8 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     }
-    // A call this thread had parked was interrupted: it is in this one now. Under the
-    // killable wait only the watch interrupts a parked call, and takes it out itself.
-    if !shared.killable {
-        shared.parker.interrupted(n.tid, &shared.restarts);
-    }
+    // A call this thread had parked was interrupted: it is in this one now.
+    shared.parker.interrupted(n.tid, &shared.restarts);
     // Checked once no worker of the thread is busy: a worker keeps its answer before it
     // stops being busy, so a restart is never performed again here.
     if answer_kept(shared, &job) {
@@ -454,10 +433,8 @@ fn serve_parked(shared: &Arc<Shared>) {
     let parker = &shared.parker;
     let mut events = [nix::sys::epoll::EpollEvent::empty(); 64];
     let mut todo = Vec::new();
-    let mut next_watch = Instant::now();
     while !parker.stopping() {
-        let held = shared.killable && (parker.len() > 0 || shared.busy_workers.load(Ordering::Acquire) > 0);
-        parker.wait(&mut events, &mut todo, held.then_some(next_watch));
+        parker.wait(&mut events, &mut todo);
         for event in &todo {
             match *event {
                 Event::Socket(inode) => serve_socket(shared, inode),
@@ -468,40 +445,6 @@ fn serve_parked(shared: &Arc<Shared>) {
         for parked in parker.expired(Instant::now()) {
             // SO_RCVTIMEO ran out: accept(2) and recvfrom(2) fail with EAGAIN.
             let _ = shared.listener.reply_error(parked.job.n.id, Errno::EAGAIN);
-        }
-        if held && Instant::now() >= next_watch {
-            watch_signals(shared);
-            next_watch = Instant::now() + signals::WATCH_EVERY;
-        }
-    }
-}
-
-/// Interrupts the held calls whose thread is marked to take a signal (`crate::signals`):
-/// up to [`signals::WATCH_SLICE`] parked calls, in turn, and every busy worker's.
-fn watch_signals(shared: &Shared) {
-    let mut watch = signals::Watch::default();
-    for (tid, id, has_timeout) in shared.parker.held(signals::WATCH_SLICE) {
-        if watch.taken_by(tid).unwrap_or(false) && shared.parker.take_call(tid, id).is_some() {
-            crate::emulate::interrupt_for_signal(&shared.listener, &shared.counters, id, has_timeout);
-        }
-    }
-    if shared.busy_workers.load(Ordering::Acquire) == 0 {
-        return;
-    }
-    let busy: Vec<(u32, u64)> = {
-        let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
-        workers.iter().map(|(&tid, w)| (tid, w.current.load(Ordering::Acquire))).filter(|&(_, id)| id != 0).collect()
-    };
-    for (tid, id) in busy {
-        if !watch.taken_by(tid).unwrap_or(false) {
-            continue;
-        }
-        // The worker answers its call itself when its wait is interrupted; a lost
-        // interrupt is sent again at the next watch, the signal being still pending.
-        let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(worker) = workers.get(&tid).filter(|w| w.current.load(Ordering::Acquire) == id) {
-            worker.signalled.store(id, Ordering::Release);
-            worker.interrupt();
         }
     }
 }
@@ -551,7 +494,6 @@ fn start_worker(shared: &Arc<Shared>, job: Job) {
         ready: Condvar::new(),
         thread: OnceLock::new(),
         current: AtomicU64::new(0),
-        signalled: AtomicU64::new(0),
     });
     shared.workers.lock().unwrap_or_else(|e| e.into_inner()).insert(tid, worker.clone());
     let for_thread = (shared.clone(), worker);
@@ -573,8 +515,7 @@ fn start_worker(shared: &Arc<Shared>, job: Job) {
 fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
     signal::block_interrupts();
     let _ = worker.thread.set(signal::current_thread());
-    let mut emulator = shared.emulator();
-    emulator.signalled = Some(&worker.signalled);
+    let emulator = shared.emulator();
     loop {
         let job = {
             let mut queue = worker.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -582,7 +523,6 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
                 if let Some(job) = queue.pop_front() {
                     // Busy from the moment the job leaves the queue: never seen idle between.
                     worker.current.store(job.n.id, Ordering::Release);
-                    worker.signalled.store(0, Ordering::Release);
                     break Some(job);
                 }
                 let (q, wait) = worker.ready.wait_timeout(queue, WORKER_IDLE).unwrap_or_else(|e| e.into_inner());
@@ -595,18 +535,9 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
         match job {
             Some(job) => {
                 // A call of this thread that was parked is gone: the thread is in this one.
-                if !shared.killable {
-                    shared.parker.interrupted(job.n.tid, &shared.restarts);
-                }
-                if shared.killable && shared.busy_workers.fetch_add(1, Ordering::AcqRel) == 0 {
-                    // The waiting thread watches signals for this call from now on.
-                    shared.parker.nudge();
-                }
+                shared.parker.interrupted(job.n.tid, &shared.restarts);
                 let waits = if answer_kept(shared, &job) { None } else { run_on_worker(&emulator, &job) };
                 worker.current.store(0, Ordering::Release);
-                if shared.killable {
-                    shared.busy_workers.fetch_sub(1, Ordering::AcqRel);
-                }
                 if let Some(wait) = waits {
                     follow(shared, job, Handled::Park(wait));
                 }

@@ -72,9 +72,6 @@ counter_set! {
         stash_delivered,
         /// Stashed connections and datagrams nobody asked for within a minute, dropped.
         stash_expired,
-        /// Calls held while they waited (parked, or on a worker) that a signal for their
-        /// thread interrupted: answered `ERESTARTSYS` or `EINTR` so that its handler ran.
-        signalled,
         /// Blocking `accept`/`recvfrom` calls that waited for their socket (parked) rather
         /// than finding their connection or datagram there.
         parked,

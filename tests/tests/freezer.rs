@@ -1,10 +1,10 @@
 //! A cgroup freezer (`docker pause`, `systemctl freeze`) freezes a service blocked in a call
 //! ipvsca holds, as it does natively, and the call goes on when the cgroup is thawed.
 //!
-//! Under the killable wait (docs/design.md, Signals) the kernel's freezer cannot stop a
-//! thread the supervisor holds: the supervisor sees the freeze and answers the call so that
-//! the thread freezes. Needs root (a cgroup of its own, v1 `freezer` and v2 where mounted);
-//! skips otherwise.
+//! The freezer interrupts the caller's wait for the supervisor as a signal would; under
+//! `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` it could not, which is one reason ipvsca does
+//! not use that flag (docs/design.md, Signals). Needs root (a cgroup of its own, v1
+//! `freezer` and v2 where mounted); skips otherwise.
 
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};

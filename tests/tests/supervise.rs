@@ -212,25 +212,17 @@ fn signal_storm_scenario(name: &str, mode: &str, threads: &str) {
     let stats = exit_stats(&mut server);
     storm_touched(&stats, "stashed_connections", "");
     // A handler without SA_RESTART can make getpeername fail with EINTR, which natively it
-    // never does: in the microseconds before the supervisor receives the call, the kernel's
-    // wait is interruptible whatever the filter's flags (the probe retries, and counts).
+    // never does (docs/design.md, Signals): the probe retries, and counts.
     let eintr = lines.iter().filter_map(|l| l["peer_eintr"].as_u64()).max();
     eprintln!("{mode}: getpeername failed with EINTR {eintr:?} times");
 }
 
-/// What a storm did to the supervisor. Under the killable wait (Linux 5.19) a received
-/// call is never dropped for a signal, so no answer is refused (docs/design.md, Signals).
-/// Without it, a signal can land while an answer is being given (interrupted) or while
-/// what was taken for it waits for its caller to come back (`stashed`); the storm must
-/// hit one of them.
+/// What a storm did to the supervisor: a signal can land while an answer is being given
+/// (interrupted) or while what was taken for it waits for its caller to come back
+/// (`stashed`); the storm must hit one of them.
 fn storm_touched(stats: &str, stashed: &str, mode: &str) {
-    let interrupted = counter(stats, "interrupted");
-    if supervisor::sys::seccomp::wait_killable_available() {
-        assert_eq!(interrupted, 0, "{mode}: an answer was refused under the killable wait: {stats}");
-    } else {
-        let hits = interrupted + counter(stats, stashed);
-        assert!(hits > 0, "{mode}: the storm never interrupted an answer: {stats}");
-    }
+    let hits = counter(stats, "interrupted") + counter(stats, stashed);
+    assert!(hits > 0, "{mode}: the storm never interrupted an answer: {stats}");
 }
 
 #[test]
@@ -342,15 +334,11 @@ fn recvfrom_under_a_signal_storm_loses_no_datagram() {
         seen.sort();
         assert_eq!(seen, (0..200).collect::<Vec<_>>(), "{mode}: every datagram once");
         assert!(lines.iter().all(|l| s(&l["from"]) == client.to_string()), "{mode}");
-        // Every reply went out, to the balancer. Without the killable wait, one answered
-        // just as a signal woke its caller can go out twice (docs/design.md, Signals):
-        // counted, not asserted; with it, each goes out once.
+        // Every reply went out, to the balancer. One answered just as a signal woke its
+        // caller can go out twice (docs/design.md, Signals): counted, not asserted.
         assert!(replies.len() >= 200, "{mode}: only {} replies", replies.len());
         assert!(replies.iter().all(|r| r == "10.1.0.5:50100"), "{mode}");
         eprintln!("{mode}: {} replies sent twice under the storm", replies.len() - 200);
-        if supervisor::sys::seccomp::wait_killable_available() {
-            assert_eq!(replies.len(), 200, "{mode}: a reply went out twice under the killable wait");
-        }
         let stats = exit_stats(&mut server);
         storm_touched(&stats, "stashed_datagrams", mode);
     }

@@ -26,8 +26,6 @@ mod tx;
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::{AcqRel, Acquire};
 
 use capture::Proto;
 use nix::errno::Errno;
@@ -148,9 +146,6 @@ pub(crate) struct Emulator<'a> {
     /// place of a new copy (the call goes on on the file it started on, as in the kernel,
     /// even if the caller's descriptor now names another).
     pub kept: Option<BorrowedFd<'a>>,
-    /// On a worker: the notification a signal must interrupt, set by the signal watch
-    /// (`crate::signals`) before it interrupts the worker; 0 for none.
-    pub signalled: Option<&'a AtomicU64>,
 }
 
 impl Emulator<'_> {
@@ -288,23 +283,11 @@ impl Emulator<'_> {
                         if self.pending(n).is_err() {
                             return Err(self.interrupted(n, socket, timeout));
                         }
-                        if self.signalled.is_some_and(|s| s.compare_exchange(n.id, 0, AcqRel, Acquire).is_ok()) {
-                            return Err(self.signal_arrived(n, socket, timeout));
-                        }
                     }
                     other => return Ok(other),
                 },
             }
         }
-    }
-
-    /// A held call whose thread is marked to take a signal: interrupted as the kernel's
-    /// own wait would be (`sock_intr_errno`): `EINTR` on a socket with a `timeout`,
-    /// `ERESTARTSYS` otherwise (the handler decides whether the call restarts).
-    pub(crate) fn signal_arrived(&self, n: &Notification, socket: BorrowedFd<'_>, timeout: libc::c_int) -> Handled {
-        let has_timeout = net::sockopt_timeout(socket, timeout).is_ok_and(|t| t.is_some());
-        interrupt_for_signal(self.listener, self.counters, n.id, has_timeout);
-        Handled::Done
     }
 
     /// A call on a socket with a timeout that a signal interrupted: natively never restarted
@@ -314,20 +297,6 @@ impl Emulator<'_> {
             self.restarts.keep(n, Err(Errno::EINTR));
         }
         Handled::Done
-    }
-}
-
-/// Answers held call `id`, whose thread is marked to take a signal: `EINTR` on a socket
-/// with a timeout, `ERESTARTSYS` otherwise (`crate::signals`).
-pub(crate) fn interrupt_for_signal(listener: &Listener, counters: &SupervisorCounters, id: u64, has_timeout: bool) {
-    let sent = if has_timeout { listener.reply_error(id, Errno::EINTR) } else { listener.reply_restart(id) };
-    match sent {
-        Ok(()) => counters.signalled.inc(),
-        Err(Errno::ENOENT) => counters.interrupted.inc(),
-        Err(e) => {
-            counters.supervisor_errors.inc();
-            warn!(error = %e, "answering a call a signal interrupts failed");
-        }
     }
 }
 

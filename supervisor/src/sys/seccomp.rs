@@ -143,12 +143,6 @@ impl Listener {
         self.send(id, 0, -(errno as i32), 0)
     }
 
-    /// Completes the call with `ERESTARTSYS`: a signal the caller is marked to take
-    /// interrupts it, as the kernel's own wait would (see `crate::signals`).
-    pub fn reply_restart(&self, id: u64) -> Result<(), Errno> {
-        self.send(id, 0, -crate::signals::ERESTARTSYS, 0)
-    }
-
     /// Lets the kernel run the call as if it had not been trapped.
     pub fn reply_continue(&self, id: u64) -> Result<(), Errno> {
         self.send(id, 0, 0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32)
@@ -191,41 +185,22 @@ pub fn action_available(action: u32) -> Result<bool, Errno> {
 }
 
 /// Loads `program` as the calling thread's seccomp filter with
-/// `SECCOMP_FILTER_FLAG_NEW_LISTENER` and, where the kernel has it,
-/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19; see `crate::signals`); returns the
-/// listener. The caller has set no_new_privs (or has `CAP_SYS_ADMIN`). Only system calls:
-/// safe between `fork` and `exec`.
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`; returns the listener. The caller has set
+/// no_new_privs (or has `CAP_SYS_ADMIN`). Only system calls: safe between `fork` and
+/// `exec`. Not `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`: docs/design.md, Signals, says why.
 pub fn load_filter(program: &[libc::sock_filter]) -> Result<OwnedFd, Errno> {
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    let load = |flags: libc::c_ulong| {
-        // SAFETY: `prog` points to `program`, alive for the call; seccomp only reads it.
-        check(unsafe {
-            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
-        })
-    };
-    let listener = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
-    let fd = match load(listener | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV) {
-        // A kernel without the flag.
-        Err(Errno::EINVAL) => load(listener)?,
-        other => other?,
-    };
+    // SAFETY: `prog` points to `program`, alive for the call; seccomp only reads it.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        )
+    })?;
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// Whether this kernel has `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19), so that
-/// [`load_filter`] used it. Asked without loading anything: the flags are checked before
-/// the program is read, and a null program then fails with `EFAULT`.
-pub fn wait_killable_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let flags = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV;
-        // SAFETY: a null program: the kernel fails before it could install anything.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, std::ptr::null::<libc::sock_fprog>())
-        };
-        check(rc) == Err(Errno::EFAULT)
-    })
 }
 
 #[cfg(test)]
@@ -237,13 +212,5 @@ mod tests {
         let sizes = notif_sizes().expect("this kernel's sizes fit");
         assert!(sizes.notif <= BUF_MAX && sizes.resp <= BUF_MAX, "{sizes:?}");
         assert_eq!(sizes.notif, size_of::<libc::seccomp_notif>(), "this kernel's seccomp_notif is this build's");
-    }
-
-    #[test]
-    fn the_killable_wait_is_found_on_kernels_that_have_it() {
-        let release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
-        let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
-        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        assert_eq!(wait_killable_available(), version >= (5, 19), "on {release}");
     }
 }

@@ -102,8 +102,7 @@ static PEER_EINTR: AtomicUsize = AtomicUsize::new(0);
 
 /// `getpeername` into a fresh buffer: the address shown. Retried on `EINTR`, counted in
 /// [`PEER_EINTR`]: natively it never happens; a call answered by a seccomp supervisor gets it
-/// when a signal whose handler lacks `SA_RESTART` arrives meanwhile, unless the filter has
-/// the killable wait (Linux 5.19).
+/// when a signal whose handler lacks `SA_RESTART` arrives meanwhile.
 fn peer_of(fd: RawFd) -> Value {
     for _ in 0..100 {
         let mut buf = [0u8; 128];
