@@ -13,16 +13,19 @@
 //! The real server has no route to the clients: a reply that ipvsca failed to send to the
 //! balancer's local address fails, as behind a real FULLNAT balancer. Owns building, running
 //! and removing the lab, and the contract with the userspace half (queues, mark, where the
-//! TOA goes); used by the `ipvsca-lab` command and the matrix tests.
+//! TOA goes), and what the tests through it share (a lab for a test, a server under
+//! `ipvsca-run` in `rs`, a client command); used by the `ipvsca-lab` command and the real
+//! server tests (`matrix.rs`, `udp_servers.rs`).
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::netns::{self, Netns};
 use crate::service::Service;
+use crate::{bins, need};
 
 /// The virtual address clients connect to.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -166,6 +169,28 @@ impl Lab {
         Ok(Lab { client, lb, rs, balancer, config })
     }
 
+    /// A lab for a test (unnamed, removed on drop) whose balancer is the workspace's
+    /// `ipvsca-lab`; fails, never skips, when Debian's iptables is missing.
+    pub fn for_test(toa_on: ToaOn, kind: u8) -> Lab {
+        need("iptables-legacy", "iptables");
+        let config = LabConfig { toa_on, kind, ..LabConfig::default() };
+        Lab::up(config, &bins::path("ipvsca-lab"), None).expect("building the lab")
+    }
+
+    /// `command` (a shell command line) under `ipvsca-run RUN_FLAGS --` in the real
+    /// server's namespace, in `dir`, stderr merged into stdout.
+    pub fn serve(&self, run_flags: &[&str], dir: &Path, command: &str) -> Service {
+        let mut cmd = self.rs.command(bins::path("ipvsca-run").to_str().expect("UTF-8 path"));
+        cmd.args(run_flags).args(["--", "sh", "-c", &format!("exec {command} 2>&1")]);
+        cmd.current_dir(dir).env("RUST_LOG", "warn");
+        Service::start(cmd).expect("starting the server under ipvsca-run")
+    }
+
+    /// Runs `program args` in the clients' namespace to its end.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        self.client.command(program).args(args).output().expect("running a client")
+    }
+
     /// The client addresses.
     pub fn clients(&self) -> Vec<Ipv4Addr> {
         (1..=self.config.clients).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect()
@@ -185,6 +210,12 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let _ = self.stop_balancer();
     }
+}
+
+/// Whether `ip` is one of the balancer's local addresses: what a server sees when nothing
+/// rewrote the peer.
+pub fn is_balancer(ip: &str) -> bool {
+    LOCALS.iter().any(|l| l.to_string() == ip)
 }
 
 /// The balancer's `--toa-on` value.

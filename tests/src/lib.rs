@@ -29,3 +29,13 @@ pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
+
+/// Fails the test unless `program` is on the PATH: CI installs `package`, so a missing one
+/// is an error, not a skip.
+pub fn need(program: &str, package: &str) {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "{program} is not installed: apt-get install {package} (.ci/run does)");
+}

@@ -59,6 +59,22 @@ impl Service {
         out
     }
 
+    /// The next stdout lines that satisfy `keep`, until there are `count` of them or
+    /// `timeout` passes.
+    pub fn lines_until(&self, count: usize, timeout: Duration, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        let end = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < count {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if keep(&line) => out.push(line),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        out
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")

@@ -5,44 +5,17 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use ipvsca_tests::lab::{LOCALS, Lab, LabConfig, ToaOn, VIP};
+use ipvsca_tests::lab::{Lab, ToaOn, VIP, is_balancer};
 use ipvsca_tests::service::Service;
-use ipvsca_tests::{bins, gobuild, netns};
+use ipvsca_tests::{gobuild, need, netns};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn need(program: &str, package: &str) {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {program}")]).output().is_ok_and(|o| o.status.success());
-    assert!(found, "{program} is not installed: apt-get install {package} (.ci/run does)");
-}
-
-fn lab(toa_on: ToaOn, kind: u8) -> Lab {
-    need("iptables-legacy", "iptables");
-    let config = LabConfig { toa_on, kind, ..LabConfig::default() };
-    // The balancer's userspace half is `ipvsca-lab balancer` (package ipvsca-tools).
-    Lab::up(config, &bins::path("ipvsca-lab"), None).expect("building the lab")
-}
-
-/// `command` (a shell command line) under `ipvsca-run` in the real server's namespace, in
-/// `dir`, stderr merged into stdout.
-fn serve(lab: &Lab, dir: &Path, command: &str) -> Service {
-    let mut cmd = lab.rs.command(bins::path("ipvsca-run").to_str().unwrap());
-    cmd.args(["--", "sh", "-c", &format!("exec {command} 2>&1")]).current_dir(dir).env("RUST_LOG", "warn");
-    Service::start(cmd).unwrap()
-}
-
-/// Runs `program args` in the clients' namespace.
-fn client(lab: &Lab, program: &str, args: &[&str]) -> Output {
-    lab.client.command(program).args(args).output().unwrap()
-}
-
 /// `curl` from client address `from`: the body.
 fn curl(lab: &Lab, from: Ipv4Addr, url: &str) -> String {
-    let out = client(lab, "curl", &["-sS", "--max-time", "5", "--interface", &from.to_string(), url]);
+    let out = lab.client("curl", &["-sS", "--max-time", "5", "--interface", &from.to_string(), url]);
     assert!(out.status.success(), "curl {url} from {from}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -51,31 +24,13 @@ fn curl(lab: &Lab, from: Ipv4Addr, url: &str) -> String {
 fn wait_up(lab: &Lab, url: &str, server: &Service) {
     let end = Instant::now() + WAIT;
     while Instant::now() < end {
-        let out = client(lab, "curl", &["-s", "-o", "/dev/null", "--max-time", "1", url]);
+        let out = lab.client("curl", &["-s", "-o", "/dev/null", "--max-time", "1", url]);
         if out.status.success() {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("{url} never answered; server output:\n{}", server.stderr_text());
-}
-
-/// The lines of `server`'s output for the next `timeout` that satisfy `keep`.
-fn lines_until(server: &Service, count: usize, keep: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut out = Vec::new();
-    let end = Instant::now() + WAIT;
-    while out.len() < count && Instant::now() < end {
-        if let Some(line) = server.line(Duration::from_millis(200)) {
-            if keep(&line) {
-                out.push(line);
-            }
-        }
-    }
-    out
-}
-
-fn is_balancer(ip: &str) -> bool {
-    LOCALS.iter().any(|l| l.to_string() == ip)
 }
 
 const NGINX_CONF: &str = r#"
@@ -103,7 +58,7 @@ http {
 fn nginx(lab: &Lab, dir: &Path) -> Service {
     need("nginx", "nginx-light");
     std::fs::write(dir.join("nginx.conf"), NGINX_CONF.replace("DIR", dir.to_str().unwrap())).unwrap();
-    let server = serve(lab, dir, &format!("nginx -c {}/nginx.conf", dir.display()));
+    let server = lab.serve(&[], dir, &format!("nginx -c {}/nginx.conf", dir.display()));
     wait_up(lab, &format!("http://{VIP}/"), &server);
     server
 }
@@ -113,7 +68,7 @@ fn access_log(dir: &Path) -> Vec<String> {
 }
 
 fn nginx_sees_clients(toa_on: ToaOn, kind: u8) {
-    let lab = lab(toa_on, kind);
+    let lab = Lab::for_test(toa_on, kind);
     let dir = tempfile::tempdir().unwrap();
     let _server = nginx(&lab, dir.path());
     let before = access_log(dir.path()).len();
@@ -146,7 +101,7 @@ fn nginx_sees_the_balancer_when_nothing_is_announced() {
     if !netns::can_run("nginx_sees_the_balancer_when_nothing_is_announced") {
         return;
     }
-    let lab = lab(ToaOn::Nothing, 254);
+    let lab = Lab::for_test(ToaOn::Nothing, 254);
     let dir = tempfile::tempdir().unwrap();
     let _server = nginx(&lab, dir.path());
     for c in lab.clients().into_iter().take(3) {
@@ -158,7 +113,7 @@ fn nginx_sees_the_balancer_when_nothing_is_announced() {
 /// wrk output: requests done and errors of any kind.
 fn wrk(lab: &Lab, args: &[&str]) -> (u64, String) {
     need("wrk", "wrk");
-    let out = client(lab, "wrk", args);
+    let out = lab.client("wrk", args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "wrk: {text}{}", String::from_utf8_lossy(&out.stderr));
     let requests = text
@@ -173,15 +128,15 @@ fn keep_alive_and_short_connections_with_curl_and_wrk_never_fail_and_log_clients
     if !netns::can_run("keep_alive_and_short_connections_with_curl_and_wrk_never_fail_and_log_clients") {
         return;
     }
-    let lab = lab(ToaOn::Syn, 254);
+    let lab = Lab::for_test(ToaOn::Syn, 254);
     let dir = tempfile::tempdir().unwrap();
     let _server = nginx(&lab, dir.path());
     let url = format!("http://{VIP}/");
     // curl: three requests on one kept-alive connection, then one per connection.
     let c = lab.clients()[2].to_string();
-    let out = client(&lab, "curl", &["-sS", "--interface", &c, &url, &url, &url]);
+    let out = lab.client("curl", &["-sS", "--interface", &c, &url, &url, &url]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(), vec![c.as_str(); 3]);
-    let out = client(&lab, "curl", &["-sS", "--interface", &c, "-H", "Connection: close", &url]);
+    let out = lab.client("curl", &["-sS", "--interface", &c, "-H", "Connection: close", &url]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), c);
     // wrk, a few seconds of each.
     let (kept, text) = wrk(&lab, &["-t2", "-c32", "-d2s", &url]);
@@ -203,20 +158,20 @@ fn python_http_server_logs_the_clients() {
         return;
     }
     need("python3", "python3");
-    let lab = lab(ToaOn::Ack, 254);
+    let lab = Lab::for_test(ToaOn::Ack, 254);
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(&lab, dir.path(), "python3 -u -m http.server 80 --bind 10.1.0.9");
+    let server = lab.serve(&[], dir.path(), "python3 -u -m http.server 80 --bind 10.1.0.9");
     wait_up(&lab, &format!("http://{VIP}/"), &server);
     // What the server logged while coming up.
     while server.line(Duration::from_millis(300)).is_some() {}
     for c in lab.clients().into_iter().take(4) {
         curl(&lab, c, &format!("http://{VIP}/"));
     }
-    let logged: Vec<String> =
-        lines_until(&server, 4, |l| l.contains("\"GET / HTTP/1.1\"") && !is_balancer(l.split(' ').next().unwrap()))
-            .iter()
-            .map(|l| l.split(' ').next().unwrap().to_owned())
-            .collect();
+    let logged: Vec<String> = server
+        .lines_until(4, WAIT, |l| l.contains("\"GET / HTTP/1.1\"") && !is_balancer(l.split(' ').next().unwrap()))
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
     let want: Vec<String> = lab.clients().into_iter().take(4).map(|c| c.to_string()).collect();
     assert_eq!(logged, want);
 }
@@ -227,10 +182,10 @@ fn node_http_remote_address_is_the_client() {
         return;
     }
     need("node", "nodejs");
-    let lab = lab(ToaOn::Syn, 200);
+    let lab = Lab::for_test(ToaOn::Syn, 200);
     let dir = tempfile::tempdir().unwrap();
     let script = "require('http').createServer((q, s) => s.end(q.socket.remoteAddress)).listen(3000)";
-    let server = serve(&lab, dir.path(), &format!("node -e \"{script}\""));
+    let server = lab.serve(&[], dir.path(), &format!("node -e \"{script}\""));
     wait_up(&lab, &format!("http://{VIP}:3000/"), &server);
     for c in lab.clients().into_iter().take(4) {
         // Node listens on [::]: IPv4 clients are IPv4-mapped.
@@ -244,9 +199,9 @@ fn static_go_net_http_server_sees_the_clients() {
         return;
     }
     let echo = gobuild::echo_server();
-    let lab = lab(ToaOn::Ack, 200);
+    let lab = Lab::for_test(ToaOn::Ack, 200);
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(&lab, dir.path(), &format!("{} :8080", echo.display()));
+    let server = lab.serve(&[], dir.path(), &format!("{} :8080", echo.display()));
     wait_up(&lab, &format!("http://{VIP}:8080/"), &server);
     for c in lab.clients().into_iter().take(4) {
         let seen = curl(&lab, c, &format!("http://{VIP}:8080/"));
@@ -261,9 +216,9 @@ fn redis_client_list_shows_the_clients() {
     }
     need("redis-server", "redis-server");
     need("python3", "python3");
-    let lab = lab(ToaOn::Syn, 254);
+    let lab = Lab::for_test(ToaOn::Syn, 254);
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(&lab, dir.path(), "redis-server --port 6379 --protected-mode no --save '' --appendonly no");
+    let server = lab.serve(&[], dir.path(), "redis-server --port 6379 --protected-mode no --save '' --appendonly no");
     // Connections from three clients stay open while the last asks for the list.
     let script = format!(
         r#"
@@ -281,7 +236,7 @@ time.sleep(0.5)
 print(conns[-1].recv(65536).decode())
 "#
     );
-    let out = client(&lab, "python3", &["-c", &script]);
+    let out = lab.client("python3", &["-c", &script]);
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{list}{}\n{}", String::from_utf8_lossy(&out.stderr), server.stderr_text());
     for c in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
@@ -298,26 +253,26 @@ fn udp_echo_server_sees_the_client_and_its_replies_reach_it() {
         return;
     }
     need("python3", "python3");
-    let lab = lab(ToaOn::Syn, 254);
+    let lab = Lab::for_test(ToaOn::Syn, 254);
     let dir = tempfile::tempdir().unwrap();
     let echo = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 5353))\n\
                 print('ready', flush=True)\nwhile True:\n    d, a = s.recvfrom(2048)\n    print(a[0], flush=True)\n    s.sendto(d, a)\n";
     std::fs::write(dir.path().join("echo.py"), echo).unwrap();
-    let server = serve(&lab, dir.path(), "python3 -u echo.py");
+    let server = lab.serve(&[], dir.path(), "python3 -u echo.py");
     assert!(server.line(WAIT).is_some_and(|l| l == "ready"), "{}", server.stderr_text());
     let ask = |from: Ipv4Addr| -> String {
         let script = format!(
             "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('{from}', 0))\ns.settimeout(3)\n\
              s.sendto(b'hello {from}', ('{VIP}', 5353))\nprint(s.recvfrom(2048)[0].decode())\n"
         );
-        let out = client(&lab, "python3", &["-c", &script]);
+        let out = lab.client("python3", &["-c", &script]);
         assert!(out.status.success(), "UDP from {from}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     for c in lab.clients().into_iter().take(3) {
         assert_eq!(ask(c), format!("hello {c}"), "the echo came back through the balancer");
     }
-    let seen = lines_until(&server, 3, |_| true);
+    let seen = server.lines_until(3, WAIT, |_| true);
     let want: Vec<String> = lab.clients().into_iter().take(3).map(|c| c.to_string()).collect();
     assert_eq!(seen, want, "the server saw the clients");
 }
@@ -331,7 +286,7 @@ fn the_lab_carries_thousands_of_concurrent_and_tens_of_thousands_of_new_connecti
     }
     // The server runs natively here: this measures the lab, not ipvsca.
     need("nginx", "nginx-light");
-    let mut lab = lab(ToaOn::Syn, 254);
+    let mut lab = Lab::for_test(ToaOn::Syn, 254);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("nginx.conf"), NGINX_CONF.replace("DIR", dir.path().to_str().unwrap())).unwrap();
     let mut cmd = lab.rs.command("sh");
@@ -341,7 +296,7 @@ fn the_lab_carries_thousands_of_concurrent_and_tens_of_thousands_of_new_connecti
     let url = format!("http://{VIP}/");
     wait_up(&lab, &url, &server);
     let wrk_many = |args: &str| -> (u64, String) {
-        let out = client(&lab, "sh", &["-c", &format!("ulimit -n 65536; wrk {args} {url}")]);
+        let out = lab.client("sh", &["-c", &format!("ulimit -n 65536; wrk {args} {url}")]);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let n = text.lines().find_map(|l| l.trim().split_once(" requests in ").map(|(n, _)| n.trim().parse().unwrap()));
         (n.unwrap_or_else(|| panic!("wrk: {text}{}", String::from_utf8_lossy(&out.stderr))), text)

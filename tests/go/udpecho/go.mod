@@ -1,0 +1,3 @@
+module ipvsca/udpecho
+
+go 1.19

@@ -1,0 +1,286 @@
+//! Unmodified UDP servers that receive with `recvmsg` and answer with `sendmsg`, under
+//! `ipvsca-run --msg` in the lab's real-server namespace: Node.js `dgram`, nginx's `stream`
+//! module, dnsmasq (bound to the real server's address, and on the wildcard with
+//! `IP_PKTINFO`) and a static Go server using `ReadMsgUDP` and `WriteMsgUDP`. Three lab
+//! clients each send a request to the VIP; each answer must come back from the VIP, which
+//! proves the server's `sendmsg` went to the balancer (the real server has no route to the
+//! clients), and the server must report each real client. Without `--msg` the four calls
+//! are the kernel's: the server sees the balancer. A missing package fails the test: CI
+//! installs them.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ipvsca_tests::lab::{Lab, RS, ToaOn, VIP, is_balancer};
+use ipvsca_tests::service::Service;
+use ipvsca_tests::{gobuild, need, netns};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+/// The port the echo and nginx servers listen on.
+const PORT: u16 = 5353;
+/// The answer dnsmasq is configured to give for `example.test`.
+const DNS_ANSWER: &str = "10.9.9.9";
+
+/// A UDP client: sends `argv[4]` from `argv[1]` to `argv[2]:argv[3]` and prints the answer
+/// and where it came from, as JSON. Fails after 3 s without one.
+const UDP_CLIENT: &str = r#"
+import json, socket, sys
+src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.settimeout(3)
+s.sendto(payload.encode(), (dst, port))
+data, peer = s.recvfrom(2048)
+print(json.dumps({"from": "%s:%d" % peer, "data": data.decode()}))
+"#;
+
+/// A DNS client: an A query for `example.test` (RFC 1035 4.1, 30 bytes) from `argv[1]` to
+/// `argv[2]:argv[3]`; prints the answer's address and where it came from, as JSON. Fails
+/// after 3 s without an answer, or on an answer that is not a successful one to this query.
+const DNS_CLIENT: &str = r#"
+import json, socket, struct, sys
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+qid = 0x1d5c
+name = b"".join(bytes([len(l)]) + l for l in b"example.test".split(b".")) + b"\0"
+query = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+s.settimeout(3)
+s.sendto(query, (dst, port))
+reply, peer = s.recvfrom(512)
+rid, flags, qd, an = struct.unpack(">HHHH", reply[:8])
+assert rid == qid and flags & 0x8000 and flags & 0xF == 0 and an == 1, (rid, hex(flags), an)
+print(json.dumps({"from": "%s:%d" % peer, "data": socket.inet_ntoa(reply[-4:])}))
+"#;
+
+/// Runs `script args` with python3 in the clients' namespace, bounded by `timeout 10`; its
+/// JSON line. Panics with the client's error and the server's output if it fails.
+fn python_client(lab: &Lab, server: &Service, script: &str, args: &[&str]) -> Value {
+    need("python3", "python3");
+    let mut argv = vec!["10", "python3", "-c", script];
+    argv.extend_from_slice(args);
+    let out = lab.client("timeout", &argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client {args:?}: {}{stdout}\nserver output so far:\n{}\nipvsca-run:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        server_output(server),
+        server.stderr_text()
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("client printed no JSON ({e}): {stdout}"))
+}
+
+/// What `server` printed and was not read yet (for a failure's message).
+fn server_output(server: &Service) -> String {
+    server.lines_until(usize::MAX, Duration::from_millis(300), |_| true).join("\n")
+}
+
+/// A datagram `payload` from client `from` to the VIP's `port`: the answer's data and the
+/// address it came from.
+fn ask(lab: &Lab, server: &Service, from: Ipv4Addr, port: u16, payload: &str) -> (String, String) {
+    let v = python_client(lab, server, UDP_CLIENT, &[&from.to_string(), &VIP.to_string(), &port.to_string(), payload]);
+    (v["data"].as_str().unwrap().to_owned(), v["from"].as_str().unwrap().to_owned())
+}
+
+/// The three clients each test uses.
+fn three(lab: &Lab) -> Vec<Ipv4Addr> {
+    lab.clients().into_iter().take(3).collect()
+}
+
+/// Waits until a UDP socket on `port` is bound in the real server's namespace.
+fn wait_bound(lab: &Lab, port: u16, server: &Service) {
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        let out = lab.rs.command("ss").args(["-H", "-u", "-l", "-n", &format!("sport = :{port}")]).output().unwrap();
+        if !out.stdout.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing bound UDP port {port}; server output:\n{}\n{}", server_output(server), server.stderr_text());
+}
+
+/// `ipvsca-run` (run with `RUST_LOG=warn`) reported nothing: no call it failed to answer.
+fn assert_quiet(server: &Service) {
+    let said = server.stderr_text();
+    assert!(said.is_empty(), "ipvsca-run warned:\n{said}");
+}
+
+/// Each client's request gets its echo back from the VIP.
+fn each_echo_comes_back_from_the_vip(lab: &Lab, server: &Service) {
+    for c in three(lab) {
+        let (data, from) = ask(lab, server, c, PORT, &format!("hello {c}"));
+        assert_eq!(data, format!("hello {c}"), "the echo to {c}");
+        assert_eq!(from, format!("{VIP}:{PORT}"), "the echo to {c} came from the VIP");
+    }
+}
+
+/// Node.js `dgram` (libuv receives with `recvmsg` and sends with `sendmsg`) echoing and
+/// printing `rinfo.address`, under `ipvsca-run RUN_FLAGS`, after its "ready".
+fn node_echo(lab: &Lab, dir: &Path, run_flags: &[&str]) -> Service {
+    need("node", "nodejs");
+    let script = "const s = require('dgram').createSocket('udp4');\n\
+                  s.on('message', (m, r) => { console.log(r.address); s.send(m, r.port, r.address); });\n\
+                  s.bind(5353, () => console.log('ready'));\n";
+    std::fs::write(dir.join("echo.js"), script).unwrap();
+    let server = lab.serve(run_flags, dir, "node echo.js");
+    let first = server.line(WAIT);
+    assert_eq!(first.as_deref(), Some("ready"), "node: {}", server.stderr_text());
+    server
+}
+
+#[test]
+fn node_dgram_sees_each_client_and_its_replies_reach_it_with_msg() {
+    if !netns::can_run("node_dgram_sees_each_client_and_its_replies_reach_it_with_msg") {
+        return;
+    }
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    let server = node_echo(&lab, dir.path(), &["--msg"]);
+    each_echo_comes_back_from_the_vip(&lab, &server);
+    let seen = server.lines_until(3, WAIT, |_| true);
+    let want: Vec<String> = three(&lab).iter().map(Ipv4Addr::to_string).collect();
+    assert_eq!(seen, want, "rinfo.address of each request");
+    assert_quiet(&server);
+}
+
+/// The default: without `--msg`, Node's `recvmsg` is the kernel's and shows the balancer's
+/// local address; its `sendmsg` to that address reaches the balancer unchanged, so the echo
+/// still comes back.
+#[test]
+fn node_dgram_sees_the_balancer_without_msg() {
+    if !netns::can_run("node_dgram_sees_the_balancer_without_msg") {
+        return;
+    }
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    let server = node_echo(&lab, dir.path(), &[]);
+    each_echo_comes_back_from_the_vip(&lab, &server);
+    let seen = server.lines_until(3, WAIT, |_| true);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|s| is_balancer(s)), "without --msg Node saw {seen:?}, not balancer addresses");
+    assert_quiet(&server);
+}
+
+/// nginx with the `stream` module (Debian's libnginx-mod-stream; nginx-light has no
+/// stream module built in) answering each datagram with `$remote_addr` and logging it.
+/// It receives with `recvmsg` asking for `IP_PKTINFO` and answers with `sendmsg` carrying
+/// `IP_PKTINFO`.
+#[test]
+fn nginx_stream_udp_returns_and_logs_each_client_with_msg() {
+    if !netns::can_run("nginx_stream_udp_returns_and_logs_each_client_with_msg") {
+        return;
+    }
+    need("nginx", "nginx-light");
+    let module = Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    assert!(module.exists(), "{} is missing: apt-get install libnginx-mod-stream (.ci/run does)", module.display());
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let conf = format!(
+        "load_module {};\ndaemon off;\nworker_processes 2;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 64; }}\n\
+         stream {{\n    log_format client '$remote_addr $status';\n    access_log {d}/access.log client;\n    \
+         server {{ listen {PORT} udp; return \"$remote_addr\\n\"; }}\n}}\n",
+        module.display()
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let server = lab.serve(&["--msg"], dir.path(), &format!("nginx -e stderr -c {d}/nginx.conf"));
+    wait_bound(&lab, PORT, &server);
+    for c in three(&lab) {
+        let (data, from) = ask(&lab, &server, c, PORT, "who am I");
+        assert_eq!(data.trim(), c.to_string(), "$remote_addr answered to {c}");
+        assert_eq!(from, format!("{VIP}:{PORT}"), "the answer to {c} came from the VIP");
+    }
+    // nginx logs a UDP session when it ends, just after its answer.
+    let end = Instant::now() + WAIT;
+    let mut log = Vec::new();
+    while log.len() < 3 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        log = std::fs::read_to_string(dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    }
+    let want: Vec<String> = three(&lab).iter().map(|c| format!("{c} 200")).collect();
+    assert_eq!(log, want, "the access log");
+    assert_quiet(&server);
+}
+
+/// dnsmasq (Debian's dnsmasq-base) answering an A query for `example.test` to each
+/// client and logging it (`query[A] example.test from <client>`); `extra` are its
+/// listening flags.
+fn dnsmasq_answers_and_logs_each_client(extra: &[&str]) {
+    need("dnsmasq", "dnsmasq-base");
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    // -k: in the foreground, logging to stderr (--log-facility=-); it drops to its own
+    // user as it would in production.
+    let command = format!(
+        "dnsmasq -k --log-queries --log-facility=- --no-resolv --no-hosts --pid-file= \
+         --address=/example.test/{DNS_ANSWER} --listen-address={RS} --port=53 {}",
+        extra.join(" ")
+    );
+    let server = lab.serve(&["--msg"], dir.path(), &command);
+    wait_bound(&lab, 53, &server);
+    for c in three(&lab) {
+        let v = python_client(&lab, &server, DNS_CLIENT, &[&c.to_string(), &VIP.to_string(), "53"]);
+        assert_eq!(v["data"], DNS_ANSWER, "the answer to {c}");
+        assert_eq!(v["from"], format!("{VIP}:53"), "the answer to {c} came from the VIP");
+    }
+    let logged: Vec<String> = server
+        .lines_until(3, WAIT, |l| l.contains("query[A] example.test from "))
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = three(&lab).iter().map(Ipv4Addr::to_string).collect();
+    assert_eq!(logged, want, "the clients in dnsmasq's query log");
+    assert_quiet(&server);
+}
+
+/// Bound to the real server's address: `recvmsg` without control messages, `sendmsg`.
+#[test]
+fn dnsmasq_bound_to_its_address_answers_and_logs_each_client_with_msg() {
+    if netns::can_run("dnsmasq_bound_to_its_address_answers_and_logs_each_client_with_msg") {
+        dnsmasq_answers_and_logs_each_client(&["--bind-interfaces"]);
+    }
+}
+
+/// On the wildcard address (dnsmasq's default): `recvmsg` with `IP_PKTINFO`, from which it
+/// checks the interface and address the query came to, and `sendmsg` carrying
+/// `IP_PKTINFO` to answer from that address.
+#[test]
+fn dnsmasq_on_the_wildcard_with_pktinfo_answers_and_logs_each_client_with_msg() {
+    if netns::can_run("dnsmasq_on_the_wildcard_with_pktinfo_answers_and_logs_each_client_with_msg") {
+        dnsmasq_answers_and_logs_each_client(&[]);
+    }
+}
+
+/// A static Go server (`tests/go/udpecho`): `ReadMsgUDP` with `IP_PKTINFO` and
+/// `WriteMsgUDP` answering from the address the datagram came to; it prints `PEER to
+/// LOCAL`.
+#[test]
+fn static_go_read_msg_udp_server_sees_each_client_with_msg() {
+    if !netns::can_run("static_go_read_msg_udp_server_sees_each_client_with_msg") {
+        return;
+    }
+    let echo = gobuild::udp_echo_server();
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    let server = lab.serve(&["--msg"], dir.path(), &format!("{} :{PORT}", echo.display()));
+    let first = server.line(WAIT);
+    assert_eq!(first.as_deref(), Some("ready"), "go: {}", server.stderr_text());
+    each_echo_comes_back_from_the_vip(&lab, &server);
+    let seen = server.lines_until(3, WAIT, |_| true);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    for (line, c) in seen.iter().zip(three(&lab)) {
+        let (peer, local) = line.split_once(" to ").unwrap_or_else(|| panic!("go printed {line}"));
+        assert!(peer.starts_with(&format!("{c}:")), "{c} was seen as {peer}");
+        assert_eq!(local, RS.to_string(), "IP_PKTINFO's destination for {c}");
+    }
+    assert_quiet(&server);
+}
