@@ -157,7 +157,7 @@ fn start(
 
 /// Forwards the signals sent to this process to the keeper, lets the service exec, and
 /// waits for the keeper: the service's exit status.
-fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) -> Result<i32, RunError> {
+fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str, rules: Rules) -> Result<i32, RunError> {
     let keeper = launched.keeper;
     // Forwarded through a pidfd, taken while the keeper is a child not yet reaped: once it is
     // reaped, its number may name another process, never the pidfd.
@@ -181,7 +181,8 @@ fn run_to_end(program: &Path, launched: Launched, forwarded: SigSet, how: &str) 
         program = %program.display(),
         pid = launched.service.as_raw(),
         supervisor = how,
-        "supervising accept, accept4, getpeername, recvfrom, sendto, connect"
+        calls = rules.trapped().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        "supervising"
     );
     loop {
         match waitpid(keeper, None) {
@@ -274,7 +275,7 @@ pub fn supervise(program: &Path, argv: &[OsString], s: Supervision) -> Result<i3
             }
         })
         .map_err(system("starting the supervisor thread"))?;
-    let code = run_to_end(program, launched, forwarded, "embedded")?;
+    let code = run_to_end(program, launched, forwarded, "embedded", s.rules)?;
     tracing::debug!(stats = ?counters.snapshot(), "exiting");
     Ok(code)
 }
@@ -306,5 +307,5 @@ pub fn supervise_with_daemon(program: &Path, argv: &[OsString], d: DaemonSupervi
         std::process::exit(1);
     })
     .map_err(system("starting the lifeline thread"))?;
-    run_to_end(program, launched, forwarded, "daemon")
+    run_to_end(program, launched, forwarded, "daemon", d.rules)
 }

@@ -446,7 +446,8 @@ impl Emulator<'_> {
         for ((m, _, _), (d, k)) in part.iter().zip(buffers.iter_mut()) {
             let mut left: &mut [u8] = d;
             for r in &m.ranges {
-                let (now, rest) = std::mem::take(&mut left).split_at_mut(r.len.min(left.len()));
+                let take = r.len.min(left.len());
+                let (now, rest) = std::mem::take(&mut left).split_at_mut(take);
                 total += now.len();
                 pieces.push((r.addr, now));
                 left = rest;
