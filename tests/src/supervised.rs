@@ -178,6 +178,15 @@ impl Run {
         }
     }
 
+    /// [`Run::start`], supervised with the msg family trapped too (`ipvsca-run --msg`).
+    pub fn start_msg(cmd: Command, table: Arc<MappingTable>, supervised: bool) -> Run {
+        if supervised {
+            Run::Supervised(start_with_msg(cmd, table).expect("starting the program under the filter with --msg"))
+        } else {
+            Run::Native(Service::start(cmd).expect("starting the program"))
+        }
+    }
+
     /// The program.
     pub fn service(&self) -> &Service {
         match self {
