@@ -32,6 +32,8 @@ pub struct Datagram {
     pub data: Vec<u8>,
     /// Its source, as the kernel gave it.
     pub from: RawSockAddr,
+    /// The control messages it came with (a `recvmsg`'s; empty for a `recvfrom`'s).
+    pub control: Vec<u8>,
 }
 
 /// Per socket inode, what was kept for it, oldest first.
@@ -46,11 +48,18 @@ struct Kept<T> {
 }
 
 /// Connections and datagrams waiting for the next call on their socket.
+/// The most sockets with an error left for their next receive.
+const MAX_ERRORS: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Stash {
     connections: Queues<(OwnedFd, RawSockAddr)>,
     datagrams: Queues<Datagram>,
     count: AtomicUsize,
+    /// Errors a `recvmmsg` left on a socket for its next receive (the kernel's `sk_err`),
+    /// by inode.
+    errors: Mutex<HashMap<u64, nix::errno::Errno>>,
+    any_error: std::sync::atomic::AtomicBool,
 }
 
 impl Stash {
@@ -66,6 +75,36 @@ impl Stash {
     /// True when nothing is kept: the hot path checks this before computing any key.
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
+    }
+
+    /// Leaves `error` on socket `inode` for its next receive, as the kernel does when a
+    /// `recvmmsg` fails after it received something (`do_recvmmsg`, `sk_err`).
+    pub fn put_error(&self, inode: u64, error: nix::errno::Errno) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a service that leaves errors on more sockets loses the oldest ones.
+        if errors.len() >= MAX_ERRORS {
+            errors.clear();
+        }
+        errors.insert(inode, error);
+        self.any_error.store(true, Ordering::Release);
+    }
+
+    /// Whether any socket has an error left (cheap: checked before every receive).
+    pub fn has_errors(&self) -> bool {
+        self.any_error.load(Ordering::Acquire)
+    }
+
+    /// The error left on socket `inode`, taken (a receive reports it once).
+    pub fn take_error(&self, inode: u64) -> Option<nix::errno::Errno> {
+        if !self.any_error.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        let error = errors.remove(&inode);
+        if errors.is_empty() {
+            self.any_error.store(false, Ordering::Release);
+        }
+        error
     }
 
     /// Keeps a connection accepted on listener `inode` of process `owner`.
@@ -174,7 +213,7 @@ mod tests {
     fn datagrams_come_back_in_order_and_peek_leaves_them() {
         let s = Stash::default();
         assert!(s.is_empty());
-        let d = |b: u8| Datagram { data: vec![b], from: RawSockAddr::empty() };
+        let d = |b: u8| Datagram { data: vec![b], from: RawSockAddr::empty(), control: Vec::new() };
         s.put_datagram(7, 1, d(1));
         s.put_datagram(7, 1, d(2));
         assert_eq!(s.take_datagram(7, true).unwrap().data, vec![1]);

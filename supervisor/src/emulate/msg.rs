@@ -42,7 +42,7 @@ const MESSAGE_MAX: usize = 1 << 17;
 /// UDP (`IP_PKTINFO`, timestamps, `UDP_GRO` take tens of bytes).
 const CONTROL_MAX: usize = 1 << 16;
 /// The most data one batch call gets at once; a larger batch is received or sent in parts.
-const BATCH_MAX: usize = 4 << 20;
+const BATCH_MAX: usize = 8 << 20;
 /// `sizeof(struct sockaddr_storage)`: the longest `msg_namelen` the kernel keeps.
 const NAME_MAX: u32 = 128;
 
@@ -117,19 +117,31 @@ impl Message {
 
 /// Reads up to `count` messages whose `msghdr`s start at `at`, `stride` bytes apart, with
 /// their iovecs, in two reads of the caller's memory; stops at the first the kernel would
-/// refuse before receiving or sending it (a bad pointer, too many iovecs, a length past
-/// `SSIZE_MAX`, a negative `msg_namelen`), as the kernel stops there too.
-fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
+/// refuse before receiving or sending it, as the kernel stops there too, and says why (a bad
+/// pointer `EFAULT`, too many iovecs `EMSGSIZE`, a length past `SSIZE_MAX` or a negative
+/// `msg_namelen` `EINVAL`).
+fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, Option<Errno>) {
     let count = (count as usize).min(UIO_MAXIOV);
     let mut raw = vec![[0u8; MSGHDR as usize]; count];
     let mut pieces: Vec<(u64, &mut [u8])> =
         raw.iter_mut().enumerate().map(|(i, b)| (at + i as u64 * stride, &mut b[..])).collect();
     let whole = mem::read_many(tid, &mut pieces).unwrap_or(0) / MSGHDR as usize;
-    let headers: Vec<Header> = raw[..whole]
-        .iter()
-        .map(Header::parse)
-        .take_while(|h| h.iovlen as usize <= UIO_MAXIOV && (h.namelen as i32) >= 0)
-        .collect();
+    let mut stop = (whole < count).then_some(Errno::EFAULT);
+    let mut headers = Vec::with_capacity(whole);
+    for h in raw[..whole].iter().map(Header::parse) {
+        let refused = if h.iovlen as usize > UIO_MAXIOV {
+            Some(Errno::EMSGSIZE)
+        } else if (h.namelen as i32) < 0 {
+            Some(Errno::EINVAL)
+        } else {
+            None
+        };
+        if refused.is_some() {
+            stop = refused;
+            break;
+        }
+        headers.push(h);
+    }
     let mut iovecs: Vec<Vec<u8>> = headers.iter().map(|h| vec![0u8; h.iovlen as usize * 16]).collect();
     let mut pieces: Vec<(u64, &mut [u8])> =
         headers.iter().zip(iovecs.iter_mut()).map(|(h, b)| (h.iov, &mut b[..])).collect();
@@ -137,7 +149,7 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
     let mut messages = Vec::with_capacity(headers.len());
     for (i, (header, bytes)) in headers.into_iter().zip(&iovecs).enumerate() {
         if left < bytes.len() {
-            break;
+            return (messages, Some(Errno::EFAULT));
         }
         left -= bytes.len();
         let mut ranges = Vec::with_capacity(bytes.len() / 16);
@@ -146,18 +158,18 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
             let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
             // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
             if len > isize::MAX as u64 {
-                return messages;
+                return (messages, Some(Errno::EINVAL));
             }
             ranges.push(Range { addr, len: len as usize });
         }
         messages.push(Message { at: at + i as u64 * stride, header, ranges });
     }
-    messages
+    (messages, stop)
 }
 
 /// Reads up to `vlen` messages of a batch at `msgvec` (`recvmmsg`, `sendmmsg`), or the one
 /// message at `msgvec` (`recvmsg`, `sendmsg`).
-fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> Vec<Message> {
+fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> (Vec<Message>, Option<Errno>) {
     if batch { read_messages(tid, msgvec, vlen, MMSGHDR) } else { read_messages(tid, msgvec, 1, MSGHDR) }
 }
 
@@ -185,7 +197,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
-        let messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let (messages, stop) = read_batch(n.tid, c.msgvec, c.vlen, batch);
         // Nothing asks for an address, or the first message is refused: the kernel's call.
         if messages.iter().all(|m| m.header.name == 0) {
             return Ok(self.cont(n));
@@ -198,6 +210,9 @@ impl Emulator<'_> {
         let sfd = socket.as_fd();
         let local = self.or_continue(n, udp_local(sfd))?;
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
+        if let Some(answered) = self.from_stash(n, sfd, &local, &messages, batch, c) {
+            return Ok(answered);
+        }
         let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
         // A blocking batch without MSG_WAITFORONE waits for all its messages: only the
         // kernel's own call, on a worker, does that exactly.
@@ -216,6 +231,7 @@ impl Emulator<'_> {
             })
             .count()
             .max(1);
+        let whole_batch = take == messages.len();
         let messages = &messages[..take];
         let recv_flags = (c.flags & !libc::MSG_CMSG_CLOEXEC) | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
         let waits = BUFFERS.with_borrow_mut(|(data, control)| {
@@ -238,7 +254,10 @@ impl Emulator<'_> {
                 .zip(slots.iter())
                 .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
                 .collect();
-            self.deliver_messages(n, sfd, &local, &filled, batch, timeout, c)?;
+            // The kernel goes on to the message it refuses once it received all before it,
+            // and leaves its error for the next receive.
+            let refused = stop.filter(|_| batch && whole_batch && received.len() == messages.len());
+            self.deliver_messages(n, sfd, &local, &filled, (batch, refused), timeout, c)?;
             Ok(false)
         })?;
         if !waits {
@@ -250,6 +269,62 @@ impl Emulator<'_> {
         Ok(self.park(socket, libc::SO_RCVTIMEO))
     }
 
+    /// Answers from what is kept for this socket, first: an error a `recvmmsg` left for
+    /// the next receive, or datagrams kept for an interrupted call or left after a fault.
+    /// `None` when nothing is kept.
+    fn from_stash(
+        &self,
+        n: &Notification,
+        sfd: BorrowedFd<'_>,
+        local: &RawSockAddr,
+        messages: &[Message],
+        batch: bool,
+        c: Mmsg,
+    ) -> Option<Handled> {
+        let inode = net::inode(sfd).ok()?;
+        if let Some(e) = self.stash.take_error(inode) {
+            return Some(self.reply_error(n, e));
+        }
+        if self.stash.is_empty() {
+            return None;
+        }
+        let peek = c.flags & libc::MSG_PEEK != 0;
+        let mut kept = Vec::new();
+        while kept.len() < messages.len() {
+            let Some(d) = self.stash.take_datagram(inode, peek) else { break };
+            kept.push(d);
+            if peek {
+                break;
+            }
+        }
+        if kept.is_empty() {
+            return None;
+        }
+        self.counters.stash_delivered.add(kept.len() as u64);
+        let received: Vec<Received> = messages
+            .iter()
+            .zip(&kept)
+            .map(|(m, d)| {
+                let room = m.data_room();
+                let truncated = d.data.len() > room;
+                let len = if truncated && c.flags & libc::MSG_TRUNC == 0 { room } else { d.data.len() };
+                let control_len = d.control.len().min(m.control_room());
+                let mut flags = if truncated { libc::MSG_TRUNC } else { 0 };
+                if control_len < d.control.len() {
+                    flags |= libc::MSG_CTRUNC;
+                }
+                Received { len, from: d.from, control_len, flags }
+            })
+            .collect();
+        let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
+            .iter()
+            .zip(&received)
+            .zip(&kept)
+            .map(|((m, r), d)| (m, r, &d.data[..d.data.len().min(m.data_room())], &d.control[..r.control_len]))
+            .collect();
+        Some(self.deliver_messages(n, sfd, local, &filled, (batch, None), None, c).err().unwrap_or(Handled::Done))
+    }
+
     /// Leaves each received message in the caller's memory, in the kernel's order, and
     /// answers: the count for `recvmmsg`, the length for `recvmsg`.
     #[allow(clippy::too_many_arguments)]
@@ -259,7 +334,7 @@ impl Emulator<'_> {
         socket: BorrowedFd<'_>,
         local: &RawSockAddr,
         received: &[(&Message, &Received, &[u8], &[u8])],
-        batch: bool,
+        (batch, refused): (bool, Option<Errno>),
         timeout: Option<libc::timespec>,
         c: Mmsg,
     ) -> Step<()> {
@@ -272,6 +347,19 @@ impl Emulator<'_> {
             return Err(Handled::Done);
         }
         let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch);
+        if let Ok(inode) = net::inode(socket) {
+            if delivered < received.len() {
+                // The message the kernel faulted on is gone; those after it it would have
+                // left queued; after one was received, its EFAULT waits for the next
+                // receive (do_recvmmsg).
+                self.keep_messages(n, socket, &received[delivered + 1..], c.flags);
+                if delivered > 0 {
+                    self.stash.put_error(inode, Errno::EFAULT);
+                }
+            } else if let Some(e) = refused {
+                self.stash.put_error(inode, e);
+            }
+        }
         // recvmmsg writes the time left back, once it received something.
         if let (Some(t), true) = (timeout, delivered > 0) {
             let bytes = timespec_bytes(&t);
@@ -302,9 +390,9 @@ impl Emulator<'_> {
         Ok(())
     }
 
-    /// Keeps what was received for an interrupted call (kernels before 5.19, whose wait a
-    /// signal can end after the supervisor received the call) for the next receive on the
-    /// socket; the control messages are not kept.
+    /// Keeps what was received for a call that did not take it (interrupted by a signal
+    /// after the supervisor received it, or after a message that faulted) for the next
+    /// receive on the socket.
     fn keep_messages(
         &self,
         n: &Notification,
@@ -316,8 +404,9 @@ impl Emulator<'_> {
             return;
         }
         let Ok(inode) = net::inode(socket) else { return };
-        for (_, r, data, _) in received {
-            self.stash.put_datagram(inode, stash_owner(n), Datagram { data: data.to_vec(), from: r.from });
+        for (_, r, data, control) in received {
+            let kept = Datagram { data: data.to_vec(), from: r.from, control: control.to_vec() };
+            self.stash.put_datagram(inode, stash_owner(n), kept);
             self.counters.stashed_datagrams.inc();
         }
         self.parker.poke(inode);
@@ -338,7 +427,7 @@ impl Emulator<'_> {
         if c.vlen == 0 {
             return Ok(self.cont(n));
         }
-        let mut messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let (mut messages, _) = read_batch(n.tid, c.msgvec, c.vlen, batch);
         let names = read_names(n.tid, &mut messages);
         // No destination is an inet address: nothing to rewrite.
         if names.iter().all(|d| d.as_ref().and_then(sockaddr::user_inet).is_none()) {
@@ -404,7 +493,8 @@ impl Emulator<'_> {
         let mut part = Vec::new();
         for m in messages {
             let size = m.size();
-            let control_len = if m.header.control == 0 { 0 } else { m.header.controllen as usize };
+            // msg_control NULL with a length faults, as the kernel's copy would.
+            let control_len = m.header.controllen as usize;
             let refused = if size > MESSAGE_MAX {
                 Some(Errno::EMSGSIZE)
             } else if control_len > CONTROL_MAX {
@@ -520,33 +610,21 @@ fn slots<'b>(messages: &[Message], data: &'b mut Vec<u8>, control: &'b mut Vec<u
 
 /// What the kernel leaves for each received message, in its order (`____sys_recvmsg`,
 /// then `do_recvmmsg`): the data, the control messages, the address and its length,
-/// `msg_flags`, `msg_controllen`, then (`recvmmsg`) `msg_len`; all in one write. How many
-/// messages were written whole, and the error where one faults (the kernel stops there).
+/// `msg_flags`, `msg_controllen`, then (`recvmmsg`) `msg_len`. In three writes: the data of
+/// every message, then the control messages, then the rest. How many messages were written
+/// whole, and the error where one faults (the kernel stops there). A control buffer that
+/// faults is not an error: the kernel ignores it (`put_cmsg`), and `msg_controllen` says 0.
 fn write_messages(
     tid: u32,
     received: &[(&Message, &Received, &[u8], &[u8])],
     shown: &[Option<RawSockAddr>],
     batch: bool,
 ) -> (usize, Option<Errno>) {
-    // The small values first, so that the pieces can borrow them.
-    let values: Vec<[u8; 20]> = received
-        .iter()
-        .zip(shown)
-        .map(|((_, r, _, _), shown)| {
-            let mut v = [0u8; 20];
-            let full = shown.as_ref().unwrap_or(&r.from).len() as u32;
-            v[..4].copy_from_slice(&full.to_ne_bytes());
-            v[4..8].copy_from_slice(&(r.flags as u32).to_ne_bytes());
-            v[8..16].copy_from_slice(&(r.control_len as u64).to_ne_bytes());
-            v[16..].copy_from_slice(&(r.len as u32).to_ne_bytes());
-            v
-        })
-        .collect();
+    // The data: the first message whose data faults ends the batch.
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     let mut ends = Vec::with_capacity(received.len());
     let mut total = 0usize;
-    for (((m, r, data, control), shown), v) in received.iter().zip(shown).zip(&values) {
-        let first = pieces.len();
+    for (m, _, data, _) in received {
         let mut left: &[u8] = data;
         for range in &m.ranges {
             if left.is_empty() {
@@ -554,11 +632,60 @@ fn write_messages(
             }
             let (now, rest) = left.split_at(range.len.min(left.len()));
             pieces.push((range.addr, now));
+            total += now.len();
             left = rest;
         }
-        if !control.is_empty() {
-            pieces.push((m.header.control, control));
+        ends.push(total);
+    }
+    let mut whole = match mem::write_many(tid, &pieces) {
+        Ok(written) => ends.iter().take_while(|&&end| end <= written).count(),
+        Err(e) => return (0, Some(e)),
+    };
+    // The control messages, each on its own if one faults.
+    let mut control_written = vec![true; whole];
+    let controls: Vec<(usize, (u64, &[u8]))> = received[..whole]
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, _, _, control))| !control.is_empty())
+        .map(|(i, (m, _, _, control))| (i, (m.header.control, *control)))
+        .collect();
+    let mut from = 0;
+    while from < controls.len() {
+        let pieces: Vec<(u64, &[u8])> = controls[from..].iter().map(|&(_, p)| p).collect();
+        let written = mem::write_many(tid, &pieces).unwrap_or(0);
+        let mut sum = 0;
+        let done = pieces.iter().take_while(|(_, b)| {
+            sum += b.len();
+            sum <= written
+        });
+        let done = done.count();
+        if from + done == controls.len() {
+            break;
         }
+        control_written[controls[from + done].0] = false;
+        from += done + 1;
+    }
+    // The rest: address, its length, flags, control length, msg_len.
+    let values: Vec<[u8; 20]> = received[..whole]
+        .iter()
+        .zip(shown)
+        .zip(&control_written)
+        .map(|(((_, r, _, _), shown), &control)| {
+            let mut v = [0u8; 20];
+            let full = shown.as_ref().unwrap_or(&r.from).len() as u32;
+            let control_len = if control { r.control_len as u64 } else { 0 };
+            v[..4].copy_from_slice(&full.to_ne_bytes());
+            v[4..8].copy_from_slice(&(r.flags as u32).to_ne_bytes());
+            v[8..16].copy_from_slice(&control_len.to_ne_bytes());
+            v[16..].copy_from_slice(&(r.len as u32).to_ne_bytes());
+            v
+        })
+        .collect();
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    let mut ends = Vec::with_capacity(whole);
+    let mut total = 0usize;
+    for (((m, r, _, _), shown), v) in received.iter().zip(shown).zip(&values) {
+        let first = pieces.len();
         if m.header.name != 0 {
             let address = shown.as_ref().unwrap_or(&r.from).as_bytes();
             let copied = address.len().min(m.header.namelen.min(NAME_MAX) as usize);
@@ -575,26 +702,30 @@ fn write_messages(
         total += pieces[first..].iter().map(|(_, b)| b.len()).sum::<usize>();
         ends.push(total);
     }
+    let faulted = whole < received.len();
     match mem::write_many(tid, &pieces) {
         Ok(written) => {
-            let whole = ends.iter().take_while(|&&end| end <= written).count();
-            (whole, (whole < received.len()).then_some(Errno::EFAULT))
+            let rest = ends.iter().take_while(|&&end| end <= written).count();
+            let failed = faulted || rest < whole;
+            whole = rest;
+            (whole, failed.then_some(Errno::EFAULT))
         }
         Err(e) => (0, Some(e)),
     }
 }
 
-/// The destination each message names (`None` for none, or one the kernel would refuse:
-/// `msg_namelen` past a `sockaddr_storage`), read in one go; `messages` is cut at the
-/// first whose address faults (the kernel's `EFAULT` stops the batch there).
+/// The destination each message names (`None` for none), read in one go, as much of it
+/// as a `sockaddr_storage` holds (the kernel's cap); `messages` is cut at the first whose
+/// address faults (the kernel's `EFAULT` stops the batch there).
 fn read_names(tid: u32, messages: &mut Vec<Message>) -> Vec<Option<RawSockAddr>> {
-    let wanted = |h: &Header| h.name != 0 && (1..=NAME_MAX).contains(&h.namelen);
+    // The kernel reads at most a sockaddr_storage (copy_msghdr_from_user).
+    let wanted = |h: &Header| h.name != 0 && h.namelen > 0;
     let mut raw = vec![[0u8; NAME_MAX as usize]; messages.len()];
     let mut pieces: Vec<(u64, &mut [u8])> = messages
         .iter()
         .zip(raw.iter_mut())
         .filter(|(m, _)| wanted(&m.header))
-        .map(|(m, b)| (m.header.name, &mut b[..m.header.namelen as usize]))
+        .map(|(m, b)| (m.header.name, &mut b[..m.header.namelen.min(NAME_MAX) as usize]))
         .collect();
     let mut left = mem::read_many(tid, &mut pieces).unwrap_or(0);
     let mut names = Vec::with_capacity(messages.len());
@@ -603,7 +734,7 @@ fn read_names(tid: u32, messages: &mut Vec<Message>) -> Vec<Option<RawSockAddr>>
             names.push(None);
             continue;
         }
-        let len = m.header.namelen as usize;
+        let len = m.header.namelen.min(NAME_MAX) as usize;
         if left < len {
             break;
         }
@@ -663,11 +794,13 @@ mod tests {
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = 2;
         let tid = std::process::id();
-        let read = read_batch(tid, &raw const h as u64, 1, false);
+        let (read, stop) = read_batch(tid, &raw const h as u64, 1, false);
+        assert_eq!(stop, None);
         assert_eq!(read.len(), 1);
         assert_eq!((read[0].data_room(), read[0].control_room()), (30, 0));
         assert_eq!(read[0].ranges[1], Range { addr: b.as_ptr() as u64, len: 20 });
         h.msg_iovlen = UIO_MAXIOV + 1;
-        assert!(read_batch(tid, &raw const h as u64, 1, false).is_empty(), "too many iovecs: the kernel's EMSGSIZE");
+        let (read, stop) = read_batch(tid, &raw const h as u64, 1, false);
+        assert!(read.is_empty() && stop == Some(Errno::EMSGSIZE), "too many iovecs: the kernel's EMSGSIZE");
     }
 }
