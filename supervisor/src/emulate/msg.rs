@@ -210,7 +210,7 @@ impl Emulator<'_> {
         let sfd = socket.as_fd();
         let local = self.or_continue(n, udp_local(sfd))?;
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        if let Some(answered) = self.from_stash(n, sfd, &local, &messages, batch, c) {
+        if let Some(answered) = self.answer_from_stash(n, sfd, &local, &messages, batch, c) {
             return Ok(answered);
         }
         let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
@@ -272,7 +272,7 @@ impl Emulator<'_> {
     /// Answers from what is kept for this socket, first: an error a `recvmmsg` left for
     /// the next receive, or datagrams kept for an interrupted call or left after a fault.
     /// `None` when nothing is kept.
-    fn from_stash(
+    fn answer_from_stash(
         &self,
         n: &Notification,
         sfd: BorrowedFd<'_>,
