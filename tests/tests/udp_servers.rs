@@ -1,7 +1,8 @@
 //! Unmodified UDP servers that receive with `recvmsg` and answer with `sendmsg`, under
 //! `ipvsca-run --msg` in the lab's real-server namespace: Node.js `dgram`, nginx's `stream`
 //! module, dnsmasq (bound to the real server's address, and on the wildcard with
-//! `IP_PKTINFO`) and a static Go server using `ReadMsgUDP` and `WriteMsgUDP`. Three lab
+//! `IP_PKTINFO`), a static Go server using `ReadMsgUDP` and `WriteMsgUDP`, and a C server on
+//! `recvmmsg` and `sendmmsg` with `UDP_SEGMENT` (`tests/c/mmsg_echo.c`). Three lab
 //! clients each send a request to the VIP; each answer must come back from the VIP, which
 //! proves the server's `sendmsg` went to the balancer (the real server has no route to the
 //! clients), and the server must report each real client. Without `--msg` the four calls
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ipvsca_tests::lab::{Lab, RS, ToaOn, VIP, is_balancer};
 use ipvsca_tests::service::Service;
-use ipvsca_tests::{gobuild, need, netns};
+use ipvsca_tests::{cbuild, gobuild, need, netns};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -282,5 +283,25 @@ fn static_go_read_msg_udp_server_sees_each_client_with_msg() {
         assert!(peer.starts_with(&format!("{c}:")), "{c} was seen as {peer}");
         assert_eq!(local, RS.to_string(), "IP_PKTINFO's destination for {c}");
     }
+    assert_quiet(&server);
+}
+
+#[test]
+fn a_recvmmsg_and_sendmmsg_server_with_udp_segment_sees_each_client_with_msg() {
+    if !netns::can_run("a_recvmmsg_and_sendmmsg_server_with_udp_segment_sees_each_client_with_msg") {
+        return;
+    }
+    let echo = cbuild::build("mmsg_echo", &[]);
+    let lab = Lab::for_test(ToaOn::Syn, 254);
+    let dir = tempfile::tempdir().unwrap();
+    let server = lab.serve(&["--msg"], dir.path(), &format!("{} {PORT}", echo.display()));
+    let first = server.line(WAIT);
+    assert_eq!(first.as_deref(), Some("ready"), "mmsg_echo: {}", server.stderr_text());
+    // Each reply is the echo twice with UDP_SEGMENT at its length: the client's one read
+    // gets exactly its echo only if the kernel cut it in two.
+    each_echo_comes_back_from_the_vip(&lab, &server);
+    let seen = server.lines_until(3, WAIT, |_| true);
+    let want: Vec<String> = three(&lab).iter().map(|c| c.to_string()).collect();
+    assert_eq!(seen, want, "the server saw each client");
     assert_quiet(&server);
 }
