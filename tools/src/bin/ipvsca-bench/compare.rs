@@ -35,8 +35,8 @@ enum Mode {
         /// The msg family trapped (`ipvsca-run --msg`).
         msg: bool,
     },
-    /// Served by the daemon at this control socket.
-    Daemon(PathBuf),
+    /// Served by the daemon at this control socket (its launcher with `--msg` if `true`).
+    Daemon(PathBuf, bool),
     /// Under the floor program.
     Floor(PathBuf),
 }
@@ -88,9 +88,10 @@ fn run(mode: &Mode, workload: &[String]) -> Vec<String> {
             ]);
             c
         }
-        Mode::Daemon(socket) => {
+        Mode::Daemon(socket, msg) => {
             let mut c = Command::new(&me);
-            c.args(["--under", &format!("daemon:{}", socket.display())]);
+            let under = if *msg { "daemon-msg" } else { "daemon" };
+            c.args(["--under", &format!("{under}:{}", socket.display())]);
             c
         }
     };
@@ -229,7 +230,8 @@ fn compare_in(args: &[String], net: [u8; 2]) {
     if daemon.is_err() || floor.is_err() {
         println!();
     }
-    let daemon_row = daemon.as_ref().ok().map(|d| ("ipvsca supervise (daemon)", Mode::Daemon(d.socket())));
+    let daemon_row = daemon.as_ref().ok().map(|d| ("ipvsca supervise (daemon)", Mode::Daemon(d.socket(), false)));
+    let daemon_msg_row = daemon.as_ref().ok().map(|d| ("daemon (launcher --msg)", Mode::Daemon(d.socket(), true)));
     let floor_row = floor.as_ref().ok().map(|f| ("floor (C, 1 answering thread)", Mode::Floor(f.binary())));
     let rows = |ipvsca: &[(&'static str, Mode)]| -> Rows {
         [("native", Mode::Native)]
@@ -276,9 +278,13 @@ fn compare_in(args: &[String], net: [u8; 2]) {
         args
     });
 
-    // The msg family: only the embedded supervisor with --msg rewrites it (no floor; the
-    // daemon rows would need their launchers' --msg too).
-    let msg = || -> Rows { vec![("native", Mode::Native), ("ipvsca --msg", Mode::Embedded { pin: false, msg: true })] };
+    // The msg family, rewritten with --msg (no floor).
+    let msg = || -> Rows {
+        [("native", Mode::Native), ("ipvsca --msg", Mode::Embedded { pin: false, msg: true })]
+            .into_iter()
+            .chain(daemon_msg_row.clone())
+            .collect()
+    };
     let mut port_base = UDP_PORT as usize + rounds * count;
     for (kind, title) in [
         (
@@ -298,10 +304,10 @@ fn compare_in(args: &[String], net: [u8; 2]) {
         let base = port_base;
         measure.table(&title, Unit::PerSecond, &rows, |round, i, from| {
             let mut args = workload(kind, &datagrams_n, from);
-            args.extend(["--port".to_owned(), (base + round * 2 + i).to_string()]);
+            args.extend(["--port".to_owned(), (base + round * 3 + i).to_string()]);
             args
         });
-        port_base += rounds * 2;
+        port_base += rounds * 3;
     }
     let tcp_rows: Rows = vec![
         ("native", Mode::Native),

@@ -53,7 +53,9 @@ pub fn under(mode: &str, workload_args: &[String]) -> ! {
     let me = std::env::current_exe().unwrap();
     let mut argv: Vec<OsString> = vec![me.clone().into(), "--workload".into()];
     argv.extend(workload_args.iter().map(OsString::from));
-    let code = if let Some(socket) = mode.strip_prefix("daemon:") {
+    let daemon =
+        mode.strip_prefix("daemon:").map(|s| (s, false)).or(mode.strip_prefix("daemon-msg:").map(|s| (s, true)));
+    let code = if let Some((socket, msg)) = daemon {
         let control = PathBuf::from(socket);
         let mut connection = Connection::open(&control).unwrap_or_else(|e| panic!("{e}"));
         let (proto, flows) = mappings(workload_args);
@@ -62,7 +64,8 @@ pub fn under(mode: &str, workload_args: &[String]) -> ! {
             connection.request(&add, None).unwrap_or_else(|e| panic!("map add: {e}"));
         }
         drop(connection);
-        let daemon = DaemonSupervision { control, rules: Rules::default(), recvfrom_append: false, user: None };
+        let rules = Rules { msg: if msg { Msg::Trap } else { Msg::Pass }, ..Rules::default() };
+        let daemon = DaemonSupervision { control, rules, recvfrom_append: false, user: None };
         supervise_with_daemon(&me, &argv, daemon)
     } else {
         let table = Arc::new(MappingTable::default());
