@@ -76,6 +76,14 @@ pub(crate) struct Parked {
     deadline: Option<Instant>,
 }
 
+impl Parked {
+    /// Whether its socket has a receive timeout: natively such a call is never restarted
+    /// after a signal (signal(7)), it fails with `EINTR`.
+    pub fn has_timeout(&self) -> bool {
+        self.deadline.is_some()
+    }
+}
+
 #[derive(Debug)]
 struct Socket {
     copy: Arc<OwnedFd>,
@@ -419,7 +427,7 @@ impl Parker {
     /// calls are rare: an interrupted call goes when its thread makes its next call
     /// (`interrupted`), a process's when it exits; left are threads gone alone (another
     /// thread's `execve`) and threads that never call again.
-    pub fn sweep(&self, listener: &Listener) -> usize {
+    pub fn sweep(&self, listener: &Listener, restarts: &Restarts) -> usize {
         if self.len() == 0 && self.state().processes.is_empty() {
             return 0;
         }
@@ -438,7 +446,16 @@ impl Parker {
         };
         let gone: Vec<(u32, u64)> = ids.into_iter().filter(|&(_, id)| listener.id_valid(id).is_err()).collect();
         let mut state = self.state();
-        let dropped = gone.into_iter().filter(|&(tid, id)| self.take(&mut state, tid, Some(id)).is_some()).count();
+        let mut dropped = 0;
+        for (tid, id) in gone {
+            if let Some(old) = self.take(&mut state, tid, Some(id)) {
+                dropped += 1;
+                // Its restart, if it comes, fails as natively on a socket with a timeout.
+                if old.deadline.is_some() {
+                    restarts.keep(&old.job.n, Err(Errno::EINTR));
+                }
+            }
+        }
         let idle: Vec<u32> = state.processes.iter().filter(|(_, p)| p.calls == 0).map(|(&t, _)| t).collect();
         for tgid in idle {
             if let Some(p) = state.processes.remove(&tgid) {
