@@ -33,7 +33,8 @@ See also: ipvsca(1), ipvsca-stats(1), /usr/share/doc/ipvsca/README.md, and
 /// Run PROGRAM so that it sees real client addresses behind an LVS/DPVS FULLNAT balancer.
 ///
 /// PROGRAM runs under a seccomp filter that traps accept, accept4 (with an address buffer),
-/// getpeername, recvfrom and sendto (with an address) and connect. ipvsca-run answers them
+/// getpeername, recvfrom and sendto (with an address) and connect, and with --msg recvmsg,
+/// recvmmsg, sendmsg and sendmmsg. ipvsca-run answers them
 /// from a table it fills by capturing the balancer's TOA options and ICMP announcements:
 /// the balancer's address becomes the client's on the way in, and the client's becomes the
 /// balancer's on the way out. Environment, working directory, standard streams and

@@ -7,9 +7,10 @@
 //!   signals the launcher forwards, exits with the service's status when the last one is
 //!   gone, and kills them all if the launcher dies (see `keeper`);
 //! - the service, the keeper's child: takes `--user`'s credentials if given, sets
-//!   no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, tells the
-//!   keeper and then the launcher the listener's descriptor number, which each copies
-//!   (`pidfd_getfd`), waits for the launcher's go, and execs PROGRAM with environment,
+//!   no_new_privs, loads the filter with `SECCOMP_FILTER_FLAG_NEW_LISTENER`, hands the
+//!   listener to the keeper and then to the launcher (over their socket pairs, or under
+//!   `--msg` by its descriptor number, which each copies with `pidfd_getfd`: see
+//!   [`HandOver`]), waits for the launcher's go, and execs PROGRAM with environment,
 //!   working directory and standard streams untouched.
 //!
 //! Both forks happen while the launcher has a single thread. Owns this choreography.

@@ -356,9 +356,14 @@ impl SyscallTable {
         ] {
             by_number.insert((AUDIT_ARCH_I386, nr), s);
         }
-        for (nr, s) in
-            [(370, Syscall::SendMsg), (372, Syscall::RecvMsg), (337, Syscall::RecvMmsg), (345, Syscall::SendMmsg)]
-        {
+        // 417: recvmmsg_time64, i386 only.
+        for (nr, s) in [
+            (370, Syscall::SendMsg),
+            (372, Syscall::RecvMsg),
+            (337, Syscall::RecvMmsg),
+            (417, Syscall::RecvMmsg),
+            (345, Syscall::SendMmsg),
+        ] {
             other_abi.insert((AUDIT_ARCH_I386, nr), s);
         }
         let socketcall_i386 = ScmpSyscall::from_name_by_arch("socketcall", ScmpArch::X86)?.as_raw_syscall();
@@ -443,6 +448,7 @@ mod tests {
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [17, 0, 0, 0, 0, 0]), Decoded::OtherAbi(Syscall::RecvMsg));
         assert_eq!(t.decode(AUDIT_ARCH_I386, 372, [0; 6]), Decoded::OtherAbi(Syscall::RecvMsg));
+        assert_eq!(t.decode(AUDIT_ARCH_I386, 417, [0; 6]), Decoded::OtherAbi(Syscall::RecvMmsg), "recvmmsg_time64");
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub const ORPHAN_AGE: Duration = Duration::from_secs(1);
 /// A received datagram.
 #[derive(Debug, Clone)]
 pub struct Datagram {
-    /// The whole datagram (the supervisor always receives into a buffer that fits one).
+    /// The datagram: whole for a `recvfrom` (the supervisor receives into a buffer that fits
+    /// one), as far as the caller's buffers held it for the msg family.
     pub data: Vec<u8>,
     /// Its source, as the kernel gave it.
     pub from: RawSockAddr,
@@ -48,18 +49,11 @@ struct Kept<T> {
 }
 
 /// Connections and datagrams waiting for the next call on their socket.
-/// The most sockets with an error left for their next receive.
-const MAX_ERRORS: usize = 4096;
-
 #[derive(Debug, Default)]
 pub struct Stash {
     connections: Queues<(OwnedFd, RawSockAddr)>,
     datagrams: Queues<Datagram>,
     count: AtomicUsize,
-    /// Errors a `recvmmsg` left on a socket for its next receive (the kernel's `sk_err`),
-    /// by inode.
-    errors: Mutex<HashMap<u64, nix::errno::Errno>>,
-    any_error: std::sync::atomic::AtomicBool,
 }
 
 impl Stash {
@@ -75,36 +69,6 @@ impl Stash {
     /// True when nothing is kept: the hot path checks this before computing any key.
     pub fn is_empty(&self) -> bool {
         self.count.load(Ordering::Acquire) == 0
-    }
-
-    /// Leaves `error` on socket `inode` for its next receive, as the kernel does when a
-    /// `recvmmsg` fails after it received something (`do_recvmmsg`, `sk_err`).
-    pub fn put_error(&self, inode: u64, error: nix::errno::Errno) {
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a service that leaves errors on more sockets loses the oldest ones.
-        if errors.len() >= MAX_ERRORS {
-            errors.clear();
-        }
-        errors.insert(inode, error);
-        self.any_error.store(true, Ordering::Release);
-    }
-
-    /// Whether any socket has an error left (cheap: checked before every receive).
-    pub fn has_errors(&self) -> bool {
-        self.any_error.load(Ordering::Acquire)
-    }
-
-    /// The error left on socket `inode`, taken (a receive reports it once).
-    pub fn take_error(&self, inode: u64) -> Option<nix::errno::Errno> {
-        if !self.any_error.load(Ordering::Acquire) {
-            return None;
-        }
-        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-        let error = errors.remove(&inode);
-        if errors.is_empty() {
-            self.any_error.store(false, Ordering::Release);
-        }
-        error
     }
 
     /// Keeps a connection accepted on listener `inode` of process `owner`.

@@ -248,6 +248,18 @@ pub fn thread_group(tid: u32) -> Result<u32, Errno> {
     status.lines().find_map(|l| l.strip_prefix("Tgid:")).and_then(|v| v.trim().parse().ok()).ok_or(Errno::ESRCH)
 }
 
+/// Whether thread `tid` holds `CAP_NET_RAW` or `CAP_NET_ADMIN` (`CapEff` in
+/// `/proc/<tid>/status`): what the kernel asks of a sender for some control messages. No on
+/// any failure to tell.
+pub fn has_net_capability(tid: u32) -> bool {
+    const NET_ADMIN: u64 = 1 << 12;
+    const NET_RAW: u64 = 1 << 13;
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return false };
+    let effective =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    effective.is_some_and(|caps| caps & (NET_ADMIN | NET_RAW) != 0)
+}
+
 /// `Ok` if `copy` is the file thread `tid`'s descriptor `fd` names; `EXDEV` if another,
 /// `EBADF` if the thread has no such descriptor.
 fn same_file_as(tid: u32, fd: RawFd, copy: &OwnedFd) -> Result<(), Errno> {

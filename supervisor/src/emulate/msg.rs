@@ -43,6 +43,9 @@ const MESSAGE_MAX: usize = 1 << 17;
 const CONTROL_MAX: usize = 1 << 16;
 /// The most data one batch call gets at once; a larger batch is received or sent in parts.
 const BATCH_MAX: usize = 8 << 20;
+/// The most iovecs one call's messages may have in all (the kernel allows 1,024 messages of
+/// 1,024): past it a batch is handled in part.
+const IOVECS_MAX: usize = 4096;
 /// `sizeof(struct sockaddr_storage)`: the longest `msg_namelen` the kernel keeps.
 const NAME_MAX: u32 = 128;
 
@@ -128,16 +131,26 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, O
     let whole = mem::read_many(tid, &mut pieces).unwrap_or(0) / MSGHDR as usize;
     let mut stop = (whole < count).then_some(Errno::EFAULT);
     let mut headers = Vec::with_capacity(whole);
+    let mut iovecs_total = 0usize;
     for h in raw[..whole].iter().map(Header::parse) {
-        let refused = if h.iovlen as usize > UIO_MAXIOV {
-            Some(Errno::EMSGSIZE)
-        } else if (h.namelen as i32) < 0 {
+        // The kernel's order (copy_msghdr_from_user): a negative msg_namelen first (a NULL
+        // msg_name has none), then the iovec count.
+        let refused = if h.name != 0 && (h.namelen as i32) < 0 {
             Some(Errno::EINVAL)
+        } else if h.iovlen as usize > UIO_MAXIOV {
+            Some(Errno::EMSGSIZE)
         } else {
             None
         };
         if refused.is_some() {
             stop = refused;
+            break;
+        }
+        // Bounded: past IOVECS_MAX iovecs in all, the batch is handled in part (recvmmsg and
+        // sendmmsg may do fewer messages than asked).
+        iovecs_total += h.iovlen as usize;
+        if !headers.is_empty() && iovecs_total > IOVECS_MAX {
+            stop = None;
             break;
         }
         headers.push(h);
@@ -147,7 +160,10 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, O
         headers.iter().zip(iovecs.iter_mut()).map(|(h, b)| (h.iov, &mut b[..])).collect();
     let mut left = mem::read_many(tid, &mut pieces).unwrap_or(0);
     let mut messages = Vec::with_capacity(headers.len());
-    for (i, (header, bytes)) in headers.into_iter().zip(&iovecs).enumerate() {
+    for (i, (mut header, bytes)) in headers.into_iter().zip(&iovecs).enumerate() {
+        if header.name == 0 {
+            header.namelen = 0;
+        }
         if left < bytes.len() {
             return (messages, Some(Errno::EFAULT));
         }
@@ -197,7 +213,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
-        let (messages, stop) = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let (messages, _) = read_batch(n.tid, c.msgvec, c.vlen, batch);
         // Nothing asks for an address, or the first message is refused: the kernel's call.
         if messages.iter().all(|m| m.header.name == 0) {
             return Ok(self.cont(n));
@@ -231,7 +247,6 @@ impl Emulator<'_> {
             })
             .count()
             .max(1);
-        let whole_batch = take == messages.len();
         let messages = &messages[..take];
         let recv_flags = (c.flags & !libc::MSG_CMSG_CLOEXEC) | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
         let waits = BUFFERS.with_borrow_mut(|(data, control)| {
@@ -247,17 +262,18 @@ impl Emulator<'_> {
             if blocking && !place.may_block() && got.as_ref().is_err_and(|e| *e == Errno::EAGAIN) {
                 return Ok(true);
             }
-            let received = self.or_fail(n, got)?;
+            let mut received = self.or_fail(n, got)?;
+            // The kernel reports the caller's MSG_CMSG_CLOEXEC back in msg_flags.
+            for r in &mut received {
+                r.flags |= c.flags & libc::MSG_CMSG_CLOEXEC;
+            }
             let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
                 .iter()
                 .zip(&received)
                 .zip(slots.iter())
                 .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
                 .collect();
-            // The kernel goes on to the message it refuses once it received all before it,
-            // and leaves its error for the next receive.
-            let refused = stop.filter(|_| batch && whole_batch && received.len() == messages.len());
-            self.deliver_messages(n, sfd, &local, &filled, (batch, refused), timeout, c)?;
+            self.deliver_messages(n, sfd, &local, &filled, batch, timeout, c)?;
             Ok(false)
         })?;
         if !waits {
@@ -269,9 +285,8 @@ impl Emulator<'_> {
         Ok(self.park(socket, libc::SO_RCVTIMEO))
     }
 
-    /// Answers from what is kept for this socket, first: an error a `recvmmsg` left for
-    /// the next receive, or datagrams kept for an interrupted call or left after a fault.
-    /// `None` when nothing is kept.
+    /// Answers from the datagrams kept for this socket (taken for a call a signal
+    /// interrupted), first. `None` when nothing is kept.
     fn answer_from_stash(
         &self,
         n: &Notification,
@@ -281,13 +296,10 @@ impl Emulator<'_> {
         batch: bool,
         c: Mmsg,
     ) -> Option<Handled> {
-        let inode = net::inode(sfd).ok()?;
-        if let Some(e) = self.stash.take_error(inode) {
-            return Some(self.reply_error(n, e));
-        }
         if self.stash.is_empty() {
             return None;
         }
+        let inode = net::inode(sfd).ok()?;
         let peek = c.flags & libc::MSG_PEEK != 0;
         let mut kept = Vec::new();
         while kept.len() < messages.len() {
@@ -322,7 +334,7 @@ impl Emulator<'_> {
             .zip(&kept)
             .map(|((m, r), d)| (m, r, &d.data[..d.data.len().min(m.data_room())], &d.control[..r.control_len]))
             .collect();
-        Some(self.deliver_messages(n, sfd, local, &filled, (batch, None), None, c).err().unwrap_or(Handled::Done))
+        Some(self.deliver_messages(n, sfd, local, &filled, batch, None, c).err().unwrap_or(Handled::Done))
     }
 
     /// Leaves each received message in the caller's memory, in the kernel's order, and
@@ -334,7 +346,7 @@ impl Emulator<'_> {
         socket: BorrowedFd<'_>,
         local: &RawSockAddr,
         received: &[(&Message, &Received, &[u8], &[u8])],
-        (batch, refused): (bool, Option<Errno>),
+        batch: bool,
         timeout: Option<libc::timespec>,
         c: Mmsg,
     ) -> Step<()> {
@@ -346,28 +358,23 @@ impl Emulator<'_> {
             self.keep_messages(n, socket, received, c.flags);
             return Err(Handled::Done);
         }
+        // Where a message faults, the kernel drops its datagram, leaves the later ones
+        // queued and keeps its error for the socket's next receive; here the later ones,
+        // already received, are dropped too, and no error is kept (docs/design.md, The msg
+        // family).
         let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch);
-        if let Ok(inode) = net::inode(socket) {
-            if delivered < received.len() {
-                // The message the kernel faulted on is gone; those after it it would have
-                // left queued; after one was received, its EFAULT waits for the next
-                // receive (do_recvmmsg).
-                self.keep_messages(n, socket, &received[delivered + 1..], c.flags);
-                if delivered > 0 {
-                    self.stash.put_error(inode, Errno::EFAULT);
-                }
-            } else if let Some(e) = refused {
-                self.stash.put_error(inode, e);
-            }
-        }
-        // recvmmsg writes the time left back, once it received something.
+        // recvmmsg writes the time left back, once it received something; if it cannot, the
+        // call fails with EFAULT, whatever it received.
+        let mut timeout_failed = None;
         if let (Some(t), true) = (timeout, delivered > 0) {
             let bytes = timespec_bytes(&t);
             if let Err(e) = mem::write_pieces(n.tid, [(c.timeout, &bytes[..])]) {
+                timeout_failed = Some(e);
                 failed.get_or_insert(e);
             }
         }
         let answer = match (batch, failed) {
+            _ if timeout_failed.is_some() => Err(Errno::EFAULT),
             (_, Some(e)) if delivered == 0 => Err(e),
             (true, _) => Ok(delivered as i64),
             (false, _) => Ok(received[0].1.len as i64),
@@ -390,9 +397,8 @@ impl Emulator<'_> {
         Ok(())
     }
 
-    /// Keeps what was received for a call that did not take it (interrupted by a signal
-    /// after the supervisor received it, or after a message that faulted) for the next
-    /// receive on the socket.
+    /// Keeps what was received for a call a signal interrupted after the supervisor received
+    /// it, for the next receive on the socket (as far as the caller's buffers held it).
     fn keep_messages(
         &self,
         n: &Notification,
@@ -454,6 +460,11 @@ impl Emulator<'_> {
             .collect();
         if rewritten == 0 {
             return Ok(self.cont(n));
+        }
+        // A zero-copy send would pin the supervisor's buffer, which its next call reuses: the
+        // kernel's answer when it cannot do zero copy, on which programs fall back to copying.
+        if c.flags & libc::MSG_ZEROCOPY != 0 {
+            return Ok(self.reply_error(n, Errno::ENOBUFS));
         }
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
         let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
@@ -553,10 +564,22 @@ impl Emulator<'_> {
             Err(e) => return Ok(Err(e)),
         };
         drop(pieces);
-        let whole = ends.iter().take_while(|&&end| end <= read).count();
+        let mut whole = ends.iter().take_while(|&&end| end <= read).count();
         if whole == 0 {
             return Ok(Err(Errno::EFAULT));
         }
+        // Control messages the kernel allows only with CAP_NET_RAW or CAP_NET_ADMIN are
+        // judged by the caller's capabilities, not the supervisor's.
+        if let Some(first) = buffers[..whole].iter().position(|(_, k)| privileged_control(k)) {
+            if !crate::target::has_net_capability(n.tid) {
+                if first == 0 {
+                    return Ok(Err(Errno::EPERM));
+                }
+                whole = first;
+            }
+        }
+        // Still the caller's call: what was read came from it, and it is sent once.
+        self.pending(n)?;
         let outgoing: Vec<Outgoing<'_>> = buffers
             .iter()
             .zip(destinations)
@@ -583,6 +606,38 @@ impl Emulator<'_> {
         let _ = mem::write_many(n.tid, &pieces);
         Ok(Ok(lens.len() as i64))
     }
+}
+
+/// Whether `control` (a message's control messages, x86-64 layout) holds one the kernel
+/// allows only with `CAP_NET_RAW` or `CAP_NET_ADMIN`: `SO_MARK`, `SO_PRIORITY` above 6,
+/// IPv4 options, IPv6 hop-by-hop and destination options.
+fn privileged_control(control: &[u8]) -> bool {
+    const HEADER: usize = 16;
+    let mut at = 0;
+    while at + HEADER <= control.len() {
+        let len = u64::from_ne_bytes(control[at..at + 8].try_into().expect("8 bytes")) as usize;
+        let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().expect("4 bytes"));
+        let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().expect("4 bytes"));
+        if len < HEADER || at + len > control.len() {
+            return false;
+        }
+        let data = &control[at + HEADER..at + len];
+        let gated = match (level, kind) {
+            (libc::SOL_SOCKET, libc::SO_MARK) => true,
+            (libc::SOL_SOCKET, libc::SO_PRIORITY) => {
+                data.get(..4).is_some_and(|v| u32::from_ne_bytes(v.try_into().expect("4 bytes")) > 6)
+            }
+            (libc::SOL_IP, libc::IP_RETOPTS) => true,
+            (libc::SOL_IPV6, libc::IPV6_HOPOPTS | libc::IPV6_DSTOPTS | libc::IPV6_RTHDRDSTOPTS) => true,
+            (libc::SOL_IPV6, 3 | 4) => true, // IPV6_2292HOPOPTS, IPV6_2292DSTOPTS
+            _ => false,
+        };
+        if gated {
+            return true;
+        }
+        at += (len + 7) & !7;
+    }
+    false
 }
 
 /// The data and control buffers for `messages`, cut from `data` and `control` (grown to
@@ -779,6 +834,29 @@ mod tests {
         assert_eq!(h, Header { name: 0x1000, namelen: 16, iov: 0x2000, iovlen: 2, control: 0x3000, controllen: 64 });
         assert_eq!(std::mem::size_of::<libc::msghdr>() as u64, MSGHDR);
         assert_eq!(std::mem::size_of::<libc::mmsghdr>() as u64, MMSGHDR);
+    }
+
+    /// One control message of `level`/`kind` with a 4-byte value, x86-64 layout.
+    fn cmsg(level: i32, kind: i32, value: u32) -> Vec<u8> {
+        let mut c = Vec::new();
+        c.extend_from_slice(&20u64.to_ne_bytes());
+        c.extend_from_slice(&level.to_ne_bytes());
+        c.extend_from_slice(&kind.to_ne_bytes());
+        c.extend_from_slice(&value.to_ne_bytes());
+        c.extend_from_slice(&[0; 4]);
+        c
+    }
+
+    #[test]
+    fn privileged_control_messages_are_told_apart() {
+        let pktinfo = cmsg(libc::SOL_IP, libc::IP_PKTINFO, 0);
+        assert!(!privileged_control(&pktinfo));
+        assert!(!privileged_control(&cmsg(libc::SOL_SOCKET, libc::SO_PRIORITY, 6)));
+        assert!(privileged_control(&cmsg(libc::SOL_SOCKET, libc::SO_PRIORITY, 7)));
+        let mark_second = [pktinfo.clone(), cmsg(libc::SOL_SOCKET, libc::SO_MARK, 42)].concat();
+        assert!(privileged_control(&mark_second), "a mark after another message");
+        assert!(privileged_control(&cmsg(libc::SOL_IPV6, libc::IPV6_HOPOPTS, 0)));
+        assert!(!privileged_control(&pktinfo[..10]), "too short to hold a header");
     }
 
     #[test]

@@ -261,12 +261,6 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        // An error a recvmmsg left on the socket comes first (`msg`).
-        if self.stash.has_errors() {
-            if let Some(e) = net::inode(sfd).ok().and_then(|inode| self.stash.take_error(inode)) {
-                return Ok(self.reply_error(n, e));
-            }
-        }
         // A parked call started blocking, whatever the socket's flags say now.
         let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
         let peek = c.flags & libc::MSG_PEEK != 0;
