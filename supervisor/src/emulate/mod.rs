@@ -304,7 +304,7 @@ impl Emulator<'_> {
 /// may return natively.
 pub(crate) fn resource_errno(syscall: Syscall) -> Errno {
     match syscall {
-        Syscall::RecvFrom => Errno::ENOMEM,
+        Syscall::RecvFrom | Syscall::RecvMsg | Syscall::RecvMmsg => Errno::ENOMEM,
         _ => Errno::ENOBUFS,
     }
 }
