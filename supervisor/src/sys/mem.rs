@@ -69,38 +69,13 @@ const IOV_MAX: usize = 1024;
 /// calls as `IOV_MAX` allows: how many bytes were read before the first piece that faults
 /// (no piece is read in part), all of them if none does.
 pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Errno> {
-    let mut done = 0;
-    for chunk in pieces.chunks_mut(IOV_MAX) {
-        let wanted: usize = chunk.iter().map(|(_, b)| b.len()).sum();
-        let local: Vec<libc::iovec> =
-            chunk.iter_mut().map(|(_, b)| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
-        let remote: Vec<libc::iovec> =
-            chunk.iter().map(|(a, b)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: b.len() }).collect();
-        // SAFETY: each local iovec describes a buffer of `pieces`, writable for its length
-        // and alive for the call; the remote ranges are checked by the kernel against the
-        // target's mappings.
-        let n = check(unsafe {
-            libc::process_vm_readv(
-                tid as libc::pid_t,
-                local.as_ptr(),
-                local.len() as libc::c_ulong,
-                remote.as_ptr(),
-                remote.len() as libc::c_ulong,
-                0,
-            )
-        } as libc::c_long);
-        let n = match n {
-            Ok(n) => n as usize,
-            // The first piece faults.
-            Err(e) if efault_unless_gone(e) == Errno::EFAULT => 0,
-            Err(e) => return Err(e),
-        };
-        done += n;
-        if n < wanted {
-            break;
-        }
-    }
-    Ok(done)
+    let local: Vec<libc::iovec> =
+        pieces.iter_mut().map(|(_, b)| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    let remote: Vec<libc::iovec> =
+        pieces.iter().map(|(a, b)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: b.len() }).collect();
+    // SAFETY: each local iovec describes a buffer of `pieces`, writable for its length and
+    // alive (borrowed mutably) for the call.
+    unsafe { transfer(tid, &local, &remote, libc::process_vm_readv) }
 }
 
 /// Writes each piece `(addr, data)` into thread `tid`, in order, in as few calls as
@@ -108,20 +83,41 @@ pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Err
 /// piece is written in part; the pieces after it are not written), all of them if none
 /// does. What a series of `copy_to_user` would leave.
 pub fn write_many(tid: u32, pieces: &[(u64, &[u8])]) -> Result<usize, Errno> {
+    let local: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
+        .collect();
+    let remote: Vec<libc::iovec> =
+        pieces.iter().map(|(a, d)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: d.len() }).collect();
+    // SAFETY: each local iovec describes a slice of `pieces`, readable for its length and
+    // alive for the call; process_vm_writev only reads it.
+    unsafe { transfer(tid, &local, &remote, libc::process_vm_writev) }
+}
+
+type VmCall = unsafe extern "C" fn(
+    libc::pid_t,
+    *const libc::iovec,
+    libc::c_ulong,
+    *const libc::iovec,
+    libc::c_ulong,
+    libc::c_ulong,
+) -> libc::ssize_t;
+
+/// `call` (`process_vm_readv` or `process_vm_writev`) over the pairs of `local` and
+/// `remote` iovecs, `IOV_MAX` at a time, stopping at the first pair that faults: the bytes
+/// moved before it.
+///
+/// # Safety
+/// Each local iovec must describe memory valid for `call` (writable for a read) for its
+/// length, for the duration of the call.
+unsafe fn transfer(tid: u32, local: &[libc::iovec], remote: &[libc::iovec], call: VmCall) -> Result<usize, Errno> {
     let mut done = 0;
-    for chunk in pieces.chunks(IOV_MAX) {
-        let wanted: usize = chunk.iter().map(|(_, d)| d.len()).sum();
-        let local: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|(_, d)| libc::iovec { iov_base: d.as_ptr() as *mut libc::c_void, iov_len: d.len() })
-            .collect();
-        let remote: Vec<libc::iovec> =
-            chunk.iter().map(|(a, d)| libc::iovec { iov_base: *a as *mut libc::c_void, iov_len: d.len() }).collect();
-        // SAFETY: each local iovec describes a slice of `pieces`, readable for its length
-        // (the kernel only reads it); the remote ranges are checked by the kernel against
-        // the target's mappings.
+    for (local, remote) in local.chunks(IOV_MAX).zip(remote.chunks(IOV_MAX)) {
+        let wanted: usize = local.iter().map(|v| v.iov_len).sum();
+        // SAFETY: the caller vouches for the local iovecs; the remote ranges are checked by
+        // the kernel against the target's mappings.
         let n = check(unsafe {
-            libc::process_vm_writev(
+            call(
                 tid as libc::pid_t,
                 local.as_ptr(),
                 local.len() as libc::c_ulong,
@@ -132,6 +128,7 @@ pub fn write_many(tid: u32, pieces: &[(u64, &[u8])]) -> Result<usize, Errno> {
         } as libc::c_long);
         let n = match n {
             Ok(n) => n as usize,
+            // The first pair faults.
             Err(e) if efault_unless_gone(e) == Errno::EFAULT => 0,
             Err(e) => return Err(e),
         };
