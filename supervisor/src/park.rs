@@ -76,14 +76,6 @@ pub(crate) struct Parked {
     deadline: Option<Instant>,
 }
 
-impl Parked {
-    /// Whether its socket has a receive timeout: natively such a call is never restarted
-    /// after a signal (signal(7)), it fails with `EINTR`.
-    pub fn has_timeout(&self) -> bool {
-        self.deadline.is_some()
-    }
-}
-
 #[derive(Debug)]
 struct Socket {
     copy: Arc<OwnedFd>,
@@ -286,7 +278,18 @@ impl Parker {
 
     /// The next call waiting on socket `inode`, taken out to be tried, and the socket's
     /// copy; `None` when no call waits (the socket is then forgotten).
-    pub fn next(&self, inode: u64) -> Option<(Arc<OwnedFd>, Parked)> {
+    ///
+    /// A call whose caller was interrupted (a signal, a freezer) is dropped on the way; on
+    /// a socket with a timeout its restart is to fail with `EINTR`, as natively, even if
+    /// what it waited for came meanwhile: kept in `restarts`, under the lock that
+    /// [`Parker::interrupted`] takes, so that a restart arriving meanwhile finds it.
+    /// `interrupted` says whether a call's notification is gone (`NOTIF_ID_VALID` fails).
+    pub fn next(
+        &self,
+        inode: u64,
+        interrupted: impl Fn(u64) -> bool,
+        restarts: &Restarts,
+    ) -> Option<(Arc<OwnedFd>, Parked)> {
         let mut state = self.state();
         loop {
             let socket = state.sockets.get_mut(&inode)?;
@@ -296,9 +299,14 @@ impl Parker {
                 return None;
             };
             let copy = socket.copy.clone();
-            if let Some(parked) = self.take(&mut state, tid, Some(id)) {
-                return Some((copy, parked));
+            let Some(parked) = self.take(&mut state, tid, Some(id)) else { continue };
+            if interrupted(id) {
+                if parked.deadline.is_some() {
+                    restarts.keep(&parked.job.n, Err(Errno::EINTR));
+                }
+                continue;
             }
+            return Some((copy, parked));
         }
     }
 
@@ -528,15 +536,15 @@ mod tests {
         }
         assert_eq!(parker.len(), 3);
         assert_eq!(parker.state().sockets.len(), 1, "one copy for the socket");
-        let (copy, first) = parker.next(inode).unwrap();
+        let (copy, first) = parker.next(inode, |_| false, &Restarts::default()).unwrap();
         assert_eq!(first.job.n.id, 1);
-        let (_, second) = parker.next(inode).unwrap();
+        let (_, second) = parker.next(inode, |_| false, &Restarts::default()).unwrap();
         assert_eq!(second.job.n.id, 2);
         // Tried, found nothing: back first.
         parker.repark(copy, second).unwrap();
-        assert_eq!(parker.next(inode).unwrap().1.job.n.id, 2);
-        assert_eq!(parker.next(inode).unwrap().1.job.n.id, 3);
-        assert!(parker.next(inode).is_none());
+        assert_eq!(parker.next(inode, |_| false, &Restarts::default()).unwrap().1.job.n.id, 2);
+        assert_eq!(parker.next(inode, |_| false, &Restarts::default()).unwrap().1.job.n.id, 3);
+        assert!(parker.next(inode, |_| false, &Restarts::default()).is_none());
         assert!(parker.state().sockets.is_empty(), "the copy is closed once nobody waits");
         assert_eq!(parker.len(), 0);
     }
@@ -555,7 +563,7 @@ mod tests {
         assert_eq!(parker.len(), 0);
         assert_eq!(restarts.take(&job(tids[0], 3).n, 6), Some(Err(Errno::EINTR)), "SO_RCVTIMEO: no restart");
         assert_eq!(restarts.take(&job(tids[1], 4).n, 6), None, "restarted as the kernel would");
-        assert!(parker.next(inode).is_none(), "their queue entries are skipped");
+        assert!(parker.next(inode, |_| false, &Restarts::default()).is_none(), "their queue entries are skipped");
     }
 
     #[test]
@@ -614,7 +622,7 @@ mod tests {
         parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)]);
         // Tried; meanwhile its thread was interrupted and parked its restart.
-        let (copy, first) = parker.next(inode).unwrap();
+        let (copy, first) = parker.next(inode, |_| false, &Restarts::default()).unwrap();
         parker.interrupted(tids[0], &Restarts::default());
         parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
         parker.repark(copy, first).unwrap();

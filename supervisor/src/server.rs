@@ -451,16 +451,9 @@ fn serve_parked(shared: &Arc<Shared>) {
 
 /// Tries the calls parked on socket `inode`, oldest first, until one has to wait again.
 fn serve_socket(shared: &Arc<Shared>, inode: u64) {
-    while let Some((copy, parked)) = shared.parker.next(inode) {
-        // Its caller was interrupted (a signal, a freezer) and will make the call again: on
-        // a socket with a timeout that restart must fail with EINTR, as natively, even if
-        // what it waited for came meanwhile.
-        if shared.listener.id_valid(parked.job.n.id).is_err() {
-            if parked.has_timeout() {
-                shared.restarts.keep(&parked.job.n, Err(Errno::EINTR));
-            }
-            continue;
-        }
+    while let Some((copy, parked)) =
+        shared.parker.next(inode, |id| shared.listener.id_valid(id).is_err(), &shared.restarts)
+    {
         let mut emulator = shared.emulator();
         emulator.kept = Some(copy.as_fd());
         match emulator.handle(&parked.job.n, &parked.job.call, Place::Ready) {

@@ -249,11 +249,19 @@ pub fn thread_group(tid: u32) -> Result<u32, Errno> {
 }
 
 /// Whether thread `tid` holds `CAP_NET_RAW` or `CAP_NET_ADMIN` (`CapEff` in
-/// `/proc/<tid>/status`): what the kernel asks of a sender for some control messages. No on
-/// any failure to tell.
+/// `/proc/<tid>/status`, in the supervisor's user namespace): what the kernel asks of a
+/// sender for some control messages. No on any failure to tell, or for a thread in another
+/// user namespace.
 pub fn has_net_capability(tid: u32) -> bool {
     const NET_ADMIN: u64 = 1 << 12;
     const NET_RAW: u64 = 1 << 13;
+    // Capabilities held in a user namespace of its own are not the network's.
+    let ns = |path: String| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    if ns(format!("/proc/{tid}/ns/user")).is_none()
+        || ns(format!("/proc/{tid}/ns/user")) != ns("/proc/self/ns/user".into())
+    {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else { return false };
     let effective =
         status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|v| u64::from_str_radix(v.trim(), 16).ok());

@@ -120,37 +120,26 @@ impl Message {
 
 /// Reads up to `count` messages whose `msghdr`s start at `at`, `stride` bytes apart, with
 /// their iovecs, in two reads of the caller's memory; stops at the first the kernel would
-/// refuse before receiving or sending it, as the kernel stops there too, and says why (a bad
-/// pointer `EFAULT`, too many iovecs `EMSGSIZE`, a length past `SSIZE_MAX` or a negative
-/// `msg_namelen` `EINVAL`).
-fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, Option<Errno>) {
+/// refuse before receiving or sending it (a bad pointer, too many iovecs, a length past
+/// `SSIZE_MAX`, a negative `msg_namelen`), as the kernel stops there too.
+fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
     let count = (count as usize).min(UIO_MAXIOV);
     let mut raw = vec![[0u8; MSGHDR as usize]; count];
     let mut pieces: Vec<(u64, &mut [u8])> =
         raw.iter_mut().enumerate().map(|(i, b)| (at + i as u64 * stride, &mut b[..])).collect();
     let whole = mem::read_many(tid, &mut pieces).unwrap_or(0) / MSGHDR as usize;
-    let mut stop = (whole < count).then_some(Errno::EFAULT);
     let mut headers = Vec::with_capacity(whole);
     let mut iovecs_total = 0usize;
     for h in raw[..whole].iter().map(Header::parse) {
         // The kernel's order (copy_msghdr_from_user): a negative msg_namelen first (a NULL
         // msg_name has none), then the iovec count.
-        let refused = if h.name != 0 && (h.namelen as i32) < 0 {
-            Some(Errno::EINVAL)
-        } else if h.iovlen as usize > UIO_MAXIOV {
-            Some(Errno::EMSGSIZE)
-        } else {
-            None
-        };
-        if refused.is_some() {
-            stop = refused;
+        if (h.name != 0 && (h.namelen as i32) < 0) || h.iovlen as usize > UIO_MAXIOV {
             break;
         }
         // Bounded: past IOVECS_MAX iovecs in all, the batch is handled in part (recvmmsg and
         // sendmmsg may do fewer messages than asked).
         iovecs_total += h.iovlen as usize;
         if !headers.is_empty() && iovecs_total > IOVECS_MAX {
-            stop = None;
             break;
         }
         headers.push(h);
@@ -165,7 +154,7 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, O
             header.namelen = 0;
         }
         if left < bytes.len() {
-            return (messages, Some(Errno::EFAULT));
+            break;
         }
         left -= bytes.len();
         let mut ranges = Vec::with_capacity(bytes.len() / 16);
@@ -174,18 +163,18 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, O
             let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
             // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
             if len > isize::MAX as u64 {
-                return (messages, Some(Errno::EINVAL));
+                return messages;
             }
             ranges.push(Range { addr, len: len as usize });
         }
         messages.push(Message { at: at + i as u64 * stride, header, ranges });
     }
-    (messages, stop)
+    messages
 }
 
 /// Reads up to `vlen` messages of a batch at `msgvec` (`recvmmsg`, `sendmmsg`), or the one
 /// message at `msgvec` (`recvmsg`, `sendmsg`).
-fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> (Vec<Message>, Option<Errno>) {
+fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> Vec<Message> {
     if batch { read_messages(tid, msgvec, vlen, MMSGHDR) } else { read_messages(tid, msgvec, 1, MSGHDR) }
 }
 
@@ -213,7 +202,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
-        let (messages, _) = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
         // Nothing asks for an address, or the first message is refused: the kernel's call.
         if messages.iter().all(|m| m.header.name == 0) {
             return Ok(self.cont(n));
@@ -262,11 +251,7 @@ impl Emulator<'_> {
             if blocking && !place.may_block() && got.as_ref().is_err_and(|e| *e == Errno::EAGAIN) {
                 return Ok(true);
             }
-            let mut received = self.or_fail(n, got)?;
-            // The kernel reports the caller's MSG_CMSG_CLOEXEC back in msg_flags.
-            for r in &mut received {
-                r.flags |= c.flags & libc::MSG_CMSG_CLOEXEC;
-            }
+            let received = self.or_fail(n, got)?;
             let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
                 .iter()
                 .zip(&received)
@@ -362,7 +347,8 @@ impl Emulator<'_> {
         // queued and keeps its error for the socket's next receive; here the later ones,
         // already received, are dropped too, and no error is kept (docs/design.md, The msg
         // family).
-        let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch);
+        let cloexec = c.flags & libc::MSG_CMSG_CLOEXEC;
+        let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch, cloexec);
         // recvmmsg writes the time left back, once it received something; if it cannot, the
         // call fails with EFAULT, whatever it received.
         let mut timeout_failed = None;
@@ -433,7 +419,7 @@ impl Emulator<'_> {
         if c.vlen == 0 {
             return Ok(self.cont(n));
         }
-        let (mut messages, _) = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let mut messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
         let names = read_names(n.tid, &mut messages);
         // No destination is an inet address: nothing to rewrite.
         if names.iter().all(|d| d.as_ref().and_then(sockaddr::user_inet).is_none()) {
@@ -461,14 +447,17 @@ impl Emulator<'_> {
         if rewritten == 0 {
             return Ok(self.cont(n));
         }
-        // A zero-copy send would pin the supervisor's buffer, which its next call reuses: the
-        // kernel's answer when it cannot do zero copy, on which programs fall back to copying.
-        if c.flags & libc::MSG_ZEROCOPY != 0 {
+        // A zero-copy send (on a socket with SO_ZEROCOPY; elsewhere the kernel ignores the
+        // flag) would pin the supervisor's buffer, which its next call reuses: the kernel's
+        // answer when it cannot do zero copy, on which programs fall back to copying.
+        if c.flags & libc::MSG_ZEROCOPY != 0 && net::sockopt_int(sfd, libc::SOL_SOCKET, libc::SO_ZEROCOPY) == Ok(1) {
             return Ok(self.reply_error(n, Errno::ENOBUFS));
         }
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
         let blocking = c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0;
-        let send_flags = c.flags | libc::MSG_NOSIGNAL | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
+        let send_flags = (c.flags & !libc::MSG_ZEROCOPY)
+            | libc::MSG_NOSIGNAL
+            | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
         let result = BUFFERS.with_borrow_mut(|(data, control)| {
             self.send_messages(n, sfd, &messages, &destinations, (data, control), send_flags, place, batch)
         })?;
@@ -618,7 +607,8 @@ fn privileged_control(control: &[u8]) -> bool {
         let len = u64::from_ne_bytes(control[at..at + 8].try_into().expect("8 bytes")) as usize;
         let level = i32::from_ne_bytes(control[at + 8..at + 12].try_into().expect("4 bytes"));
         let kind = i32::from_ne_bytes(control[at + 12..at + 16].try_into().expect("4 bytes"));
-        if len < HEADER || at + len > control.len() {
+        // `len` is the caller's: checked without overflowing (`at + HEADER <= len()` holds).
+        if len < HEADER || len > control.len() - at {
             return false;
         }
         let data = &control[at + HEADER..at + len];
@@ -630,6 +620,7 @@ fn privileged_control(control: &[u8]) -> bool {
             (libc::SOL_IP, libc::IP_RETOPTS) => true,
             (libc::SOL_IPV6, libc::IPV6_HOPOPTS | libc::IPV6_DSTOPTS | libc::IPV6_RTHDRDSTOPTS) => true,
             (libc::SOL_IPV6, 3 | 4) => true, // IPV6_2292HOPOPTS, IPV6_2292DSTOPTS
+            // Some IPv4 options need CAP_NET_RAW (ip_options_compile); all are judged so.
             _ => false,
         };
         if gated {
@@ -674,6 +665,7 @@ fn write_messages(
     received: &[(&Message, &Received, &[u8], &[u8])],
     shown: &[Option<RawSockAddr>],
     batch: bool,
+    cloexec: i32,
 ) -> (usize, Option<Errno>) {
     // The data: the first message whose data faults ends the batch.
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
@@ -730,7 +722,8 @@ fn write_messages(
             let full = shown.as_ref().unwrap_or(&r.from).len() as u32;
             let control_len = if control { r.control_len as u64 } else { 0 };
             v[..4].copy_from_slice(&full.to_ne_bytes());
-            v[4..8].copy_from_slice(&(r.flags as u32).to_ne_bytes());
+            // The kernel reports the caller's MSG_CMSG_CLOEXEC back in msg_flags.
+            v[4..8].copy_from_slice(&((r.flags | cloexec) as u32).to_ne_bytes());
             v[8..16].copy_from_slice(&control_len.to_ne_bytes());
             v[16..].copy_from_slice(&(r.len as u32).to_ne_bytes());
             v
@@ -857,6 +850,12 @@ mod tests {
         assert!(privileged_control(&mark_second), "a mark after another message");
         assert!(privileged_control(&cmsg(libc::SOL_IPV6, libc::IPV6_HOPOPTS, 0)));
         assert!(!privileged_control(&pktinfo[..10]), "too short to hold a header");
+        // A length past the buffer, or one that would overflow, ends the walk.
+        for len in [u64::MAX, u64::MAX - 15, 1 << 40] {
+            let mut bad = [pktinfo.clone(), cmsg(libc::SOL_SOCKET, libc::SO_MARK, 42)].concat();
+            bad[24..32].copy_from_slice(&len.to_ne_bytes());
+            assert!(!privileged_control(&bad), "cmsg_len {len:#x}");
+        }
     }
 
     #[test]
@@ -872,13 +871,11 @@ mod tests {
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = 2;
         let tid = std::process::id();
-        let (read, stop) = read_batch(tid, &raw const h as u64, 1, false);
-        assert_eq!(stop, None);
+        let read = read_batch(tid, &raw const h as u64, 1, false);
         assert_eq!(read.len(), 1);
         assert_eq!((read[0].data_room(), read[0].control_room()), (30, 0));
         assert_eq!(read[0].ranges[1], Range { addr: b.as_ptr() as u64, len: 20 });
         h.msg_iovlen = UIO_MAXIOV + 1;
-        let (read, stop) = read_batch(tid, &raw const h as u64, 1, false);
-        assert!(read.is_empty() && stop == Some(Errno::EMSGSIZE), "too many iovecs: the kernel's EMSGSIZE");
+        assert!(read_batch(tid, &raw const h as u64, 1, false).is_empty(), "too many iovecs: the kernel's EMSGSIZE");
     }
 }
