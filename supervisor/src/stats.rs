@@ -68,6 +68,9 @@ counter_set! {
         stashed_connections,
         /// Datagrams received for an interrupted call, kept for the next `recvfrom`.
         stashed_datagrams,
+        /// Datagrams a `recvmmsg` had received past a message whose buffers faulted, dropped
+        /// (the kernel would leave them queued; docs/design.md, The msg family).
+        dropped_after_fault,
         /// Stashed connections and datagrams handed to a later call.
         stash_delivered,
         /// Stashed connections and datagrams nobody asked for within a minute, dropped.

@@ -443,6 +443,8 @@ fn recvmmsg_shows_each_client_with_the_kernels_count_lengths_and_timeout() {
     assert_eq!(supervised.case("recvmmsg_left_after_hdrbad")["ret"], 1, "then hdrbad-3");
     assert_eq!(supervised.case("recvmsg_after_bufbad")["errno"], libc::EAGAIN, "bufbad-3 was dropped");
     assert_eq!(supervised.case("recvmmsg_left_after_bufbad")["errno"], libc::EAGAIN);
+    let dropped = supervised.counters.split("dropped_after_fault: ").nth(1).and_then(|r| r.split(',').next());
+    assert_eq!(dropped, Some("1"), "bufbad-3, counted: {}", supervised.counters);
     let after_a_fault =
         ["recvmsg_after_hdrbad", "recvmmsg_left_after_hdrbad", "recvmsg_after_bufbad", "recvmmsg_left_after_bufbad"];
     assert_as_native("mmsg", &native.without(&after_a_fault), &supervised.without(&after_a_fault));

@@ -349,6 +349,9 @@ impl Emulator<'_> {
         // family).
         let cloexec = c.flags & libc::MSG_CMSG_CLOEXEC;
         let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch, cloexec);
+        if delivered + 1 < received.len() {
+            self.counters.dropped_after_fault.add((received.len() - delivered - 1) as u64);
+        }
         // recvmmsg writes the time left back, once it received something; if it cannot, the
         // call fails with EFAULT, whatever it received.
         let mut timeout_failed = None;
