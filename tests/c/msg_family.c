@@ -33,6 +33,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <linux/errqueue.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
@@ -43,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -853,6 +855,19 @@ static void group_send(int s) {
     rx_prepare(&one, &m, 0, sizeof one.name, 64, 0, 512);
     rx_case("recvmsg_errqueue_empty", q, &m, MSG_ERRQUEUE | MSG_DONTWAIT);
     close(q);
+
+    /* A packet mark needs CAP_NET_RAW or CAP_NET_ADMIN: without them EPERM, whoever sends
+       for the service. Last: the effective capabilities are dropped for good. */
+    struct __user_cap_header_struct cap_header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct caps[2];
+    if (syscall(SYS_capget, &cap_header, caps) == 0) {
+        caps[0].effective = caps[1].effective = 0;
+        syscall(SYS_capset, &cap_header, caps);
+    }
+    int mark = 42;
+    tx_message(0, &peer, in_len, "send-mark", 0);
+    tx_cmsg(SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+    tx_case("sendmsg_so_mark_without_capabilities", s, 0);
 }
 
 /* ---- Unix datagram sockets and SCM_RIGHTS ---- */

@@ -522,6 +522,8 @@ fn sendmsg_and_sendmmsg_to_the_client_reach_the_balancer_and_leave_the_callers_m
     let error = native.case("recvmsg_errqueue");
     let refused = (&error["name"], &error["cmsgs"][0]["ee_errno"]);
     assert_eq!(refused, (&json!("CLOSED"), &json!(libc::ECONNREFUSED)), "{error}");
+    // A packet mark without CAP_NET_RAW or CAP_NET_ADMIN: the supervisor's must not count.
+    assert_eq!(native.case("sendmsg_so_mark_without_capabilities")["errno"], libc::EPERM);
 
     // The same under --msg: the program sends to the client, the balancer receives, and
     // the program's memory still names the client.
