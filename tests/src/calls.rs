@@ -74,6 +74,29 @@ pub unsafe fn recvfrom(fd: RawFd, buf: *mut u8, len: usize, flags: i32, addr: *m
     outcome(unsafe { libc::recvfrom(fd, buf.cast(), len, flags, addr.cast(), addrlen) } as i64)
 }
 
+/// `recvmsg(fd, msg, 0)` of one buffer `buf` (`len` bytes) and the address `addr`
+/// (`*addrlen` bytes, then the address's length written back to `*addrlen`).
+///
+/// # Safety
+///
+/// `buf`, `addr` and `addrlen` follow the module's rule.
+pub unsafe fn recvmsg(fd: RawFd, buf: *mut u8, len: usize, addr: *mut u8, addrlen: *mut u32) -> Outcome {
+    let mut iov = libc::iovec { iov_base: buf.cast(), iov_len: len };
+    // SAFETY: an all-zero msghdr is valid; the pointers set are the caller's (see above) and
+    // the local iovec, live for the call.
+    let r = unsafe {
+        let mut h: libc::msghdr = std::mem::zeroed();
+        h.msg_name = addr.cast();
+        h.msg_namelen = *addrlen;
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        let r = libc::recvmsg(fd, &mut h, 0);
+        *addrlen = h.msg_namelen;
+        r
+    };
+    outcome(r as i64)
+}
+
 /// `sendto(fd, buf, len, flags, addr, addrlen)` with raw pointers.
 ///
 /// # Safety

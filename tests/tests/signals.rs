@@ -81,6 +81,13 @@ impl Flow {
         add_static(&table, proto, self.lb, self.rs, self.client);
         Run::start(cmd, table, supervised)
     }
+
+    /// [`Flow::start`], the msg family trapped too (`--msg`).
+    fn start_msg(&self, cmd: Command, proto: Proto, supervised: bool) -> Run {
+        let table = Arc::new(MappingTable::default());
+        add_static(&table, proto, self.lb, self.rs, self.client);
+        Run::start_msg(cmd, table, supervised)
+    }
 }
 
 /// What one `signal-wait` run printed, and the peer its call must show.
@@ -148,7 +155,11 @@ fn signal_wait(test: u8, supervised: bool, call: &str, extra: &[&str]) -> Waited
     let flow = Flow::new(test, 8080, supervised);
     let mut list = args(&[&"signal-wait", &"--listen", &flow.rs, &"--call", &call]);
     list.extend(extra.iter().map(|a| a.to_string()));
-    let run = flow.start(probe(&list), proto, supervised);
+    let run = if call == "recvmsg" {
+        flow.start_msg(probe(&list), proto, supervised)
+    } else {
+        flow.start(probe(&list), proto, supervised)
+    };
     ready(run.service());
     std::thread::sleep(CLIENT_AT);
     let connection = (proto == Proto::Tcp).then(|| connect_from(flow.lb, flow.rs));
@@ -276,6 +287,37 @@ fn a_restarting_signal_to_a_thread_waiting_in_recvfrom_runs_its_handler_at_once_
     let supervised = signal_wait(46, true, "recvfrom", &extra);
     assert_as_native(&native, &supervised);
     supervised.assert_restarted("supervised");
+}
+
+/// The msg family under `--msg`: a blocking `recvmsg` is parked as `recvfrom` is, and a
+/// signal for it acts as natively.
+#[test]
+fn a_restarting_signal_to_a_thread_waiting_in_recvmsg_under_msg_runs_its_handler_at_once_and_the_recvmsg_goes_on() {
+    if !supervised::can_run(
+        "a_restarting_signal_to_a_thread_waiting_in_recvmsg_under_msg_runs_its_handler_at_once_and_the_recvmsg_goes_on",
+    ) {
+        return;
+    }
+    let extra = ["--restart", "--to", "thread"];
+    let native = signal_wait(49, false, "recvmsg", &extra);
+    native.assert_restarted("natively");
+    let supervised = signal_wait(49, true, "recvmsg", &extra);
+    assert_as_native(&native, &supervised);
+    supervised.assert_restarted("supervised");
+}
+
+#[test]
+fn a_signal_without_restart_to_a_thread_waiting_in_recvmsg_under_msg_fails_it_with_eintr_at_once() {
+    if !supervised::can_run(
+        "a_signal_without_restart_to_a_thread_waiting_in_recvmsg_under_msg_fails_it_with_eintr_at_once",
+    ) {
+        return;
+    }
+    let native = signal_wait(50, false, "recvmsg", &[]);
+    native.assert_interrupted("natively");
+    let supervised = signal_wait(50, true, "recvmsg", &[]);
+    assert_as_native(&native, &supervised);
+    supervised.assert_interrupted("supervised");
 }
 
 /// The state (`/proc/<pid>/task/<tid>/stat`'s third field) of each of `pid`'s threads.

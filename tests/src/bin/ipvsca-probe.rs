@@ -1003,11 +1003,13 @@ fn ms_since_wait_start(nanos: u64) -> u64 {
 /// null,"peer":shown or null,"handler_ms":ms or null,"handler_in_waiter":bool}` and exits,
 /// whether or not the signal was sent.
 fn signal_wait(o: &Opts) {
-    let accept = match o.get("call") {
-        Some("accept") => true,
-        Some("recvfrom") => false,
-        other => panic!("--call accept|recvfrom, not {other:?}"),
+    let call = match o.get("call") {
+        Some("accept") => Waiting::Accept,
+        Some("recvfrom") => Waiting::RecvFrom,
+        Some("recvmsg") => Waiting::RecvMsg,
+        other => panic!("--call accept|recvfrom|recvmsg, not {other:?}"),
     };
+    let accept = call == Waiting::Accept;
     let to_process = match o.get("to").unwrap_or("thread") {
         "thread" => false,
         "process" => true,
@@ -1053,12 +1055,12 @@ fn signal_wait(o: &Opts) {
     let mut out = if in_thread {
         std::thread::spawn(move || {
             calls::block_signal(libc::SIGUSR1, false);
-            wait_for_peer(fd, accept)
+            wait_for_peer(fd, call)
         })
         .join()
         .expect("the waiting thread panicked")
     } else {
-        wait_for_peer(fd, accept)
+        wait_for_peer(fd, call)
     };
     let handled = HANDLER_NANOS.load(Ordering::SeqCst);
     out["handler_ms"] = if handled == 0 { Value::Null } else { json!(ms_since_wait_start(handled)) };
@@ -1067,18 +1069,26 @@ fn signal_wait(o: &Opts) {
     std::process::exit(0);
 }
 
-/// [`signal_wait`]'s waiting thread: a blocking `accept` (or `recvfrom`) on `fd`, and a
-/// second if the first fails.
-fn wait_for_peer(fd: RawFd, accept: bool) -> Value {
+/// The call [`signal_wait`] waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Accept,
+    RecvFrom,
+    RecvMsg,
+}
+
+/// [`signal_wait`]'s waiting thread: a blocking `accept` (or `recvfrom`, `recvmsg`) on `fd`,
+/// and a second if the first fails.
+fn wait_for_peer(fd: RawFd, call: Waiting) -> Value {
     WAITER_TID.store(calls::gettid(), Ordering::SeqCst);
     let call = || {
         let (mut data, mut addr, mut len) = ([0u8; 64], [0u8; 128], 128u32);
         // SAFETY: `data`, `addr` and `len` are locals held for the call, 64, 128 and 4 bytes.
         let r = unsafe {
-            if accept {
-                calls::accept(fd, addr.as_mut_ptr(), &mut len)
-            } else {
-                calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len)
+            match call {
+                Waiting::Accept => calls::accept(fd, addr.as_mut_ptr(), &mut len),
+                Waiting::RecvFrom => calls::recvfrom(fd, data.as_mut_ptr(), data.len(), 0, addr.as_mut_ptr(), &mut len),
+                Waiting::RecvMsg => calls::recvmsg(fd, data.as_mut_ptr(), data.len(), addr.as_mut_ptr(), &mut len),
             }
         };
         (r, if r.ret >= 0 { show(&addr, len) } else { Value::Null })
