@@ -88,6 +88,9 @@ pub(crate) struct Job {
     pub n: Notification,
     pub call: Call,
     pub registers: usize,
+    /// When the supervisor received it: a call that waited (parked, on a worker) counts
+    /// its time from there (`Emulator::since`).
+    pub received: Instant,
 }
 
 struct Worker {
@@ -150,6 +153,7 @@ impl Shared {
             options: self.options,
             parker: &self.parker,
             kept: None,
+            since: None,
         }
     }
 }
@@ -343,7 +347,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             return;
         }
     };
-    let job = Job { n, call, registers };
+    let job = Job { n, call, registers, received: Instant::now() };
     {
         let workers = shared.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(worker) = workers.get(&n.tid).filter(|w| w.busy()) {
@@ -456,6 +460,7 @@ fn serve_socket(shared: &Arc<Shared>, inode: u64) {
     {
         let mut emulator = shared.emulator();
         emulator.kept = Some(copy.as_fd());
+        emulator.since = Some(parked.job.received);
         match emulator.handle(&parked.job.n, &parked.job.call, Place::Ready) {
             Handled::Done => {}
             Handled::Park(_) => {
@@ -517,7 +522,7 @@ fn start_worker(shared: &Arc<Shared>, job: Job) {
 fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
     signal::block_interrupts();
     let _ = worker.thread.set(signal::current_thread());
-    let emulator = shared.emulator();
+    let mut emulator = shared.emulator();
     loop {
         let job = {
             let mut queue = worker.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -538,6 +543,7 @@ fn serve_thread(shared: &Arc<Shared>, tid: u32, worker: &Worker) {
             Some(job) => {
                 // A call of this thread that was parked is gone: the thread is in this one.
                 shared.parker.interrupted(job.n.tid, &shared.restarts);
+                emulator.since = Some(job.received);
                 let waits = if answer_kept(shared, &job) { None } else { run_on_worker(&emulator, &job) };
                 worker.current.store(0, Ordering::Release);
                 if let Some(wait) = waits {

@@ -414,6 +414,8 @@ fn recvmmsg_shows_each_client_with_the_kernels_count_lengths_and_timeout() {
     let all = native.case("recvmmsg_blocking_waits_for_all");
     assert_eq!((&all["ret"], &all["waited"]), (&json!(3), &json!(true)), "{all}");
     assert_eq!(native.case("recvmmsg_waitforone_blocking")["ret"], 1);
+    let waited = native.case("recvmmsg_waitforone_blocking_timeout");
+    assert_eq!(waited["left_counts_the_wait"], true, "{waited}");
     let mixed = native.case("recvmmsg_mapped_and_unmapped");
     assert_eq!(each(mixed, "name", 4), ["PEER", "PEER", "UNMAPPED", "PEER"], "{mixed}");
     let truncated = native.case("recvmmsg_truncated");

@@ -146,6 +146,9 @@ pub(crate) struct Emulator<'a> {
     /// place of a new copy (the call goes on on the file it started on, as in the kernel,
     /// even if the caller's descriptor now names another).
     pub kept: Option<BorrowedFd<'a>>,
+    /// When a call that waited (parked, or on a worker) was received: what its own timeout
+    /// (`recvmmsg`'s) has used up.
+    pub since: Option<std::time::Instant>,
 }
 
 impl Emulator<'_> {

@@ -211,6 +211,10 @@ impl Emulator<'_> {
             (true, t) if t != 0 => Some(self.or_continue(n, read_timespec(n.tid, t))?),
             _ => None,
         };
+        // The kernel's timeout runs from the call's start: a call that waited has used some.
+        if let (Some(t), Some(since)) = (timeout.as_mut(), self.since) {
+            *t = timespec_less(*t, since.elapsed());
+        }
         let socket = self.copy(n, syscall, c.fd)?;
         let sfd = socket.as_fd();
         let local = self.or_continue(n, udp_local(sfd))?;
@@ -804,6 +808,13 @@ fn read_timespec(tid: u32, at: u64) -> Option<libc::timespec> {
     let nsec = i64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
     // The kernel's EINVAL.
     (sec >= 0 && (0..1_000_000_000).contains(&nsec)).then_some(libc::timespec { tv_sec: sec, tv_nsec: nsec })
+}
+
+/// `t` less `used`, at least zero.
+fn timespec_less(t: libc::timespec, used: std::time::Duration) -> libc::timespec {
+    let total = std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32);
+    let left = total.saturating_sub(used);
+    libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long }
 }
 
 fn timespec_bytes(t: &libc::timespec) -> [u8; 16] {
