@@ -141,10 +141,12 @@ fn pump(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-/// Whether process `pid` exists (a zombie counts as gone).
+/// Whether process `pid` exists (a zombie, or one being reaped, counts as gone).
 pub fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        // A zombie (Z) or a process being reaped (X) is dead: a check between the two must not
+        // see it alive again.
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])))
         .unwrap_or(false)
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use capture::{MappingTable, Proto};
 use ipvsca_tests::bins;
-use ipvsca_tests::service;
 use ipvsca_tests::supervised::{self, Run, client, connect_from, hosts, learn};
 use serde_json::Value;
 
@@ -122,12 +121,13 @@ fn killed_caller_leaves_the_connection(test: u8, round: u16, under_ipvsca: bool)
         }
         assert!(under.counters.accept.get() >= 2, "{:?}", under.counters.snapshot());
     }
+    // Watched through a pidfd, which says it exited whatever its parent does next (a check
+    // of /proc saw it zombie, then no longer zombie while being reaped).
+    let pidfd = supervisor::sys::pidfd::open(first as u32, 0).expect("a pidfd for the first caller");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let end = Instant::now() + WAIT;
-    while service::alive(first as u32) && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(!service::alive(first as u32), "caller {first} survived SIGKILL");
+    let mut exited = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), nix::poll::PollFlags::POLLIN)];
+    let polled = nix::poll::poll(&mut exited, nix::poll::PollTimeout::from(WAIT.as_millis() as u16));
+    assert_eq!(polled, Ok(1), "caller {first} survived SIGKILL");
     let mut connection = connect_from(lb, rs);
     connection.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let start = Instant::now();
