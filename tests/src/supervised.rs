@@ -263,6 +263,18 @@ pub struct Hosts {
     pub unmapped: Ipv4Addr,
 }
 
+/// `ipvsca-probe ARGS`, logging warnings only.
+pub fn probe(args: &[String]) -> Command {
+    let mut cmd = Command::new(crate::bins::path("ipvsca-probe"));
+    cmd.args(args).env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Arguments of mixed types, as strings.
+pub fn args(list: &[&dyn ToString]) -> Vec<String> {
+    list.iter().map(|a| a.to_string()).collect()
+}
+
 /// Test `test`'s [`Hosts`]: 127.`test`.x.y, 127.`100+test`.x.y and 127.`200+test`.x.y.
 pub fn hosts(test: u8) -> Hosts {
     let pid = std::process::id();

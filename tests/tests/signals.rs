@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capture::{MappingTable, Proto};
-use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
-use ipvsca_tests::supervised::{self, Run, add_static, client, connect_from, hosts};
+use ipvsca_tests::supervised::{self, Run, add_static, args, client, connect_from, hosts, probe};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -32,16 +31,6 @@ const CLIENT_AT: Duration = Duration::from_millis(600);
 /// Milliseconds into the wait before which something happened at the signal, not at the
 /// client.
 const AT_THE_SIGNAL_MS: u64 = 550;
-
-fn probe(args: &[String]) -> Command {
-    let mut cmd = Command::new(bins::path("ipvsca-probe"));
-    cmd.args(args).env("RUST_LOG", "warn");
-    cmd
-}
-
-fn args(list: &[&dyn ToString]) -> Vec<String> {
-    list.iter().map(|a| a.to_string()).collect()
-}
 
 /// Waits for the probe's `{"ready":true,...}` line; its process id.
 fn ready(s: &Service) -> u32 {

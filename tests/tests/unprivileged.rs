@@ -16,22 +16,11 @@ use std::time::{Duration, Instant};
 
 use capture::{MappingTable, Proto};
 use ipvsca_tests::battery;
-use ipvsca_tests::bins;
 use ipvsca_tests::service::Service;
-use ipvsca_tests::supervised::{self, Run, Supervised, add_static, client, connect_from, hosts, learn};
+use ipvsca_tests::supervised::{self, Run, Supervised, add_static, args, client, connect_from, hosts, learn, probe};
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn probe(args: &[String]) -> Command {
-    let mut cmd = Command::new(bins::path("ipvsca-probe"));
-    cmd.args(args).env("RUST_LOG", "warn");
-    cmd
-}
-
-fn args(list: &[&dyn ToString]) -> Vec<String> {
-    list.iter().map(|a| a.to_string()).collect()
-}
 
 /// `probe` started under the filter, answered from `table`. A learned entry is provisional
 /// for `capture::table::PROVISIONAL_LIFETIME` (10 s) until the service meets its flow: the

@@ -264,6 +264,18 @@ impl Emulator<'_> {
         Handled::Park(Wait { socket, timeout })
     }
 
+    /// A blocking receive that found nothing: parked until `socket` is readable, or on a
+    /// worker. A socket shut down for reading, or with an error or error queue pending,
+    /// stays "ready" for epoll while a receive that may not wait finds nothing: parked, it
+    /// would be tried again and again. A worker waits in the kernel's own call instead,
+    /// which returns what the kernel returns (0 after a shutdown) or waits.
+    fn wait_for_datagram(&self, socket: Copied<'_>) -> Handled {
+        if net::hung_up_or_failed(socket.as_fd()) {
+            return Handled::ToWorker;
+        }
+        self.park(socket, libc::SO_RCVTIMEO)
+    }
+
     /// Runs `op`, a socket call that may block, until it completes: its result. Where the
     /// handler may not block it runs once (the caller made sure it cannot block). On a worker the
     /// supervisor interrupts it (`EINTR`) when the call may be gone: still pending, it runs

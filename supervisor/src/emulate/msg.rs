@@ -268,10 +268,7 @@ impl Emulator<'_> {
         if !waits {
             return Ok(Handled::Done);
         }
-        if net::hung_up_or_failed(sfd) {
-            return Ok(Handled::ToWorker);
-        }
-        Ok(self.park(socket, libc::SO_RCVTIMEO))
+        Ok(self.wait_for_datagram(socket))
     }
 
     /// Answers from the datagrams kept for this socket (taken for a call a signal

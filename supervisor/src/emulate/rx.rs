@@ -294,14 +294,7 @@ impl Emulator<'_> {
         if !waits {
             return Ok(Handled::Done);
         }
-        // A socket shut down for reading, or with an error or error queue pending, stays
-        // "ready" for epoll while a receive that may not wait finds nothing: parked, it
-        // would be tried again and again. A worker waits in the kernel's own call instead,
-        // which returns what the kernel returns (0 after a shutdown) or waits.
-        if net::hung_up_or_failed(sfd) {
-            return Ok(Handled::ToWorker);
-        }
-        Ok(self.park(socket, libc::SO_RCVTIMEO))
+        Ok(self.wait_for_datagram(socket))
     }
 
     #[allow(clippy::too_many_arguments)]
