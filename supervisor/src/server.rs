@@ -461,23 +461,17 @@ fn serve_socket(shared: &Arc<Shared>, inode: u64) {
         let mut emulator = shared.emulator();
         emulator.kept = Some(copy.as_fd());
         emulator.since = Some(parked.job.received);
-        let handled = emulator.handle(&parked.job.n, &parked.job.call, Place::Ready);
-        match handled {
-            Handled::Done => shared.parker.tried(),
+        match emulator.handle(&parked.job.n, &parked.job.call, Place::Ready) {
+            Handled::Done => {}
             Handled::Park(_) => {
                 let (id, syscall) = (parked.job.n.id, parked.job.call.syscall());
-                let reparked = shared.parker.repark(copy.clone(), parked);
-                shared.parker.tried();
-                if reparked.is_err() {
+                if shared.parker.repark(copy.clone(), parked).is_err() {
                     refuse(shared, id, syscall, "watching a socket again");
                 }
                 return;
             }
             // Never for the calls that park; handled as anywhere else.
-            Handled::ToWorker => {
-                shared.parker.tried();
-                follow(shared, parked.job, Handled::ToWorker)
-            }
+            Handled::ToWorker => follow(shared, parked.job, Handled::ToWorker),
         }
     }
 }
