@@ -95,9 +95,17 @@ impl Connection {
     pub fn request(&mut self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Value, ControlError> {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
-        unix::send_with_fd(self.reader.get_ref(), &line, fd).map_err(self.io())?;
         let mut answer = String::new();
-        self.reader.read_line(&mut answer).map_err(self.io())?;
+        if let Err(error) = unix::send_with_fd(self.reader.get_ref(), &line, fd) {
+            // A supervisor that refuses a connection (another user, too many connections)
+            // says why and closes it, perhaps before the request is written: its words are
+            // still there to read, and they are the error to show.
+            if !refused_at_connect(&error) || !matches!(self.reader.read_line(&mut answer), Ok(1..)) {
+                return Err(self.io()(error));
+            }
+        } else {
+            self.reader.read_line(&mut answer).map_err(self.io())?;
+        }
         let garbled = || ControlError::Garbled { path: self.path.clone(), answer: answer.trim().to_owned() };
         let parsed: Value = serde_json::from_str(&answer).map_err(|_| garbled())?;
         match parsed {
@@ -121,7 +129,18 @@ impl Connection {
     pub fn request_each(mut self, request: &Request, mut each: impl FnMut(Value) -> bool) -> Result<(), ControlError> {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
-        self.reader.get_mut().write_all(&line).map_err(self.io())?;
+        if let Err(error) = self.reader.get_mut().write_all(&line) {
+            // As in `request`: a refusal written at connect time is the error to show.
+            let mut answer = String::new();
+            if refused_at_connect(&error)
+                && self.reader.read_line(&mut answer).is_ok()
+                && let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(&answer)
+                && let Some(Value::String(refusal)) = o.remove("error")
+            {
+                return Err(ControlError::Refused(refusal));
+            }
+            return Err(self.io()(error));
+        }
         let mut stopped = false;
         let answer = {
             let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
@@ -157,6 +176,12 @@ impl Connection {
         stream.set_write_timeout(None)?;
         Ok(stream)
     }
+}
+
+/// Whether a failed send means the supervisor closed the connection, perhaps after writing
+/// why.
+fn refused_at_connect(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
 }
 
 /// One request on a fresh connection.
@@ -234,6 +259,32 @@ mod tests {
         let (client, server) = UnixStream::pair().unwrap();
         client.set_read_timeout(Some(ANSWER_TIMEOUT)).unwrap();
         (Connection { path: "test.sock".into(), reader: BufReader::new(client) }, server)
+    }
+
+    /// A supervisor that refuses a connection writes why and closes it; a request written
+    /// after the close fails with `EPIPE`, and the refusal is still what the client shows
+    /// (operations.rs once saw "Broken pipe" instead).
+    #[test]
+    fn a_refusal_written_before_the_request_is_shown_rather_than_the_broken_pipe() {
+        for streamed in [false, true] {
+            let (mut connection, mut server) = connected();
+            server.write_all(b"{\"error\":\"permission denied: go away\"}\n").unwrap();
+            drop(server);
+            let refusal = if streamed {
+                connection.request_each(&Request::Mappings { limit: None, filter: None }, |_| true).unwrap_err()
+            } else {
+                connection.request(&Request::Version, None).unwrap_err()
+            };
+            assert!(matches!(&refusal, ControlError::Refused(r) if r == "permission denied: go away"), "{refusal:?}");
+        }
+        // Closed without a word: the send's own error.
+        let (mut connection, server) = connected();
+        drop(server);
+        let error = connection.request(&Request::Version, None).unwrap_err();
+        assert!(
+            matches!(&error, ControlError::Io { error, .. } if error.kind() == std::io::ErrorKind::BrokenPipe),
+            "{error:?}"
+        );
     }
 
     #[test]
