@@ -26,8 +26,8 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -121,6 +121,12 @@ pub(crate) struct Parker {
     state: Mutex<State>,
     parked: AtomicUsize,
     stop: AtomicBool,
+    /// The thread whose parked call the waiting thread is trying now (0: none): a new call
+    /// of that thread waits until it is done (`interrupted`), so that the old call's answer
+    /// never writes into memory the thread is using for its new one.
+    trying: Mutex<u32>,
+    tried: Condvar,
+    trying_tid: AtomicU32,
 }
 
 impl Parker {
@@ -133,6 +139,9 @@ impl Parker {
             wake,
             state: Mutex::new(State::default()),
             parked: AtomicUsize::new(0),
+            trying: Mutex::new(0),
+            tried: Condvar::new(),
+            trying_tid: AtomicU32::new(0),
             stop: AtomicBool::new(false),
         })
     }
@@ -266,7 +275,17 @@ impl Parker {
 
     /// A new notification from thread `tid`: a call it had parked was interrupted. Drops it;
     /// if its socket has a receive timeout, keeps `EINTR` for its restart.
+    ///
+    /// If the waiting thread is trying the thread's old call right now, waits until it is
+    /// done: its answer (refused, the call being gone) may still write into the caller's
+    /// memory, which the new call may use too (a receive loop reuses its buffer).
     pub fn interrupted(&self, tid: u32, restarts: &Restarts) {
+        if self.trying_tid.load(Ordering::Acquire) == tid {
+            let mut trying = self.trying.lock().unwrap_or_else(|e| e.into_inner());
+            while *trying == tid {
+                trying = self.tried.wait(trying).unwrap_or_else(|e| e.into_inner());
+            }
+        }
         if self.len() == 0 {
             return;
         }
@@ -276,8 +295,17 @@ impl Parker {
         }
     }
 
+    /// The waiting thread is done with the call [`Parker::next`] gave it.
+    pub fn tried(&self) {
+        let mut trying = self.trying.lock().unwrap_or_else(|e| e.into_inner());
+        *trying = 0;
+        self.trying_tid.store(0, Ordering::Release);
+        self.tried.notify_all();
+    }
+
     /// The next call waiting on socket `inode`, taken out to be tried, and the socket's
-    /// copy; `None` when no call waits (the socket is then forgotten).
+    /// copy; `None` when no call waits (the socket is then forgotten). The caller says
+    /// when it is done with it ([`Parker::tried`]).
     ///
     /// A call whose caller was interrupted (a signal, a freezer) is dropped on the way; on
     /// a socket with a timeout its restart is to fail with `EINTR`, as natively, even if
@@ -306,6 +334,10 @@ impl Parker {
                 }
                 continue;
             }
+            // Marked under the state lock: `interrupted` either takes the call first or
+            // sees it being tried.
+            *self.trying.lock().unwrap_or_else(|e| e.into_inner()) = tid;
+            self.trying_tid.store(tid, Ordering::Release);
             return Some((copy, parked));
         }
     }
@@ -621,11 +653,20 @@ mod tests {
         UdpSocket::bind("127.0.0.1:0").unwrap().send_to(b"x", socket.local_addr().unwrap()).unwrap();
         parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)]);
-        // Tried; meanwhile its thread was interrupted and parked its restart.
+        // Tried; meanwhile its thread was interrupted: its restart waits until the try is
+        // done, then drops the old call and parks.
         let (copy, first) = parker.next(inode, |_| false, &Restarts::default()).unwrap();
-        parker.interrupted(tids[0], &Restarts::default());
-        parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
-        parker.repark(copy, first).unwrap();
+        std::thread::scope(|scope| {
+            let restart = scope.spawn(|| {
+                parker.interrupted(tids[0], &Restarts::default());
+                parker.park(job(tids[0], 3), wait_on(&socket, None)).unwrap();
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!restart.is_finished(), "the restart waits for the try");
+            parker.repark(copy, first).unwrap();
+            parker.tried();
+            restart.join().unwrap();
+        });
         assert_eq!(parker.len(), 2, "the restart and the other thread's call");
         parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)], "still readable, still reported");

@@ -461,17 +461,23 @@ fn serve_socket(shared: &Arc<Shared>, inode: u64) {
         let mut emulator = shared.emulator();
         emulator.kept = Some(copy.as_fd());
         emulator.since = Some(parked.job.received);
-        match emulator.handle(&parked.job.n, &parked.job.call, Place::Ready) {
-            Handled::Done => {}
+        let handled = emulator.handle(&parked.job.n, &parked.job.call, Place::Ready);
+        match handled {
+            Handled::Done => shared.parker.tried(),
             Handled::Park(_) => {
                 let (id, syscall) = (parked.job.n.id, parked.job.call.syscall());
-                if shared.parker.repark(copy.clone(), parked).is_err() {
+                let reparked = shared.parker.repark(copy.clone(), parked);
+                shared.parker.tried();
+                if reparked.is_err() {
                     refuse(shared, id, syscall, "watching a socket again");
                 }
                 return;
             }
             // Never for the calls that park; handled as anywhere else.
-            Handled::ToWorker => follow(shared, parked.job, Handled::ToWorker),
+            Handled::ToWorker => {
+                shared.parker.tried();
+                follow(shared, parked.job, Handled::ToWorker)
+            }
         }
     }
 }
