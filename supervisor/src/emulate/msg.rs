@@ -54,6 +54,10 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// A received message ready to be left in the caller's memory: the caller's message, what
+/// was received, its data and its control messages (as far as the caller has room).
+type Filled<'a> = (&'a Message, &'a Received, &'a [u8], &'a [u8]);
+
 /// A caller's `struct msghdr`, as read from its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Header {
@@ -118,19 +122,50 @@ impl Message {
     }
 }
 
+/// The caller's headers (`msghdr`s, or `mmsghdr`s with their `msg_len`) as read at the
+/// call's start, in one block. What the kernel writes back into them is written back as one
+/// block too, the bytes between its fields as they were read: one range of the caller's
+/// memory for the whole batch rather than three to five a message, each range costing
+/// `process_vm_writev` the pinning of its pages (docs/performance.md, batches).
+#[derive(Debug, Default)]
+struct Headers {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl Headers {
+    /// A copy of the caller's memory from `from` to `to` as read, if all of it was.
+    fn span(&self, from: u64, to: u64) -> Option<Vec<u8>> {
+        let start = usize::try_from(from.checked_sub(self.at)?).ok()?;
+        let end = usize::try_from(to.checked_sub(self.at)?).ok()?;
+        self.bytes.get(start..end).map(<[u8]>::to_vec)
+    }
+}
+
 /// Reads up to `count` messages whose `msghdr`s start at `at`, `stride` bytes apart, with
 /// their iovecs, in two reads of the caller's memory; stops at the first the kernel would
 /// refuse before receiving or sending it (a bad pointer, too many iovecs, a length past
-/// `SSIZE_MAX`, a negative `msg_namelen`), as the kernel stops there too.
-fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
+/// `SSIZE_MAX`, a negative `msg_namelen`), as the kernel stops there too. The headers are
+/// kept as read, for the write back.
+fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> (Vec<Message>, Headers) {
     let count = (count as usize).min(UIO_MAXIOV);
-    let mut raw = vec![[0u8; MSGHDR as usize]; count];
-    let mut pieces: Vec<(u64, &mut [u8])> =
-        raw.iter_mut().enumerate().map(|(i, b)| (at + i as u64 * stride, &mut b[..])).collect();
-    let whole = mem::read_many(tid, &mut pieces).unwrap_or(0) / MSGHDR as usize;
+    if count == 0 {
+        return (Vec::new(), Headers::default());
+    }
+    // An mmsghdr's msg_len is read too: the kernel writes it, so it is the caller's memory,
+    // and the block written back must know every byte it covers.
+    let span = if stride == MMSGHDR { MSG_LEN_AT + 4 } else { MSGHDR };
+    let mut block = vec![0u8; ((count as u64 - 1) * stride + span) as usize];
+    let read = mem::read_many(tid, &mut [(at, &mut block[..])]).unwrap_or(0);
+    block.truncate(read);
+    let whole = (0..count).take_while(|&i| i * stride as usize + MSGHDR as usize <= read).count();
+    let raw = |i: usize| -> &[u8; MSGHDR as usize] {
+        let from = i * stride as usize;
+        block[from..from + MSGHDR as usize].try_into().expect("a whole header")
+    };
     let mut headers = Vec::with_capacity(whole);
     let mut iovecs_total = 0usize;
-    for h in raw[..whole].iter().map(Header::parse) {
+    for h in (0..whole).map(|i| Header::parse(raw(i))) {
         // The kernel's order (copy_msghdr_from_user): a negative msg_namelen first (a NULL
         // msg_name has none), then the iovec count.
         if (h.name != 0 && (h.namelen as i32) < 0) || h.iovlen as usize > UIO_MAXIOV {
@@ -163,18 +198,18 @@ fn read_messages(tid: u32, at: u64, count: u32, stride: u64) -> Vec<Message> {
             let len = u64::from_ne_bytes(raw[8..].try_into().expect("8 bytes"));
             // The kernel's import_iovec: a length past SSIZE_MAX is EINVAL.
             if len > isize::MAX as u64 {
-                return messages;
+                return (messages, Headers { at, bytes: block });
             }
             ranges.push(Range { addr, len: len as usize });
         }
         messages.push(Message { at: at + i as u64 * stride, header, ranges });
     }
-    messages
+    (messages, Headers { at, bytes: block })
 }
 
 /// Reads up to `vlen` messages of a batch at `msgvec` (`recvmmsg`, `sendmmsg`), or the one
 /// message at `msgvec` (`recvmsg`, `sendmsg`).
-fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> Vec<Message> {
+fn read_batch(tid: u32, msgvec: u64, vlen: u32, batch: bool) -> (Vec<Message>, Headers) {
     if batch { read_messages(tid, msgvec, vlen, MMSGHDR) } else { read_messages(tid, msgvec, 1, MSGHDR) }
 }
 
@@ -202,7 +237,7 @@ impl Emulator<'_> {
             return Ok(self.cont(n));
         }
         let syscall = if batch { Syscall::RecvMmsg } else { Syscall::RecvMsg };
-        let messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let (messages, headers) = read_batch(n.tid, c.msgvec, c.vlen, batch);
         // Nothing asks for an address, or the first message is refused: the kernel's call.
         if messages.iter().all(|m| m.header.name == 0) {
             return Ok(self.cont(n));
@@ -219,7 +254,7 @@ impl Emulator<'_> {
         let sfd = socket.as_fd();
         let local = self.or_continue(n, udp_local(sfd))?;
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        if let Some(answered) = self.answer_from_stash(n, sfd, &local, &messages, batch, c) {
+        if let Some(answered) = self.answer_from_stash(n, sfd, &local, (&messages, &headers), batch, c) {
             return Ok(answered);
         }
         let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
@@ -256,13 +291,13 @@ impl Emulator<'_> {
                 return Ok(true);
             }
             let received = self.or_fail(n, got)?;
-            let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
+            let filled: Vec<Filled<'_>> = messages
                 .iter()
                 .zip(&received)
                 .zip(slots.iter())
                 .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
                 .collect();
-            self.deliver_messages(n, sfd, &local, &filled, batch, timeout, c)?;
+            self.deliver_messages(n, sfd, &local, (&filled, &headers), batch, timeout, c)?;
             Ok(false)
         })?;
         if !waits {
@@ -278,7 +313,7 @@ impl Emulator<'_> {
         n: &Notification,
         sfd: BorrowedFd<'_>,
         local: &RawSockAddr,
-        messages: &[Message],
+        (messages, headers): (&[Message], &Headers),
         batch: bool,
         c: Mmsg,
     ) -> Option<Handled> {
@@ -314,13 +349,13 @@ impl Emulator<'_> {
                 Received { len, from: d.from, control_len, flags }
             })
             .collect();
-        let filled: Vec<(&Message, &Received, &[u8], &[u8])> = messages
+        let filled: Vec<Filled<'_>> = messages
             .iter()
             .zip(&received)
             .zip(&kept)
             .map(|((m, r), d)| (m, r, &d.data[..d.data.len().min(m.data_room())], &d.control[..r.control_len]))
             .collect();
-        Some(self.deliver_messages(n, sfd, local, &filled, batch, None, c).err().unwrap_or(Handled::Done))
+        Some(self.deliver_messages(n, sfd, local, (&filled, headers), batch, None, c).err().unwrap_or(Handled::Done))
     }
 
     /// Leaves each received message in the caller's memory, in the kernel's order, and
@@ -331,7 +366,7 @@ impl Emulator<'_> {
         n: &Notification,
         socket: BorrowedFd<'_>,
         local: &RawSockAddr,
-        received: &[(&Message, &Received, &[u8], &[u8])],
+        (received, headers): (&[Filled<'_>], &Headers),
         batch: bool,
         timeout: Option<libc::timespec>,
         c: Mmsg,
@@ -349,7 +384,7 @@ impl Emulator<'_> {
         // already received, are dropped too, and no error is kept (docs/design.md, The msg
         // family).
         let cloexec = c.flags & libc::MSG_CMSG_CLOEXEC;
-        let (delivered, mut failed) = write_messages(n.tid, received, &shown, batch, cloexec);
+        let (delivered, mut failed) = write_messages(n.tid, (received, headers), &shown, batch, cloexec);
         if delivered + 1 < received.len() {
             self.counters.dropped_after_fault.add((received.len() - delivered - 1) as u64);
         }
@@ -389,13 +424,7 @@ impl Emulator<'_> {
 
     /// Keeps what was received for a call a signal interrupted after the supervisor received
     /// it, for the next receive on the socket (as far as the caller's buffers held it).
-    fn keep_messages(
-        &self,
-        n: &Notification,
-        socket: BorrowedFd<'_>,
-        received: &[(&Message, &Received, &[u8], &[u8])],
-        flags: i32,
-    ) {
+    fn keep_messages(&self, n: &Notification, socket: BorrowedFd<'_>, received: &[Filled<'_>], flags: i32) {
         if flags & libc::MSG_PEEK != 0 {
             return;
         }
@@ -423,7 +452,7 @@ impl Emulator<'_> {
         if c.vlen == 0 {
             return Ok(self.cont(n));
         }
-        let mut messages = read_batch(n.tid, c.msgvec, c.vlen, batch);
+        let (mut messages, headers) = read_batch(n.tid, c.msgvec, c.vlen, batch);
         let names = read_names(n.tid, &mut messages);
         // No destination is an inet address: nothing to rewrite.
         if names.iter().all(|d| d.as_ref().and_then(sockaddr::user_inet).is_none()) {
@@ -463,7 +492,7 @@ impl Emulator<'_> {
             | libc::MSG_NOSIGNAL
             | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
         let result = BUFFERS.with_borrow_mut(|(data, control)| {
-            self.send_messages(n, sfd, &messages, &destinations, (data, control), send_flags, place, batch)
+            self.send_messages(n, sfd, (&messages, &headers), &destinations, (data, control), send_flags, place, batch)
         })?;
         let result = match result {
             Err(Errno::EAGAIN) if blocking && !place.may_block() => return Ok(Handled::ToWorker),
@@ -484,7 +513,7 @@ impl Emulator<'_> {
         &self,
         n: &Notification,
         sfd: BorrowedFd<'_>,
-        messages: &[Message],
+        (messages, headers): (&[Message], &Headers),
         destinations: &[Option<RawSockAddr>],
         (data, control): (&mut Vec<u8>, &mut Vec<u8>),
         flags: i32,
@@ -593,10 +622,11 @@ impl Emulator<'_> {
         if !batch {
             return Ok(Ok(i64::from(lens[0])));
         }
-        let values: Vec<[u8; 4]> = lens.iter().map(|l| l.to_ne_bytes()).collect();
-        let pieces: Vec<(u64, &[u8])> =
-            part.iter().zip(&values).map(|((m, _, _), v)| (m.at + MSG_LEN_AT, &v[..])).collect();
-        let _ = mem::write_many(n.tid, &pieces);
+        // Each message's msg_len, in one block over the headers (see `Headers`).
+        let sent: Vec<(u64, [u8; 4])> =
+            part.iter().zip(&lens).map(|((m, _, _), l)| (m.at + MSG_LEN_AT, l.to_ne_bytes())).collect();
+        let fields: Vec<(u64, &[u8])> = sent.iter().map(|(at, v)| (*at, &v[..])).collect();
+        let _ = write_fields(n.tid, headers, &fields);
         Ok(Ok(lens.len() as i64))
     }
 }
@@ -660,13 +690,14 @@ fn slots<'b>(messages: &[Message], data: &'b mut Vec<u8>, control: &'b mut Vec<u
 
 /// What the kernel leaves for each received message, in its order (`____sys_recvmsg`,
 /// then `do_recvmmsg`): the data, the control messages, the address and its length,
-/// `msg_flags`, `msg_controllen`, then (`recvmmsg`) `msg_len`. In three writes: the data of
-/// every message, then the control messages, then the rest. How many messages were written
+/// `msg_flags`, `msg_controllen`, then (`recvmmsg`) `msg_len`. In four writes: the data of
+/// every message, the control messages, the addresses, then the header fields as one block
+/// ([`Headers`]). How many messages were written
 /// whole, and the error where one faults (the kernel stops there). A control buffer that
 /// faults is not an error: the kernel ignores it (`put_cmsg`), and `msg_controllen` says 0.
 fn write_messages(
     tid: u32,
-    received: &[(&Message, &Received, &[u8], &[u8])],
+    (received, headers): (&[Filled<'_>], &Headers),
     shown: &[Option<RawSockAddr>],
     batch: bool,
     cloexec: i32,
@@ -688,7 +719,7 @@ fn write_messages(
         }
         ends.push(total);
     }
-    let mut whole = match mem::write_many(tid, &pieces) {
+    let whole = match mem::write_many(tid, &pieces) {
         Ok(written) => ends.iter().take_while(|&&end| end <= written).count(),
         Err(e) => return (0, Some(e)),
     };
@@ -716,54 +747,104 @@ fn write_messages(
         control_written[controls[from + done].0] = false;
         from += done + 1;
     }
-    // The rest: address, its length, flags, control length, msg_len.
-    let values: Vec<[u8; 20]> = received[..whole]
-        .iter()
-        .zip(shown)
-        .zip(&control_written)
-        .map(|(((_, r, _, _), shown), &control)| {
-            let mut v = [0u8; 20];
-            let full = shown.as_ref().unwrap_or(&r.from).len() as u32;
-            let control_len = if control { r.control_len as u64 } else { 0 };
-            v[..4].copy_from_slice(&full.to_ne_bytes());
-            // The kernel reports the caller's MSG_CMSG_CLOEXEC back in msg_flags.
-            v[4..8].copy_from_slice(&((r.flags | cloexec) as u32).to_ne_bytes());
-            v[8..16].copy_from_slice(&control_len.to_ne_bytes());
-            v[16..].copy_from_slice(&(r.len as u32).to_ne_bytes());
-            v
-        })
-        .collect();
+    // The addresses, then the header fields: the address's length, the control length,
+    // the flags and (recvmmsg) msg_len. The kernel writes them message by message; the
+    // memory left is the same, except that if the headers themselves cannot be written
+    // (the kernel fails there after the first address) the later addresses were written
+    // too.
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     let mut ends = Vec::with_capacity(whole);
     let mut total = 0usize;
-    for (((m, r, _, _), shown), v) in received.iter().zip(shown).zip(&values) {
-        let first = pieces.len();
+    for ((m, r, _, _), shown) in received[..whole].iter().zip(shown) {
         if m.header.name != 0 {
             let address = shown.as_ref().unwrap_or(&r.from).as_bytes();
             let copied = address.len().min(m.header.namelen.min(NAME_MAX) as usize);
-            let (name, length) = ((m.header.name, &address[..copied]), (m.at + NAMELEN_AT, &v[..4]));
-            // The kernel's order (see `addr::write_addr`).
-            let (a, b) = if net::length_written_first() { (length, name) } else { (name, length) };
-            pieces.extend([a, b]);
+            pieces.push((m.header.name, &address[..copied]));
+            total += copied;
         }
-        pieces.push((m.at + FLAGS_AT, &v[4..8]));
-        pieces.push((m.at + CONTROLLEN_AT, &v[8..16]));
-        if batch {
-            pieces.push((m.at + MSG_LEN_AT, &v[16..]));
-        }
-        total += pieces[first..].iter().map(|(_, b)| b.len()).sum::<usize>();
         ends.push(total);
     }
-    let faulted = whole < received.len();
-    match mem::write_many(tid, &pieces) {
-        Ok(written) => {
-            let rest = ends.iter().take_while(|&&end| end <= written).count();
-            let failed = faulted || rest < whole;
-            whole = rest;
-            (whole, failed.then_some(Errno::EFAULT))
+    let named = match mem::write_many(tid, &pieces) {
+        Ok(written) => ends.iter().take_while(|&&end| end <= written).count(),
+        Err(e) => return (0, Some(e)),
+    };
+    let values: Vec<Fields> = received[..whole]
+        .iter()
+        .zip(shown)
+        .zip(&control_written)
+        .map(|(((_, r, _, _), shown), &control)| Fields {
+            namelen: (shown.as_ref().unwrap_or(&r.from).len() as u32).to_ne_bytes(),
+            // The kernel reports the caller's MSG_CMSG_CLOEXEC back in msg_flags.
+            flags: ((r.flags | cloexec) as u32).to_ne_bytes(),
+            controllen: (if control { r.control_len as u64 } else { 0 }).to_ne_bytes(),
+            len: (r.len as u32).to_ne_bytes(),
+        })
+        .collect();
+    // An address that faults ends the batch; since Linux 6.12 its length was written
+    // first (see `addr::write_addr`), and stays.
+    let lone_length = (named < whole && net::length_written_first()).then_some(named);
+    let mut fields: Vec<(u64, &[u8])> = Vec::new();
+    let mut last_field = Vec::with_capacity(named);
+    for (i, ((m, _, _, _), v)) in
+        received.iter().zip(&values).enumerate().take(named.max(lone_length.map_or(0, |l| l + 1)))
+    {
+        if m.header.name != 0 {
+            fields.push((m.at + NAMELEN_AT, &v.namelen[..]));
+        }
+        if Some(i) == lone_length {
+            break;
+        }
+        fields.push((m.at + CONTROLLEN_AT, &v.controllen[..]));
+        fields.push((m.at + FLAGS_AT, &v.flags[..]));
+        if batch {
+            fields.push((m.at + MSG_LEN_AT, &v.len[..]));
+        }
+        last_field.push(fields.last().map_or(0, |(a, b)| a + b.len() as u64));
+    }
+    match write_fields(tid, headers, &fields) {
+        Ok(reached) => {
+            let done = last_field.iter().take_while(|&&end| end <= reached).count();
+            let failed = whole < received.len() || done < whole;
+            (done, failed.then_some(Errno::EFAULT))
         }
         Err(e) => (0, Some(e)),
     }
+}
+
+/// What the kernel writes back into a received message's header, native-endian.
+struct Fields {
+    namelen: [u8; 4],
+    flags: [u8; 4],
+    controllen: [u8; 8],
+    len: [u8; 4],
+}
+
+/// Writes `fields` (ascending, apart, each inside the caller's headers) into thread `tid`:
+/// as one block from the first to the end of the last, the bytes between them as they were
+/// read, when `headers` holds all of those bytes; else each on its own. Returns the address
+/// up to which the caller's memory was written: every field ending at or before it was,
+/// none after it (a fault stops the write).
+fn write_fields(tid: u32, headers: &Headers, fields: &[(u64, &[u8])]) -> Result<u64, Errno> {
+    let (Some(&(first, _)), Some(&(last, last_bytes))) = (fields.first(), fields.last()) else { return Ok(0) };
+    let end = last + last_bytes.len() as u64;
+    if let Some(mut block) = headers.span(first, end) {
+        for &(addr, bytes) in fields {
+            let at = (addr - first) as usize;
+            block[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        let written = mem::write_many(tid, &[(first, &block[..])])?;
+        return Ok(first + written as u64);
+    }
+    let written = mem::write_many(tid, fields)?;
+    let (mut sum, mut reached) = (0usize, first);
+    for &(addr, bytes) in fields {
+        sum += bytes.len();
+        if sum > written {
+            break;
+        }
+        reached = addr + bytes.len() as u64;
+    }
+    Ok(reached)
 }
 
 /// The destination each message names (`None` for none), read in one go, as much of it
@@ -869,6 +950,49 @@ mod tests {
         }
     }
 
+    /// The header fields go back as one block whose other bytes are as read, or field by
+    /// field when the block was not read whole; either way the answer says how far the
+    /// write went.
+    #[test]
+    fn header_fields_are_written_as_one_block_with_the_bytes_between_as_read() {
+        let tid = std::process::id();
+        let mut array = [0xa5u8; 3 * MMSGHDR as usize];
+        let at = array.as_mut_ptr() as u64;
+        let fields_of =
+            |i: u64| [(at + i * MMSGHDR + CONTROLLEN_AT, vec![1u8; 8]), (at + i * MMSGHDR + MSG_LEN_AT, vec![2u8; 4])];
+        let owned: Vec<(u64, Vec<u8>)> = (0..3).flat_map(fields_of).collect();
+        let fields: Vec<(u64, &[u8])> = owned.iter().map(|(a, b)| (*a, &b[..])).collect();
+        // Read as one block (the first two headers whole, the third to its msg_len).
+        let headers = Headers { at, bytes: array[..2 * MMSGHDR as usize + 60].to_vec() };
+        array.fill(0);
+        let reached = write_fields(tid, &headers, &fields).unwrap();
+        assert_eq!(reached, at + 2 * MMSGHDR + 60);
+        for (i, b) in array.iter().enumerate() {
+            let in_header = i as u64 % MMSGHDR;
+            // The block runs from the first field to the end of the last.
+            let want = match in_header {
+                _ if i < 40 || i as u64 >= 2 * MMSGHDR + 60 => 0,
+                40..48 => 1,
+                56..60 => 2,
+                _ => 0xa5,
+            };
+            assert_eq!(*b, want, "byte {i}");
+        }
+        // Not read whole: each field on its own, nothing between them written.
+        array.fill(0);
+        let short = Headers { at, bytes: vec![0xa5; 100] };
+        assert_eq!(write_fields(tid, &short, &fields).unwrap(), at + 2 * MMSGHDR + 60);
+        for (i, b) in array.iter().enumerate() {
+            let want = match i as u64 % MMSGHDR {
+                40..48 => 1,
+                56..60 => 2,
+                _ => 0,
+            };
+            assert_eq!(*b, want, "byte {i}");
+        }
+        assert_eq!(write_fields(tid, &short, &[]).unwrap(), 0);
+    }
+
     #[test]
     fn this_process_messages_read_back() {
         let mut a = [0u8; 10];
@@ -882,11 +1006,12 @@ mod tests {
         h.msg_iov = iov.as_ptr() as *mut libc::iovec;
         h.msg_iovlen = 2;
         let tid = std::process::id();
-        let read = read_batch(tid, &raw const h as u64, 1, false);
+        let (read, headers) = read_batch(tid, &raw const h as u64, 1, false);
         assert_eq!(read.len(), 1);
+        assert_eq!(headers.bytes.len(), MSGHDR as usize, "the header, read as one block");
         assert_eq!((read[0].data_room(), read[0].control_room()), (30, 0));
         assert_eq!(read[0].ranges[1], Range { addr: b.as_ptr() as u64, len: 20 });
         h.msg_iovlen = UIO_MAXIOV + 1;
-        assert!(read_batch(tid, &raw const h as u64, 1, false).is_empty(), "too many iovecs: the kernel's EMSGSIZE");
+        assert!(read_batch(tid, &raw const h as u64, 1, false).0.is_empty(), "too many iovecs: the kernel's EMSGSIZE");
     }
 }

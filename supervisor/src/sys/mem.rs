@@ -68,7 +68,36 @@ const IOV_MAX: usize = 1024;
 /// Reads each piece `(addr, buf)` of thread `tid` into its buffer, in order, in as few
 /// calls as `IOV_MAX` allows: how many bytes were read before the first piece that faults
 /// (no piece is read in part), all of them if none does.
+///
+/// Consecutive pieces whose pages touch (the next starting in the page where the previous
+/// one ends, or in the page after) are read as one range, the bytes between them included:
+/// each remote range costs `process_vm_readv` the pinning of its pages, and the buffers of a
+/// batch often sit side by side. No page is read that no piece touches. If a merged read
+/// comes up short, the pieces are read one by one, so that the count stays exact.
 pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Errno> {
+    let (ranges, at) = merged(pieces.iter().map(|(a, b)| (*a, b.len())));
+    if ranges.len() < pieces.len() {
+        let mut scratch = vec![0u8; ranges.iter().map(|r| r.1).sum()];
+        let mut local = Vec::with_capacity(ranges.len());
+        let mut rest = &mut scratch[..];
+        for &(_, len) in &ranges {
+            let (now, later) = std::mem::take(&mut rest).split_at_mut(len);
+            local.push(libc::iovec { iov_base: now.as_mut_ptr().cast(), iov_len: len });
+            rest = later;
+        }
+        let remote: Vec<libc::iovec> =
+            ranges.iter().map(|&(a, len)| libc::iovec { iov_base: a as *mut libc::c_void, iov_len: len }).collect();
+        // SAFETY: each local iovec is a distinct part of `scratch`, writable for its length
+        // and alive for the call.
+        let read = unsafe { transfer(tid, &local, &remote, libc::process_vm_readv) }?;
+        if read == scratch.len() {
+            for ((_, buf), &offset) in pieces.iter_mut().zip(&at) {
+                let len = buf.len();
+                buf.copy_from_slice(&scratch[offset..offset + len]);
+            }
+            return Ok(pieces.iter().map(|(_, b)| b.len()).sum());
+        }
+    }
     let local: Vec<libc::iovec> =
         pieces.iter_mut().map(|(_, b)| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
     let remote: Vec<libc::iovec> =
@@ -76,6 +105,43 @@ pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Err
     // SAFETY: each local iovec describes a buffer of `pieces`, writable for its length and
     // alive (borrowed mutably) for the call.
     unsafe { transfer(tid, &local, &remote, libc::process_vm_readv) }
+}
+
+/// The page size assumed when merging reads: pages are at least this large, so no merged
+/// range reaches a page that no piece touches.
+const PAGE: u64 = 4096;
+
+/// The most bytes one merged range spans.
+const MERGED_MAX: usize = 1 << 20;
+
+/// The ranges `(addr, len)` to read for `pieces` (`(addr, len)`, in order), consecutive ones
+/// merged where their pages touch, and where each piece starts in the ranges laid end to end.
+fn merged(pieces: impl Iterator<Item = (u64, usize)>) -> (Vec<(u64, usize)>, Vec<usize>) {
+    let mut ranges: Vec<(u64, usize)> = Vec::new();
+    let mut at = Vec::new();
+    let mut before = 0usize;
+    for (addr, len) in pieces {
+        let joined = ranges.last_mut().and_then(|last| {
+            let end = last.0.checked_add(last.1 as u64)?;
+            let piece_end = addr.checked_add(len as u64)?;
+            let touches = len > 0 && last.1 > 0 && addr >= end && addr / PAGE <= (end - 1) / PAGE + 1;
+            let span = usize::try_from(piece_end.checked_sub(last.0)?).ok()?;
+            (touches && span <= MERGED_MAX).then(|| {
+                let offset = before + (addr - last.0) as usize;
+                last.1 = span;
+                offset
+            })
+        });
+        match joined {
+            Some(offset) => at.push(offset),
+            None => {
+                before += ranges.last().map_or(0, |r| r.1);
+                at.push(before);
+                ranges.push((addr, len));
+            }
+        }
+    }
+    (ranges, at)
 }
 
 /// Writes each piece `(addr, data)` into thread `tid`, in order, in as few calls as
@@ -145,4 +211,63 @@ pub fn read_u32(tid: u32, addr: u64) -> Result<u32, Errno> {
     let mut b = [0u8; 4];
     read(tid, addr, &mut b)?;
     Ok(u32::from_ne_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_whose_pages_touch_are_merged_and_no_other_page_is_reached() {
+        let (ranges, at) = merged([(0x1000, 16), (0x1010, 16), (0x1800, 8), (0x3000, 4)].into_iter());
+        assert_eq!(ranges, [(0x1000, 0x808), (0x3000, 4)], "page 0x2000 is touched by no piece");
+        assert_eq!(at, [0, 16, 0x800, 0x808]);
+        // The next page is fine; going back, overlapping or empty pieces are not merged.
+        let (ranges, at) = merged([(0x1ff0, 16), (0x2000, 8), (0x1000, 8), (0x1004, 8), (0x1100, 0)].into_iter());
+        assert_eq!(ranges, [(0x1ff0, 24), (0x1000, 8), (0x1004, 8), (0x1100, 0)]);
+        assert_eq!(at, [0, 16, 24, 32, 40]);
+        // Never wider than MERGED_MAX, and no address arithmetic overflows.
+        let (ranges, _) =
+            merged([(0, MERGED_MAX), (MERGED_MAX as u64, 1), (u64::MAX - 1, 1), (u64::MAX, 1)].into_iter());
+        assert_eq!(ranges.len(), 4, "{ranges:?}");
+    }
+
+    /// A merged range that faults (here on a page no piece could read) falls back to the
+    /// pieces one by one: the count is that of the pieces read before the fault.
+    #[test]
+    fn a_merged_read_that_faults_counts_as_the_pieces_would() {
+        let page = PAGE as usize;
+        // SAFETY: a fresh anonymous mapping of two pages, ours alone; the second is made
+        // unreadable, and both are unmapped at the end.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        // SAFETY: the first page of the mapping above, writable.
+        let first = unsafe { std::slice::from_raw_parts_mut(base.cast::<u8>(), page) };
+        first[page - 32..].copy_from_slice(&[7u8; 32]);
+        first[100..104].copy_from_slice(&[9u8; 4]);
+        let at = base as u64;
+        let tid = std::process::id();
+        // Two pieces in one page, with a gap: read as one range.
+        let (mut a, mut b) = ([0u8; 4], [0u8; 16]);
+        assert_eq!(read_many(tid, &mut [(at + 100, &mut a[..]), (at + page as u64 - 16, &mut b[..])]), Ok(20));
+        assert_eq!((a, b), ([9; 4], [7; 16]));
+        // SAFETY: the second page of the mapping above.
+        assert_eq!(unsafe { libc::mprotect(base.cast::<u8>().add(page).cast(), page, libc::PROT_NONE) }, 0);
+        let (mut a, mut b, mut c) = ([0u8; 8], [0u8; 8], [0u8; 8]);
+        let mut pieces =
+            [(at + page as u64 - 16, &mut a[..]), (at + page as u64 - 8, &mut b[..]), (at + page as u64, &mut c[..])];
+        assert_eq!(read_many(tid, &mut pieces), Ok(16), "the third piece faults");
+        assert_eq!((a, b), ([7; 8], [7; 8]));
+        // SAFETY: the mapping made above, no longer used.
+        assert_eq!(unsafe { libc::munmap(base, 2 * page) }, 0);
+    }
 }

@@ -14,7 +14,7 @@ use ipvsca_tests::netns::Netns;
 
 use crate::floor::Floor;
 use crate::supervise::{CLIENT_IP, Daemon};
-use crate::workload::{BATCH, UDP_PORT};
+use crate::workload::{BATCH, UDP_PORT, WINDOW};
 use crate::{arg, wait_or_kill};
 
 /// As root, the bench runs in a network namespace of its own where this network is local
@@ -297,6 +297,12 @@ fn compare_in(args: &[String], net: [u8; 2]) {
             "udp-mmsg",
             format!(
                 "UDP in batches of {BATCH}, a recvmmsg (MSG_WAITFORONE) + sendmmsg server ({datagrams_n} datagrams), datagrams per second:"
+            ),
+        ),
+        (
+            "udp-mmsg-window",
+            format!(
+                "UDP with {WINDOW} datagrams in flight, the same recvmmsg + sendmmsg server (full batches; {datagrams_n} datagrams), datagrams per second:"
             ),
         ),
     ] {

@@ -36,10 +36,10 @@ Usage:
       20000): native, under the embedded supervisor, as root under an `ipvsca supervise`
       daemon, and under the floor (a minimal C supervisor compiled with cc at run time);
       then, natively and under the embedded supervisor with --msg, UDP request/response to
-      a recvmsg + sendmsg server, UDP in batches of 32 to a recvmmsg + sendmmsg server
-      (N datagrams each), and a TCP service sending 16 KiB with sendmsg (N calls, default
-      50000; also without --msg); the median of --rounds (default 3) runs, the modes
-      interleaved.
+      a recvmsg + sendmsg server, UDP in batches of 32 and with 128 datagrams in flight
+      to a recvmmsg + sendmmsg server (N datagrams each), and a TCP service sending 16 KiB
+      with sendmsg (N calls, default 50000; also without --msg); the median of --rounds
+      (default 3) runs, the modes interleaved.
   ipvsca-bench nginx [--duration S] [--rounds N] [--connections N]
       nginx (worker_processes 1, then 2) natively and under `ipvsca-run`, loaded by wrk
       from another network namespace over a veth pair, with keep-alive and with one request

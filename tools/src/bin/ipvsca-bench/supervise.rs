@@ -36,7 +36,9 @@ fn mappings(workload_args: &[String]) -> (Proto, Vec<(SocketAddrV4, SocketAddr)>
     let (from, listen) = (addr_arg(workload_args, "--from"), addr_arg(workload_args, "--listen"));
     let (proto, port, count) = match workload_args[0].as_str() {
         "getpeername" => (Proto::Tcp, GETPEERNAME_PORT, 1),
-        "udp" | "udp-msg" | "udp-mmsg" => (Proto::Udp, arg(workload_args, "--port", UDP_PORT.into()) as u16, 1),
+        "udp" | "udp-msg" | "udp-mmsg" | "udp-mmsg-window" => {
+            (Proto::Udp, arg(workload_args, "--port", UDP_PORT.into()) as u16, 1)
+        }
         "tcp-sendmsg" => (Proto::Tcp, 0, 0),
         "accept-blocking" => (Proto::Tcp, ACCEPT_BLOCKING_PORT, n),
         _ => (Proto::Tcp, ACCEPT_PORT, n),

@@ -32,12 +32,17 @@ pub fn run(args: &[String]) {
         "getpeername" => getpeername(n, client_ip, listen),
         "accept" => accept(n, client_ip, listen, false),
         "accept-blocking" => accept(n, client_ip, listen, true),
-        "udp" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::From),
-        "udp-msg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::Msg),
-        "udp-mmsg" => udp(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16, Server::Mmsg),
+        "udp" => udp(n, client_ip, listen, udp_port(args), Server::From, None),
+        "udp-msg" => udp(n, client_ip, listen, udp_port(args), Server::Msg, None),
+        "udp-mmsg" => udp(n, client_ip, listen, udp_port(args), Server::Mmsg, None),
+        "udp-mmsg-window" => udp(n, client_ip, listen, udp_port(args), Server::Mmsg, Some(WINDOW)),
         "tcp-sendmsg" => tcp_sendmsg(n, client_ip, listen, arg(args, "--port", UDP_PORT.into()) as u16),
         other => panic!("unknown workload {other}"),
     }
+}
+
+fn udp_port(args: &[String]) -> u16 {
+    arg(args, "--port", UDP_PORT.into()) as u16
 }
 
 fn sockaddr_of(buf: &[u8; 128]) -> SocketAddrV4 {
@@ -108,12 +113,17 @@ enum Server {
 /// their replies.
 pub const BATCH: usize = 32;
 
+/// Datagrams the `udp-mmsg-window` client keeps in flight.
+pub const WINDOW: usize = 128;
+
 /// A UDP server answering each datagram to its source, in a thread, and a client doing `n`
-/// request/response round trips with it (by batches of [`BATCH`] for `Server::Mmsg`)
-/// with `send`/`recv` (not trapped): round trips per second. Prints the peer the server was
+/// request/response round trips with it with `send`/`recv` (not trapped): by batches of
+/// [`BATCH`] for `Server::Mmsg` (send them all, then read their replies), or keeping
+/// `window` datagrams in flight (a new one for each reply: the server's queue never empties,
+/// so its batches are full): round trips per second. Prints the peer the server was
 /// shown; the replies reaching the client show that its sends to that address were sent
 /// back to the client.
-fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server) {
+fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server, window: Option<usize>) {
     static SEEN: OnceLock<SocketAddrV4> = OnceLock::new();
     let server = UdpSocket::bind((listen, port)).unwrap();
     let sfd = server.as_raw_fd();
@@ -133,19 +143,37 @@ fn udp(n: usize, client_ip: Ipv4Addr, listen: Ipv4Addr, port: u16, kind: Server)
     let batch = if kind == Server::Mmsg { BATCH } else { 1 };
     let mut buf = [0u8; 64];
     let start = Instant::now();
-    for _ in 0..n.div_ceil(batch) {
-        for _ in 0..batch {
+    let total = if let Some(window) = window {
+        let mut sent = 0;
+        for _ in 0..window.min(n) {
             client.send(&[7u8; 32]).unwrap();
+            sent += 1;
         }
-        for _ in 0..batch {
+        for _ in 0..n {
             client.recv(&mut buf).expect("the reply came back");
+            if sent < n {
+                client.send(&[7u8; 32]).unwrap();
+                sent += 1;
+            }
         }
-    }
-    let per_second = (n.div_ceil(batch) * batch) as f64 / start.elapsed().as_secs_f64();
-    let name = match kind {
-        Server::From => "udp",
-        Server::Msg => "udp-msg",
-        Server::Mmsg => "udp-mmsg",
+        n
+    } else {
+        for _ in 0..n.div_ceil(batch) {
+            for _ in 0..batch {
+                client.send(&[7u8; 32]).unwrap();
+            }
+            for _ in 0..batch {
+                client.recv(&mut buf).expect("the reply came back");
+            }
+        }
+        n.div_ceil(batch) * batch
+    };
+    let per_second = total as f64 / start.elapsed().as_secs_f64();
+    let name = match (kind, window) {
+        (Server::From, _) => "udp",
+        (Server::Msg, _) => "udp-msg",
+        (Server::Mmsg, None) => "udp-mmsg",
+        (Server::Mmsg, Some(_)) => "udp-mmsg-window",
     };
     println!("{name} {per_second:.0} {}", SEEN.get().expect("the server saw a datagram"));
 }
