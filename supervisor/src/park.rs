@@ -280,7 +280,7 @@ impl Parker {
     /// done: its answer (refused, the call being gone) may still write into the caller's
     /// memory, which the new call may use too (a receive loop reuses its buffer).
     pub fn interrupted(&self, tid: u32, restarts: &Restarts) {
-        if self.trying_tid.load(Ordering::Acquire) == tid {
+        if self.trying_tid.load(Ordering::SeqCst) == tid {
             let mut trying = self.trying.lock().unwrap_or_else(|e| e.into_inner());
             while *trying == tid {
                 trying = self.tried.wait(trying).unwrap_or_else(|e| e.into_inner());
@@ -299,7 +299,7 @@ impl Parker {
     pub fn tried(&self) {
         let mut trying = self.trying.lock().unwrap_or_else(|e| e.into_inner());
         *trying = 0;
-        self.trying_tid.store(0, Ordering::Release);
+        self.trying_tid.store(0, Ordering::SeqCst);
         self.tried.notify_all();
     }
 
@@ -328,16 +328,19 @@ impl Parker {
             };
             let copy = socket.copy.clone();
             let Some(parked) = self.take(&mut state, tid, Some(id)) else { continue };
+            // Marked before the call's notification is checked. The restart of an
+            // interrupted call reaches the receiving thread only once the old notification
+            // is gone: if `interrupted` finds no mark, the mark came later, and so does the
+            // check below, which then finds the call gone and drops it.
+            *self.trying.lock().unwrap_or_else(|e| e.into_inner()) = tid;
+            self.trying_tid.store(tid, Ordering::SeqCst);
             if interrupted(id) {
                 if parked.deadline.is_some() {
                     restarts.keep(&parked.job.n, Err(Errno::EINTR));
                 }
+                self.tried();
                 continue;
             }
-            // Marked under the state lock: `interrupted` either takes the call first or
-            // sees it being tried.
-            *self.trying.lock().unwrap_or_else(|e| e.into_inner()) = tid;
-            self.trying_tid.store(tid, Ordering::Release);
             return Some((copy, parked));
         }
     }
@@ -670,5 +673,40 @@ mod tests {
         assert_eq!(parker.len(), 2, "the restart and the other thread's call");
         parker.wait(&mut events, &mut out);
         assert_eq!(out, [Event::Socket(inode)], "still readable, still reported");
+    }
+
+    /// A restart that reaches the receiving thread while the waiting thread has taken the
+    /// call but not yet checked its notification also waits for the try (a second reader
+    /// found it going ahead, the old call's answer then still to be written).
+    #[test]
+    fn a_restart_between_taking_a_call_and_checking_it_waits_for_the_try() {
+        let parker = Parker::new().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let inode = net::inode(socket.as_fd()).unwrap();
+        let (tids, _stop) = threads(1);
+        parker.park(job(tids[0], 1), wait_on(&socket, None)).unwrap();
+        std::thread::scope(|scope| {
+            let restart = std::cell::OnceCell::new();
+            let (copy, first) = parker
+                .next(
+                    inode,
+                    |_| {
+                        let handle = scope.spawn(|| parker.interrupted(tids[0], &Restarts::default()));
+                        std::thread::sleep(Duration::from_millis(50));
+                        assert!(!handle.is_finished(), "the restart went ahead while the call is taken");
+                        let _ = restart.set(handle);
+                        false
+                    },
+                    &Restarts::default(),
+                )
+                .unwrap();
+            let restart = restart.into_inner().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!restart.is_finished(), "the restart waits for the try");
+            drop((copy, first));
+            parker.tried();
+            restart.join().unwrap();
+        });
+        assert_eq!(parker.len(), 0);
     }
 }

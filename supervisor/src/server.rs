@@ -475,6 +475,9 @@ fn serve_socket(shared: &Arc<Shared>, inode: u64) {
             }
             // Never for the calls that park; handled as anywhere else.
             Handled::ToWorker => {
+                // Rare (a socket that failed or was shut down while the call was parked):
+                // the worker answers later, with its own checks that the call is still
+                // pending, not covered by `tried`.
                 shared.parker.tried();
                 follow(shared, parked.job, Handled::ToWorker)
             }

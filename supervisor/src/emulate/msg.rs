@@ -749,9 +749,9 @@ fn write_messages(
     }
     // The addresses, then the header fields: the address's length, the control length,
     // the flags and (recvmmsg) msg_len. The kernel writes them message by message; the
-    // memory left is the same, except that if the headers themselves cannot be written
-    // (the kernel fails there after the first address) the later addresses were written
-    // too.
+    // memory left is the same, except that if a message's header cannot be written (the
+    // kernel stops there, that message's address written or, since 6.12, not) the
+    // addresses of the later messages were written too.
     let mut pieces: Vec<(u64, &[u8])> = Vec::new();
     let mut ends = Vec::with_capacity(whole);
     let mut total = 0usize;
@@ -803,6 +803,18 @@ fn write_messages(
     }
     match write_fields(tid, headers, &fields) {
         Ok(reached) => {
+            // The kernel writes msg_flags before msg_controllen: a fault in msg_flags (a
+            // header across the end of the writable memory) leaves msg_controllen as it
+            // was, which the ascending write has just changed. Put it back.
+            let stopped_in_flags = received[..whole.min(named)].iter().find(|(m, _, _, _)| {
+                (m.at + CONTROLLEN_AT..m.at + FLAGS_AT + 4).contains(&reached) && reached > m.at + CONTROLLEN_AT
+            });
+            if let Some((m, _, _, _)) = stopped_in_flags {
+                let end = reached.min(m.at + CONTROLLEN_AT + 8);
+                if let Some(was) = headers.span(m.at + CONTROLLEN_AT, end) {
+                    let _ = mem::write_many(tid, &[(m.at + CONTROLLEN_AT, &was[..])]);
+                }
+            }
             let done = last_field.iter().take_while(|&&end| end <= reached).count();
             let failed = whole < received.len() || done < whole;
             (done, failed.then_some(Errno::EFAULT))
@@ -991,6 +1003,114 @@ mod tests {
             assert_eq!(*b, want, "byte {i}");
         }
         assert_eq!(write_fields(tid, &short, &[]).unwrap(), 0);
+    }
+
+    /// Two `mmsghdr`s laid so that the second one's `msg_flags` starts a read-only page.
+    struct Straddling {
+        base: *mut libc::c_void,
+        array: *mut libc::mmsghdr,
+        data: Box<[[u8; 16]; 2]>,
+        names: Box<[[u8; 16]; 2]>,
+        iovs: Box<[libc::iovec; 2]>,
+    }
+
+    impl Straddling {
+        fn new() -> Straddling {
+            // SAFETY: a fresh private anonymous mapping of two pages, ours alone.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    8192,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(base, libc::MAP_FAILED);
+            // The second header starts 64 bytes on, its msg_flags 48 bytes further: at 4096.
+            // SAFETY: 112 bytes before the end of the first page, inside the mapping.
+            let array = unsafe { base.cast::<u8>().add(4096 - 112) }.cast::<libc::mmsghdr>();
+            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+            let mut s = Straddling {
+                base,
+                array,
+                data: Box::new([[0; 16]; 2]),
+                names: Box::new([[0; 16]; 2]),
+                iovs: Box::new([empty; 2]),
+            };
+            for i in 0..2 {
+                s.iovs[i] = libc::iovec { iov_base: s.data[i].as_mut_ptr().cast(), iov_len: 16 };
+                // SAFETY: an all-zero mmsghdr is valid.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_name = s.names[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_namelen = 100;
+                h.msg_hdr.msg_iov = &mut s.iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_flags = 0x5a5a;
+                h.msg_hdr.msg_controllen = 77;
+                h.msg_len = 0xdead;
+                // SAFETY: header i lies inside the mapping, which is writable (yet).
+                unsafe { s.array.add(i).write_unaligned(h) };
+            }
+            // SAFETY: the second page of the mapping above.
+            assert_eq!(unsafe { libc::mprotect(base.cast::<u8>().add(4096).cast(), 4096, libc::PROT_READ) }, 0);
+            s
+        }
+
+        /// Each header's (msg_namelen, msg_controllen, msg_flags, msg_len).
+        fn fields(&self) -> Vec<(u32, usize, i32, u32)> {
+            (0..2)
+                .map(|i| {
+                    // SAFETY: header i lies inside the mapping, which stays readable.
+                    let h = unsafe { self.array.add(i).read_unaligned() };
+                    (h.msg_hdr.msg_namelen, h.msg_hdr.msg_controllen, h.msg_hdr.msg_flags, h.msg_len)
+                })
+                .collect()
+        }
+    }
+
+    impl Drop for Straddling {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`, no longer used.
+            unsafe { libc::munmap(self.base, 8192) };
+        }
+    }
+
+    /// A header across the end of the writable memory is left as the kernel leaves it:
+    /// msg_flags faults first, so msg_controllen keeps its value (a second reader found the
+    /// block write changing it).
+    #[test]
+    fn a_header_that_faults_part_way_is_left_as_the_kernels_recvmmsg_leaves_it() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for datagram in [b"a", b"b"] {
+            client.send_to(datagram, server.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let native = Straddling::new();
+        // SAFETY: two headers naming live buffers; the kernel checks every pointer.
+        let got = unsafe {
+            libc::recvmmsg(
+                std::os::fd::AsRawFd::as_raw_fd(&server),
+                native.array,
+                2,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(got, 1, "the second header faults: {}", std::io::Error::last_os_error());
+        let emulated = Straddling::new();
+        let tid = std::process::id();
+        let (messages, headers) = read_batch(tid, emulated.array as u64, 2, true);
+        assert_eq!(messages.len(), 2);
+        let from = net::sock_name(std::os::fd::AsFd::as_fd(&client)).unwrap();
+        let received: Vec<Received> = (0..2).map(|_| Received { len: 1, from, control_len: 0, flags: 0 }).collect();
+        let filled: Vec<Filled<'_>> = (0..2).map(|i| (&messages[i], &received[i], &b"ab"[i..i + 1], &[][..])).collect();
+        let (delivered, error) = write_messages(tid, (&filled, &headers), &[None, None], true, 0);
+        assert_eq!((delivered, error), (1, Some(Errno::EFAULT)));
+        assert_eq!(emulated.fields(), native.fields());
+        assert_eq!(emulated.data[0], native.data[0]);
     }
 
     #[test]

@@ -73,11 +73,14 @@ const IOV_MAX: usize = 1024;
 /// one ends, or in the page after) are read as one range, the bytes between them included:
 /// each remote range costs `process_vm_readv` the pinning of its pages, and the buffers of a
 /// batch often sit side by side. No page is read that no piece touches. If a merged read
-/// comes up short, the pieces are read one by one, so that the count stays exact.
+/// comes up short, or would span more than [`MERGED_MAX`] bytes in all, the pieces are read
+/// one by one (the count stays exact, and the buffer bounded).
 pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Errno> {
     let (ranges, at) = merged(pieces.iter().map(|(a, b)| (*a, b.len())));
-    if ranges.len() < pieces.len() {
-        let mut scratch = vec![0u8; ranges.iter().map(|r| r.1).sum()];
+    let span: usize = ranges.iter().map(|r| r.1).sum();
+    // Through a buffer of its own, so bounded: large reads (a batch's data) go directly.
+    if ranges.len() < pieces.len() && span <= MERGED_MAX {
+        let mut scratch = vec![0u8; span];
         let mut local = Vec::with_capacity(ranges.len());
         let mut rest = &mut scratch[..];
         for &(_, len) in &ranges {
@@ -111,8 +114,8 @@ pub fn read_many(tid: u32, pieces: &mut [(u64, &mut [u8])]) -> Result<usize, Err
 /// range reaches a page that no piece touches.
 const PAGE: u64 = 4096;
 
-/// The most bytes one merged range spans.
-const MERGED_MAX: usize = 1 << 20;
+/// The most bytes a merged read spans in all (its buffer): more is read piece by piece.
+const MERGED_MAX: usize = 256 << 10;
 
 /// The ranges `(addr, len)` to read for `pieces` (`(addr, len)`, in order), consecutive ones
 /// merged where their pages touch, and where each piece starts in the ranges laid end to end.
