@@ -42,7 +42,7 @@ pub fn user_inet(raw: &RawSockAddr) -> Option<SocketAddr> {
 
 /// `original` with its address and port replaced by `with`, in `original`'s family and
 /// length. `None` if the family cannot carry `with` (an IPv6 address for an `AF_INET`
-/// socket, or a plain IPv6 address where the original was IPv4-mapped).
+/// socket).
 pub fn replace(original: &RawSockAddr, with: SocketAddr) -> Option<RawSockAddr> {
     // `sockaddr_storage` is 128 bytes: the longest address a socket gives.
     let mut storage = [0u8; 128];
@@ -55,11 +55,12 @@ pub fn replace(original: &RawSockAddr, with: SocketAddr) -> Option<RawSockAddr> 
             bytes[4..8].copy_from_slice(&v4.ip().octets());
         }
         libc::AF_INET6 if bytes.len() >= SOCKADDR_IN6_MIN_INPUT => {
-            let was_mapped = Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[8..24]).ok()?).to_ipv4_mapped().is_some();
+            // An IPv6 client of an IPv4 flow (DPVS's NAT64) is shown as itself on a
+            // dual-stack socket, whose family carries it, though the kernel shows the
+            // balancer IPv4-mapped.
             let ip = match with.ip() {
                 IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-                IpAddr::V6(v6) if !was_mapped => v6,
-                IpAddr::V6(_) => return None,
+                IpAddr::V6(v6) => v6,
             };
             bytes[2..4].copy_from_slice(&with.port().to_be_bytes());
             bytes[8..24].copy_from_slice(&ip.octets());
@@ -133,9 +134,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn families_that_cannot_carry_the_replacement_are_refused() {
+    fn only_an_ipv4_socket_cannot_carry_an_ipv6_client() {
         assert!(replace(&raw_v4("10.1.0.5:1"), "[2001:db8::1]:2".parse().unwrap()).is_none());
-        assert!(replace(&raw_v6("[::ffff:10.1.0.5]:1"), "[2001:db8::1]:2".parse().unwrap()).is_none());
+        // NAT64 on a dual-stack socket: the IPv4-mapped balancer gives way to the IPv6 client.
+        let nat64 = replace(&raw_v6("[::ffff:10.1.0.5]:1"), "[2001:db8::1]:2".parse().unwrap()).unwrap();
+        assert_eq!(nat64.as_bytes(), raw_v6("[2001:db8::1]:2").as_bytes());
         assert!(replace(&raw_v6("[2001:db8::5]:1"), "[2001:db8::1]:2".parse().unwrap()).is_some());
     }
 

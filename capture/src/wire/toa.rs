@@ -1,23 +1,29 @@
 //! The TOA ("TCP option address") option a FULLNAT balancer adds to tell the real server
-//! who the client was (spec, "TCP: the TOA option"):
+//! who the client was (spec, "TCP: the TOA option"), in its two forms:
 //!
-//! | offset | size | field                          |
-//! |--------|------|--------------------------------|
-//! | 0      | 1    | kind (`tcpopt_addr`, 200 or 254) |
-//! | 1      | 1    | length: 8                      |
-//! | 2      | 2    | client port, network order     |
-//! | 4      | 4    | client IPv4 address            |
+//! | offset | size | IPv4 form (ip_vs_ca, LVS, DPVS)   | IPv6 form (DPVS)                  |
+//! |--------|------|-----------------------------------|-----------------------------------|
+//! | 0      | 1    | kind (`tcpopt_addr`, 200 or 254)  | kind (254)                        |
+//! | 1      | 1    | length: 8                         | length: 20                        |
+//! | 2      | 2    | client port, network order        | client port, network order        |
+//! | 4      | 4/16 | client IPv4 address               | client IPv6 address               |
 //!
-//! Owns recognising and emitting the option. The IPv6 form (kind 254, length 20) is a
-//! later step: it will be one more length in [`find_toa`], returning a `SocketAddr::V6`.
+//! DPVS (`kmod/toa/toa.h`, `src/ipvs/ip_vs_proto_tcp.c`) uses kind 254 for both and picks
+//! the form by the client's family, not the flow's: an IPv6 client of an IPv4 real server
+//! (NAT64) comes as a 20-byte option in an IPv4 segment. ipvsca takes either length for
+//! every accepted kind.
+//!
+//! Owns recognising and emitting the option.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::Malformed;
 use super::tcp_options::OptionWalk;
 
 /// Length of the IPv4 TOA option.
 pub const TOA_V4_LEN: usize = 8;
+/// Length of the IPv6 TOA option (DPVS).
+pub const TOA_V6_LEN: usize = 20;
 /// The kind the 2012 LVS release and ip_vs_ca use by default.
 pub const KIND_LVS: u8 = 200;
 /// The kind later Alibaba and DPVS releases use.
@@ -111,18 +117,33 @@ impl std::fmt::Debug for ToaKinds {
 
 /// The client of the first TOA in an option list, if there is one before the walk ends.
 ///
-/// Only `kind ∈ kinds && length == 8` is a TOA; an option of an accepted kind with any
-/// other length is walked over like any other option. A walk that ends on a broken
-/// length before a TOA is found is `Err(BadTcpOption)`; options after the first TOA are
-/// never looked at, as in the module.
+/// Only `kind ∈ kinds` with length 8 (IPv4 client) or 20 (IPv6 client) is a TOA; an option
+/// of an accepted kind with any other length is walked over like any other option. An IPv6
+/// client written as an IPv4-mapped address is the IPv4 client it maps. A walk that ends on
+/// a broken length before a TOA is found is `Err(BadTcpOption)`; options after the first
+/// TOA are never looked at, as in the modules.
 pub fn find_toa(options: &[u8], kinds: &ToaKinds) -> Result<Option<SocketAddr>, Malformed> {
     for option in OptionWalk::new(options) {
         let option = option?;
-        if kinds.contains(option.kind) && option.data.len() + 2 == TOA_V4_LEN {
-            let d = option.data;
-            let port = u16::from_be_bytes([d[0], d[1]]);
-            let ip = Ipv4Addr::new(d[2], d[3], d[4], d[5]);
-            return Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))));
+        if !kinds.contains(option.kind) {
+            continue;
+        }
+        let d = option.data;
+        match d.len() + 2 {
+            TOA_V4_LEN => {
+                let port = u16::from_be_bytes([d[0], d[1]]);
+                let ip = Ipv4Addr::new(d[2], d[3], d[4], d[5]);
+                return Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))));
+            }
+            TOA_V6_LEN => {
+                let port = u16::from_be_bytes([d[0], d[1]]);
+                let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&d[2..18]).expect("16 bytes"));
+                return Ok(Some(match ip.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+                }));
+            }
+            _ => {}
         }
     }
     Ok(None)
@@ -135,6 +156,16 @@ pub fn emit_toa_v4(kind: u8, client: SocketAddrV4) -> [u8; TOA_V4_LEN] {
     option[1] = TOA_V4_LEN as u8;
     option[2..4].copy_from_slice(&client.port().to_be_bytes());
     option[4..8].copy_from_slice(&client.ip().octets());
+    option
+}
+
+/// The 20 bytes of an IPv6 TOA option announcing `client` (DPVS's form).
+pub fn emit_toa_v6(kind: u8, client: SocketAddrV6) -> [u8; TOA_V6_LEN] {
+    let mut option = [0u8; TOA_V6_LEN];
+    option[0] = kind;
+    option[1] = TOA_V6_LEN as u8;
+    option[2..4].copy_from_slice(&client.port().to_be_bytes());
+    option[4..20].copy_from_slice(&client.ip().octets());
     option
 }
 
@@ -174,9 +205,25 @@ mod tests {
     }
 
     #[test]
+    fn the_ipv6_form_is_port_then_sixteen_address_bytes() {
+        let v6: SocketAddrV6 = "[2001:db8::7]:1111".parse().unwrap();
+        let mut opts = vec![1, 1];
+        opts.extend_from_slice(&emit_toa_v6(254, v6));
+        assert_eq!(opts[2..6], [254, 20, 0x04, 0x57]);
+        assert_eq!(opts[6..8], [0x20, 0x01]);
+        assert_eq!(find_toa(&opts, &ToaKinds::default()).unwrap(), Some(v6.into()));
+        // Any accepted kind, as for the IPv4 form; not a kind outside the set.
+        assert_eq!(find_toa(&emit_toa_v6(200, v6), &ToaKinds::default()).unwrap(), Some(v6.into()));
+        assert_eq!(find_toa(&emit_toa_v6(200, v6), &ToaKinds::from_kinds([254])).unwrap(), None);
+        // An IPv4-mapped client is the IPv4 client.
+        let mapped = SocketAddrV6::new(client().ip().to_ipv6_mapped(), 1111, 0, 0);
+        assert_eq!(find_toa(&emit_toa_v6(254, mapped), &ToaKinds::default()).unwrap(), Some(client().into()));
+    }
+
+    #[test]
     fn accepted_kind_with_another_length_is_walked_over() {
-        let mut opts = vec![254, 20];
-        opts.extend_from_slice(&[0; 18]);
+        let mut opts = vec![254, 12];
+        opts.extend_from_slice(&[0; 10]);
         opts.extend_from_slice(&emit_toa_v4(200, client()));
         assert_eq!(find_toa(&opts, &ToaKinds::default()).unwrap(), Some(client().into()));
     }
@@ -227,6 +274,16 @@ mod tests {
             let client = SocketAddrV4::new(ip.into(), port);
             let mut opts = vec![1u8; nops];
             opts.extend_from_slice(&emit_toa_v4(kind, client));
+            prop_assert_eq!(find_toa(&opts, &ToaKinds::from_kinds([kind])).unwrap(), Some(client.into()));
+        }
+
+        #[test]
+        fn emitted_ipv6_toa_parses_back(kind in 2u8.., ip in any::<[u8; 16]>(), port in any::<u16>(), nops in 0usize..8) {
+            let ip = std::net::Ipv6Addr::from(ip);
+            prop_assume!(ip.to_ipv4_mapped().is_none());
+            let client = SocketAddrV6::new(ip, port, 0, 0);
+            let mut opts = vec![1u8; nops];
+            opts.extend_from_slice(&emit_toa_v6(kind, client));
             prop_assert_eq!(find_toa(&opts, &ToaKinds::from_kinds([kind])).unwrap(), Some(client.into()));
         }
     }
