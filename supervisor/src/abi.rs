@@ -1,7 +1,7 @@
 //! Which trapped call a notification is, and its arguments, for each ABI an x86-64 kernel
 //! runs (seccomp spec, rule 9):
 //!
-//! - x86-64: the six calls by their own numbers.
+//! - x86-64: the six calls by their own numbers, and `getsockopt` for DPVS's two lookups.
 //! - i386: the direct socket calls (Linux 4.3+; i386 has no direct `accept`) and
 //!   `socketcall(2)`, whose real arguments are an array of 4-byte words in the caller's
 //!   memory: trapped for the six sub-calls whatever their arguments, decoded here.
@@ -48,6 +48,10 @@ pub enum Syscall {
     SendMsg,
     /// `sendmmsg(2)` (with `--msg`).
     SendMmsg,
+    /// `getsockopt(2)`, trapped only for DPVS's lookups (`IPPROTO_IP`, options 2048 and
+    /// 4096), on its direct numbers: through i386's `socketcall` its arguments are out of
+    /// BPF's reach, and it is not trapped there.
+    GetSockOpt,
 }
 
 impl Syscall {
@@ -59,7 +63,7 @@ impl Syscall {
     pub const MSG: [Syscall; 4] = [Syscall::RecvMsg, Syscall::RecvMmsg, Syscall::SendMsg, Syscall::SendMmsg];
 
     /// Every call the supervisor knows.
-    pub const ALL: [Syscall; 10] = [
+    pub const ALL: [Syscall; 11] = [
         Syscall::Accept,
         Syscall::Accept4,
         Syscall::GetPeerName,
@@ -70,6 +74,7 @@ impl Syscall {
         Syscall::RecvMmsg,
         Syscall::SendMsg,
         Syscall::SendMmsg,
+        Syscall::GetSockOpt,
     ];
 
     /// The call's name in libseccomp's (and the kernel's) tables.
@@ -85,6 +90,7 @@ impl Syscall {
             Syscall::RecvMmsg => "recvmmsg",
             Syscall::SendMsg => "sendmsg",
             Syscall::SendMmsg => "sendmmsg",
+            Syscall::GetSockOpt => "getsockopt",
         }
     }
 
@@ -101,6 +107,7 @@ impl Syscall {
             Syscall::RecvMsg => (17, 3),
             Syscall::RecvMmsg => (19, 5),
             Syscall::SendMmsg => (20, 4),
+            Syscall::GetSockOpt => (15, 5),
         }
     }
 
@@ -110,7 +117,7 @@ impl Syscall {
     }
 
     fn from_socketcall(call: u64) -> Option<Syscall> {
-        Syscall::ALL.into_iter().find(|s| s.socketcall().0 == call)
+        Syscall::ALL.into_iter().filter(|&s| s != Syscall::GetSockOpt).find(|s| s.socketcall().0 == call)
     }
 }
 
@@ -139,6 +146,23 @@ pub enum Call {
     SendMsg(Msg),
     /// `sendmmsg(fd, msgvec, vlen, flags)` (`timeout` 0).
     SendMmsg(Mmsg),
+    /// `getsockopt(fd, level, optname, optval, optlen)`.
+    GetSockOpt(GetSockOpt),
+}
+
+/// The arguments of `getsockopt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetSockOpt {
+    /// The socket.
+    pub fd: RawFd,
+    /// `IPPROTO_IP` for the calls trapped.
+    pub level: i32,
+    /// The option.
+    pub optname: i32,
+    /// The caller's buffer.
+    pub optval: u64,
+    /// `socklen_t *`: its size in, what was written out.
+    pub optlen: u64,
 }
 
 /// The arguments of `recvmsg` and `sendmsg`.
@@ -274,6 +298,13 @@ impl Call {
             Syscall::SendMmsg => {
                 Call::SendMmsg(Mmsg { fd: int(0), msgvec: args[1], vlen: args[2] as u32, flags: int(3), timeout: 0 })
             }
+            Syscall::GetSockOpt => Call::GetSockOpt(GetSockOpt {
+                fd: int(0),
+                level: int(1),
+                optname: int(2),
+                optval: args[3],
+                optlen: args[4],
+            }),
         }
     }
 
@@ -283,7 +314,7 @@ impl Call {
         match self {
             Call::Accept(_) | Call::GetPeerName(_) | Call::Connect(_) | Call::RecvMsg(_) | Call::SendMsg(_) => 3,
             Call::Accept4(_) | Call::SendMmsg(_) => 4,
-            Call::RecvMmsg(_) => 5,
+            Call::RecvMmsg(_) | Call::GetSockOpt(_) => 5,
             Call::RecvFrom(_) | Call::SendTo(_) => 6,
         }
     }
@@ -301,6 +332,7 @@ impl Call {
             Call::RecvMmsg(_) => Syscall::RecvMmsg,
             Call::SendMsg(_) => Syscall::SendMsg,
             Call::SendMmsg(_) => Syscall::SendMmsg,
+            Call::GetSockOpt(_) => Syscall::GetSockOpt,
         }
     }
 }
@@ -353,6 +385,7 @@ impl SyscallTable {
             (368, Syscall::GetPeerName),
             (369, Syscall::SendTo),
             (371, Syscall::RecvFrom),
+            (365, Syscall::GetSockOpt),
         ] {
             by_number.insert((AUDIT_ARCH_I386, nr), s);
         }
@@ -424,6 +457,7 @@ mod tests {
         assert!(matches!(call(299), Decoded::Call(Call::RecvMmsg(_))));
         assert!(matches!(call(46), Decoded::Call(Call::SendMsg(_))));
         assert!(matches!(call(307), Decoded::Call(Call::SendMmsg(_))));
+        assert!(matches!(call(55), Decoded::Call(Call::GetSockOpt(_))));
         assert_eq!(call(39), Decoded::Other);
     }
 
@@ -446,6 +480,10 @@ mod tests {
         let got = t.decode(AUDIT_ARCH_I386, 102, [12, 0xffff_1000, 0, 0, 0, 0]);
         assert_eq!(got, Decoded::SocketCall { syscall: Syscall::RecvFrom, args: 0xffff_1000 });
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [9, 0, 0, 0, 0, 0]), Decoded::Other, "SYS_SEND is not trapped");
+        assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [15, 0, 0, 0, 0, 0]), Decoded::Other, "nor SYS_GETSOCKOPT");
+        let getsockopt = t.decode(AUDIT_ARCH_I386, 365, [3, 0, 4096, 0x1000, 0x2000, 0]);
+        let want = GetSockOpt { fd: 3, level: 0, optname: 4096, optval: 0x1000, optlen: 0x2000 };
+        assert_eq!(getsockopt, Decoded::Call(Call::GetSockOpt(want)));
         assert_eq!(t.decode(AUDIT_ARCH_I386, 102, [17, 0, 0, 0, 0, 0]), Decoded::OtherAbi(Syscall::RecvMsg));
         assert_eq!(t.decode(AUDIT_ARCH_I386, 372, [0; 6]), Decoded::OtherAbi(Syscall::RecvMsg));
         assert_eq!(t.decode(AUDIT_ARCH_I386, 417, [0; 6]), Decoded::OtherAbi(Syscall::RecvMmsg), "recvmmsg_time64");

@@ -10,6 +10,9 @@
 //! - `recvfrom`, `sendto`: when the address argument (4) is not NULL;
 //! - i386 `socketcall` for the same six sub-calls, whatever their arguments (they are in
 //!   memory, out of BPF's reach; the supervisor lets the NULL ones continue);
+//! - `getsockopt` at level `IPPROTO_IP` for options 2048 and 4096 only, DPVS's
+//!   `UOA_SO_GET_LOOKUP` and `TOA_SO_GET_LOOKUP` (not through i386's `socketcall`, whose
+//!   arguments BPF cannot see: every 32-bit `getsockopt` would pay a round trip);
 //! - with [`Msg::Trap`] (`--msg`), `recvmsg`, `recvmmsg`, `sendmsg` and `sendmmsg` always: the
 //!   address is in a `msghdr` in memory, so BPF cannot tell which need the supervisor, and
 //!   every call of the four pays a round trip (docs/design.md, "The msg family").
@@ -133,6 +136,13 @@ fn context(rules: Rules) -> Result<ScmpFilterContext, FilterError> {
             _ => ctx.add_rule(ScmpAction::Notify, sys)?,
         };
     }
+    // DPVS's lookups: the level and the option are C ints, so only their low 32 bits count.
+    let getsockopt = ScmpSyscall::from_name(Syscall::GetSockOpt.name())?;
+    for option in [crate::emulate::UOA_SO_GET_LOOKUP, crate::emulate::TOA_SO_GET_LOOKUP] {
+        let int =
+            |arg, value: i32| ScmpArgCompare::new(arg, ScmpCompareOp::MaskedEqual(0xffff_ffff), value as u32 as u64);
+        ctx.add_rule_conditional(ScmpAction::Notify, getsockopt, &[int(1, libc::IPPROTO_IP), int(2, option)])?;
+    }
     if rules.msg == Msg::Trap {
         // 32-bit programs' recvmmsg with a 64-bit timeout (i386 only; the supervisor lets
         // it through, counted, as every 32-bit msg call).
@@ -190,6 +200,32 @@ mod tests {
             let rule = format!("if ($syscall == {nr})\n    action 0x7fc00000;");
             assert!(trap.contains(&rule), "syscall {nr} not trapped:\n{trap}");
             assert!(!pass.contains(&format!("if ($syscall == {nr})")), "syscall {nr} trapped without --msg");
+        }
+    }
+
+    /// `getsockopt` is trapped for DPVS's two options at `IPPROTO_IP` only, on x86-64 and on
+    /// i386's direct call.
+    #[test]
+    fn getsockopt_is_trapped_only_for_dpvs_lookups() {
+        let pfc = pseudo_code(Rules::default()).unwrap();
+        let arch = |name: &str| {
+            pfc.split(&format!("# filter for arch {name}"))
+                .nth(1)
+                .unwrap()
+                .split("# filter for arch")
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        for (arch, nr) in [(arch("x86_64"), 55), (arch("x86 ("), 365)] {
+            let rule =
+                arch.split(&format!("if ($syscall == {nr})")).nth(1).unwrap_or_else(|| panic!("{nr} absent:\n{arch}"));
+            let rule = rule.split("if ($syscall ==").next().unwrap();
+            for option in [2048, 4096] {
+                assert!(rule.contains(&format!("== {option})")), "option {option} for {nr}:\n{rule}");
+            }
+            assert!(rule.contains("action 0x7fc00000"), "{rule}");
+            assert!(!rule.trim_start().starts_with("action"), "trapped unconditionally:\n{rule}");
         }
     }
 

@@ -304,6 +304,7 @@ fn count(counters: &SupervisorCounters, call: &Call, via_socketcall: bool) {
         Syscall::RecvMmsg => counters.recvmmsg.inc(),
         Syscall::SendMsg => counters.sendmsg.inc(),
         Syscall::SendMmsg => counters.sendmmsg.inc(),
+        Syscall::GetSockOpt => counters.getsockopt.inc(),
     }
 }
 

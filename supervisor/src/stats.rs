@@ -28,6 +28,16 @@ counter_set! {
         sendmsg,
         /// ... of which `sendmmsg` (`--msg`).
         sendmmsg,
+        /// ... of which `getsockopt`: DPVS's `TOA_SO_GET_LOOKUP` and `UOA_SO_GET_LOOKUP`.
+        getsockopt,
+        /// `TOA_SO_GET_LOOKUP` answered with an IPv6 client (DPVS toa's `getname_toa_ok`).
+        toa_lookup_ok,
+        /// `TOA_SO_GET_LOOKUP` failed: no mapping, not NAT64, not connected, bad length.
+        toa_lookup_failed,
+        /// `UOA_SO_GET_LOOKUP` answered with a client (DPVS uoa's `success`).
+        uoa_lookup_ok,
+        /// `UOA_SO_GET_LOOKUP` found no mapping (DPVS uoa's `miss`).
+        uoa_lookup_miss,
         /// msg-family calls of i386 and x32 programs, let through unchanged (their
         /// `msghdr` is not rewritten).
         other_abi,

@@ -22,6 +22,9 @@
 mod addr;
 mod msg;
 mod rx;
+mod sockopt;
+
+pub use sockopt::{TOA_SO_GET_LOOKUP, UOA_SO_GET_LOOKUP};
 mod tx;
 
 use std::net::SocketAddr;
@@ -164,6 +167,7 @@ impl Emulator<'_> {
             Call::RecvMmsg(c) => self.recvmmsg(n, c, place),
             Call::SendMsg(c) => self.sendmsg(n, c, place),
             Call::SendMmsg(c) => self.sendmmsg(n, c, place),
+            Call::GetSockOpt(c) => self.getsockopt(n, c),
         };
         step.unwrap_or_else(|handled| handled)
     }

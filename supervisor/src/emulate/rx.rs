@@ -6,6 +6,7 @@
 //! datagram) until it reaches the caller or the stash; never touches where a socket sends.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 
 use capture::Proto;
@@ -56,12 +57,29 @@ impl Emulator<'_> {
         peer: &RawSockAddr,
         local: &RawSockAddr,
     ) -> Result<RawSockAddr, RxMiss> {
+        let client = self.rx_client(proto, socket, seen, peer, local)?;
+        self.shown_as(peer, client)
+    }
+
+    /// The client the balancer at `peer` announced, as [`Emulator::rx_rewrite`] finds it,
+    /// whether or not the socket's family can show it.
+    pub(super) fn rx_client(
+        &self,
+        proto: Proto,
+        socket: Option<BorrowedFd<'_>>,
+        seen: Seen,
+        peer: &RawSockAddr,
+        local: &RawSockAddr,
+    ) -> Result<SocketAddr, RxMiss> {
         let (Some(peer_inet), Some(local_inet)) = (sockaddr::kernel_inet(peer), sockaddr::kernel_inet(local)) else {
             return Err(RxMiss::NotInet);
         };
         let connected = socket.and_then(|s| self.connected.recall(|| net::inode(s).ok(), peer_inet));
-        let client =
-            connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)?;
+        connected.or_else(|| self.resolver.client(proto, peer_inet, local_inet, seen)).ok_or(RxMiss::Unmapped)
+    }
+
+    /// `peer` shown as `client`, in `peer`'s family, if that family can carry it.
+    fn shown_as(&self, peer: &RawSockAddr, client: SocketAddr) -> Result<RawSockAddr, RxMiss> {
         sockaddr::replace(peer, client).ok_or_else(|| {
             self.counters.unrepresentable.inc();
             RxMiss::Unrepresentable
@@ -70,7 +88,7 @@ impl Emulator<'_> {
 
     /// What an accepted socket `inode` whose peer is `peer` is shown: what its accept
     /// showed (`connected::Accepted`), if it was accepted under the supervisor.
-    fn shown_at_accept(&self, inode: u64, peer: &RawSockAddr) -> Option<Result<RawSockAddr, RxMiss>> {
+    pub(super) fn shown_at_accept(&self, inode: u64, peer: &RawSockAddr) -> Option<Result<RawSockAddr, RxMiss>> {
         let peer_inet = sockaddr::kernel_inet(peer)?;
         let shown = self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet)?;
         Some(match shown {
@@ -171,13 +189,15 @@ impl Emulator<'_> {
         // From here on the supervisor holds a connection: it reaches the caller, the
         // stash, or is closed exactly where the kernel would close it.
         let inode = net::inode(socket.as_fd()).unwrap_or(0);
-        let shown = match net::sock_name(socket.as_fd()) {
-            Ok(local) => self.rx_rewrite(Proto::Tcp, None, Seen::Accepted(inode), &peer, &local).ok(),
+        let client = match net::sock_name(socket.as_fd()) {
+            Ok(local) => self.rx_client(Proto::Tcp, None, Seen::Accepted(inode), &peer, &local).ok(),
             Err(_) => None,
         };
-        // What getpeername on this socket answers from now on, whatever the table says.
+        let shown = client.and_then(|client| self.shown_as(&peer, client).ok());
+        // What getpeername (and DPVS's lookup) on this socket answers from now on, whatever
+        // the table says: the client, even one the socket's family cannot show.
         if let (Some(peer_inet), true) = (sockaddr::kernel_inet(&peer), inode != 0) {
-            self.accepted.remember(inode, peer_inet, shown.as_ref().and_then(sockaddr::kernel_inet));
+            self.accepted.remember(inode, peer_inet, client);
         }
         let rewritten = shown.is_some();
         let shown = shown.unwrap_or(peer);
