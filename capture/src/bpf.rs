@@ -8,7 +8,9 @@
 //!   handshake (see `table`);
 //! - TCP segments whose option list, walked as the spec says (EOL ends, NOP skips, a
 //!   length below 2 or past the header ends), holds an option of an accepted kind;
-//! - IPv6 packets with extension headers before TCP (rare; userspace walks them).
+//! - IPv6 packets with extension headers before TCP (rare; userspace walks them);
+//! - DPVS's UOA: IPv4 UDP datagrams with IP options (the ipo form), and IPv4 and IPv6
+//!   packets of protocol 248 (the opp form).
 //!
 //! Dropped early: everything but unicast packets for this host (`PACKET_HOST`: a balancer
 //! announces to the real server's own address, so broadcast, multicast, packets for other
@@ -160,7 +162,7 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     use Target::{Label as L, Next};
     let mut a = Asm::default();
     let (accept, reject, v4, v6, icmp4, tcp) = (a.label(), a.label(), a.label(), a.label(), a.label(), a.label());
-    let (tcp4, v6_tcp) = (a.label(), a.label());
+    let (tcp4, udp4, v6_tcp) = (a.label(), a.label(), a.label());
 
     a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
     a.jump(JMP | JEQ | K, PACKET_HOST, Next, L(reject));
@@ -174,17 +176,23 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     a.op(LDX | B | MSH, 0);
     a.op(LD | B | ABS, 9);
     a.jump(JMP | JEQ | K, 6, L(tcp4), Next);
+    a.jump(JMP | JEQ | K, 248, L(accept), Next);
+    a.jump(JMP | JEQ | K, 17, L(udp4), Next);
     a.jump(JMP | JEQ | K, 1, L(icmp4), L(reject));
     a.bind(icmp4);
     a.op(LD | B | IND, 0);
     a.jump(JMP | JEQ | K, 8, L(accept), L(reject));
+    a.bind(udp4);
+    // X = the header's length: options, where DPVS's ipo UOA rides.
+    a.op(MISC | TXA, 0);
+    a.jump(JMP | JGT | K, 20, L(accept), L(reject));
     a.bind(tcp4);
     a.ja(tcp);
 
     a.bind(v6);
     a.op(LD | B | ABS, 6);
     a.jump(JMP | JEQ | K, 6, L(v6_tcp), Next);
-    for ext in [0, 43, 44, 51, 60] {
+    for ext in [0, 43, 44, 51, 60, 248] {
         a.jump(JMP | JEQ | K, ext, L(accept), Next);
     }
     a.ja(reject);
@@ -444,6 +452,23 @@ mod tests {
             }
             prop_assert_eq!(run(&program, &p, 0x0800, 4), 0, "outgoing packets never pass");
         }
+    }
+
+    /// DPVS's UOA in both forms reaches userspace; UDP without IP options does not.
+    #[test]
+    fn uoa_datagrams_pass_in_both_forms() {
+        let program = capture_filter(&ToaKinds::default());
+        let option = crate::wire::uoa::emit_uoa("198.51.100.7:1111".parse().unwrap());
+        let ipo = ipv4(17, &option, &[0; 8]);
+        assert_eq!(run(&program, &ipo, 0x0800, 0), SNAP_LEN);
+        let opp = ipv4(248, &[], &[0x10, 17, 0, 12]);
+        assert_eq!(run(&program, &opp, 0x0800, 0), SNAP_LEN);
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 4, 248, 64];
+        v6.extend_from_slice(&[0; 32]);
+        v6.extend_from_slice(&[0x20, 17, 0, 24]);
+        assert_eq!(run(&program, &v6, 0x86dd, 0), SNAP_LEN);
+        v6[6] = 17;
+        assert_eq!(run(&program, &v6, 0x86dd, 0), 0, "plain IPv6 UDP stays");
     }
 
     #[test]

@@ -98,17 +98,20 @@ pub enum Via {
     Toa,
     /// From an ip_vs_ca ICMP echo announcement.
     Icmp,
+    /// From DPVS's UOA on a UDP datagram.
+    Uoa,
     /// Added by the operator (`ipvsca map add`): never expires, never replaced by an
     /// announcement.
     Static,
 }
 
 impl Via {
-    /// `"toa"`, `"icmp"` or `"static"`.
+    /// `"toa"`, `"icmp"`, `"uoa"` or `"static"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Via::Toa => "toa",
             Via::Icmp => "icmp",
+            Via::Uoa => "uoa",
             Via::Static => "static",
         }
     }

@@ -9,10 +9,11 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 
 use crate::flow::{FlowKey, Proto};
 use crate::wire::checksum::{self, transport_verifies};
-use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP};
+use crate::wire::ipv4::{Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::wire::ipv6::{HEADER_LEN as IPV6_HEADER_LEN, Ipv6Packet};
 use crate::wire::link::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, SllVersion};
 use crate::wire::toa::{ToaKinds, find_toa};
+use crate::wire::uoa::{self, PROTO_OPP};
 use crate::wire::{Malformed, announce, tcp};
 
 /// How the bytes handed to [`inspect_frame`] begin.
@@ -85,6 +86,17 @@ pub enum Observation {
         /// The option list ended on a broken length before any TOA. Linux still accepts
         /// such a SYN ("silly options"), so the connection begins all the same.
         bad_options: Option<Malformed>,
+    },
+    /// A UDP datagram from the balancer carrying DPVS's UOA, as an IPv4 option or in an
+    /// opp header (IP protocol 248).
+    Uoa {
+        /// The flow (balancer = source, real server = destination, UDP ports).
+        key: FlowKey,
+        /// The announced client.
+        client: SocketAddr,
+        /// The datagram has no payload: a carrier DPVS sent ahead of a datagram that had no
+        /// room for the option, which the service must never receive.
+        carrier: bool,
     },
     /// An ip_vs_ca ICMP announcement.
     Announcement {
@@ -165,6 +177,15 @@ pub fn inspect_network(
                         client: SocketAddr::V4(SocketAddrV4::new(*a.client.ip(), a.client.port())),
                     })
                 }
+                // ipo: the UOA among the IPv4 options of a UDP datagram.
+                PROTO_UDP if ip.header_len() > 20 => {
+                    let Some(client) = uoa::find_uoa(ip.header().options())? else { return Ok(Observation::Nothing) };
+                    inspect_uoa(src, dst, client, ip.payload(), complete, meta)
+                }
+                PROTO_OPP => {
+                    let (client, udp) = uoa::parse_opp(ip.payload())?;
+                    inspect_uoa(src, dst, client, udp, complete, meta)
+                }
                 _ => Ok(Observation::Nothing),
             }
         }
@@ -180,11 +201,50 @@ pub fn inspect_network(
             let (src, dst) = (IpAddr::V6(ip.header().source_addr()), IpAddr::V6(ip.header().destination_addr()));
             match ip.upper_layer()? {
                 Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, complete, meta, kinds),
+                Some((PROTO_OPP, payload)) => {
+                    let (client, udp) = uoa::parse_opp(payload)?;
+                    inspect_uoa(src, dst, client, udp, complete, meta)
+                }
                 _ => Ok(Observation::Nothing),
             }
         }
         _ => Ok(Observation::Nothing),
     }
+}
+
+/// The UDP datagram `udp` (header onward) of a packet that carried `client` in a UOA: the
+/// checks `udp_rcv` makes before it delivers (a length within the packet, the checksum:
+/// over IPv4 0 means none, and DPVS sends 0 behind an opp header).
+fn inspect_uoa(
+    src: IpAddr,
+    dst: IpAddr,
+    client: SocketAddr,
+    udp: &[u8],
+    complete: bool,
+    meta: &PacketMeta,
+) -> Result<Observation, Malformed> {
+    if udp.len() < 8 {
+        return Err(Malformed::BadUdpLength);
+    }
+    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if ulen < 8 || (complete && ulen > udp.len()) {
+        return Err(Malformed::BadUdpLength);
+    }
+    let unchecked = src.is_ipv4() && udp[6..8] == [0, 0];
+    if meta.must_verify() && !unchecked {
+        if !complete {
+            return Err(Malformed::UnverifiedChecksum);
+        }
+        if !transport_verifies(src, dst, PROTO_UDP, &udp[..ulen]) {
+            return Err(Malformed::BadUdpChecksum);
+        }
+    }
+    let key = FlowKey {
+        proto: Proto::Udp,
+        lb: SocketAddr::new(src, u16::from_be_bytes([udp[0], udp[1]])),
+        rs: SocketAddr::new(dst, u16::from_be_bytes([udp[2], udp[3]])),
+    };
+    Ok(Observation::Uoa { key, client, carrier: ulen == 8 })
 }
 
 /// `complete`: the whole segment was captured, so its checksum can be computed.
@@ -312,6 +372,52 @@ mod tests {
         m[21] ^= 1;
         let p = packet(PROTO_ICMP, &[], &m);
         assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Err(Malformed::BadIcmpChecksum));
+    }
+
+    /// A UDP datagram 40001 -> 53 from 10.1.0.5 to 10.1.0.9 (as `packet` addresses it), its
+    /// checksum computed over IPv4 unless `zero`.
+    fn udp(payload: &[u8], zero: bool) -> Vec<u8> {
+        let mut u = vec![0x9c, 0x41, 0, 53];
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        if !zero {
+            let mut sum = checksum::accumulate(0, &[10, 1, 0, 5, 10, 1, 0, 9, 0, PROTO_UDP]);
+            sum += u.len() as u32;
+            let c = checksum::finish(checksum::accumulate(sum, &u));
+            u[6..8].copy_from_slice(&c.to_be_bytes());
+        }
+        u
+    }
+
+    #[test]
+    fn a_uoa_names_its_udp_flow_in_either_form_and_an_empty_datagram_is_a_carrier() {
+        let kinds = ToaKinds::default();
+        let client: SocketAddr = "198.51.100.7:1111".parse().unwrap();
+        let key =
+            FlowKey { proto: Proto::Udp, lb: "10.1.0.5:40001".parse().unwrap(), rs: "10.1.0.9:53".parse().unwrap() };
+        let option = uoa::emit_uoa(client);
+        let ipo = packet(PROTO_UDP, &option, &udp(b"query", false));
+        let want = |carrier| Ok(Observation::Uoa { key, client, carrier });
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ipo, &WHOLE, &kinds), want(false));
+        let carrier = packet(PROTO_UDP, &option, &udp(b"", false));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &carrier, &WHOLE, &kinds), want(true));
+        // opp over IPv4: DPVS leaves the UDP checksum 0.
+        let mut opp = uoa::emit_opp(client);
+        opp.extend_from_slice(&udp(b"query", true));
+        let p = packet(uoa::PROTO_OPP, &[], &opp);
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false));
+        // A wrong checksum is the kernel's drop; IP options without a UOA teach nothing.
+        let mut bad = udp(b"query", false);
+        bad[8] ^= 1;
+        let p = packet(PROTO_UDP, &option, &bad);
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Err(Malformed::BadUdpChecksum));
+        let p = packet(PROTO_UDP, &[1, 1, 1, 0], &udp(b"query", false));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Ok(Observation::Nothing));
+        let mut short = udp(b"query", false);
+        short[5] = 200;
+        let p = packet(PROTO_UDP, &option, &short);
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Err(Malformed::BadUdpLength));
     }
 
     proptest! {

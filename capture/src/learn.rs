@@ -29,6 +29,11 @@ counter_set! {
         toa_found,
         /// ICMP announcements found (from any source).
         announcements_found,
+        /// DPVS UOA options found on UDP datagrams (from any source).
+        uoa_found,
+        /// ... of which on carriers: datagrams without payload, which the supervisor
+        /// drops rather than hand to the service.
+        uoa_carriers,
         /// Connection requests without TOA (they open a flow's handshake).
         connection_requests,
         /// Packets that could not be read; counted by reason in [`Learner::malformed_by_reason`].
@@ -159,6 +164,7 @@ impl Learner {
 
     fn apply(&self, observed: Result<Observation, Malformed>, meta: &PacketMeta, now: Millis) -> Option<MappingEvent> {
         self.counters.packets.inc();
+        let mut carrier = false;
         let (key, client, via, announced) = match observed {
             Err(reason) => {
                 self.count_malformed(reason);
@@ -184,6 +190,14 @@ impl Learner {
                 self.counters.announcements_found.inc();
                 (key, client, Via::Icmp, Announced::NewFlow)
             }
+            Ok(Observation::Uoa { key, client, carrier: is_carrier }) => {
+                self.counters.uoa_found.inc();
+                if is_carrier {
+                    self.counters.uoa_carriers.inc();
+                }
+                carrier = is_carrier;
+                (key, client, Via::Uoa, Announced::NewFlow)
+            }
         };
         match self.trust.verdict(key.lb.ip(), meta.loopback, meta.ifindex) {
             Verdict::Trusted => {}
@@ -201,6 +215,10 @@ impl Learner {
         if !(can_be_peer(key.lb) && can_be_peer(client) && key.rs.port() != 0) || own_client {
             self.counters.implausible.inc();
             return None;
+        }
+        // A carrier the service must not receive: noted for the supervisor, which drops it.
+        if carrier {
+            self.table.note_carrier(key, now);
         }
         match self.table.learn(key, client, via, announced, now) {
             Learned::Provisional => {

@@ -63,6 +63,20 @@ impl Resolver {
         found
     }
 
+    /// Whether an empty datagram from `peer` to a socket whose address is `local` is one of
+    /// DPVS's UOA carriers, to be dropped (its note is taken). The kernel queues the packet
+    /// on the capture socket before UDP sees it: for a trusted source without a note, the
+    /// capture is drained first, as for an rx miss (empty datagrams are rare).
+    pub fn carrier(&self, proto: Proto, peer: SocketAddr, local: SocketAddr) -> bool {
+        if self.table.take_carrier(proto, peer, local, monotonic_millis()) {
+            return true;
+        }
+        let Some(capture) = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip())) else { return false };
+        capture.drain_for_lookup();
+        self.counters.drains.inc();
+        self.table.take_carrier(proto, peer, local, monotonic_millis())
+    }
+
     /// tx: the balancer address standing for `client`, for a socket whose local address is
     /// `local` (unspecified parts match any real-server address).
     pub fn balancer(&self, proto: Proto, client: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {

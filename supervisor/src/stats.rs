@@ -38,6 +38,9 @@ counter_set! {
         uoa_lookup_ok,
         /// `UOA_SO_GET_LOOKUP` found no mapping (DPVS uoa's `miss`).
         uoa_lookup_miss,
+        /// DPVS's UOA carriers (empty datagrams that only carried the option) received and
+        /// dropped rather than handed to the service.
+        uoa_carriers_dropped,
         /// msg-family calls of i386 and x32 programs, let through unchanged (their
         /// `msghdr` is not rewritten).
         other_abi,

@@ -9,9 +9,12 @@
  *       connections prints what getpeername shows and what TOA_SO_GET_LOOKUP answers, then
  *       the edge cases on that connection; the listener's own lookup first.
  *   dpvs_lookup udp FAMILY ADDR PORT COUNT [QUERY_ADDR QUERY_PORT]
- *       for each of COUNT datagrams, prints the source recvfrom shows and what
- *       UOA_SO_GET_LOOKUP answers for it; then the edge cases, and a lookup of the flow from
- *       QUERY_ADDR:QUERY_PORT if given.
+ *       for each of COUNT datagrams, prints the source recvfrom shows (and the length) and
+ *       what UOA_SO_GET_LOOKUP answers for it; then the edge cases, and a lookup of the flow
+ *       from QUERY_ADDR:QUERY_PORT if given.
+ *   dpvs_lookup udp-mmsg FAMILY ADDR PORT COUNT
+ *       reads COUNT datagrams with recvmmsg (4 at most a call, MSG_WAITFORONE) and prints
+ *       each one's source and length.
  *
  * One JSON object per line; {"ready":true} once listening. Addresses as ADDR:PORT, IPv6 in
  * brackets, IPv4-mapped ones as IPv4. */
@@ -169,13 +172,14 @@ static void udp(int family, const char *addr, int port, int count, const char *q
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
         char buf[64];
-        if (recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&ss, &sl) < 0) {
+        ssize_t got = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&ss, &sl);
+        if (got < 0) {
             printf("{\"error\":\"recvfrom: %s\"}\n", strerror(errno));
             exit(1);
         }
         char from[80];
         show_sockaddr(from, sizeof from, &ss);
-        printf("{\"recvfrom\":\"%s\"}\n", from);
+        printf("{\"recvfrom\":\"%s\",\"len\":%zd}\n", from, got);
         int af = ss.ss_family;
         const void *a = af == AF_INET ? (void *)&((struct sockaddr_in *)&ss)->sin_addr
                                       : (void *)&((struct sockaddr_in6 *)&ss)->sin6_addr;
@@ -200,6 +204,33 @@ static void udp(int family, const char *addr, int port, int count, const char *q
     fflush(stdout);
 }
 
+static void udp_mmsg(int family, const char *addr, int port, int count) {
+    int fd = listen_on(SOCK_DGRAM, family, addr, port);
+    for (int seen = 0; seen < count;) {
+        struct mmsghdr msgs[4];
+        struct sockaddr_storage names[4];
+        char bufs[4][64];
+        struct iovec iovs[4];
+        memset(msgs, 0, sizeof msgs);
+        for (int i = 0; i < 4; i++) {
+            iovs[i] = (struct iovec){bufs[i], sizeof bufs[i]};
+            msgs[i].msg_hdr = (struct msghdr){.msg_name = &names[i], .msg_namelen = sizeof names[i],
+                                              .msg_iov = &iovs[i], .msg_iovlen = 1};
+        }
+        int n = recvmmsg(fd, msgs, 4, MSG_WAITFORONE, NULL);
+        if (n < 0) {
+            printf("{\"error\":\"recvmmsg: %s\"}\n", strerror(errno));
+            exit(1);
+        }
+        for (int i = 0; i < n; i++, seen++) {
+            char from[80];
+            show_sockaddr(from, sizeof from, &names[i]);
+            printf("{\"recvfrom\":\"%s\",\"len\":%u}\n", from, msgs[i].msg_len);
+        }
+    }
+    printf("{\"done\":true}\n");
+}
+
 int main(int argc, char **argv) {
     if (argc < 6) {
         fprintf(stderr, "usage: %s tcp|udp 4|6 ADDR PORT COUNT [QUERY_ADDR QUERY_PORT]\n", argv[0]);
@@ -209,6 +240,8 @@ int main(int argc, char **argv) {
     int family = atoi(argv[2]), port = atoi(argv[4]), count = atoi(argv[5]);
     if (!strcmp(argv[1], "tcp"))
         tcp(family, argv[3], port, count);
+    else if (!strcmp(argv[1], "udp-mmsg"))
+        udp_mmsg(family, argv[3], port, count);
     else
         udp(family, argv[3], port, count, argc > 7 ? argv[6] : NULL, argc > 7 ? atoi(argv[7]) : 0);
     return 0;

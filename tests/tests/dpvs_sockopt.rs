@@ -206,3 +206,65 @@ fn uoa_lookup_answers_the_client_of_a_udp_flow_with_dpvs_layout() {
     // Asked with the balancer's own address, as under DPVS's module.
     assert_eq!((outcome(at(9)), at(9)["client"].as_str()), ((0, 0), Some("198.51.100.53:4444")), "{}", at(9));
 }
+
+/// Runs `dpvs_lookup MODE` (`udp`: recvfrom; `udp-mmsg`: recvmmsg, under `--msg`) after
+/// `carriers` UOA carriers were noted for the mapped balancer port, as the capture notes
+/// them, and sends `datagrams` from that port in order: the lengths the program received.
+fn carrier_run(test: u8, mode: &str, carriers: usize, datagrams: &[&[u8]], count: usize, supervised: bool) -> Vec<i64> {
+    let h = hosts(test);
+    let port = 5500 + u16::from(supervised);
+    let rs = SocketAddrV4::new(h.rs, port);
+    let lb = SocketAddrV4::new(h.lb, 47001 + 10 * u16::from(supervised));
+    let table = Arc::new(MappingTable::default());
+    map(&table, Proto::Udp, lb, rs, &format!("198.51.100.{test}:4444"));
+    for _ in 0..carriers {
+        table.note_carrier(FlowKey { proto: Proto::Udp, lb: lb.into(), rs: rs.into() }, monotonic_millis());
+    }
+    let mut cmd = Command::new(cbuild::build("dpvs_lookup", &[]));
+    cmd.args([mode, "4", &h.rs.to_string(), &port.to_string(), &count.to_string()]);
+    let run =
+        if mode == "udp-mmsg" { Run::start_msg(cmd, table, supervised) } else { Run::start(cmd, table, supervised) };
+    assert_eq!(run.service().json(WAIT)["ready"], true);
+    let balancer = UdpSocket::bind(lb).unwrap();
+    for d in datagrams {
+        balancer.send_to(d, rs).unwrap();
+    }
+    let mut lengths = Vec::new();
+    loop {
+        let line = run.service().json(WAIT);
+        if line["done"] == true {
+            break;
+        }
+        if let Some(len) = line["len"].as_i64().filter(|_| line["recvfrom"].is_string()) {
+            lengths.push(len);
+        }
+    }
+    if let Some(s) = run.supervised() {
+        let dropped = s.counters.snapshot().uoa_carriers_dropped;
+        assert_eq!(dropped as usize, carriers.min(datagrams.iter().filter(|d| d.is_empty()).count()));
+    }
+    lengths
+}
+
+/// DPVS sends its UOA ahead on an empty datagram when the original has no room; DPVS's own
+/// module lets the service receive it. Under ipvsca each carrier the capture noted is
+/// dropped; an empty datagram with no note left is the service's own and is received.
+#[test]
+fn uoa_carriers_never_reach_a_recvfrom_service() {
+    if !supervised::can_run("uoa_carriers_never_reach_a_recvfrom_service") {
+        return;
+    }
+    let sent: [&[u8]; 4] = [b"", b"a", b"", b"b"];
+    assert_eq!(carrier_run(54, "udp", 1, &sent, 3, false), [0, 1, 0], "natively every datagram is received");
+    assert_eq!(carrier_run(54, "udp", 1, &sent, 3, true), [1, 0, 1], "one carrier noted, one dropped");
+}
+
+#[test]
+fn uoa_carriers_never_reach_a_recvmmsg_service_and_what_came_with_them_does_in_order() {
+    if !supervised::can_run("uoa_carriers_never_reach_a_recvmmsg_service_and_what_came_with_them_does_in_order") {
+        return;
+    }
+    let sent: [&[u8]; 6] = [b"", b"a", b"bb", b"", b"ccc", b"dddd"];
+    assert_eq!(carrier_run(55, "udp-mmsg", 2, &sent, 6, false), [0, 1, 2, 0, 3, 4], "natively");
+    assert_eq!(carrier_run(55, "udp-mmsg", 2, &sent, 4, true), [1, 2, 3, 4], "under --msg");
+}

@@ -19,10 +19,12 @@
 //! (the provisional entries and their queue), `confirm.rs` (which of a mapping and a
 //! provisional entry answers the service, and confirmation), `lookup.rs` (the rx and tx
 //! lookups), `bound.rs` (`--max-entries` and eviction), `expiry.rs` (timeouts and the
-//! housekeeping sweep), `listing.rs` (copies of the mappings for display). Guards of two
+//! housekeeping sweep), `listing.rs` (copies of the mappings for display), `carriers.rs`
+//! (DPVS's empty UOA datagrams, to be dropped). Guards of two
 //! shards are never held at once.
 
 mod bound;
+mod carriers;
 mod confirm;
 mod expiry;
 mod learn;
@@ -165,6 +167,8 @@ pub struct MappingInfo {
 pub struct MappingTable {
     store: Arc<Store>,
     provisional: DashMap<LbPortKey, Provisional>,
+    /// UOA carriers noted for the supervisor to drop (`carriers.rs`).
+    carriers: carriers::Carriers,
     /// The tx index, as the tests count it.
     #[cfg(test)]
     by_client: tests::IndexView,
@@ -200,6 +204,7 @@ impl MappingTable {
             by_lb_port: tests::IndexView::new(&store, store::List::LbPort),
             store,
             provisional: DashMap::new(),
+            carriers: carriers::Carriers::default(),
             writer: Mutex::new(WriterState::default()),
             tcp_timeout_ms: AtomicU64::new(duration_millis(tcp_timeout)),
             udp_timeout_ms: AtomicU64::new(duration_millis(udp_timeout)),

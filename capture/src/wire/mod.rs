@@ -10,7 +10,7 @@
 //! only what no crate knows or what must follow the kernel rather than the RFCs, each
 //! citable against `shared/spec/ip_vs_ca.md` and counted when broken: the TOA option and
 //! the option walk that finds it (`tcp_options`, `toa`), the ip_vs_ca announcement
-//! (`announce`), the checks the kernel adds before TCP or ICMP sees a packet and the walk
+//! (`announce`), DPVS's UOA option and option-protocol header (`uoa`), the checks the kernel adds before TCP or ICMP sees a packet and the walk
 //! over the IPv6 extension chain (`ipv4`, `ipv6`), the Linux cooked headers (`link`). Every
 //! `etherparse` error is mapped to the [`Malformed`] reason the hand-written parser gave
 //! for the same bytes, so the counters operators see are unchanged.
@@ -33,6 +33,7 @@ pub(crate) mod link;
 pub(crate) mod tcp;
 pub(crate) mod tcp_options;
 pub mod toa;
+pub mod uoa;
 
 /// Why a packet could not be read. Every variant is counted by the capture and the
 /// packet is dropped; none of them is an error of ipvsca itself.
@@ -88,6 +89,23 @@ pub enum Malformed {
     /// An ip_vs_ca announcement (identifier and magic match) that breaks another rule.
     #[error("ip_vs_ca announcement rejected: {0}")]
     BadAnnouncement(AnnounceDefect),
+    /// An IPv4 option list (of a UDP datagram) with a length below 2 or past the header.
+    #[error("IPv4 option with a length below 2 or past the header")]
+    BadIpOption,
+    /// A UOA option whose length is neither 8 nor 20, or an opp header without one.
+    #[error("UOA option of a length other than 8 or 20")]
+    BadUoa,
+    /// DPVS's option-protocol header (IP protocol 248) broken: version, next protocol,
+    /// length, or shorter than it says.
+    #[error("DPVS option-protocol header broken")]
+    BadOpp,
+    /// Fewer bytes than the UDP header needs, or a UDP length that disagrees with the IP
+    /// length: the kernel drops the datagram.
+    #[error("UDP header truncated or its length wrong")]
+    BadUdpLength,
+    /// The UDP checksum does not verify: the kernel drops the datagram.
+    #[error("UDP checksum mismatch")]
+    BadUdpChecksum,
 }
 
 /// The rule of the announcement format (spec: "UDP (and TCP) by ICMP echo announcement")
@@ -116,7 +134,7 @@ pub enum AnnounceDefect {
 
 impl Malformed {
     /// Every reason, in the order of [`Malformed::index`]; used to size per-reason counters.
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 26;
 
     /// Every reason, in index order.
     pub const ALL: [Malformed; Malformed::COUNT] = {
@@ -144,6 +162,11 @@ impl Malformed {
             M::BadAnnouncement(D::Protocol),
             M::BadAnnouncement(D::ToaKind),
             M::BadAnnouncement(D::ToaLength),
+            M::BadIpOption,
+            M::BadUoa,
+            M::BadOpp,
+            M::BadUdpLength,
+            M::BadUdpChecksum,
         ]
     };
 
@@ -171,6 +194,11 @@ impl Malformed {
             Malformed::BadAnnouncement(AnnounceDefect::Protocol) => 18,
             Malformed::BadAnnouncement(AnnounceDefect::ToaKind) => 19,
             Malformed::BadAnnouncement(AnnounceDefect::ToaLength) => 20,
+            Malformed::BadIpOption => 21,
+            Malformed::BadUoa => 22,
+            Malformed::BadOpp => 23,
+            Malformed::BadUdpLength => 24,
+            Malformed::BadUdpChecksum => 25,
         }
     }
 
@@ -198,6 +226,11 @@ impl Malformed {
             "announce_protocol",
             "announce_toa_kind",
             "announce_toa_length",
+            "bad_ip_option",
+            "bad_uoa",
+            "bad_opp",
+            "bad_udp_length",
+            "bad_udp_checksum",
         ];
         LABELS[self.index()]
     }

@@ -54,6 +54,16 @@ thread_local! {
     static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// What one receive of [`Emulator::receive`] came to.
+enum Outcome {
+    /// Answered.
+    Delivered,
+    /// Nothing there for a call that waits: it parks.
+    Waits,
+    /// UOA carriers, dropped; the datagrams received with them are kept.
+    Carriers,
+}
+
 /// A received message ready to be left in the caller's memory: the caller's message, what
 /// was received, its data and its control messages (as far as the caller has room).
 type Filled<'a> = (&'a Message, &'a Received, &'a [u8], &'a [u8]);
@@ -277,33 +287,58 @@ impl Emulator<'_> {
             .max(1);
         let messages = &messages[..take];
         let recv_flags = (c.flags & !libc::MSG_CMSG_CLOEXEC) | if place.may_block() { 0 } else { libc::MSG_DONTWAIT };
-        let waits = BUFFERS.with_borrow_mut(|(data, control)| {
-            let mut slots = slots(messages, data, control);
-            self.pending(n)?;
-            let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
-                if batch {
-                    net::recv_mmsg(sfd, &mut slots, recv_flags, timeout.as_mut())
-                } else {
-                    net::recv_msg(sfd, &mut slots[0], recv_flags).map(|r| vec![r])
+        loop {
+            let outcome = BUFFERS.with_borrow_mut(|(data, control)| {
+                let mut slots = slots(messages, data, control);
+                self.pending(n)?;
+                let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
+                    if batch {
+                        net::recv_mmsg(sfd, &mut slots, recv_flags, timeout.as_mut())
+                    } else {
+                        net::recv_msg(sfd, &mut slots[0], recv_flags).map(|r| vec![r])
+                    }
+                })?;
+                if blocking && !place.may_block() && got.as_ref().is_err_and(|e| *e == Errno::EAGAIN) {
+                    return Ok(Outcome::Waits);
                 }
+                let received = self.or_fail(n, got)?;
+                let filled: Vec<Filled<'_>> = messages
+                    .iter()
+                    .zip(&received)
+                    .zip(slots.iter())
+                    .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
+                    .collect();
+                // DPVS's UOA carriers (empty datagrams that only carried the option) never
+                // reach the service: dropped, and what came with them kept for the answer.
+                let carriers: Vec<bool> =
+                    filled.iter().map(|(_, r, _, _)| r.len == 0 && self.is_carrier(&r.from, &local)).collect();
+                let dropped = carriers.iter().filter(|&&c| c).count();
+                if dropped > 0 {
+                    self.counters.uoa_carriers_dropped.add(dropped as u64);
+                    if c.flags & libc::MSG_PEEK != 0 {
+                        // Only peeked (each message is the queue's head): take it off.
+                        let _ = net::recv_from(sfd, &mut [], (recv_flags & !libc::MSG_PEEK) | libc::MSG_DONTWAIT);
+                    } else {
+                        let others: Vec<Filled<'_>> =
+                            filled.iter().zip(&carriers).filter(|(_, c)| !**c).map(|(f, _)| *f).collect();
+                        self.keep_messages(n, sfd, &others, c.flags);
+                    }
+                    return Ok(Outcome::Carriers);
+                }
+                self.deliver_messages(n, sfd, &local, (&filled, &headers), batch, timeout, c)?;
+                Ok(Outcome::Delivered)
             })?;
-            if blocking && !place.may_block() && got.as_ref().is_err_and(|e| *e == Errno::EAGAIN) {
-                return Ok(true);
+            match outcome {
+                Outcome::Delivered => return Ok(Handled::Done),
+                Outcome::Waits => return Ok(self.wait_for_datagram(socket)),
+                // What came with the carriers is answered as kept; nothing did: again.
+                Outcome::Carriers => {
+                    if let Some(answered) = self.answer_from_stash(n, sfd, &local, (messages, &headers), batch, c) {
+                        return Ok(answered);
+                    }
+                }
             }
-            let received = self.or_fail(n, got)?;
-            let filled: Vec<Filled<'_>> = messages
-                .iter()
-                .zip(&received)
-                .zip(slots.iter())
-                .map(|((m, r), s)| (m, r, &s.data[..r.len.min(s.data.len())], &s.control[..r.control_len]))
-                .collect();
-            self.deliver_messages(n, sfd, &local, (&filled, &headers), batch, timeout, c)?;
-            Ok(false)
-        })?;
-        if !waits {
-            return Ok(Handled::Done);
         }
-        Ok(self.wait_for_datagram(socket))
     }
 
     /// Answers from the datagrams kept for this socket (taken for a call a signal

@@ -303,7 +303,7 @@ impl Emulator<'_> {
             self.pending(n)?;
             // The whole datagram, whatever the caller's length: MSG_TRUNC tells its size.
             let got = self.wait_for(n, place, sfd, libc::SO_RCVTIMEO, || {
-                net::recv_from(sfd, scratch, recv_flags & !libc::MSG_TRUNC)
+                self.recv_datagram(sfd, scratch, recv_flags & !libc::MSG_TRUNC, &local)
             })?;
             if blocking && !place.may_block() && got.is_err_and(|e| e == Errno::EAGAIN) {
                 return Ok(true);
@@ -315,6 +315,36 @@ impl Emulator<'_> {
             return Ok(Handled::Done);
         }
         Ok(self.wait_for_datagram(socket))
+    }
+
+    /// `net::recv_from`, dropping DPVS's UOA carriers as they come: empty datagrams that
+    /// only carried the option (docs/wire-formats.md), which the service must never get.
+    fn recv_datagram(
+        &self,
+        sfd: BorrowedFd<'_>,
+        buf: &mut [u8],
+        flags: libc::c_int,
+        local: &RawSockAddr,
+    ) -> Result<(usize, RawSockAddr), Errno> {
+        loop {
+            let (len, from) = net::recv_from(sfd, buf, flags)?;
+            if len != 0 || !self.is_carrier(&from, local) {
+                return Ok((len, from));
+            }
+            if flags & libc::MSG_PEEK != 0 {
+                // Only peeked: take it off the queue.
+                net::recv_from(sfd, buf, (flags & !libc::MSG_PEEK) | libc::MSG_DONTWAIT)?;
+            }
+            self.counters.uoa_carriers_dropped.inc();
+        }
+    }
+
+    /// Whether an empty datagram from `from` to a socket at `local` is a UOA carrier.
+    pub(super) fn is_carrier(&self, from: &RawSockAddr, local: &RawSockAddr) -> bool {
+        match (sockaddr::kernel_inet(from), sockaddr::kernel_inet(local)) {
+            (Some(from), Some(local)) => self.resolver.carrier(Proto::Udp, from, local),
+            _ => false,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -51,6 +51,7 @@ const VIA_STATIC: u8 = 1 << 2;
 const LB_V6: u8 = 1 << 3;
 const RS_V6: u8 = 1 << 4;
 const CLIENT_V6: u8 = 1 << 5;
+const VIA_UOA: u8 = 1 << 6;
 
 pub(super) fn proto_bits(proto: Proto) -> u8 {
     if proto == Proto::Udp { UDP } else { 0 }
@@ -61,6 +62,7 @@ fn via_bits(via: Via) -> u8 {
         Via::Toa => 0,
         Via::Icmp => VIA_ICMP,
         Via::Static => VIA_STATIC,
+        Via::Uoa => VIA_UOA,
     }
 }
 
@@ -166,7 +168,9 @@ impl Entry {
     pub(super) fn reassign(&mut self, client: SocketAddr, via: Via, now: Millis, owner: u64) {
         let (client, v6) = compact(client);
         self.client = client;
-        self.bits = (self.bits & !(VIA_ICMP | VIA_STATIC | CLIENT_V6)) | via_bits(via) | if v6 { CLIENT_V6 } else { 0 };
+        self.bits = (self.bits & !(VIA_ICMP | VIA_STATIC | VIA_UOA | CLIENT_V6))
+            | via_bits(via)
+            | if v6 { CLIENT_V6 } else { 0 };
         self.learned_at = now;
         *self.last_used.get_mut() = now;
         *self.owner.get_mut() = owner;
@@ -182,6 +186,8 @@ impl Entry {
             Via::Static
         } else if self.bits & VIA_ICMP != 0 {
             Via::Icmp
+        } else if self.bits & VIA_UOA != 0 {
+            Via::Uoa
         } else {
             Via::Toa
         }

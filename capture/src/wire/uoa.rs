@@ -1,0 +1,189 @@
+//! DPVS's UOA ("UDP option of address"): the client of a UDP flow, sent by the balancer on
+//! the first datagrams of each new flow (`uoa_max_trail`, 3 by default), in one of two forms
+//! (DPVS `include/uoa.h`, `src/ipvs/ip_vs_proto_udp.c`; docs/wire-formats.md):
+//!
+//! The option, in both forms:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | type 0x1f (31, `IPOPT_UOA`) |
+//! | 1 | 1 | length: 8 (IPv4 client) or 20 (IPv6 client) |
+//! | 2 | 2 | client port, network order |
+//! | 4 | 4/16 | client address |
+//!
+//! - **ipo**: an IPv4 option of the UDP datagram's IPv4 header (IPv4 flows only).
+//! - **opp**: a header of IP protocol 248 between the IP header (IPv4 or IPv6) and the UDP
+//!   header: a byte with the version in its high nibble (1: IPv4 client, 2: IPv6 client), the
+//!   next protocol (17), the length of this header and its options (12 or 24, network
+//!   order), then the options, in IPv4 option syntax.
+//!
+//! When a datagram has no room, DPVS sends the option on a datagram of its own, ahead, with
+//! no UDP payload. Owns recognising the option and the header; never allocates.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use super::Malformed;
+
+/// The UOA option type (`IPOPT_UOA`: 31, not copied, control class).
+pub const IPOPT_UOA: u8 = 0x1f;
+/// Length of the option for an IPv4 client.
+pub const UOA_V4_LEN: usize = 8;
+/// Length of the option for an IPv6 client.
+pub const UOA_V6_LEN: usize = 20;
+/// DPVS's private "option protocol" number (`IPPROTO_OPT`).
+pub const PROTO_OPP: u8 = 248;
+/// The opp header before its options.
+pub const OPP_HEADER_LEN: usize = 4;
+/// The next protocol an opp header may carry: UDP.
+const PROTO_UDP: u8 = 17;
+
+/// The client of the first UOA option in an IPv4 option list, walked as the kernel walks IP
+/// options (`ip_options_compile`): EOL ends it, NOP is one byte, every other option has a
+/// length of at least 2 within the list. A UOA of a length other than 8 or 20 is
+/// `BadUoa`: DPVS's module copies it into a 20-byte field with no such check (a heap
+/// overflow), and ipvsca never takes it.
+pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
+    let mut at = 0;
+    while at < options.len() {
+        match options[at] {
+            0 => break,
+            1 => at += 1,
+            kind => {
+                let len = usize::from(*options.get(at + 1).ok_or(Malformed::BadIpOption)?);
+                if len < 2 || at + len > options.len() {
+                    return Err(Malformed::BadIpOption);
+                }
+                if kind == IPOPT_UOA {
+                    return client(&options[at..at + len]).map(Some);
+                }
+                at += len;
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The client one UOA option (type and length included) names.
+fn client(option: &[u8]) -> Result<SocketAddr, Malformed> {
+    let port = u16::from_be_bytes([option[2], option[3]]);
+    match option.len() {
+        UOA_V4_LEN => {
+            Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(option[4], option[5], option[6], option[7]), port)))
+        }
+        UOA_V6_LEN => {
+            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&option[4..20]).expect("16 bytes"));
+            Ok(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+            })
+        }
+        _ => Err(Malformed::BadUoa),
+    }
+}
+
+/// An opp header at the start of `payload` (the IP payload of protocol 248): the client its
+/// UOA names and what follows the header (the UDP datagram).
+pub fn parse_opp(payload: &[u8]) -> Result<(SocketAddr, &[u8]), Malformed> {
+    if payload.len() < OPP_HEADER_LEN {
+        return Err(Malformed::BadOpp);
+    }
+    let (version, next) = (payload[0] >> 4, payload[1]);
+    let len = usize::from(u16::from_be_bytes([payload[2], payload[3]]));
+    if !matches!(version, 1 | 2) || next != PROTO_UDP || len < OPP_HEADER_LEN || len > payload.len() {
+        return Err(Malformed::BadOpp);
+    }
+    let options = &payload[OPP_HEADER_LEN..len];
+    let client = find_uoa(options)?.ok_or(Malformed::BadUoa)?;
+    // The version names the client's family: DPVS sends exactly one option, 8 bytes for
+    // version 1, 20 for version 2.
+    let expected = if version == 1 { UOA_V4_LEN } else { UOA_V6_LEN };
+    if options.len() != expected {
+        return Err(Malformed::BadOpp);
+    }
+    Ok((client, &payload[len..]))
+}
+
+/// The option announcing `client` (tests and the lab's balancer).
+pub fn emit_uoa(client: SocketAddr) -> Vec<u8> {
+    let mut option = vec![IPOPT_UOA, 0, 0, 0];
+    option[2..4].copy_from_slice(&client.port().to_be_bytes());
+    match client {
+        SocketAddr::V4(v4) => option.extend_from_slice(&v4.ip().octets()),
+        SocketAddr::V6(v6) => option.extend_from_slice(&v6.ip().octets()),
+    }
+    option[1] = option.len() as u8;
+    option
+}
+
+/// The opp header with its UOA for `client`, to put before a UDP header.
+pub fn emit_opp(client: SocketAddr) -> Vec<u8> {
+    let option = emit_uoa(client);
+    let len = (OPP_HEADER_LEN + option.len()) as u16;
+    let version = if client.is_ipv4() { 1 } else { 2 };
+    let mut header = vec![version << 4, PROTO_UDP];
+    header.extend_from_slice(&len.to_be_bytes());
+    header.extend_from_slice(&option);
+    header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_option_is_found_among_others_in_either_form() {
+        let v4: SocketAddr = "198.51.100.7:1111".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:2222".parse().unwrap();
+        assert_eq!(emit_uoa(v4), [0x1f, 8, 0x04, 0x57, 198, 51, 100, 7]);
+        for client in [v4, v6] {
+            // Record route (7), then NOPs, then the UOA, then EOL.
+            let mut options = vec![7, 7, 4, 0, 0, 0, 0, 1, 1];
+            options.extend_from_slice(&emit_uoa(client));
+            options.push(0);
+            assert_eq!(find_uoa(&options), Ok(Some(client)));
+        }
+        assert_eq!(find_uoa(&[1, 1, 0, 0x1f, 8]), Ok(None), "after EOL");
+        assert_eq!(find_uoa(&[7, 1]), Err(Malformed::BadIpOption));
+        assert_eq!(find_uoa(&[7, 9, 0]), Err(Malformed::BadIpOption));
+        assert_eq!(find_uoa(&[0x1f]), Err(Malformed::BadIpOption));
+        // A UOA of another length is never taken (DPVS's module overflows on it).
+        let mut long = vec![0x1f, 24];
+        long.extend_from_slice(&[0; 22]);
+        assert_eq!(find_uoa(&long), Err(Malformed::BadUoa));
+    }
+
+    #[test]
+    fn the_opp_header_gives_the_client_and_the_udp_datagram_after_it() {
+        let v4: SocketAddr = "198.51.100.7:1111".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::7]:2222".parse().unwrap();
+        for (client, len) in [(v4, 12u8), (v6, 24)] {
+            let mut p = emit_opp(client);
+            assert_eq!(p[..4], [if client.is_ipv4() { 0x10 } else { 0x20 }, 17, 0, len]);
+            p.extend_from_slice(&[0xaa; 8]);
+            assert_eq!(parse_opp(&p), Ok((client, &[0xaa; 8][..])));
+        }
+        let good = emit_opp(v4);
+        let broken = |at: usize, byte: u8| {
+            let mut p = good.clone();
+            p[at] = byte;
+            parse_opp(&p).map(|(c, _)| c)
+        };
+        assert_eq!(broken(0, 0x30), Err(Malformed::BadOpp), "version 3");
+        assert_eq!(broken(0, 0x20), Err(Malformed::BadOpp), "version 2 with an IPv4 client");
+        assert_eq!(broken(1, 6), Err(Malformed::BadOpp), "not UDP");
+        assert_eq!(broken(3, 40), Err(Malformed::BadOpp), "longer than the packet");
+        assert_eq!(broken(3, 2), Err(Malformed::BadOpp), "shorter than its header");
+        assert_eq!(broken(3, 4), Err(Malformed::BadUoa), "no option");
+        assert_eq!(broken(3, 11), Err(Malformed::BadIpOption), "cut inside its option");
+        assert_eq!(parse_opp(&good[..3]), Err(Malformed::BadOpp));
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = find_uoa(&bytes);
+            let _ = parse_opp(&bytes);
+        }
+    }
+}
