@@ -20,6 +20,8 @@ pub const LB2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 6);
 pub const RS: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
 /// Balancer local address over IPv6.
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 5);
+/// Second balancer local address over IPv6.
+pub const LB6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 6);
 /// The real server over IPv6.
 pub const RS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 9);
 
@@ -141,7 +143,7 @@ impl Builder {
 pub fn corpus(link: Link) -> Vec<Case> {
     let mut b = Builder { link, cases: Vec::new() };
     let rs80 = v4(RS, 80);
-    let toa = frames::toa;
+    let toa = |kind, c: SocketAddrV4| frames::toa(kind, c.into());
 
     // Where the TOA comes.
     let (lb, c) = (v4(LB1, 40001), client(10, 1111));
