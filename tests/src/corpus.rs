@@ -189,8 +189,9 @@ pub fn corpus(link: Link) -> Vec<Case> {
     b.case("toa_before_mss_sack_permitted_timestamp_window_scale", vec![frame], vec![toa_event(lb, rs80, c)]);
 
     let (lb, c) = (v4(LB1, 40007), client(16, 1117));
-    let mut opts = vec![254, 20];
-    opts.extend_from_slice(&[0; 18]);
+    // Length 12: neither the IPv4 (8) nor the IPv6 (20, DPVS) form.
+    let mut opts = vec![254, 12];
+    opts.extend_from_slice(&[0; 10]);
     opts.extend_from_slice(&toa(200, c));
     b.case("accepted_kind_with_another_length_is_skipped", vec![b.ack(lb, rs80, &opts)], vec![toa_event(lb, rs80, c)]);
 
