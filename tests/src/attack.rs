@@ -7,7 +7,7 @@
 //! Owns those attackers and that service; every process is killed when its guard drops,
 //! every wait is bounded. Never sends anywhere but into the namespaces a test made.
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -280,8 +280,13 @@ pub fn counter(stats: &Value, path: &str) -> u64 {
 }
 
 /// The entry of `mappings` for the flow `lb` -> `rs` of `proto`, if listed.
-pub fn mapping_of<'a>(mappings: &'a [Value], proto: &str, lb: SocketAddrV4, rs: SocketAddrV4) -> Option<&'a Value> {
-    let (lb, rs) = (json!(lb.to_string()), json!(rs.to_string()));
+pub fn mapping_of<'a>(
+    mappings: &'a [Value],
+    proto: &str,
+    lb: impl Into<SocketAddr>,
+    rs: impl Into<SocketAddr>,
+) -> Option<&'a Value> {
+    let (lb, rs) = (json!(lb.into().to_string()), json!(rs.into().to_string()));
     mappings.iter().find(|m| m["proto"] == proto && m["lb"] == lb && m["rs"] == rs)
 }
 

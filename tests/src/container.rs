@@ -119,7 +119,7 @@ impl Container {
         self.netns.ip(&["link", "set", DEV, "up"])?;
         let peer_mac = peer.mac(peer_dev)?;
         for &host in neighbours {
-            self.netns.neighbour(host, peer_mac, DEV)?;
+            self.netns.neighbour(host.into(), peer_mac, DEV)?;
         }
         self.netns.ip(&["addr", "add", addr, "dev", DEV])?;
         Ok(())

@@ -20,6 +20,8 @@ pub const LB2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 6);
 pub const RS: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
 /// Balancer local address over IPv6.
 pub const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 5);
+/// Second balancer local address over IPv6.
+pub const LB6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 6);
 /// The real server over IPv6.
 pub const RS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 9);
 
@@ -141,7 +143,7 @@ impl Builder {
 pub fn corpus(link: Link) -> Vec<Case> {
     let mut b = Builder { link, cases: Vec::new() };
     let rs80 = v4(RS, 80);
-    let toa = frames::toa;
+    let toa = |kind, c: SocketAddrV4| frames::toa(kind, c.into());
 
     // Where the TOA comes.
     let (lb, c) = (v4(LB1, 40001), client(10, 1111));
@@ -187,8 +189,9 @@ pub fn corpus(link: Link) -> Vec<Case> {
     b.case("toa_before_mss_sack_permitted_timestamp_window_scale", vec![frame], vec![toa_event(lb, rs80, c)]);
 
     let (lb, c) = (v4(LB1, 40007), client(16, 1117));
-    let mut opts = vec![254, 20];
-    opts.extend_from_slice(&[0; 18]);
+    // Length 12: neither the IPv4 (8) nor the IPv6 (20, DPVS) form.
+    let mut opts = vec![254, 12];
+    opts.extend_from_slice(&[0; 10]);
     opts.extend_from_slice(&toa(200, c));
     b.case("accepted_kind_with_another_length_is_skipped", vec![b.ack(lb, rs80, &opts)], vec![toa_event(lb, rs80, c)]);
 

@@ -125,7 +125,7 @@ impl SynFlood {
     pub fn reference_frame(&self, i: u32) -> Vec<u8> {
         let f = self.forged(i);
         let mut options = frames::syn_options();
-        options.extend_from_slice(&frames::toa(self.kind, f.client));
+        options.extend_from_slice(&frames::toa(self.kind, f.client.into()));
         Segment::new(f.lb.into(), f.rs.into(), SYN, f.seq, 0).options(&options).frame(&self.link)
     }
 

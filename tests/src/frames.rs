@@ -5,10 +5,10 @@
 //!
 //! Owns frame construction for tests, test pcaps and the raw-frame speaker; never sends.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
-use capture::wire::toa::emit_toa_v4;
+use capture::wire::toa::{emit_toa_v4, emit_toa_v6};
 use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder, TcpHeader};
 
 /// TCP flag FIN.
@@ -96,7 +96,7 @@ impl Segment {
         let mut options = self.options.clone();
         options.resize(options.len().div_ceil(4) * 4, 0);
         tcp.set_options_raw(&options).expect("at most 40 option bytes");
-        let ip = ip_headers(self.src.ip(), self.dst.ip(), &self.ip_options);
+        let ip = ip_headers(etherparse::IpNumber::TCP, self.src.ip(), self.dst.ip(), &self.ip_options);
         let builder = with_ip(link, ip).tcp_header(tcp);
         let mut out = Vec::with_capacity(builder.size(self.payload.len()));
         builder.write(&mut out, &self.payload).expect("frame fits");
@@ -113,10 +113,11 @@ fn with_ip(link: &Link, ip: IpHeaders) -> etherparse::PacketBuilderStep<IpHeader
     }
 }
 
-fn ip_headers(src: IpAddr, dst: IpAddr, ip_options: &[u8]) -> IpHeaders {
+/// The IP header of a packet of `protocol` from `src` to `dst` (IPv4 options only on IPv4).
+fn ip_headers(protocol: etherparse::IpNumber, src: IpAddr, dst: IpAddr, ip_options: &[u8]) -> IpHeaders {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut h = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, s.octets(), d.octets()).expect("empty");
+            let mut h = Ipv4Header::new(0, 64, protocol, s.octets(), d.octets()).expect("empty");
             h.options =
                 etherparse::Ipv4Options::try_from(ip_options).expect("IPv4 options: a multiple of 4, at most 40 bytes");
             IpHeaders::Ipv4(h, Ipv4Extensions::default())
@@ -126,7 +127,7 @@ fn ip_headers(src: IpAddr, dst: IpAddr, ip_options: &[u8]) -> IpHeaders {
                 traffic_class: 0,
                 flow_label: Default::default(),
                 payload_length: 0,
-                next_header: etherparse::IpNumber::TCP,
+                next_header: protocol,
                 hop_limit: 64,
                 source: s.octets(),
                 destination: d.octets(),
@@ -137,9 +138,13 @@ fn ip_headers(src: IpAddr, dst: IpAddr, ip_options: &[u8]) -> IpHeaders {
     }
 }
 
-/// The 8-byte IPv4 TOA option of `kind` for `client`.
-pub fn toa(kind: u8, client: SocketAddrV4) -> [u8; 8] {
-    emit_toa_v4(kind, client)
+/// The TOA option of `kind` for `client`, in the client's form: 8 bytes for an IPv4 client,
+/// 20 (DPVS) for an IPv6 one, IPv4-mapped addresses included.
+pub fn toa(kind: u8, client: SocketAddr) -> Vec<u8> {
+    match client {
+        SocketAddr::V4(v4) => emit_toa_v4(kind, v4).to_vec(),
+        SocketAddr::V6(v6) => emit_toa_v6(kind, v6).to_vec(),
+    }
 }
 
 /// Options a Linux client puts on a SYN: MSS, SACK permitted, timestamps, NOP, window scale.
@@ -184,16 +189,10 @@ pub fn icmp_frame(link: &Link, src: Ipv4Addr, dst: Ipv4Addr, message: &[u8], ip_
     out
 }
 
-/// A UDP datagram from `src` to `dst`.
+/// A UDP datagram from `src` to `dst` (both IPv4 or both IPv6).
 pub fn udp_frame(link: &Link, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    let ip = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => IpHeaders::Ipv4(
-            Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, s.octets(), d.octets()).expect("empty"),
-            Ipv4Extensions::default(),
-        ),
-        _ => panic!("IPv4 only"),
-    };
+    let ip = ip_headers(etherparse::IpNumber::UDP, src.ip(), dst.ip(), &[]);
     with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
     out
 }

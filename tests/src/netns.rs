@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::{Command, Output};
 use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -124,8 +124,9 @@ impl Netns {
         Ok(mac)
     }
 
-    /// Adds a permanent neighbour entry, so the kernel never needs ARP for `ip`.
-    pub fn neighbour(&self, ip: Ipv4Addr, mac: [u8; 6], dev: &str) -> io::Result<()> {
+    /// Adds a permanent neighbour entry, so the kernel never needs ARP (IPv4) or neighbour
+    /// discovery (IPv6) for `ip`.
+    pub fn neighbour(&self, ip: IpAddr, mac: [u8; 6], dev: &str) -> io::Result<()> {
         let lladdr = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
         self.ip(&["neigh", "replace", &ip.to_string(), "lladdr", &lladdr, "dev", dev, "nud", "permanent"]).map(drop)
     }

@@ -1,16 +1,17 @@
 //! A raw-frame balancer speaker: plays the FULLNAT balancer's side of TCP handshakes towards
-//! a real server, from balancer local addresses the speaker's own namespace does not own,
-//! and puts the TOA where a given balancer build puts it. Also injects arbitrary frames.
+//! a real server, over IPv4 or IPv6, from balancer local addresses the speaker's own
+//! namespace does not own, and puts the TOA where a given balancer build puts it, in the
+//! client's form (IPv4 or IPv6, NAT64 included). Also injects arbitrary frames.
 //!
 //! Owns the handshake state machine; runs in whichever namespace opened its socket. Every
 //! run is bounded by a deadline and stops by itself.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{NetSlice, SlicedPacket, TcpSlice, TransportSlice};
 
 use crate::frames::{self, ACK, Link, PSH, SYN, Segment};
 use crate::rawsock::RawSocket;
@@ -29,14 +30,17 @@ pub enum ToaOn {
 }
 
 /// One balanced connection: the balancer local address, the real server, the client.
+/// `lb` and `rs` are of one family (the flow's); the client may be of either: an IPv6
+/// client of an IPv4 flow is DPVS's NAT64. The TOA takes the client's form (8 bytes for an
+/// IPv4 client, 20 for an IPv6 one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     /// Balancer local address (source of the frames).
-    pub lb: SocketAddrV4,
+    pub lb: SocketAddr,
     /// Real server address.
-    pub rs: SocketAddrV4,
+    pub rs: SocketAddr,
     /// The client the balancer announces.
-    pub client: SocketAddrV4,
+    pub client: SocketAddr,
 }
 
 /// What a run of handshakes achieved.
@@ -129,8 +133,8 @@ impl Speaker {
         HandshakeRun { speaker: self, toa_on, data: Some(data) }.run(flows, window, deadline)
     }
 
-    /// Sends a UDP datagram from `from` to `to`.
-    pub fn send_udp(&self, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) -> io::Result<()> {
+    /// Sends a UDP datagram from `from` to `to` (both IPv4 or both IPv6).
+    pub fn send_udp(&self, from: impl Into<SocketAddr>, to: impl Into<SocketAddr>, payload: &[u8]) -> io::Result<()> {
         self.socket.send(&frames::udp_frame(&self.link, from.into(), to.into(), payload))
     }
 
@@ -173,7 +177,7 @@ impl HandshakeRun<'_> {
         if self.toa_on == ToaOn::Syn {
             options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
         }
-        let seg = Segment::new(flow.lb.into(), flow.rs.into(), SYN, Speaker::isn(index), 0).options(&options);
+        let seg = Segment::new(flow.lb, flow.rs, SYN, Speaker::isn(index), 0).options(&options);
         self.speaker.socket.send(&seg.frame(&self.speaker.link))
     }
 
@@ -183,7 +187,7 @@ impl HandshakeRun<'_> {
         if self.toa_on == ToaOn::HandshakeAck {
             options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
         }
-        let seg = Segment::new(flow.lb.into(), flow.rs.into(), ACK, seq, ack).options(&options);
+        let seg = Segment::new(flow.lb, flow.rs, ACK, seq, ack).options(&options);
         self.speaker.socket.send(&seg.frame(&self.speaker.link))?;
         if self.toa_on == ToaOn::FirstData || self.data.is_some() {
             let mut options = frames::timestamps(3, syn_ack.tsval);
@@ -191,8 +195,7 @@ impl HandshakeRun<'_> {
                 options.extend_from_slice(&frames::toa(self.speaker.kind, flow.client));
             }
             let payload = self.data.unwrap_or(b"x");
-            let data =
-                Segment::new(flow.lb.into(), flow.rs.into(), PSH | ACK, seq, ack).options(&options).payload(payload);
+            let data = Segment::new(flow.lb, flow.rs, PSH | ACK, seq, ack).options(&options).payload(payload);
             self.speaker.socket.send(&data.frame(&self.speaker.link))?;
         }
         Ok(())
@@ -206,14 +209,14 @@ impl HandshakeRun<'_> {
             _ => 0,
         };
         let seq = Speaker::isn(index).wrapping_add(1).wrapping_add(sent as u32);
-        let rst = Segment::new(flow.lb.into(), flow.rs.into(), frames::RST | ACK, seq, server_seq);
+        let rst = Segment::new(flow.lb, flow.rs, frames::RST | ACK, seq, server_seq);
         self.speaker.socket.send(&rst.frame(&self.speaker.link))
     }
 
     fn run(&self, flows: &[Flow], window: usize, deadline: Duration) -> io::Result<HandshakeReport> {
         let end = Instant::now() + deadline;
         let mut report = HandshakeReport::default();
-        let mut by_lb: HashMap<SocketAddrV4, Pending> = HashMap::with_capacity(flows.len());
+        let mut by_lb: HashMap<SocketAddr, Pending> = HashMap::with_capacity(flows.len());
         let (mut next, mut in_flight) = (0usize, 0usize);
         let mut buf = vec![0u8; 2048];
         let mut last_retransmit_scan = Instant::now();
@@ -286,7 +289,7 @@ impl HandshakeRun<'_> {
 #[derive(Debug, Clone, Copy)]
 struct SynAck {
     /// The balancer address it is sent to.
-    to: SocketAddrV4,
+    to: SocketAddr,
     /// The server's initial sequence number.
     isn: u32,
     /// The server's timestamp value, to echo (0 without timestamps).
@@ -295,9 +298,7 @@ struct SynAck {
 
 impl SynAck {
     fn parse(frame: &[u8]) -> Option<SynAck> {
-        let packet = SlicedPacket::from_ethernet(frame).ok()?;
-        let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
-        let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+        let (_, dst, tcp) = tcp_segment(frame)?;
         if !(tcp.syn() && tcp.ack()) {
             return None;
         }
@@ -308,36 +309,43 @@ impl SynAck {
                 _ => None,
             })
             .unwrap_or(0);
-        let dst = Ipv4Addr::from(ip.header().destination());
-        Some(SynAck { to: SocketAddrV4::new(dst, tcp.destination_port()), isn: tcp.sequence_number(), tsval })
+        Some(SynAck { to: SocketAddr::new(dst, tcp.destination_port()), isn: tcp.sequence_number(), tsval })
     }
+}
+
+/// The source and destination addresses and the TCP segment of an IPv4 or IPv6 frame.
+fn tcp_segment(frame: &[u8]) -> Option<(IpAddr, IpAddr, TcpSlice<'_>)> {
+    let packet = SlicedPacket::from_ethernet(frame).ok()?;
+    let (src, dst) = match &packet.net {
+        Some(NetSlice::Ipv4(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        Some(NetSlice::Ipv6(ip)) => (ip.header().source_addr().into(), ip.header().destination_addr().into()),
+        _ => return None,
+    };
+    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+    Some((src, dst, tcp))
 }
 
 /// If `frame` carries the real server's FIN (it answered, and closed): the balancer
 /// address it goes to, and the sequence number after it.
-fn server_finished(frame: &[u8]) -> Option<(SocketAddrV4, u32)> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
-    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+fn server_finished(frame: &[u8]) -> Option<(SocketAddr, u32)> {
+    let (_, dst, tcp) = tcp_segment(frame)?;
     let data = tcp.payload().len() as u32;
     if tcp.syn() || tcp.rst() || !tcp.fin() {
         return None;
     }
-    let to = SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), tcp.destination_port());
+    let to = SocketAddr::new(dst, tcp.destination_port());
     Some((to, tcp.sequence_number().wrapping_add(data).wrapping_add(u32::from(tcp.fin()))))
 }
 
 /// A RST|ACK answering `frame` if it is a TCP SYN (without ACK) from the real server.
 fn reset_for_syn(frame: &[u8], link: &Link) -> Option<Vec<u8>> {
-    let packet = SlicedPacket::from_ethernet(frame).ok()?;
-    let Some(NetSlice::Ipv4(ip)) = packet.net else { return None };
-    let Some(TransportSlice::Tcp(tcp)) = packet.transport else { return None };
+    let (src, dst, tcp) = tcp_segment(frame)?;
     if !tcp.syn() || tcp.ack() {
         return None;
     }
-    let from = SocketAddrV4::new(Ipv4Addr::from(ip.header().destination()), tcp.destination_port());
-    let to = SocketAddrV4::new(Ipv4Addr::from(ip.header().source()), tcp.source_port());
-    let rst = Segment::new(from.into(), to.into(), frames::RST | ACK, 0, tcp.sequence_number().wrapping_add(1));
+    let from = SocketAddr::new(dst, tcp.destination_port());
+    let to = SocketAddr::new(src, tcp.source_port());
+    let rst = Segment::new(from, to, frames::RST | ACK, 0, tcp.sequence_number().wrapping_add(1));
     Some(rst.frame(link))
 }
 
@@ -355,12 +363,16 @@ pub fn flows(count: usize, lb_hosts: &[Ipv4Addr], first_port: u16, rs: SocketAdd
             } else {
                 Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 1)
             };
-            Flow { lb: SocketAddrV4::new(lb_ip, port), rs, client: SocketAddrV4::new(client_ip, port) }
+            Flow {
+                lb: SocketAddrV4::new(lb_ip, port).into(),
+                rs: rs.into(),
+                client: SocketAddrV4::new(client_ip, port).into(),
+            }
         })
         .collect()
 }
 
 /// The client a flow list announces for the balancer address `lb`.
-pub fn client_for(flows: &[Flow], lb: SocketAddr) -> Option<SocketAddrV4> {
-    flows.iter().find(|f| SocketAddr::V4(f.lb) == lb).map(|f| f.client)
+pub fn client_for(flows: &[Flow], lb: SocketAddr) -> Option<SocketAddr> {
+    flows.iter().find(|f| f.lb == lb).map(|f| f.client)
 }

@@ -6,9 +6,9 @@
 //! Owns building and (through `Netns`) removing that picture.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use crate::corpus::{LB1, LB2, RS};
+use crate::corpus::{LB1, LB2, LB6, LB6_2, RS, RS6};
 use crate::frames::Link;
 use crate::netns::{self, Netns};
 
@@ -29,16 +29,18 @@ pub struct LbRs {
 }
 
 impl LbRs {
-    /// Builds the picture; the real server resolves `lb_hosts` (and the corpus's two
-    /// balancer addresses) to the balancer interface without ARP.
+    /// Builds the picture; the real server resolves `lb_hosts` (and the corpus's two IPv4
+    /// and two IPv6 balancer addresses) to the balancer interface without ARP or neighbour
+    /// discovery.
     pub fn new(tag: &str, lb_hosts: &[Ipv4Addr]) -> io::Result<LbRs> {
         let lb = Netns::new(&format!("{tag}-lb"))?;
         let rs = Netns::new(&format!("{tag}-rs"))?;
         netns::veth(&lb, LB_DEV, &rs, RS_DEV)?;
         rs.ip(&["addr", "add", &format!("{RS}/24"), "dev", RS_DEV])?;
-        rs.ip(&["-6", "addr", "add", "2001:db8:1::9/64", "dev", RS_DEV, "nodad"])?;
+        rs.ip(&["-6", "addr", "add", &format!("{RS6}/64"), "dev", RS_DEV, "nodad"])?;
         let lb_mac = lb.mac(LB_DEV)?;
-        for &host in [LB1, LB2].iter().chain(lb_hosts) {
+        let v4 = [LB1, LB2].into_iter().chain(lb_hosts.iter().copied()).map(IpAddr::V4);
+        for host in v4.chain([LB6, LB6_2].map(IpAddr::V6)) {
             rs.neighbour(host, lb_mac, RS_DEV)?;
         }
         let link = Link { src_mac: lb_mac, dst_mac: rs.mac(RS_DEV)?, vlan: None };

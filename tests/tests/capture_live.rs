@@ -138,7 +138,7 @@ fn kernel_filter_keeps_ordinary_and_outgoing_traffic_out_of_userspace() {
             let _ = std::net::TcpStream::connect_timeout(&(LB1, 9000 + port).into(), Duration::from_millis(1));
         }
     });
-    let marker: SocketAddrV4 = "198.51.100.99:9999".parse().unwrap();
+    let marker: SocketAddr = "198.51.100.99:9999".parse().unwrap();
     let syn = Segment::new((LB1, 40099).into(), rs, SYN, 1, 0).options(&frames::toa(200, marker));
     speaker.inject(&syn.frame(&topo.link)).unwrap();
     let key = FlowKey { proto: Proto::Tcp, lb: (LB1, 40099).into(), rs };
@@ -193,7 +193,7 @@ struct AcceptReport {
 fn accept_and_look_up(
     listener: &TcpListener,
     capture: &LiveCapture,
-    expected: &HashMap<SocketAddr, SocketAddrV4>,
+    expected: &HashMap<SocketAddr, SocketAddr>,
     count: usize,
 ) -> AcceptReport {
     listener.set_nonblocking(true).unwrap();
@@ -230,7 +230,7 @@ fn accept_and_look_up(
         };
         match found {
             None => r.missing.push(peer),
-            Some(c) if Some(c) != expected.get(&peer).map(|&e| SocketAddr::V4(e)) => r.wrong.push((peer, c)),
+            Some(c) if Some(&c) != expected.get(&peer) => r.wrong.push((peer, c)),
             Some(_) => {}
         }
         held.push(stream);
@@ -249,7 +249,7 @@ fn drain_finds_every_connection(toa_on: ToaOn, first_port: u16, capture_thread: 
     let rs = SocketAddrV4::new(RS, 8080);
     let listener = topo.rs.run(|| listen(rs.into()));
     let flows = speaker::flows(CONNECTIONS, &lb_hosts, first_port, rs);
-    let expected: HashMap<SocketAddr, SocketAddrV4> = flows.iter().map(|f| (f.lb.into(), f.client)).collect();
+    let expected: HashMap<SocketAddr, SocketAddr> = flows.iter().map(|f| (f.lb, f.client)).collect();
 
     let speaker = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
     let report = std::thread::scope(|s| {

@@ -163,7 +163,7 @@ impl Shown {
 
 /// Opens real connection `k` with its TOA on the SYN; the server must complete it.
 fn open(speaker: &Speaker, k: usize, progress: &AtomicU64) -> Opened {
-    let flow = Flow { lb: real_lb(k), rs: SERVICE, client: real_client(k) };
+    let flow = Flow { lb: real_lb(k).into(), rs: SERVICE.into(), client: real_client(k).into() };
     let (start, flood_at) = (Instant::now(), progress.load(Ordering::Relaxed));
     let report = speaker.handshake(&[flow], ToaOn::Syn, 1, WAIT).unwrap();
     assert_eq!(report.completed, 1, "real connection {k} was not completed: {report:?}");

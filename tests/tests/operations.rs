@@ -44,7 +44,7 @@ fn speaker(topo: &LbRs, kind: u8) -> Speaker {
 
 /// One handshake; the server must complete it.
 fn connect(speaker: &Speaker, lb: SocketAddrV4, rs_port: u16, client: SocketAddrV4, toa_on: ToaOn) {
-    let flow = Flow { lb, rs: SocketAddrV4::new(RS, rs_port), client };
+    let flow = Flow { lb: lb.into(), rs: SocketAddrV4::new(RS, rs_port).into(), client: client.into() };
     let report = speaker.handshake(&[flow], toa_on, 1, WAIT).unwrap();
     assert_eq!(report.completed, 1, "{report:?}");
 }

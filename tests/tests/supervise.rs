@@ -457,13 +457,17 @@ fn every_error_case_returns_what_the_kernel_returns() {
             let server = probe(&topo.rs, supervised, &args);
             ready(&server);
             let speaker = balancer(&topo);
-            let flow = Flow { lb: SocketAddrV4::new(LB1, 40001), rs: SocketAddrV4::new(RS, 8080), client };
-            let second = Flow { lb: SocketAddrV4::new(LB1, 40002), ..flow };
+            let flow = Flow {
+                lb: SocketAddrV4::new(LB1, 40001).into(),
+                rs: SocketAddrV4::new(RS, 8080).into(),
+                client: client.into(),
+            };
+            let second = Flow { lb: SocketAddrV4::new(LB1, 40002).into(), ..flow };
             // The third is lost to the accept whose address buffer faults. Its own client:
             // the connect to `client` below must not be sent to its balancer port, which
             // the lost connection still holds.
             let other_client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 61), 6001);
-            let third = Flow { lb: SocketAddrV4::new(LB1, 40003), client: other_client, ..flow };
+            let third = Flow { lb: SocketAddrV4::new(LB1, 40003).into(), client: other_client.into(), ..flow };
             assert_eq!(speaker.handshake(&[flow], ToaOn::HandshakeAck, 1, WAIT).unwrap().completed, 1);
             assert_eq!(speaker.handshake(&[second], ToaOn::Syn, 1, WAIT).unwrap().completed, 1);
             assert_eq!(speaker.handshake(&[third], ToaOn::Syn, 1, WAIT).unwrap().completed, 1);
@@ -699,7 +703,7 @@ fn i386_socketcall_and_direct_calls_are_rewritten() {
         SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 32), 3233),
     );
     for (lb_port, client, toa_on) in [(40032, a, ToaOn::Syn), (40033, b, ToaOn::HandshakeAck)] {
-        let flow = Flow { lb: SocketAddrV4::new(LB1, lb_port), rs, client };
+        let flow = Flow { lb: SocketAddrV4::new(LB1, lb_port).into(), rs: rs.into(), client: client.into() };
         assert_eq!(speaker.handshake(&[flow], toa_on, 1, WAIT).unwrap().completed, 1);
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -55,7 +55,7 @@ fn puppet(topo: &LbRs, dir: &tempfile::TempDir, launcher_args: &[&str]) -> Puppe
 
 /// One handshake; the server must complete it.
 fn connect(speaker: &Speaker, lb: SocketAddrV4, client: SocketAddrV4, toa_on: ToaOn) {
-    let flow = Flow { lb, rs: TCP_SERVICE, client };
+    let flow = Flow { lb: lb.into(), rs: TCP_SERVICE.into(), client: client.into() };
     let report = speaker.handshake(&[flow], toa_on, 1, WAIT).unwrap();
     assert_eq!(report.completed, 1, "{report:?}");
 }
@@ -82,7 +82,7 @@ fn announce_udp(speaker: &Speaker, lb: SocketAddrV4, client: SocketAddrV4) {
 /// A SYN from `lb` to the TCP service with a TOA naming `client`, as a balancer sends it.
 fn syn_with_toa(speaker: &Speaker, lb: SocketAddrV4, client: SocketAddrV4, seq: u32) -> Vec<u8> {
     let mut options = frames::syn_options();
-    options.extend_from_slice(&frames::toa(254, client));
+    options.extend_from_slice(&frames::toa(254, client.into()));
     Segment::new(lb.into(), TCP_SERVICE.into(), SYN, seq, 0).options(&options).frame(speaker.link())
 }
 

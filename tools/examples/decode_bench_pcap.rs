@@ -54,7 +54,7 @@ fn connection(i: u32) -> Vec<Vec<u8>> {
     let rs = SocketAddr::new(rs_ip.into(), 80);
     let c = i.to_be_bytes();
     let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, c[2], c[3]), 10_000 + (i % 50_000) as u16);
-    let toa = frames::toa(if i % 2 == 0 { 200 } else { 254 }, client);
+    let toa = frames::toa(if i % 2 == 0 { 200 } else { 254 }, client.into());
     let mut syn_options = frames::syn_options();
     syn_options.extend_from_slice(&toa);
     let mut ack_options = frames::timestamps(2, 1);

@@ -366,16 +366,23 @@ fn sockaddr_bytes(a: SocketAddr) -> Vec<u8> {
     }
 }
 
-fn socket(kind: i32) -> RawFd {
-    // SAFETY: socket(2) with constant arguments.
-    unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0) }
+/// A fresh socket of `kind` in `family` (`AF_INET` or `AF_INET6`).
+fn socket(family: i32, kind: i32) -> RawFd {
+    // SAFETY: socket(2) with integer arguments only.
+    unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) }
+}
+
+/// The family of a socket bound to `addr`: an IPv6 address (`[::]` too, dual-stack) makes
+/// an `AF_INET6` socket.
+fn family_of(addr: SocketAddr) -> i32 {
+    if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
 }
 
 /// A socket bound to `addr` beside the service's own (SO_REUSEADDR and SO_REUSEPORT, as a
 /// server that connects per-client sockets from its port does): what ipvsca redirects to
 /// the balancer. Sends from anywhere else are left alone (docs/trust.md).
 fn service_socket(kind: i32, addr: SocketAddr) -> RawFd {
-    let fd = socket(kind);
+    let fd = socket(family_of(addr), kind);
     reuse(fd);
     let a = sockaddr_bytes(addr);
     // SAFETY: `a` is a live sockaddr of the length given.
@@ -410,7 +417,7 @@ fn reset(fd: RawFd) {
 fn connect(o: &Opts) {
     let to = sockaddr_bytes(o.addr("to"));
     let kind = if o.flag("udp") { libc::SOCK_DGRAM } else { libc::SOCK_STREAM };
-    let fd = if o.flag("bind") { service_socket(kind, o.addr("bind")) } else { socket(kind) };
+    let fd = if o.flag("bind") { service_socket(kind, o.addr("bind")) } else { socket(family_of(o.addr("to")), kind) };
     if o.flag("nonblocking") {
         calls::set_nonblocking(fd);
     }
@@ -520,7 +527,7 @@ fn errors(o: &Opts) {
     let mut len = 16u32;
     // SAFETY: `buf` and `len` as above.
     case("getpeername_enotsock", outcome(unsafe { calls::getpeername(fds[0], buf.as_mut_ptr(), &mut len) }));
-    let lonely = socket(libc::SOCK_STREAM);
+    let lonely = socket(libc::AF_INET, libc::SOCK_STREAM);
     let mut len = 16u32;
     // SAFETY: `buf` and `len` as above.
     case("getpeername_enotconn", outcome(unsafe { calls::getpeername(lonely, buf.as_mut_ptr(), &mut len) }));

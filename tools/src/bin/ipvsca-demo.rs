@@ -66,7 +66,11 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
         (40003, Ipv4Addr::new(192, 0, 2, 77), ToaOn::Nowhere, "no TOA"),
     ];
     for (port, client, toa_on, how) in requests {
-        let flow = Flow { lb: SocketAddrV4::new(LB1, port), rs, client: SocketAddrV4::new(client, 5000) };
+        let flow = Flow {
+            lb: SocketAddrV4::new(LB1, port).into(),
+            rs: rs.into(),
+            client: SocketAddrV4::new(client, 5000).into(),
+        };
         println!("balancer: GET / from {} for client {}, {how}", flow.lb, flow.client);
         let done =
             speaker.handshake_with_data(&[flow], toa_on, b"GET / HTTP/1.0\r\n\r\n", 1, Duration::from_secs(10))?;
