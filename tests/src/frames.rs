@@ -197,6 +197,40 @@ pub fn udp_frame(link: &Link, src: SocketAddr, dst: SocketAddr, payload: &[u8]) 
     out
 }
 
+/// A UDP datagram from `src` to `dst` carrying DPVS's UOA for `client`: as an IPv4 option
+/// (`opp` false, IPv4 only: DPVS's "ipo"), or behind an option-protocol header, IP protocol
+/// 248 ("opp", IPv4 or IPv6; over IPv4 the UDP checksum is 0, as DPVS sends it). An empty
+/// `payload` makes a carrier.
+pub fn uoa_frame(
+    link: &Link,
+    src: SocketAddr,
+    dst: SocketAddr,
+    client: SocketAddr,
+    opp: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    use capture::wire::uoa;
+    let mut out = Vec::new();
+    if !opp {
+        let ip = ip_headers(etherparse::IpNumber::UDP, src.ip(), dst.ip(), &uoa::emit_uoa(client));
+        with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
+        return out;
+    }
+    // The UDP datagram as it would travel alone (its checksum over the real pseudo-header),
+    // behind the opp header.
+    let plain = udp_frame(link, src, dst, payload);
+    let header_len = if src.is_ipv4() { 20 } else { 40 };
+    let mut udp = ip_packet(&plain)[header_len..].to_vec();
+    if src.is_ipv4() {
+        udp[6..8].copy_from_slice(&[0, 0]);
+    }
+    let mut inner = uoa::emit_opp(client);
+    inner.extend_from_slice(&udp);
+    let protocol = etherparse::IpNumber(uoa::PROTO_OPP);
+    with_ip(link, ip_headers(protocol, src.ip(), dst.ip(), &[])).write(&mut out, protocol, &inner).expect("frame fits");
+    out
+}
+
 /// Drops the Ethernet header (and tag) of a frame built here: the bare IP packet.
 pub fn ip_packet(frame: &[u8]) -> &[u8] {
     let tagged = u16::from_be_bytes([frame[12], frame[13]]) == 0x8100;

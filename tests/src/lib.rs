@@ -11,6 +11,7 @@ pub mod calls;
 pub mod cbuild;
 pub mod container;
 pub mod corpus;
+pub mod ctl;
 pub mod flood;
 pub mod frames;
 pub mod gobuild;

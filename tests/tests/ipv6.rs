@@ -5,11 +5,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use ipvsca_tests::bins;
 use ipvsca_tests::corpus::{LB1, LB6, LB6_2, RS, RS6};
+use ipvsca_tests::ctl::{ipvsca, mappings, n, ok, refused, stats};
 use ipvsca_tests::frames::{self, ACK, Link, SYN, Segment};
 use ipvsca_tests::netns::{self, Netns};
 use ipvsca_tests::pcap::{self, Format};
@@ -50,36 +50,6 @@ fn accepted(server: &Service) -> (String, String) {
     assert_eq!(line["accept"], line["getpeername"], "accept and getpeername differ: {line}");
     let accept = line["accept"].as_str().unwrap_or_else(|| panic!("no accept in {line}")).to_owned();
     (accept, line["local"].as_str().unwrap_or_default().to_owned())
-}
-
-/// `ipvsca ARGS --control SOCKET` in `ns`.
-fn ipvsca(ns: &Netns, socket: &Path, args: &[&str]) -> Output {
-    ns.command(bins::path("ipvsca").to_str().unwrap()).args(args).arg("--control").arg(socket).output().unwrap()
-}
-
-/// Its standard output; it must succeed.
-fn ok(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
-/// Its standard error; it must fail.
-fn refused(out: Output) -> String {
-    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stats(ns: &Netns, socket: &Path) -> Value {
-    serde_json::from_str(&ok(ipvsca(ns, socket, &["stats", "--json"]))).unwrap()
-}
-
-fn mappings(ns: &Netns, socket: &Path) -> Vec<Value> {
-    serde_json::from_str::<Value>(&ok(ipvsca(ns, socket, &["mappings", "--json"]))).unwrap().as_array().unwrap().clone()
-}
-
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 fn v6(ip: Ipv6Addr, port: u16) -> SocketAddr {
@@ -182,12 +152,8 @@ fn nat64_ipv6_client_cannot_be_shown_on_an_ipv4_socket_and_is_counted_as_a_misma
         n(&after["supervisor"]["unrepresentable"]) > n(&before["supervisor"]["unrepresentable"]),
         "unrepresentable did not move: {after}"
     );
-    // FAILS, an ipvsca defect left for its owner (not a fault of this test): `accept`
-    // finds the mapping, cannot show it (`unrepresentable` moves) and remembers the
-    // connection as shown nothing (supervisor/src/emulate/rx.rs, `accepted.remember(..,
-    // None)`); `getpeername` then recalls that as `RxMiss::Unmapped` and counts
-    // `getname_ip_vs_ca_empty` where the mapped but unrepresentable client is a mismatch
-    // (and the accept counts `syn_recv_sock_no_ip_vs_ca`).
+    // The connection's getpeername finds the client its accept found, which the socket's
+    // family cannot show either: counted as the module's mismatch, not as unmapped.
     assert!(
         n(&after["ip_vs_ca"]["getname_ip_vs_ca_mismatch"]) > n(&before["ip_vs_ca"]["getname_ip_vs_ca_mismatch"]),
         "getname_ip_vs_ca_mismatch did not move: {after}"

@@ -9,12 +9,13 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use capture::Proto;
 use ipvsca_tests::bins;
 use ipvsca_tests::corpus::{LB1, LB2, RS};
+use ipvsca_tests::ctl::{ipvsca, mappings, n, ok, refused, stats};
 use ipvsca_tests::netns::{self, Netns};
 use ipvsca_tests::service::{self, Service};
 use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
@@ -54,36 +55,6 @@ fn accepted(server: &Service) -> String {
     let line = server.json(WAIT);
     assert_eq!(line["accept"], line["getpeername"], "{line}");
     line["accept"].as_str().unwrap_or_else(|| panic!("no accept in {line}")).to_owned()
-}
-
-/// `ipvsca ARGS --control SOCKET` in `ns`.
-fn ipvsca(ns: &Netns, socket: &Path, args: &[&str]) -> Output {
-    ns.command(bins::path("ipvsca").to_str().unwrap()).args(args).arg("--control").arg(socket).output().unwrap()
-}
-
-/// Its standard output; it must succeed.
-fn ok(out: Output) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "failed: {text}{}", String::from_utf8_lossy(&out.stderr));
-    text
-}
-
-/// Its standard error; it must fail.
-fn refused(out: Output) -> String {
-    assert!(!out.status.success(), "succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stats(ns: &Netns, socket: &Path) -> Value {
-    serde_json::from_str(&ok(ipvsca(ns, socket, &["stats", "--json"]))).unwrap()
-}
-
-fn mappings(ns: &Netns, socket: &Path) -> Vec<Value> {
-    serde_json::from_str::<Value>(&ok(ipvsca(ns, socket, &["mappings", "--json"]))).unwrap().as_array().unwrap().clone()
-}
-
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
 /// Waits (bounded) until `check` holds.

@@ -1,0 +1,151 @@
+//! DPVS's UOA end to end (issue 13): `ipvsca-probe udp-server` under `ipvsca-run` in a
+//! real-server namespace, its live capture learning the client from the datagrams the
+//! raw-frame balancer sends, in both of DPVS's forms (docs/wire-formats.md): the IPv4 option
+//! ("ipo") and the option-protocol header, IP protocol 248 ("opp"), over IPv4 and IPv6.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use ipvsca_tests::bins;
+use ipvsca_tests::corpus::{LB1, LB6, RS, RS6};
+use ipvsca_tests::ctl::{mappings, n, stats};
+use ipvsca_tests::frames;
+use ipvsca_tests::netns::{self, Netns};
+use ipvsca_tests::service::Service;
+use ipvsca_tests::speaker::Speaker;
+use ipvsca_tests::topology::{LB_DEV, LbRs};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+const PORT: u16 = 5353;
+
+/// `ipvsca-probe udp-server --listen LISTEN --reply` in `ns` under `ipvsca-run --control
+/// SOCKET`: one line per datagram, `from` and `data`, each answered to its source.
+fn udp_server(ns: &Netns, socket: &Path, listen: &str) -> Service {
+    let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
+    cmd.arg("--control").arg(socket).arg("--").arg(bins::path("ipvsca-probe"));
+    cmd.args(["udp-server", "--listen", listen, "--reply"]).env("RUST_LOG", "warn");
+    let server = Service::start(cmd).expect("starting the probe");
+    let line = server.json(WAIT);
+    assert_eq!(line["ready"], true, "{line}");
+    server
+}
+
+/// The next datagram the server received: (shown source, data).
+fn received(server: &Service) -> (String, String) {
+    let line = server.json(WAIT);
+    let text = |v: &Value| v.as_str().unwrap_or_else(|| panic!("no string in {line}")).to_owned();
+    (text(&line["from"]), text(&line["data"]))
+}
+
+/// Where the UDP datagrams the real server sent, among `frames`, went.
+fn udp_destinations(frames: &[Vec<u8>]) -> Vec<SocketAddr> {
+    frames
+        .iter()
+        .filter_map(|f| {
+            let p = SlicedPacket::from_ethernet(f).ok()?;
+            let ip: IpAddr = match p.net? {
+                NetSlice::Ipv4(ip) => Ipv4Addr::from(ip.header().destination()).into(),
+                NetSlice::Ipv6(ip) => std::net::Ipv6Addr::from(ip.header().destination()).into(),
+                _ => return None,
+            };
+            let Some(TransportSlice::Udp(udp)) = p.transport else { return None };
+            Some(SocketAddr::new(ip, udp.destination_port()))
+        })
+        .collect()
+}
+
+fn sock(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// The mapping `ipvsca mappings` lists for balancer `lb`.
+fn mapping_of(ns: &Netns, socket: &Path, lb: SocketAddr) -> Value {
+    let listed = mappings(ns, socket);
+    listed.into_iter().find(|m| m["lb"] == lb.to_string()).unwrap_or_else(|| panic!("no mapping for {lb}"))
+}
+
+#[test]
+fn uoa_in_an_ip_option_shows_the_client_and_its_carriers_never_reach_the_service() {
+    if !netns::can_run("uoa_in_an_ip_option_shows_the_client_and_its_carriers_never_reach_the_service") {
+        return;
+    }
+    let topo = LbRs::new("uoaipo", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run.sock");
+    let server = udp_server(&topo.rs, &socket, &format!("{RS}:{PORT}"));
+    let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
+    let rs = sock(RS, PORT);
+    let uoa = |lb: SocketAddr, client: SocketAddr, payload: &[u8]| {
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, false, payload)).unwrap();
+    };
+    // The option on the datagram itself: its client is shown, and the reply goes to the
+    // balancer.
+    let (lb, client) = (sock(LB1, 50300), "198.51.100.91:9001".parse().unwrap());
+    uoa(lb, client, b"first");
+    assert_eq!(received(&server), (client.to_string(), "first".to_owned()));
+    // No room on the datagram: DPVS sends the option ahead on an empty one, twice here.
+    // Neither reaches the service; the datagrams after them show the client.
+    let (lb2, client2) = (sock(LB1, 50301), "198.51.100.92:9002".parse().unwrap());
+    uoa(lb2, client2, b"");
+    balancer.send_udp(lb2, rs, b"second").unwrap();
+    uoa(lb2, client2, b"");
+    balancer.send_udp(lb2, rs, b"third").unwrap();
+    assert_eq!(received(&server), (client2.to_string(), "second".to_owned()), "the carrier reached the service");
+    assert_eq!(received(&server), (client2.to_string(), "third".to_owned()));
+    // An empty datagram of the flow with no carrier before it is the flow's own.
+    balancer.send_udp(lb2, rs, b"").unwrap();
+    assert_eq!(received(&server), (client2.to_string(), String::new()));
+    // An IPv6 client (a 20-byte option): learned, and shown the balancer on this AF_INET
+    // socket, as a TOA would be.
+    let (lb3, client3) = (sock(LB1, 50302), "[2001:db8::93]:9003".parse().unwrap());
+    uoa(lb3, client3, b"fourth");
+    assert_eq!(received(&server), (lb3.to_string(), "fourth".to_owned()));
+    let replies = udp_destinations(&balancer.listen(Duration::from_millis(500), false).unwrap());
+    assert_eq!(replies, [lb, lb2, lb2, lb2, lb3], "replies go to the balancer");
+    for (lb, client) in [(lb, client), (lb2, client2), (lb3, client3)] {
+        let m = mapping_of(&topo.rs, &socket, lb);
+        assert_eq!((m["client"].as_str(), m["via"].as_str()), (Some(client.to_string().as_str()), Some("uoa")), "{m}");
+    }
+    let s = stats(&topo.rs, &socket);
+    assert_eq!(n(&s["capture"]["uoa_found"]), 4, "{s}");
+    assert_eq!(n(&s["capture"]["uoa_carriers"]), 2, "{s}");
+    assert_eq!(n(&s["supervisor"]["uoa_carriers_dropped"]), 2, "{s}");
+}
+
+/// A datagram behind DPVS's option-protocol header (IP protocol 248) is an unknown protocol
+/// to the real server's kernel, which drops it (and answers protocol unreachable): DPVS's
+/// module strips the header in the kernel, which ipvsca cannot. ipvsca learns the client
+/// from it all the same, so the flow's later datagrams (plain UDP) show the client; the
+/// ones that carried the option are lost (docs/wire-formats.md).
+#[test]
+fn uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams_show_the_client() {
+    if !netns::can_run("uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams_show_the_client")
+    {
+        return;
+    }
+    let topo = LbRs::new("uoaopp", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run.sock");
+    // Dual-stack, for the IPv4 and the IPv6 flow.
+    let server = udp_server(&topo.rs, &socket, &format!("[::]:{PORT}"));
+    let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
+    let cases: [(SocketAddr, SocketAddr, SocketAddr); 3] = [
+        (sock(LB1, 50400), sock(RS, PORT), "198.51.100.94:9004".parse().unwrap()),
+        (sock(LB6, 50401), sock(RS6, PORT), "[2001:db8::95]:9005".parse().unwrap()),
+        // NAT64: an IPv6 client behind an IPv4 outer header (version 2, 24 bytes).
+        (sock(LB1, 50402), sock(RS, PORT), "[2001:db8::96]:9006".parse().unwrap()),
+    ];
+    for (i, &(lb, rs, client)) in cases.iter().enumerate() {
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, b"with the header")).unwrap();
+        balancer.send_udp(lb, rs, format!("plain {i}").as_bytes()).unwrap();
+        assert_eq!(received(&server), (client.to_string(), format!("plain {i}")), "{lb}");
+        let m = mapping_of(&topo.rs, &socket, lb);
+        assert_eq!(m["via"], "uoa", "{m}");
+    }
+    let s = stats(&topo.rs, &socket);
+    assert_eq!(n(&s["capture"]["uoa_found"]), 3, "{s}");
+    assert_eq!(n(&s["capture"]["malformed"]), 0, "{s}");
+}
