@@ -25,6 +25,11 @@ use crate::wire::toa::ToaKinds;
 /// longest TCP header fit with room to spare.
 pub const SNAP_LEN: u32 = 512;
 
+/// Bytes copied of a packet that may carry DPVS's UOA: all of it, up to the largest IP
+/// packet, so that its UDP checksum can be verified (QUIC's first datagrams are 1,200 bytes
+/// and more). Such packets are rare: UDP with IP options, protocol 248.
+pub const UOA_SNAP_LEN: u32 = 65_535;
+
 /// With more accepted kinds than this, the unrolled option walk grows past what older
 /// kernels let a socket filter take (`net.core.optmem_max` of 20 KiB before Linux 6.9 pays
 /// for about 1,800 instructions); the program then passes every TCP segment that has
@@ -162,6 +167,7 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     use Target::{Label as L, Next};
     let mut a = Asm::default();
     let (accept, reject, v4, v6, icmp4, tcp) = (a.label(), a.label(), a.label(), a.label(), a.label(), a.label());
+    let whole = a.label();
     let (tcp4, udp4, v6_tcp) = (a.label(), a.label(), a.label());
 
     a.op(LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE);
@@ -176,7 +182,7 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     a.op(LDX | B | MSH, 0);
     a.op(LD | B | ABS, 9);
     a.jump(JMP | JEQ | K, 6, L(tcp4), Next);
-    a.jump(JMP | JEQ | K, 248, L(accept), Next);
+    a.jump(JMP | JEQ | K, 248, L(whole), Next);
     a.jump(JMP | JEQ | K, 17, L(udp4), Next);
     a.jump(JMP | JEQ | K, 1, L(icmp4), L(reject));
     a.bind(icmp4);
@@ -185,14 +191,15 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     a.bind(udp4);
     // X = the header's length: options, where DPVS's ipo UOA rides.
     a.op(MISC | TXA, 0);
-    a.jump(JMP | JGT | K, 20, L(accept), L(reject));
+    a.jump(JMP | JGT | K, 20, L(whole), L(reject));
     a.bind(tcp4);
     a.ja(tcp);
 
     a.bind(v6);
     a.op(LD | B | ABS, 6);
     a.jump(JMP | JEQ | K, 6, L(v6_tcp), Next);
-    for ext in [0, 43, 44, 51, 60, 248] {
+    a.jump(JMP | JEQ | K, 248, L(whole), Next);
+    for ext in [0, 43, 44, 51, 60] {
         a.jump(JMP | JEQ | K, ext, L(accept), Next);
     }
     a.ja(reject);
@@ -200,6 +207,8 @@ pub fn capture_filter(kinds: &ToaKinds) -> Vec<Insn> {
     a.op(LDX | W | IMM, 40);
     a.ja(tcp);
 
+    a.bind(whole);
+    a.op(RET | K, UOA_SNAP_LEN);
     a.bind(accept);
     a.op(RET | K, SNAP_LEN);
     a.bind(reject);
@@ -460,13 +469,13 @@ mod tests {
         let program = capture_filter(&ToaKinds::default());
         let option = crate::wire::uoa::emit_uoa("198.51.100.7:1111".parse().unwrap());
         let ipo = ipv4(17, &option, &[0; 8]);
-        assert_eq!(run(&program, &ipo, 0x0800, 0), SNAP_LEN);
+        assert_eq!(run(&program, &ipo, 0x0800, 0), UOA_SNAP_LEN, "whole, for the UDP checksum");
         let opp = ipv4(248, &[], &[0x10, 17, 0, 12]);
-        assert_eq!(run(&program, &opp, 0x0800, 0), SNAP_LEN);
+        assert_eq!(run(&program, &opp, 0x0800, 0), UOA_SNAP_LEN);
         let mut v6 = vec![0x60, 0, 0, 0, 0, 4, 248, 64];
         v6.extend_from_slice(&[0; 32]);
         v6.extend_from_slice(&[0x20, 17, 0, 24]);
-        assert_eq!(run(&program, &v6, 0x86dd, 0), SNAP_LEN);
+        assert_eq!(run(&program, &v6, 0x86dd, 0), UOA_SNAP_LEN);
         v6[6] = 17;
         assert_eq!(run(&program, &v6, 0x86dd, 0), 0, "plain IPv6 UDP stays");
     }

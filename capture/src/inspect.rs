@@ -94,8 +94,10 @@ pub enum Observation {
         key: FlowKey,
         /// The announced client.
         client: SocketAddr,
-        /// The datagram has no payload: a carrier DPVS sent ahead of a datagram that had no
-        /// room for the option, which the service must never receive.
+        /// The datagram has no payload and its option is an IPv4 option: a carrier DPVS sent
+        /// ahead of a datagram that had no room for the option, which the kernel delivers and
+        /// the service must never receive. (Behind a protocol-248 header the kernel drops
+        /// every datagram, carrier or not.)
         carrier: bool,
     },
     /// An ip_vs_ca ICMP announcement.
@@ -180,11 +182,11 @@ pub fn inspect_network(
                 // ipo: the UOA among the IPv4 options of a UDP datagram.
                 PROTO_UDP if ip.header_len() > 20 => {
                     let Some(client) = uoa::find_uoa(ip.header().options())? else { return Ok(Observation::Nothing) };
-                    inspect_uoa(src, dst, client, ip.payload(), complete, meta)
+                    inspect_uoa(src, dst, client, ip.payload(), complete, meta, Form::Ipo)
                 }
                 PROTO_OPP => {
                     let (client, udp) = uoa::parse_opp(ip.payload())?;
-                    inspect_uoa(src, dst, client, udp, complete, meta)
+                    inspect_uoa(src, dst, client, udp, complete, meta, Form::Opp)
                 }
                 _ => Ok(Observation::Nothing),
             }
@@ -203,7 +205,7 @@ pub fn inspect_network(
                 Some((PROTO_TCP, segment)) => inspect_tcp(src, dst, segment, complete, meta, kinds),
                 Some((PROTO_OPP, payload)) => {
                     let (client, udp) = uoa::parse_opp(payload)?;
-                    inspect_uoa(src, dst, client, udp, complete, meta)
+                    inspect_uoa(src, dst, client, udp, complete, meta, Form::Opp)
                 }
                 _ => Ok(Observation::Nothing),
             }
@@ -212,9 +214,20 @@ pub fn inspect_network(
     }
 }
 
+/// Which of DPVS's two UOA forms a packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// An IPv4 option: the kernel delivers the datagram.
+    Ipo,
+    /// Behind a protocol-248 header: the kernel drops the packet.
+    Opp,
+}
+
 /// The UDP datagram `udp` (header onward) of a packet that carried `client` in a UOA: the
-/// checks `udp_rcv` makes before it delivers (a length within the packet, the checksum:
-/// over IPv4 0 means none, and DPVS sends 0 behind an opp header).
+/// checks `udp_rcv` makes before it delivers (a length within the packet; the checksum:
+/// over IPv4 0 means none, and DPVS sends 0 behind an opp header; over IPv6 0 is dropped).
+/// Only a carrier of the option form is one the service could receive, so only that one is
+/// marked.
 fn inspect_uoa(
     src: IpAddr,
     dst: IpAddr,
@@ -222,16 +235,21 @@ fn inspect_uoa(
     udp: &[u8],
     complete: bool,
     meta: &PacketMeta,
+    form: Form,
 ) -> Result<Observation, Malformed> {
     if udp.len() < 8 {
         return Err(Malformed::BadUdpLength);
     }
     let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if ulen < 8 || (complete && ulen > udp.len()) {
+    // What the IP header says the datagram holds: what was captured and what was cut.
+    if ulen < 8 || ulen > udp.len() + meta.cut {
         return Err(Malformed::BadUdpLength);
     }
-    let unchecked = src.is_ipv4() && udp[6..8] == [0, 0];
-    if meta.must_verify() && !unchecked {
+    let zero = udp[6..8] == [0, 0];
+    if zero && src.is_ipv6() {
+        return Err(Malformed::BadUdpChecksum);
+    }
+    if meta.must_verify() && !zero {
         if !complete {
             return Err(Malformed::UnverifiedChecksum);
         }
@@ -244,7 +262,7 @@ fn inspect_uoa(
         lb: SocketAddr::new(src, u16::from_be_bytes([udp[0], udp[1]])),
         rs: SocketAddr::new(dst, u16::from_be_bytes([udp[2], udp[3]])),
     };
-    Ok(Observation::Uoa { key, client, carrier: ulen == 8 })
+    Ok(Observation::Uoa { key, client, carrier: form == Form::Ipo && ulen == 8 })
 }
 
 /// `complete`: the whole segment was captured, so its checksum can be computed.
@@ -414,6 +432,11 @@ mod tests {
         assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Err(Malformed::BadUdpChecksum));
         let p = packet(PROTO_UDP, &[1, 1, 1, 0], &udp(b"query", false));
         assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), Ok(Observation::Nothing));
+        // Behind an opp header an empty datagram is no carrier the service could get.
+        let mut opp = uoa::emit_opp(client);
+        opp.extend_from_slice(&udp(b"", true));
+        let p = packet(uoa::PROTO_OPP, &[], &opp);
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false));
         let mut short = udp(b"query", false);
         short[5] = 200;
         let p = packet(PROTO_UDP, &option, &short);

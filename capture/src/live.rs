@@ -18,7 +18,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::eventfd::EventFd;
 use std::os::fd::AsFd;
 
-use crate::bpf::{SNAP_LEN, capture_filter};
+use crate::bpf::{UOA_SNAP_LEN, capture_filter};
 use crate::clock::monotonic_millis;
 use crate::inspect::{KernelChecksum, PacketMeta};
 use crate::learn::{Learner, MappingEvent};
@@ -167,7 +167,8 @@ impl LiveCapture {
             sockets,
             addresses,
             learner,
-            drain: Mutex::new(DrainState { buf: vec![0; SNAP_LEN as usize], on_event: None, first: 0 }),
+            // As large as the longest copy the filter asks for (a UOA datagram, whole).
+            drain: Mutex::new(DrainState { buf: vec![0; UOA_SNAP_LEN as usize], on_event: None, first: 0 }),
             kinds_change: Mutex::new(()),
             lookups_waiting: AtomicUsize::new(0),
             stop,

@@ -35,6 +35,10 @@ pub struct Datagram {
     pub from: RawSockAddr,
     /// The control messages it came with (a `recvmsg`'s; empty for a `recvfrom`'s).
     pub control: Vec<u8>,
+    /// Its whole length, which `data` may fall short of (`MSG_TRUNC`).
+    pub len: usize,
+    /// The control messages were cut (`MSG_CTRUNC`).
+    pub control_cut: bool,
 }
 
 /// Per socket inode, what was kept for it, oldest first.
@@ -177,7 +181,13 @@ mod tests {
     fn datagrams_come_back_in_order_and_peek_leaves_them() {
         let s = Stash::default();
         assert!(s.is_empty());
-        let d = |b: u8| Datagram { data: vec![b], from: RawSockAddr::empty(), control: Vec::new() };
+        let d = |b: u8| Datagram {
+            data: vec![b],
+            from: RawSockAddr::empty(),
+            control: Vec::new(),
+            len: 1,
+            control_cut: false,
+        };
         s.put_datagram(7, 1, d(1));
         s.put_datagram(7, 1, d(2));
         assert_eq!(s.take_datagram(7, true).unwrap().data, vec![1]);

@@ -13,8 +13,11 @@
  *       what UOA_SO_GET_LOOKUP answers for it; then the edge cases, and a lookup of the flow
  *       from QUERY_ADDR:QUERY_PORT if given.
  *   dpvs_lookup udp-mmsg FAMILY ADDR PORT COUNT
- *       reads COUNT datagrams with recvmmsg (4 at most a call, MSG_WAITFORONE) and prints
- *       each one's source and length.
+ *       reads COUNT datagrams with recvmmsg (4 at most a call of 64 bytes each,
+ *       MSG_WAITFORONE) and prints each one's source, length and whether it was cut.
+ *   dpvs_lookup udp-peek0 FAMILY ADDR PORT COUNT
+ *       for each of COUNT datagrams, peeks its source with recvmsg into no room (no
+ *       MSG_TRUNC asked), then reads it with recvfrom: both lengths and the peek's flags.
  *
  * One JSON object per line; {"ready":true} once listening. Addresses as ADDR:PORT, IPv6 in
  * brackets, IPv4-mapped ones as IPv4. */
@@ -225,8 +228,26 @@ static void udp_mmsg(int family, const char *addr, int port, int count) {
         for (int i = 0; i < n; i++, seen++) {
             char from[80];
             show_sockaddr(from, sizeof from, &names[i]);
-            printf("{\"recvfrom\":\"%s\",\"len\":%u}\n", from, msgs[i].msg_len);
+            printf("{\"recvfrom\":\"%s\",\"len\":%u,\"cut\":%d}\n", from, msgs[i].msg_len,
+                   !!(msgs[i].msg_hdr.msg_flags & MSG_TRUNC));
         }
+    }
+    printf("{\"done\":true}\n");
+}
+
+static void udp_peek0(int family, const char *addr, int port, int count) {
+    int fd = listen_on(SOCK_DGRAM, family, addr, port);
+    for (int i = 0; i < count; i++) {
+        struct sockaddr_storage ss;
+        struct msghdr m = {.msg_name = &ss, .msg_namelen = sizeof ss};
+        ssize_t peeked = recvmsg(fd, &m, MSG_PEEK);
+        char buf[64];
+        socklen_t sl = sizeof ss;
+        ssize_t got = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&ss, &sl);
+        char from[80];
+        show_sockaddr(from, sizeof from, &ss);
+        printf("{\"recvfrom\":\"%s\",\"peeked\":%zd,\"cut\":%d,\"len\":%zd}\n", from, peeked,
+               !!(m.msg_flags & MSG_TRUNC), got);
     }
     printf("{\"done\":true}\n");
 }
@@ -242,6 +263,8 @@ int main(int argc, char **argv) {
         tcp(family, argv[3], port, count);
     else if (!strcmp(argv[1], "udp-mmsg"))
         udp_mmsg(family, argv[3], port, count);
+    else if (!strcmp(argv[1], "udp-peek0"))
+        udp_peek0(family, argv[3], port, count);
     else
         udp(family, argv[3], port, count, argc > 7 ? argv[6] : NULL, argc > 7 ? atoi(argv[7]) : 0);
     return 0;

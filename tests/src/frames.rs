@@ -212,9 +212,7 @@ pub fn uoa_frame(
     use capture::wire::uoa;
     let mut out = Vec::new();
     if !opp {
-        let ip = ip_headers(etherparse::IpNumber::UDP, src.ip(), dst.ip(), &uoa::emit_uoa(client));
-        with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
-        return out;
+        return udp_frame_with_ip_options(link, src, dst, &uoa::emit_uoa(client), payload);
     }
     // The UDP datagram as it would travel alone (its checksum over the real pseudo-header),
     // behind the opp header.
@@ -228,6 +226,20 @@ pub fn uoa_frame(
     inner.extend_from_slice(&udp);
     let protocol = etherparse::IpNumber(uoa::PROTO_OPP);
     with_ip(link, ip_headers(protocol, src.ip(), dst.ip(), &[])).write(&mut out, protocol, &inner).expect("frame fits");
+    out
+}
+
+/// An IPv4 UDP datagram from `src` to `dst` with raw IP options (a multiple of 4 bytes).
+pub fn udp_frame_with_ip_options(
+    link: &Link,
+    src: SocketAddr,
+    dst: SocketAddr,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let ip = ip_headers(etherparse::IpNumber::UDP, src.ip(), dst.ip(), options);
+    with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
     out
 }
 

@@ -6,7 +6,7 @@
 //! The C program `tests/c/dpvs_lookup.c` uses the structures as DPVS's headers lay them out.
 //! It runs natively (no module: every lookup fails with `ENOPROTOOPT`, so each expectation
 //! below can fail) and under the filter with a supervisor in the test process, unprivileged,
-//! on loopback (`supervised::hosts` 51 to 53). The table is filled as `ipvsca map add` would.
+//! on loopback (`supervised::hosts` 50 to 55). The table is filled as `ipvsca map add` would.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::process::Command;
@@ -210,7 +210,14 @@ fn uoa_lookup_answers_the_client_of_a_udp_flow_with_dpvs_layout() {
 /// Runs `dpvs_lookup MODE` (`udp`: recvfrom; `udp-mmsg`: recvmmsg, under `--msg`) after
 /// `carriers` UOA carriers were noted for the mapped balancer port, as the capture notes
 /// them, and sends `datagrams` from that port in order: the lengths the program received.
-fn carrier_run(test: u8, mode: &str, carriers: usize, datagrams: &[&[u8]], count: usize, supervised: bool) -> Vec<i64> {
+fn carrier_run(
+    test: u8,
+    mode: &str,
+    carriers: usize,
+    datagrams: &[&[u8]],
+    count: usize,
+    supervised: bool,
+) -> Vec<Value> {
     let h = hosts(test);
     let port = 5500 + u16::from(supervised);
     let rs = SocketAddrV4::new(h.rs, port);
@@ -222,28 +229,37 @@ fn carrier_run(test: u8, mode: &str, carriers: usize, datagrams: &[&[u8]], count
     }
     let mut cmd = Command::new(cbuild::build("dpvs_lookup", &[]));
     cmd.args([mode, "4", &h.rs.to_string(), &port.to_string(), &count.to_string()]);
-    let run =
-        if mode == "udp-mmsg" { Run::start_msg(cmd, table, supervised) } else { Run::start(cmd, table, supervised) };
+    let run = if matches!(mode, "udp-mmsg" | "udp-peek0") {
+        Run::start_msg(cmd, table, supervised)
+    } else {
+        Run::start(cmd, table, supervised)
+    };
     assert_eq!(run.service().json(WAIT)["ready"], true);
     let balancer = UdpSocket::bind(lb).unwrap();
     for d in datagrams {
         balancer.send_to(d, rs).unwrap();
     }
-    let mut lengths = Vec::new();
+    let mut received = Vec::new();
     loop {
-        let line = run.service().json(WAIT);
+        let mut line = run.service().json(WAIT);
         if line["done"] == true {
             break;
         }
-        if let Some(len) = line["len"].as_i64().filter(|_| line["recvfrom"].is_string()) {
-            lengths.push(len);
+        if line["recvfrom"].is_string() {
+            line.as_object_mut().unwrap().remove("recvfrom");
+            received.push(line);
         }
     }
     if let Some(s) = run.supervised() {
         let dropped = s.counters.snapshot().uoa_carriers_dropped;
         assert_eq!(dropped as usize, carriers.min(datagrams.iter().filter(|d| d.is_empty()).count()));
     }
-    lengths
+    received
+}
+
+/// The lengths of what a carrier run received.
+fn lengths(received: &[Value]) -> Vec<i64> {
+    received.iter().map(|l| l["len"].as_i64().unwrap()).collect()
 }
 
 /// DPVS sends its UOA ahead on an empty datagram when the original has no room; DPVS's own
@@ -255,8 +271,8 @@ fn uoa_carriers_never_reach_a_recvfrom_service() {
         return;
     }
     let sent: [&[u8]; 4] = [b"", b"a", b"", b"b"];
-    assert_eq!(carrier_run(54, "udp", 1, &sent, 3, false), [0, 1, 0], "natively every datagram is received");
-    assert_eq!(carrier_run(54, "udp", 1, &sent, 3, true), [1, 0, 1], "one carrier noted, one dropped");
+    assert_eq!(lengths(&carrier_run(54, "udp", 1, &sent, 3, false)), [0, 1, 0], "natively every datagram is received");
+    assert_eq!(lengths(&carrier_run(54, "udp", 1, &sent, 3, true)), [1, 0, 1], "one carrier noted, one dropped");
 }
 
 #[test]
@@ -264,7 +280,31 @@ fn uoa_carriers_never_reach_a_recvmmsg_service_and_what_came_with_them_does_in_o
     if !supervised::can_run("uoa_carriers_never_reach_a_recvmmsg_service_and_what_came_with_them_does_in_order") {
         return;
     }
-    let sent: [&[u8]; 6] = [b"", b"a", b"bb", b"", b"ccc", b"dddd"];
-    assert_eq!(carrier_run(55, "udp-mmsg", 2, &sent, 6, false), [0, 1, 2, 0, 3, 4], "natively");
-    assert_eq!(carrier_run(55, "udp-mmsg", 2, &sent, 4, true), [1, 2, 3, 4], "under --msg");
+    // A datagram longer than the program's 64-byte buffers is cut, with MSG_TRUNC, even
+    // when it came in a batch with a carrier and was answered from what was kept.
+    let long = [b'x'; 100];
+    let sent: [&[u8]; 6] = [b"", b"a", &long, b"", b"ccc", b"dddd"];
+    let native = carrier_run(55, "udp-mmsg", 2, &sent, 6, false);
+    assert_eq!(lengths(&native), [0, 1, 64, 0, 3, 4], "natively");
+    let supervised = carrier_run(55, "udp-mmsg", 2, &sent, 4, true);
+    assert_eq!(lengths(&supervised), [1, 64, 3, 4], "under --msg");
+    assert_eq!(supervised[1]["cut"], 1, "MSG_TRUNC kept: {supervised:?}");
+    assert_eq!(native[2]["cut"], 1);
+}
+
+/// A datagram read into no room looks empty (0 bytes, `MSG_TRUNC` in `msg_flags`): it is
+/// no carrier, even with a note for its flow (a second reader found it dropped).
+#[test]
+fn a_datagram_read_into_no_room_is_not_taken_for_a_carrier() {
+    if !supervised::can_run("a_datagram_read_into_no_room_is_not_taken_for_a_carrier") {
+        return;
+    }
+    let sent: [&[u8]; 2] = [b"abc", b"de"];
+    let native = carrier_run(50, "udp-peek0", 0, &sent, 2, false);
+    let supervised = carrier_run(50, "udp-peek0", 1, &sent, 2, true);
+    assert_eq!(supervised, native, "peeked into no room: the same as natively");
+    assert_eq!(
+        (native[0]["peeked"].as_i64(), native[0]["cut"].as_i64(), native[0]["len"].as_i64()),
+        (Some(0), Some(1), Some(3))
+    );
 }

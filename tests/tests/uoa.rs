@@ -81,11 +81,21 @@ fn uoa_in_an_ip_option_shows_the_client_and_its_carriers_never_reach_the_service
     let uoa = |lb: SocketAddr, client: SocketAddr, payload: &[u8]| {
         balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, false, payload)).unwrap();
     };
+    // A UOA option of a length no UOA has (2: too short to hold a port) is malformed and
+    // teaches nothing; the kernel delivers the datagram, shown as it came (a second reader
+    // found it crashing the capture).
+    let (lb0, broken) = (sock(LB1, 50299), [0x1f, 2, 1, 1]);
+    balancer.inject(&frames::udp_frame_with_ip_options(&topo.link, lb0, rs, &broken, b"zero")).unwrap();
+    assert_eq!(received(&server), (lb0.to_string(), "zero".to_owned()));
     // The option on the datagram itself: its client is shown, and the reply goes to the
-    // balancer.
+    // balancer. A datagram of 1,200 bytes (QUIC's first) too: the capture reads it whole.
     let (lb, client) = (sock(LB1, 50300), "198.51.100.91:9001".parse().unwrap());
     uoa(lb, client, b"first");
     assert_eq!(received(&server), (client.to_string(), "first".to_owned()));
+    let (lb_long, client_long) = (sock(LB1, 50303), "198.51.100.94:9004".parse().unwrap());
+    uoa(lb_long, client_long, &[b'x'; 1200]);
+    let (from, data) = received(&server);
+    assert_eq!((from, data.len()), (client_long.to_string(), 1200));
     // No room on the datagram: DPVS sends the option ahead on an empty one, twice here.
     // Neither reaches the service; the datagrams after them show the client.
     let (lb2, client2) = (sock(LB1, 50301), "198.51.100.92:9002".parse().unwrap());
@@ -104,14 +114,15 @@ fn uoa_in_an_ip_option_shows_the_client_and_its_carriers_never_reach_the_service
     uoa(lb3, client3, b"fourth");
     assert_eq!(received(&server), (lb3.to_string(), "fourth".to_owned()));
     let replies = udp_destinations(&balancer.listen(Duration::from_millis(500), false).unwrap());
-    assert_eq!(replies, [lb, lb2, lb2, lb2, lb3], "replies go to the balancer");
+    assert_eq!(replies, [lb0, lb, lb_long, lb2, lb2, lb2, lb3], "replies go to the balancer");
     for (lb, client) in [(lb, client), (lb2, client2), (lb3, client3)] {
         let m = mapping_of(&topo.rs, &socket, lb);
         assert_eq!((m["client"].as_str(), m["via"].as_str()), (Some(client.to_string().as_str()), Some("uoa")), "{m}");
     }
     let s = stats(&topo.rs, &socket);
-    assert_eq!(n(&s["capture"]["uoa_found"]), 4, "{s}");
+    assert_eq!(n(&s["capture"]["uoa_found"]), 5, "{s}");
     assert_eq!(n(&s["capture"]["uoa_carriers"]), 2, "{s}");
+    assert_eq!(s["malformed"]["bad_uoa"], 1, "{s}");
     assert_eq!(n(&s["supervisor"]["uoa_carriers_dropped"]), 2, "{s}");
 }
 
@@ -144,8 +155,15 @@ fn uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams
         assert_eq!(received(&server), (client.to_string(), format!("plain {i}")), "{lb}");
         let m = mapping_of(&topo.rs, &socket, lb);
         assert_eq!(m["via"], "uoa", "{m}");
+        // An empty datagram behind the header is dropped by the kernel like any other: it
+        // is no carrier, and the flow's own empty datagram after it is received.
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, b"")).unwrap();
+        balancer.send_udp(lb, rs, b"").unwrap();
+        assert_eq!(received(&server), (client.to_string(), String::new()), "{lb}");
     }
     let s = stats(&topo.rs, &socket);
-    assert_eq!(n(&s["capture"]["uoa_found"]), 3, "{s}");
+    assert_eq!(n(&s["capture"]["uoa_found"]), 6, "{s}");
+    assert_eq!(n(&s["capture"]["uoa_carriers"]), 0, "{s}");
+    assert_eq!(n(&s["supervisor"]["uoa_carriers_dropped"]), 0, "{s}");
     assert_eq!(n(&s["capture"]["malformed"]), 0, "{s}");
 }

@@ -37,12 +37,14 @@ pub const OPP_HEADER_LEN: usize = 4;
 /// The next protocol an opp header may carry: UDP.
 const PROTO_UDP: u8 = 17;
 
-/// The client of the first UOA option in an IPv4 option list, walked as the kernel walks IP
+/// The client of the UOA option in an IPv4 option list, walked whole as the kernel walks IP
 /// options (`ip_options_compile`): EOL ends it, NOP is one byte, every other option has a
-/// length of at least 2 within the list. A UOA of a length other than 8 or 20 is
-/// `BadUoa`: DPVS's module copies it into a 20-byte field with no such check (a heap
-/// overflow), and ipvsca never takes it.
+/// length of at least 2 within the list, else `BadIpOption`; a source route (LSRR, SSRR),
+/// which the kernel drops by default (`accept_source_route` 0), is `BadIpOption` too. A UOA
+/// of a length other than 8 or 20 is `BadUoa`: DPVS's module copies it into a 20-byte field
+/// with no such check (a heap overflow), and ipvsca never takes it. The first UOA counts.
 pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
+    let mut found = None;
     let mut at = 0;
     while at < options.len() {
         match options[at] {
@@ -50,34 +52,36 @@ pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
             1 => at += 1,
             kind => {
                 let len = usize::from(*options.get(at + 1).ok_or(Malformed::BadIpOption)?);
-                if len < 2 || at + len > options.len() {
+                if len < 2 || at + len > options.len() || matches!(kind, LSRR | SSRR) {
                     return Err(Malformed::BadIpOption);
                 }
-                if kind == IPOPT_UOA {
-                    return client(&options[at..at + len]).map(Some);
+                if kind == IPOPT_UOA && found.is_none() {
+                    if !matches!(len, UOA_V4_LEN | UOA_V6_LEN) {
+                        return Err(Malformed::BadUoa);
+                    }
+                    found = Some(client(&options[at..at + len]));
                 }
                 at += len;
             }
         }
     }
-    Ok(None)
+    Ok(found)
 }
 
-/// The client one UOA option (type and length included) names.
-fn client(option: &[u8]) -> Result<SocketAddr, Malformed> {
+/// Loose and strict source routes: options the kernel drops a packet for by default.
+const LSRR: u8 = 131;
+const SSRR: u8 = 137;
+
+/// The client one UOA option (type and length included, 8 or 20 bytes) names.
+fn client(option: &[u8]) -> SocketAddr {
     let port = u16::from_be_bytes([option[2], option[3]]);
-    match option.len() {
-        UOA_V4_LEN => {
-            Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(option[4], option[5], option[6], option[7]), port)))
-        }
-        UOA_V6_LEN => {
-            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&option[4..20]).expect("16 bytes"));
-            Ok(match ip.to_ipv4_mapped() {
-                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-            })
-        }
-        _ => Err(Malformed::BadUoa),
+    if option.len() == UOA_V4_LEN {
+        return SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(option[4], option[5], option[6], option[7]), port));
+    }
+    let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&option[4..20]).expect("16 bytes"));
+    match ip.to_ipv4_mapped() {
+        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+        None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
     }
 }
 
@@ -147,10 +151,24 @@ mod tests {
         assert_eq!(find_uoa(&[7, 1]), Err(Malformed::BadIpOption));
         assert_eq!(find_uoa(&[7, 9, 0]), Err(Malformed::BadIpOption));
         assert_eq!(find_uoa(&[0x1f]), Err(Malformed::BadIpOption));
-        // A UOA of another length is never taken (DPVS's module overflows on it).
+        // A UOA of another length is never taken (DPVS's module overflows on it), however
+        // short (a second reader's crash: 2 and 3 were read past).
         let mut long = vec![0x1f, 24];
         long.extend_from_slice(&[0; 22]);
         assert_eq!(find_uoa(&long), Err(Malformed::BadUoa));
+        for len in 2..8u8 {
+            let mut short = vec![0x1f, len];
+            short.resize(usize::from(len), 0);
+            assert_eq!(find_uoa(&short), Err(Malformed::BadUoa), "length {len}");
+        }
+        // The whole list is walked, as the kernel walks it: a broken option after the UOA,
+        // or a source route anywhere, drops the packet.
+        let mut after = emit_uoa(v4);
+        after.extend_from_slice(&[7, 1]);
+        assert_eq!(find_uoa(&after), Err(Malformed::BadIpOption));
+        let mut routed = vec![131, 3, 4];
+        routed.extend_from_slice(&emit_uoa(v4));
+        assert_eq!(find_uoa(&routed), Err(Malformed::BadIpOption));
     }
 
     #[test]
@@ -184,6 +202,18 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = find_uoa(&bytes);
             let _ = parse_opp(&bytes);
+        }
+
+        /// Options that start as a UOA with any length byte: the case random bytes rarely
+        /// build, where a second reader found a crash.
+        #[test]
+        fn a_uoa_of_any_length_never_panics(len in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut options = vec![IPOPT_UOA, len];
+            options.extend_from_slice(&tail);
+            let _ = find_uoa(&options);
+            let mut opp = vec![0x10, 17, 0, options.len() as u8 + 4];
+            opp.extend_from_slice(&options);
+            let _ = parse_opp(&opp);
         }
     }
 }

@@ -310,12 +310,23 @@ impl Emulator<'_> {
                     .collect();
                 // DPVS's UOA carriers (empty datagrams that only carried the option) never
                 // reach the service: dropped, and what came with them kept for the answer.
-                let carriers: Vec<bool> =
-                    filled.iter().map(|(_, r, _, _)| r.len == 0 && self.is_carrier(&r.from, &local)).collect();
+                // Empty, not merely read into no room (MSG_TRUNC); when peeking every message
+                // is the queue's head, so only the first is looked at.
+                let peek = c.flags & libc::MSG_PEEK != 0;
+                let carriers: Vec<bool> = filled
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, r, _, _))| {
+                        (i == 0 || !peek)
+                            && r.len == 0
+                            && r.flags & libc::MSG_TRUNC == 0
+                            && self.is_carrier(&r.from, &local)
+                    })
+                    .collect();
                 let dropped = carriers.iter().filter(|&&c| c).count();
                 if dropped > 0 {
                     self.counters.uoa_carriers_dropped.add(dropped as u64);
-                    if c.flags & libc::MSG_PEEK != 0 {
+                    if peek {
                         // Only peeked (each message is the queue's head): take it off.
                         let _ = net::recv_from(sfd, &mut [], (recv_flags & !libc::MSG_PEEK) | libc::MSG_DONTWAIT);
                     } else {
@@ -374,11 +385,11 @@ impl Emulator<'_> {
             .zip(&kept)
             .map(|(m, d)| {
                 let room = m.data_room();
-                let truncated = d.data.len() > room;
-                let len = if truncated && c.flags & libc::MSG_TRUNC == 0 { room } else { d.data.len() };
+                let truncated = d.len > room;
+                let len = if truncated && c.flags & libc::MSG_TRUNC == 0 { room } else { d.len };
                 let control_len = d.control.len().min(m.control_room());
                 let mut flags = if truncated { libc::MSG_TRUNC } else { 0 };
-                if control_len < d.control.len() {
+                if control_len < d.control.len() || d.control_cut {
                     flags |= libc::MSG_CTRUNC;
                 }
                 Received { len, from: d.from, control_len, flags }
@@ -465,7 +476,15 @@ impl Emulator<'_> {
         }
         let Ok(inode) = net::inode(socket) else { return };
         for (_, r, data, control) in received {
-            let kept = Datagram { data: data.to_vec(), from: r.from, control: control.to_vec() };
+            let kept = Datagram {
+                data: data.to_vec(),
+                from: r.from,
+                control: control.to_vec(),
+                // Cut to the caller's buffer: the whole length if the receive asked for it
+                // (MSG_TRUNC), else at least one byte more than kept.
+                len: if r.flags & libc::MSG_TRUNC != 0 { r.len.max(data.len() + 1) } else { data.len() },
+                control_cut: r.flags & libc::MSG_CTRUNC != 0,
+            };
             self.stash.put_datagram(inode, stash_owner(n), kept);
             self.counters.stashed_datagrams.inc();
         }

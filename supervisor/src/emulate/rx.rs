@@ -332,8 +332,10 @@ impl Emulator<'_> {
                 return Ok((len, from));
             }
             if flags & libc::MSG_PEEK != 0 {
-                // Only peeked: take it off the queue.
-                net::recv_from(sfd, buf, (flags & !libc::MSG_PEEK) | libc::MSG_DONTWAIT)?;
+                // Only peeked: take it off the queue. (Another reader of the socket may have
+                // taken it between the two calls; this one then takes the next datagram: a
+                // race only two readers of one socket, one of them peeking, can meet.)
+                let _ = net::recv_from(sfd, buf, (flags & !libc::MSG_PEEK) | libc::MSG_DONTWAIT);
             }
             self.counters.uoa_carriers_dropped.inc();
         }
@@ -365,7 +367,13 @@ impl Emulator<'_> {
                     self.stash.put_datagram(
                         inode,
                         stash_owner(n),
-                        Datagram { data: data.to_vec(), from: *from, control: Vec::new() },
+                        Datagram {
+                            data: data.to_vec(),
+                            from: *from,
+                            control: Vec::new(),
+                            len: data.len(),
+                            control_cut: false,
+                        },
                     );
                     self.counters.stashed_datagrams.inc();
                     self.parker.poke(inode);

@@ -61,76 +61,94 @@ impl Emulator<'_> {
         }
         let copy = self.copy(n, Syscall::GetSockOpt, c.fd)?;
         let fd = copy.as_fd();
-        // Another family's socket answers IPPROTO_IP itself (a Unix socket: EOPNOTSUPP).
-        if !is_inet(fd) {
-            return Ok(self.cont(n));
-        }
+        // Another family's socket, or an inet socket neither TCP nor UDP (raw), answers
+        // IPPROTO_IP itself (a Unix socket: EOPNOTSUPP).
+        let Some(proto) = socket_proto(fd).filter(|_| is_inet(fd)) else { return Ok(self.cont(n)) };
         // do_ip_getsockopt reads the length first, whatever the option.
         let len = self.or_fail(n, mem::read_u32(n.tid, c.optlen).map(|l| l as i32))?;
         if len < 0 {
             return Ok(self.reply_error(n, Errno::EINVAL));
         }
-        let answer = if c.optname == TOA_SO_GET_LOOKUP {
-            self.toa_lookup(fd, c, len as usize)
+        let toa = c.optname == TOA_SO_GET_LOOKUP;
+        let (ok, failed) = if toa {
+            (&self.counters.toa_lookup_ok, &self.counters.toa_lookup_failed)
         } else {
-            self.uoa_lookup(n, fd, c, len as usize)
+            (&self.counters.uoa_lookup_ok, &self.counters.uoa_lookup_miss)
         };
-        let written = match answer {
-            Ok(bytes) => bytes,
-            Err(e) => return Ok(self.reply_error(n, e)),
+        let answer = if toa {
+            self.toa_lookup(fd, proto, c, len as usize)
+        } else {
+            self.uoa_lookup(n, fd, proto, c, len as usize)
         };
-        self.pending(n)?;
-        self.or_fail(n, mem::write_pieces(n.tid, [(c.optval, &written[..])]))?;
-        let len = (written.len() as u32).to_ne_bytes();
-        self.or_fail(n, mem::write_pieces(n.tid, [(c.optlen, &len[..])]))?;
-        Ok(self.reply(n, 0))
+        let written = answer.and_then(|bytes| {
+            self.pending(n).map_err(|_| Errno::EINTR)?;
+            mem::write_pieces(n.tid, [(c.optval, &bytes[..])])?;
+            mem::write_pieces(n.tid, [(c.optlen, &(bytes.len() as u32).to_ne_bytes()[..])])
+        });
+        match written {
+            Ok(()) => {
+                ok.inc();
+                Ok(self.reply(n, 0))
+            }
+            // The call is gone (a signal): nothing to answer.
+            Err(Errno::EINTR) => Err(Handled::Done),
+            Err(e) => {
+                // The TOA lookup's every failure; the UOA lookup's misses.
+                if toa || e == Errno::ENOENT {
+                    failed.inc();
+                }
+                Ok(self.reply_error(n, e))
+            }
+        }
     }
 
-    /// `TOA_SO_GET_LOOKUP` (`inet64_getname_toa`): the bytes to write, or the error.
-    fn toa_lookup(&self, fd: BorrowedFd<'_>, c: GetSockOpt, len: usize) -> Result<Vec<u8>, Errno> {
-        let failed = |e| {
-            self.counters.toa_lookup_failed.inc();
-            Err(e)
-        };
+    /// `TOA_SO_GET_LOOKUP` (`inet64_getname_toa`) on a `proto` socket: the bytes to write,
+    /// or the error.
+    fn toa_lookup(&self, fd: BorrowedFd<'_>, proto: Proto, c: GetSockOpt, len: usize) -> Result<Vec<u8>, Errno> {
         if len < TOA_NAT64_PEER_LEN || c.optval == 0 {
-            return failed(Errno::EINVAL);
+            return Err(Errno::EINVAL);
         }
-        let peer = match net::peer_name(fd) {
-            Ok(peer) => peer,
-            Err(_) => return failed(Errno::ENOTCONN),
-        };
-        let Some(peer_inet) = sockaddr::kernel_inet(&peer) else { return failed(Errno::ENOTCONN) };
+        let peer = net::peer_name(fd).map_err(|_| Errno::ENOTCONN)?;
+        let peer_inet = sockaddr::kernel_inet(&peer).ok_or(Errno::ENOTCONN)?;
         let inode = net::inode(fd).unwrap_or(0);
         // A connection accepted under the supervisor: the client its accept found, else
         // the table's, as getpeername would. Only TCP connections carry a TOA.
         let client = match self.accepted.recall(|| (inode != 0).then_some(inode), peer_inet) {
             Some(client) => client,
-            None if socket_proto(fd) == Some(Proto::Tcp) => net::sock_name(fd)
+            None if proto == Proto::Tcp => net::sock_name(fd)
                 .ok()
                 .and_then(|local| self.rx_client(Proto::Tcp, Some(fd), Seen::Socket(inode), &peer, &local).ok()),
             None => None,
         };
         match (peer_inet, client) {
             // No TOA for this connection.
-            (_, None) => failed(Errno::EINVAL),
+            (_, None) => Err(Errno::EINVAL),
             // NAT64: an IPv4 flow whose client is IPv6.
             (SocketAddr::V4(_), Some(SocketAddr::V6(client))) => {
-                self.counters.toa_lookup_ok.inc();
                 let mut out = vec![0u8; TOA_NAT64_PEER_LEN];
                 out[..16].copy_from_slice(&client.ip().octets());
                 out[16..18].copy_from_slice(&client.port().to_be_bytes());
                 Ok(out)
             }
             // A TOA, but not NAT64's: the module's EFAULT.
-            _ => failed(Errno::EFAULT),
+            _ => Err(Errno::EFAULT),
         }
     }
 
-    /// `UOA_SO_GET_LOOKUP` (`uoa_so_get`): the bytes to write, or the error.
+    /// `UOA_SO_GET_LOOKUP` (`uoa_so_get`) on a `proto` socket: the bytes to write, or the
+    /// error.
     ///
-    /// Only flows to the asking socket's own address are answered (the module answers any
-    /// flow of the host): a service learns nothing of another's clients.
-    fn uoa_lookup(&self, n: &Notification, fd: BorrowedFd<'_>, c: GetSockOpt, len: usize) -> Result<Vec<u8>, Errno> {
+    /// Only UDP flows to the asking socket's own address are answered, and only to a UDP
+    /// socket (the module answers any flow of the host to any socket): a service learns
+    /// nothing of another's clients.
+    fn uoa_lookup(
+        &self,
+        n: &Notification,
+        fd: BorrowedFd<'_>,
+        proto: Proto,
+        c: GetSockOpt,
+        len: usize,
+    ) -> Result<Vec<u8>, Errno> {
         if len < UOA_PARAM_MAP_LEN {
             return Err(Errno::EINVAL);
         }
@@ -140,23 +158,17 @@ impl Emulator<'_> {
             let ip_matches = rs.ip().is_unspecified() || local.ip().is_unspecified() || rs.ip() == local.ip();
             // The socket's own address stands for a query's "any".
             let ip = if rs.ip().is_unspecified() { local.ip() } else { rs.ip() };
-            (rs.port() == local.port() && ip_matches).then_some((lb, SocketAddr::new(ip, rs.port())))
+            (proto == Proto::Udp && rs.port() == local.port() && ip_matches)
+                .then_some((lb, SocketAddr::new(ip, rs.port())))
         });
-        let Some((lb, rs)) = key else {
-            self.counters.uoa_lookup_miss.inc();
-            return Err(Errno::ENOENT);
-        };
+        let (lb, rs) = key.ok_or(Errno::ENOENT)?;
         // The flow from a balancer; or, as ipvsca's recvfrom shows the client where the
         // module showed the balancer, a client ipvsca shows on this port: itself.
         let client = self
             .resolver
             .client(Proto::Udp, lb, rs, Seen::Datagram)
-            .or_else(|| self.resolver.balancer(Proto::Udp, lb, rs).map(|_| lb));
-        let Some(client) = client else {
-            self.counters.uoa_lookup_miss.inc();
-            return Err(Errno::ENOENT);
-        };
-        self.counters.uoa_lookup_ok.inc();
+            .or_else(|| self.resolver.balancer(Proto::Udp, lb, rs).map(|_| lb))
+            .ok_or(Errno::ENOENT)?;
         let real_af = match client.ip() {
             IpAddr::V4(v4) => {
                 map[REAL_SADDR..REAL_SADDR + 4].copy_from_slice(&v4.octets());
