@@ -55,6 +55,35 @@ pub enum ToaOn {
     Nothing,
 }
 
+/// How the balancer announces a UDP flow's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpAnnounce {
+    /// ip_vs_ca's ICMP echo announcement, before the flow's first datagram.
+    Icmp,
+    /// DPVS's UOA as an IPv4 option of the flow's first datagrams ("ipo"), or on an empty
+    /// carrier ahead of one that has no room.
+    Ipo,
+    /// DPVS's UOA behind an option-protocol header, IP protocol 248 ("opp", DPVS's default).
+    Opp,
+}
+
+/// The first datagrams of a flow that carry DPVS's UOA (DPVS's `uoa_max_trail` default).
+pub const UOA_MAX_TRAIL: u8 = 3;
+
+/// The name `ipvsca-lab --udp` takes for `u`.
+pub fn udp_name(u: UdpAnnounce) -> &'static str {
+    match u {
+        UdpAnnounce::Icmp => "icmp",
+        UdpAnnounce::Ipo => "ipo",
+        UdpAnnounce::Opp => "opp",
+    }
+}
+
+/// The UDP announcement named `s` (`icmp`, `ipo`, `opp`).
+pub fn parse_udp(s: &str) -> Option<UdpAnnounce> {
+    [UdpAnnounce::Icmp, UdpAnnounce::Ipo, UdpAnnounce::Opp].into_iter().find(|&u| udp_name(u) == s)
+}
+
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
@@ -65,13 +94,15 @@ pub struct LabConfig {
     pub toa_on: ToaOn,
     /// The TOA kind, 200 or 254.
     pub kind: u8,
+    /// How UDP flows are announced.
+    pub udp: UdpAnnounce,
     /// How many client addresses: 198.51.100.1 and up.
     pub clients: u8,
 }
 
 impl Default for LabConfig {
     fn default() -> Self {
-        LabConfig { name: None, toa_on: ToaOn::Syn, kind: 254, clients: 8 }
+        LabConfig { name: None, toa_on: ToaOn::Syn, kind: 254, udp: UdpAnnounce::Icmp, clients: 8 }
     }
 }
 
@@ -143,6 +174,7 @@ impl Lab {
         }
         let mut cmd = lb.command(balancer_program.to_str().ok_or_else(|| io::Error::other("path"))?);
         cmd.args(["balancer", "--toa-on", toa_name(config.toa_on), "--kind", &config.kind.to_string()]);
+        cmd.args(["--udp", udp_name(config.udp)]);
         let balancer = match log {
             None => {
                 let service = Service::start(cmd)?;
@@ -172,9 +204,13 @@ impl Lab {
     /// A lab for a test (unnamed, removed on drop) whose balancer is the workspace's
     /// `ipvsca-lab`; fails, never skips, when Debian's iptables is missing.
     pub fn for_test(toa_on: ToaOn, kind: u8) -> Lab {
+        Lab::for_test_with(LabConfig { toa_on, kind, ..LabConfig::default() })
+    }
+
+    /// [`Lab::for_test`] with a whole configuration (its name ignored).
+    pub fn for_test_with(config: LabConfig) -> Lab {
         need("iptables-legacy", "iptables");
-        let config = LabConfig { toa_on, kind, ..LabConfig::default() };
-        Lab::up(config, &bins::path("ipvsca-lab"), None).expect("building the lab")
+        Lab::up(LabConfig { name: None, ..config }, &bins::path("ipvsca-lab"), None).expect("building the lab")
     }
 
     /// `command` (a shell command line) under `ipvsca-run RUN_FLAGS --` in the real

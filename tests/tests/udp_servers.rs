@@ -6,14 +6,15 @@
 //! clients each send a request to the VIP; each answer must come back from the VIP, which
 //! proves the server's `sendmsg` went to the balancer (the real server has no route to the
 //! clients), and the server must report each real client. Without `--msg` the four calls
-//! are the kernel's: the server sees the balancer. A missing package fails the test: CI
-//! installs them.
+//! are the kernel's: the server sees the balancer. The lab's DPVS UOA (`--udp ipo`, `opp`)
+//! is tried with Node and with a server written for DPVS's `uoa` module. A missing package
+//! fails the test: CI installs them.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ipvsca_tests::lab::{Lab, RS, ToaOn, VIP, is_balancer};
+use ipvsca_tests::lab::{Lab, LabConfig, RS, ToaOn, UdpAnnounce, VIP, is_balancer};
 use ipvsca_tests::service::Service;
 use ipvsca_tests::{cbuild, gobuild, need, netns};
 use serde_json::Value;
@@ -303,5 +304,114 @@ fn a_recvmmsg_and_sendmmsg_server_with_udp_segment_sees_each_client_with_msg() {
     let seen = server.lines_until(3, WAIT, |_| true);
     let want: Vec<String> = three(&lab).iter().map(|c| c.to_string()).collect();
     assert_eq!(seen, want, "the server saw each client");
+    assert_quiet(&server);
+}
+
+/// A UDP client sending several datagrams on one socket (one flow): `argv[4]` of them, 200 ms
+/// apart, from `argv[1]` to `argv[2]:argv[3]`; prints the replies that came within 2 s of
+/// the last, as JSON.
+const FLOW_CLIENT: &str = r#"
+import json, socket, sys, time
+src, dst, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((src, 0))
+for i in range(count):
+    s.sendto(("datagram %d" % i).encode(), (dst, port))
+    time.sleep(0.2)
+s.settimeout(2)
+replies = []
+try:
+    while True:
+        data, peer = s.recvfrom(2048)
+        replies.append(data.decode())
+except socket.timeout:
+    pass
+print(json.dumps({"replies": replies}))
+"#;
+
+/// DPVS's UOA as an IPv4 option (the lab balancer's `--udp ipo`, on each flow's first three
+/// datagrams): Node's `dgram` under `--msg` sees each client, and a datagram with no room
+/// for the option (1,472 bytes: the balancer sends an empty carrier ahead of it) is echoed
+/// as it was sent, the carrier never reaching the server.
+#[test]
+fn uoa_in_an_ip_option_shows_node_each_client_and_its_carriers_never_reach_it() {
+    if !netns::can_run("uoa_in_an_ip_option_shows_node_each_client_and_its_carriers_never_reach_it") {
+        return;
+    }
+    let lab = Lab::for_test_with(LabConfig { udp: UdpAnnounce::Ipo, ..LabConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let server = node_echo(&lab, dir.path(), &["--msg"]);
+    wait_bound(&lab, PORT, &server);
+    each_echo_comes_back_from_the_vip(&lab, &server);
+    let mut want: Vec<String> = three(&lab).iter().map(|c| c.to_string()).collect();
+    let big = lab.clients()[3];
+    let payload = "x".repeat(1472);
+    let (data, from) = ask(&lab, &server, big, PORT, &payload);
+    assert_eq!((data.len(), from), (1472, format!("{VIP}:{PORT}")), "the echo of the datagram behind a carrier");
+    want.push(big.to_string());
+    let seen = server.lines_until(4, WAIT, |_| true);
+    assert_eq!(seen, want, "the server saw each client once, and no carrier");
+    assert_quiet(&server);
+    let counters = lab_counters(lab);
+    assert_eq!(
+        (counters["uoa_inserted"].as_u64(), counters["uoa_carriers"].as_u64()),
+        (Some(3), Some(1)),
+        "{counters}"
+    );
+}
+
+/// DPVS's UOA behind its option-protocol header (`--udp opp`, DPVS's default): the real
+/// server's kernel drops each datagram that carries it (an unknown protocol), so a flow's
+/// first three datagrams are lost; ipvsca learns the client from them, and the fourth is
+/// shown with it and answered through the balancer (docs/wire-formats.md).
+#[test]
+fn uoa_behind_protocol_248_loses_a_flows_first_datagrams_and_shows_the_client_on_the_next() {
+    if !netns::can_run("uoa_behind_protocol_248_loses_a_flows_first_datagrams_and_shows_the_client_on_the_next") {
+        return;
+    }
+    need("python3", "python3");
+    let lab = Lab::for_test_with(LabConfig { udp: UdpAnnounce::Opp, ..LabConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let server = node_echo(&lab, dir.path(), &["--msg"]);
+    wait_bound(&lab, PORT, &server);
+    let client = lab.clients()[0];
+    let v = python_client(&lab, &server, FLOW_CLIENT, &[&client.to_string(), &VIP.to_string(), &PORT.to_string(), "5"]);
+    assert_eq!(v["replies"], serde_json::json!(["datagram 3", "datagram 4"]), "the first three carried the header");
+    let seen = server.lines_until(2, WAIT, |_| true);
+    assert_eq!(seen, [client.to_string(), client.to_string()], "the client, learned from the lost ones");
+    let counters = lab_counters(lab);
+    assert_eq!(counters["uoa_inserted"].as_u64(), Some(3), "{counters}");
+}
+
+/// The lab balancer's counters, once stopped.
+fn lab_counters(mut lab: Lab) -> Value {
+    lab.stop_balancer().expect("the balancer's counters")
+}
+
+/// A server written for DPVS's `uoa` module (`tests/c/dpvs_lookup.c`: `recvfrom`, then
+/// `UOA_SO_GET_LOOKUP` with the source it saw) behind the lab balancer's `--udp ipo`: both
+/// give each client.
+#[test]
+fn a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup() {
+    if !netns::can_run("a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup") {
+        return;
+    }
+    let program = cbuild::build("dpvs_lookup", &[]);
+    let lab = Lab::for_test_with(LabConfig { udp: UdpAnnounce::Ipo, ..LabConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let server = lab.serve(&[], dir.path(), &format!("{} udp 4 {RS} {PORT} 3", program.display()));
+    let ready: Value = serde_json::from_str(&server.line(WAIT).unwrap_or_default()).unwrap_or_default();
+    assert_eq!(ready["ready"], true, "{}", server.stderr_text());
+    for (i, c) in three(&lab).into_iter().enumerate() {
+        let sent =
+            python_client(&lab, &server, FLOW_CLIENT, &[&c.to_string(), &VIP.to_string(), &PORT.to_string(), "1"]);
+        assert_eq!(sent["replies"], serde_json::json!([]), "the program answers nothing");
+        let mut lines = server.lines_until(if i == 0 { 5 } else { 2 }, WAIT, |_| true).into_iter();
+        let parse = |l: Option<String>| serde_json::from_str::<Value>(&l.unwrap_or_default()).unwrap_or_default();
+        let (received, lookup) = (parse(lines.next()), parse(lines.next()));
+        let from = received["recvfrom"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(from.split(':').next(), Some(c.to_string().as_str()), "recvfrom: {received}");
+        assert_eq!((lookup["ret"].as_i64(), lookup["client"].as_str()), (Some(0), Some(from.as_str())), "{lookup}");
+    }
     assert_quiet(&server);
 }

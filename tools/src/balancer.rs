@@ -28,7 +28,7 @@ use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
 use capture::wire::toa::emit_toa_v4;
 use etherparse::checksum::Sum16BitWords;
-use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE};
+use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE, UOA_MAX_TRAIL, UdpAnnounce};
 use nfq::{Queue, Verdict};
 use serde::Serialize;
 
@@ -48,6 +48,8 @@ pub struct Config {
     pub toa_on: ToaOn,
     /// The TOA kind (200 or 254).
     pub kind: u8,
+    /// How UDP flows are announced (unless `toa_on` is `Nothing`).
+    pub udp: UdpAnnounce,
 }
 
 /// What the balancer did; printed as JSON when it stops.
@@ -67,6 +69,10 @@ pub struct Counters {
     pub udp_flows: u64,
     /// ICMP announcements sent.
     pub announcements: u64,
+    /// UOA options put on datagrams (as an IPv4 option, or behind protocol 248).
+    pub uoa_inserted: u64,
+    /// UOA carriers sent (empty datagrams with the option, ahead of one without room).
+    pub uoa_carriers: u64,
     /// Packets dropped: unparsable, or a server datagram for no flow.
     pub dropped: u64,
 }
@@ -77,6 +83,8 @@ struct UdpFlow {
     vip_port: u16,
     local: SocketAddrV4,
     last: Instant,
+    /// Datagrams sent with a UOA so far.
+    uoa_sent: u8,
 }
 
 /// The UDP flow table: client -> local, and local -> flow.
@@ -107,7 +115,7 @@ impl UdpFlows {
                 break candidate;
             }
         };
-        let flow = UdpFlow { client, vip_port, local, last: Instant::now() };
+        let flow = UdpFlow { client, vip_port, local, last: Instant::now(), uoa_sent: 0 };
         self.by_client.insert(client, local);
         self.by_local.insert(local, flow);
         (flow, true)
@@ -243,7 +251,7 @@ fn nat_udp(
         let (flow, new) = flows.get_or_create(client, dport, &config.locals);
         if new {
             counters.udp_flows += 1;
-            if config.toa_on != ToaOn::Nothing {
+            if config.toa_on != ToaOn::Nothing && config.udp == UdpAnnounce::Icmp {
                 let a = Announcement { proto: Proto::Udp, lb_port: flow.local.port(), rs_port: dport, client };
                 raw.announce(*flow.local.ip(), config.rs, &a, config.kind)?;
                 counters.announcements += 1;
@@ -253,6 +261,32 @@ fn nat_udp(
         p[16..20].copy_from_slice(&config.rs.octets());
         p[ihl..ihl + 2].copy_from_slice(&flow.local.port().to_be_bytes());
         counters.udp_to_server += 1;
+        // DPVS's UOA on the flow's first datagrams: on the datagram, or on a carrier ahead.
+        if config.toa_on != ToaOn::Nothing && config.udp != UdpAnnounce::Icmp && flow.uoa_sent < UOA_MAX_TRAIL {
+            if let Some(f) = flows.by_local.get_mut(&flow.local) {
+                f.uoa_sent += 1;
+            }
+            fix_checksums(&mut p, ihl, 17);
+            let option = capture::wire::uoa::emit_uoa(client.into());
+            return match with_uoa(&p, ihl, &option, config.udp) {
+                Some(with) => {
+                    counters.uoa_inserted += 1;
+                    Some(with)
+                }
+                None => {
+                    let carrier = with_uoa(&p[..ihl + 8], ihl, &option, config.udp).map(|mut c| {
+                        // An empty datagram: the UDP length 8; its checksum none.
+                        let at = c.len() - 8;
+                        c[at + 4..at + 6].copy_from_slice(&8u16.to_be_bytes());
+                        c[at + 6..at + 8].copy_from_slice(&[0, 0]);
+                        c
+                    })?;
+                    raw.send(&carrier, config.rs).ok()?;
+                    counters.uoa_carriers += 1;
+                    Some(p)
+                }
+            };
+        }
     } else if src == config.rs {
         let local = SocketAddrV4::new(dst, dport);
         let flow = flows.by_local.get_mut(&local)?;
@@ -267,6 +301,50 @@ fn nat_udp(
     }
     fix_checksums(&mut p, ihl, 17);
     Some(p)
+}
+
+/// The largest packet the lab's links carry (their MTU).
+const MTU: usize = 1500;
+
+/// The IPv4 UDP datagram `p` (header of `ihl` bytes, checksums right) with DPVS's UOA
+/// `option` added as `form` says, DPVS's way (`src/ipvs/ip_vs_proto_udp.c`): as the first
+/// IPv4 option (the header grows by 8), or behind an option-protocol header between the IP
+/// and UDP headers (protocol 248, the UDP checksum 0). `None` when it has no room: the
+/// header would pass 60 bytes, or the packet the MTU.
+fn with_uoa(p: &[u8], ihl: usize, option: &[u8], form: UdpAnnounce) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(p.len() + 12);
+    match form {
+        UdpAnnounce::Ipo => {
+            if ihl + option.len() > 60 || p.len() + option.len() > MTU {
+                return None;
+            }
+            out.extend_from_slice(&p[..20]);
+            out.extend_from_slice(option);
+            out.extend_from_slice(&p[20..]);
+            out[0] = 0x40 | ((ihl + option.len()) / 4) as u8;
+            fix_checksums(&mut out, ihl + option.len(), 17);
+        }
+        UdpAnnounce::Opp => {
+            let opp = capture::wire::uoa::OPP_HEADER_LEN + option.len();
+            if p.len() + opp > MTU {
+                return None;
+            }
+            out.extend_from_slice(&p[..ihl]);
+            out.extend_from_slice(&[0x10, 17]);
+            out.extend_from_slice(&(opp as u16).to_be_bytes());
+            out.extend_from_slice(option);
+            out.extend_from_slice(&p[ihl..]);
+            out[9] = capture::wire::uoa::PROTO_OPP;
+            out[ihl + opp + 6..ihl + opp + 8].copy_from_slice(&[0, 0]);
+            let total = out.len() as u16;
+            out[2..4].copy_from_slice(&total.to_be_bytes());
+            out[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum::checksum(&out[..ihl]);
+            out[10..12].copy_from_slice(&sum.to_be_bytes());
+        }
+        UdpAnnounce::Icmp => return None,
+    }
+    Some(out)
 }
 
 /// A raw IPv4 socket that sends whole packets (`IP_HDRINCL`): the announcements.
@@ -333,6 +411,7 @@ mod tests {
             locals: vec![Ipv4Addr::new(10, 1, 0, 5)],
             toa_on,
             kind: 254,
+            udp: UdpAnnounce::Icmp,
         }
     }
 
@@ -363,5 +442,25 @@ mod tests {
             .options(&[1; 36])
             .frame(&Link::default());
         assert!(insert_toa(frames::ip_packet(&frame), &config(ToaOn::Syn)).is_none());
+    }
+
+    /// DPVS's UOA, as it sends it, in both forms: the capture reads back the flow and the
+    /// client; a datagram without room gets none (the balancer then sends a carrier).
+    #[test]
+    fn uoa_goes_on_the_datagram_in_either_form_while_there_is_room() {
+        use capture::inspect::{Observation, inspect_network};
+        let (lb, rs) = ("10.1.0.5:20001".parse().unwrap(), "10.1.0.9:53".parse().unwrap());
+        let client: SocketAddrV4 = "198.51.100.7:5555".parse().unwrap();
+        let option = capture::wire::uoa::emit_uoa(client.into());
+        for form in [UdpAnnounce::Ipo, UdpAnnounce::Opp] {
+            let frame = frames::udp_frame(&Link::default(), lb, rs, b"query");
+            let out = with_uoa(frames::ip_packet(&frame), 20, &option, form).unwrap();
+            assert_eq!(checksum::checksum(&out[..usize::from(out[0] & 0xf) * 4]), 0, "{form:?}: IPv4 header checksum");
+            let got = inspect_network(0x0800, &out, &Default::default(), &Default::default());
+            let key = capture::FlowKey { proto: Proto::Udp, lb, rs };
+            assert_eq!(got, Ok(Observation::Uoa { key, client: client.into(), carrier: false }), "{form:?}");
+            let big = frames::udp_frame(&Link::default(), lb, rs, &[0; 1472]);
+            assert!(with_uoa(frames::ip_packet(&big), 20, &option, form).is_none(), "{form:?}: no room");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! by hand and for benchmarks.
 //!
 //! ```text
-//! ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--clients N]
+//! ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--udp icmp|ipo|opp] [--clients N]
 //! ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
 //! ipvsca-lab down [--name NAME]
 //! ```
@@ -25,14 +25,16 @@ use ipvsca_tools::balancer;
 const RUN_DIR: &str = "/run/ipvsca-lab";
 
 const USAGE: &str = "\
-ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--clients N]
+ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--udp icmp|ipo|opp] [--clients N]
 ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
 ipvsca-lab down [--name NAME]
 
 Needs root (namespaces, xtables NFQUEUE). `up` builds namespaces NAME-client, NAME-lb and
 NAME-rs (NAME defaults to ipvsca-lab) and starts the balancer; clients 198.51.100.1 and up
-reach the real server 10.1.0.9 at the VIP 192.0.2.10. `down` prints the balancer's
-counters and removes everything.";
+reach the real server 10.1.0.9 at the VIP 192.0.2.10. --udp says how UDP flows are
+announced: ip_vs_ca's ICMP echo (icmp, the default), or DPVS's UOA as an IPv4 option (ipo)
+or behind IP protocol 248 (opp), on a flow's first 3 datagrams. `down` prints the
+balancer's counters and removes everything.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,9 +72,10 @@ fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     let toa_on = lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on syn|ack|none")?;
     let kind: u8 = opt("--kind").map_or(Ok(254), |k| k.parse())?;
     let clients: u8 = opt("--clients").map_or(Ok(8), |k| k.parse())?;
+    let udp = lab::parse_udp(&opt("--udp").unwrap_or_else(|| "icmp".into())).ok_or("--udp icmp|ipo|opp")?;
     std::fs::create_dir_all(RUN_DIR)?;
     let (log, _) = paths(name);
-    let config = LabConfig { name: Some(name.to_owned()), toa_on, kind, clients };
+    let config = LabConfig { name: Some(name.to_owned()), toa_on, kind, udp, clients };
     let lab = Lab::up(config, &std::env::current_exe()?, Some(&log))?;
     println!(
         "lab {name} up: clients 198.51.100.1-{clients} in {}, VIP {} via {}, real server {} in {}; TOA {} kind {kind}",
@@ -130,6 +133,7 @@ fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         locals: lab::LOCALS.to_vec(),
         toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
         kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
+        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| "icmp".into())).ok_or("--udp icmp|ipo|opp")?,
     };
     let counters = balancer::run(&config, &STOP, || {
         println!("{{\"ready\":true}}");
