@@ -99,6 +99,9 @@ pub enum Observation {
         /// the service must never receive. (Behind a protocol-248 header the kernel drops
         /// every datagram, carrier or not.)
         carrier: bool,
+        /// Behind a protocol-248 header (which the kernel drops): whether the datagram is
+        /// empty. `None` for the option form.
+        opp_empty: Option<bool>,
     },
     /// An ip_vs_ca ICMP announcement.
     Announcement {
@@ -262,7 +265,12 @@ fn inspect_uoa(
         lb: SocketAddr::new(src, u16::from_be_bytes([udp[0], udp[1]])),
         rs: SocketAddr::new(dst, u16::from_be_bytes([udp[2], udp[3]])),
     };
-    Ok(Observation::Uoa { key, client, carrier: form == Form::Ipo && ulen == 8 })
+    let empty = ulen == 8;
+    let (carrier, opp_empty) = match form {
+        Form::Ipo => (empty, None),
+        Form::Opp => (false, Some(empty)),
+    };
+    Ok(Observation::Uoa { key, client, carrier, opp_empty })
 }
 
 /// `complete`: the whole segment was captured, so its checksum can be computed.
@@ -416,15 +424,15 @@ mod tests {
             FlowKey { proto: Proto::Udp, lb: "10.1.0.5:40001".parse().unwrap(), rs: "10.1.0.9:53".parse().unwrap() };
         let option = uoa::emit_uoa(client);
         let ipo = packet(PROTO_UDP, &option, &udp(b"query", false));
-        let want = |carrier| Ok(Observation::Uoa { key, client, carrier });
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ipo, &WHOLE, &kinds), want(false));
+        let want = |carrier, opp_empty| Ok(Observation::Uoa { key, client, carrier, opp_empty });
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &ipo, &WHOLE, &kinds), want(false, None));
         let carrier = packet(PROTO_UDP, &option, &udp(b"", false));
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, &carrier, &WHOLE, &kinds), want(true));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &carrier, &WHOLE, &kinds), want(true, None));
         // opp over IPv4: DPVS leaves the UDP checksum 0.
         let mut opp = uoa::emit_opp(client);
         opp.extend_from_slice(&udp(b"query", true));
         let p = packet(uoa::PROTO_OPP, &[], &opp);
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false, Some(false)));
         // A wrong checksum is the kernel's drop; IP options without a UOA teach nothing.
         let mut bad = udp(b"query", false);
         bad[8] ^= 1;
@@ -436,7 +444,7 @@ mod tests {
         let mut opp = uoa::emit_opp(client);
         opp.extend_from_slice(&udp(b"", true));
         let p = packet(uoa::PROTO_OPP, &[], &opp);
-        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false));
+        assert_eq!(inspect_network(ETHERTYPE_IPV4, &p, &WHOLE, &kinds), want(false, Some(true)));
         let mut short = udp(b"query", false);
         short[5] = 200;
         let p = packet(PROTO_UDP, &option, &short);

@@ -15,10 +15,12 @@ use crate::counters::Counter;
 use crate::flow::{FlowKey, Proto, Via, can_be_peer};
 use crate::host::HostView;
 use crate::inspect::{LinkType, Observation, PacketMeta, inspect_frame, inspect_network};
+use crate::sys::raw::RawSender;
 use crate::table::{Announced, Learned, MappingTable};
 use crate::trust::{Trust, Verdict};
-use crate::wire::Malformed;
+use crate::wire::link::ETHERTYPE_IPV6;
 use crate::wire::toa::{SharedToaKinds, ToaKinds};
+use crate::wire::{Malformed, uoa};
 
 counter_set! {
     /// What the capture saw.
@@ -34,6 +36,11 @@ counter_set! {
         /// ... of which on carriers: datagrams without payload, which the supervisor
         /// drops rather than hand to the service.
         uoa_carriers,
+        /// Datagrams behind DPVS's protocol-248 header handed to this host's stack as plain
+        /// UDP (`--uoa-opp deliver`).
+        uoa_delivered,
+        /// ... that could not be (the raw socket refused them).
+        uoa_deliver_failed,
         /// Connection requests without TOA (they open a flow's handshake).
         connection_requests,
         /// Packets that could not be read; counted by reason in [`Learner::malformed_by_reason`].
@@ -91,6 +98,8 @@ impl Default for LearnConfig {
 #[derive(Debug)]
 pub struct Learner {
     confirm_at_once: bool,
+    /// Where protocol-248 datagrams of trusted balancers go, stripped (`--uoa-opp deliver`).
+    deliver_opp: Option<RawSender>,
     kinds: SharedToaKinds,
     trust: Trust,
     table: Arc<MappingTable>,
@@ -103,6 +112,7 @@ impl Learner {
     pub fn new(config: LearnConfig, table: Arc<MappingTable>) -> Self {
         Learner {
             confirm_at_once: false,
+            deliver_opp: None,
             kinds: SharedToaKinds::new(config.kinds),
             trust: config.trust,
             table,
@@ -117,6 +127,15 @@ impl Learner {
     /// does this: there, only the service meeting a flow confirms it (`docs/trust.md`).
     pub fn confirming_at_once(mut self) -> Self {
         self.confirm_at_once = true;
+        self
+    }
+
+    /// A learner that hands each datagram behind DPVS's protocol-248 header, from a trusted
+    /// balancer and naming a plausible client, to this host's stack as the plain UDP
+    /// datagram it carries (`sender`'s raw sockets), as DPVS's module does in the kernel
+    /// (docs/wire-formats.md). Empty ones (carriers) are not handed on.
+    pub fn delivering_opp(mut self, sender: RawSender) -> Self {
+        self.deliver_opp = Some(sender);
         self
     }
 
@@ -143,7 +162,7 @@ impl Learner {
 
     /// Learns from a frame captured with the given link type.
     pub fn observe_frame(&self, frame: &[u8], link: LinkType, meta: &PacketMeta, now: Millis) -> Option<MappingEvent> {
-        self.apply(inspect_frame(frame, link, meta, &self.kinds.load()), meta, now)
+        self.apply(inspect_frame(frame, link, meta, &self.kinds.load()), meta, now, None)
     }
 
     /// Learns from a network-layer packet whose protocol the link layer gave as `ethertype`.
@@ -154,7 +173,7 @@ impl Learner {
         meta: &PacketMeta,
         now: Millis,
     ) -> Option<MappingEvent> {
-        self.apply(inspect_network(ethertype, packet, meta, &self.kinds.load()), meta, now)
+        self.apply(inspect_network(ethertype, packet, meta, &self.kinds.load()), meta, now, Some((ethertype, packet)))
     }
 
     /// Counts packets the kernel dropped before they could be read.
@@ -162,9 +181,18 @@ impl Learner {
         self.counters.kernel_drops.add(n);
     }
 
-    fn apply(&self, observed: Result<Observation, Malformed>, meta: &PacketMeta, now: Millis) -> Option<MappingEvent> {
+    /// `packet`: the network-layer packet, for a live capture (what `--uoa-opp deliver`
+    /// hands on).
+    fn apply(
+        &self,
+        observed: Result<Observation, Malformed>,
+        meta: &PacketMeta,
+        now: Millis,
+        packet: Option<(u16, &[u8])>,
+    ) -> Option<MappingEvent> {
         self.counters.packets.inc();
         let mut carrier = false;
+        let mut deliver = false;
         let (key, client, via, announced) = match observed {
             Err(reason) => {
                 self.count_malformed(reason);
@@ -190,12 +218,13 @@ impl Learner {
                 self.counters.announcements_found.inc();
                 (key, client, Via::Icmp, Announced::NewFlow)
             }
-            Ok(Observation::Uoa { key, client, carrier: is_carrier }) => {
+            Ok(Observation::Uoa { key, client, carrier: is_carrier, opp_empty }) => {
                 self.counters.uoa_found.inc();
                 if is_carrier {
                     self.counters.uoa_carriers.inc();
                 }
                 carrier = is_carrier;
+                deliver = opp_empty == Some(false);
                 (key, client, Via::Uoa, Announced::NewFlow)
             }
         };
@@ -220,7 +249,13 @@ impl Learner {
         if carrier {
             self.table.note_carrier(key, now);
         }
-        match self.table.learn(key, client, via, announced, now) {
+        // Behind protocol 248: what the kernel dropped goes back to it as plain UDP. The
+        // mapping is learned first, so the datagram finds it.
+        let handed_on = match (&self.deliver_opp, packet) {
+            (Some(sender), Some((ethertype, bytes))) if deliver => Some((sender, ethertype, bytes)),
+            _ => None,
+        };
+        let learned = match self.table.learn(key, client, via, announced, now) {
             Learned::Provisional => {
                 if self.confirm_at_once {
                     self.table.confirm_provisional(&key, now);
@@ -228,7 +263,15 @@ impl Learner {
                 Some(event(key, client, via))
             }
             Learned::Created | Learned::Replaced { .. } | Learned::Refreshed | Learned::Kept | Learned::Refused => None,
+        };
+        if let Some((sender, ethertype, bytes)) = handed_on {
+            let stripped = uoa::strip_opp(bytes, ethertype == ETHERTYPE_IPV6);
+            match stripped.map(|p| sender.send(&p, key.rs.ip())) {
+                Some(Ok(())) => self.counters.uoa_delivered.inc(),
+                _ => self.counters.uoa_deliver_failed.inc(),
+            }
         }
+        learned
     }
 
     fn count_malformed(&self, reason: Malformed) {

@@ -23,4 +23,5 @@ pub mod wire;
 pub use flow::{FlowKey, Proto, Via};
 pub use learn::{LearnConfig, Learner, MappingEvent};
 pub use live::LiveCapture;
+pub use sys::raw::RawSender;
 pub use table::MappingTable;

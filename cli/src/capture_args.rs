@@ -53,6 +53,27 @@ pub struct CaptureArgs {
     /// evicted. Change it live with `ipvsca set max_entries`.
     #[arg(long, value_name = "N", default_value_t = capture::table::DEFAULT_MAX_ENTRIES, value_parser = capture::table::parse_max_entries)]
     pub max_entries: usize,
+
+    /// What becomes of a UDP datagram behind DPVS's option-protocol header (IP protocol
+    /// 248, DPVS's default `uoa_mode opp`), which this host's kernel drops as an unknown
+    /// protocol. drop: it is lost (with DPVS's defaults, a flow's first 3 datagrams), its
+    /// client learned for the flow's later ones. deliver: a trusted balancer's datagram is
+    /// handed back to this host's stack as the plain UDP datagram it carries, as DPVS's uoa
+    /// module does; it then enters through the loopback interface, so input firewall rules
+    /// bound to a physical interface do not see it (docs/wire-formats.md). Needs CAP_NET_RAW
+    /// at start.
+    #[arg(long = "uoa-opp", value_name = "drop|deliver", default_value = "drop")]
+    pub uoa_opp: UoaOpp,
+}
+
+/// `--uoa-opp`: what becomes of DPVS's protocol-248 datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UoaOpp {
+    /// Lost, as the kernel drops them; their client is learned.
+    #[default]
+    Drop,
+    /// Handed back to the local stack as plain UDP.
+    Deliver,
 }
 
 impl Default for CaptureArgs {
@@ -65,6 +86,7 @@ impl Default for CaptureArgs {
             tcp_timeout: capture::table::DEFAULT_TCP_TIMEOUT.as_secs(),
             udp_timeout: capture::table::DEFAULT_UDP_TIMEOUT.as_secs(),
             max_entries: capture::table::DEFAULT_MAX_ENTRIES,
+            uoa_opp: UoaOpp::Drop,
         }
     }
 }
@@ -96,6 +118,21 @@ impl CaptureArgs {
     /// A learner with these flags' rules for a live capture, feeding an empty table.
     pub fn learner(&self) -> Result<Learner, AnyCombined> {
         Ok(Learner::new(self.learn_config()?, Arc::new(self.table())))
+    }
+
+    /// The learner of a live capture: [`CaptureArgs::learner`], handing DPVS's protocol-248
+    /// datagrams back to the stack with `--uoa-opp deliver` (its raw sockets opened here,
+    /// while `CAP_NET_RAW` is held).
+    pub fn live_learner(&self) -> anyhow::Result<Learner> {
+        let learner = self.learner()?;
+        Ok(match self.uoa_opp {
+            UoaOpp::Drop => learner,
+            UoaOpp::Deliver => {
+                learner.delivering_opp(capture::RawSender::open().map_err(|e| {
+                    anyhow::anyhow!("opening raw sockets for --uoa-opp deliver (needs CAP_NET_RAW): {e}")
+                })?)
+            }
+        })
     }
 
     /// A learner for a capture file, whose packets come from another host: this host's

@@ -187,14 +187,14 @@ fn run(cli: Cli) -> Result<i32, Failure> {
     if let Some(control) = cli.supervisor {
         if cli.capture != CaptureArgs::default() {
             return Err(anyhow::anyhow!(
-                "--iface, --toa-kind, --trust, --tcp-timeout, --udp-timeout and --max-entries belong to the daemon with --supervisor (ipvsca supervise takes them)"
+                "--iface, --toa-kind, --trust, --tcp-timeout, --udp-timeout, --max-entries and --uoa-opp belong to the daemon with --supervisor (ipvsca supervise takes them)"
             )
             .into());
         }
         let daemon = DaemonSupervision { control, rules, recvfrom_append: cli.recvfrom_append, user };
         return Ok(run::supervise_with_daemon(&program, &cli.command, daemon)?);
     }
-    let learner = Arc::new(cli.capture.learner().map_err(anyhow::Error::from)?);
+    let learner = Arc::new(cli.capture.live_learner()?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&cli.capture.ifaces, learner).context("opening the capture")?);
     cli.capture.log_start(capture.learner());

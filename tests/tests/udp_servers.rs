@@ -415,3 +415,24 @@ fn a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup() {
     }
     assert_quiet(&server);
 }
+
+/// The same behind `ipvsca-run --uoa-opp deliver`: every datagram of the flow is answered,
+/// those with the header handed back to the stack by ipvsca as DPVS's module would.
+#[test]
+fn uoa_behind_protocol_248_is_delivered_whole_with_uoa_opp_deliver() {
+    if !netns::can_run("uoa_behind_protocol_248_is_delivered_whole_with_uoa_opp_deliver") {
+        return;
+    }
+    need("python3", "python3");
+    let lab = Lab::for_test_with(LabConfig { udp: UdpAnnounce::Opp, ..LabConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let server = node_echo(&lab, dir.path(), &["--msg", "--uoa-opp", "deliver"]);
+    wait_bound(&lab, PORT, &server);
+    let client = lab.clients()[0];
+    let v = python_client(&lab, &server, FLOW_CLIENT, &[&client.to_string(), &VIP.to_string(), &PORT.to_string(), "5"]);
+    let all: Vec<String> = (0..5).map(|i| format!("datagram {i}")).collect();
+    assert_eq!(v["replies"], serde_json::json!(all), "every datagram answered, once");
+    let seen = server.lines_until(5, WAIT, |_| true);
+    assert_eq!(seen, vec![client.to_string(); 5], "each shown with the client");
+    assert_quiet(&server);
+}

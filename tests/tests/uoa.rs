@@ -21,11 +21,11 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(20);
 const PORT: u16 = 5353;
 
-/// `ipvsca-probe udp-server --listen LISTEN --reply` in `ns` under `ipvsca-run --control
-/// SOCKET`: one line per datagram, `from` and `data`, each answered to its source.
-fn udp_server(ns: &Netns, socket: &Path, listen: &str) -> Service {
+/// `ipvsca-probe udp-server --listen LISTEN --reply` in `ns` under `ipvsca-run FLAGS
+/// --control SOCKET`: one line per datagram, `from` and `data`, each answered to its source.
+fn udp_server(ns: &Netns, socket: &Path, listen: &str, flags: &[&str]) -> Service {
     let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
-    cmd.arg("--control").arg(socket).arg("--").arg(bins::path("ipvsca-probe"));
+    cmd.args(flags).arg("--control").arg(socket).arg("--").arg(bins::path("ipvsca-probe"));
     cmd.args(["udp-server", "--listen", listen, "--reply"]).env("RUST_LOG", "warn");
     let server = Service::start(cmd).expect("starting the probe");
     let line = server.json(WAIT);
@@ -75,7 +75,7 @@ fn uoa_in_an_ip_option_shows_the_client_and_its_carriers_never_reach_the_service
     let topo = LbRs::new("uoaipo", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run.sock");
-    let server = udp_server(&topo.rs, &socket, &format!("{RS}:{PORT}"));
+    let server = udp_server(&topo.rs, &socket, &format!("{RS}:{PORT}"), &[]);
     let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
     let rs = sock(RS, PORT);
     let uoa = |lb: SocketAddr, client: SocketAddr, payload: &[u8]| {
@@ -141,7 +141,7 @@ fn uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run.sock");
     // Dual-stack, for the IPv4 and the IPv6 flow.
-    let server = udp_server(&topo.rs, &socket, &format!("[::]:{PORT}"));
+    let server = udp_server(&topo.rs, &socket, &format!("[::]:{PORT}"), &[]);
     let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
     let cases: [(SocketAddr, SocketAddr, SocketAddr); 3] = [
         (sock(LB1, 50400), sock(RS, PORT), "198.51.100.94:9004".parse().unwrap()),
@@ -166,4 +166,37 @@ fn uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams
     assert_eq!(n(&s["capture"]["uoa_carriers"]), 0, "{s}");
     assert_eq!(n(&s["supervisor"]["uoa_carriers_dropped"]), 0, "{s}");
     assert_eq!(n(&s["capture"]["malformed"]), 0, "{s}");
+}
+
+/// With `--uoa-opp deliver`, what DPVS's module does in the kernel: each datagram behind the
+/// protocol-248 header of a trusted balancer is handed back to the stack as the plain UDP
+/// datagram it carries, and reaches the service with its client shown, once; an empty one
+/// (a carrier) is not handed on.
+#[test]
+fn with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with_their_client() {
+    if !netns::can_run("with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with_their_client") {
+        return;
+    }
+    let topo = LbRs::new("uoadeliver", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run.sock");
+    let server = udp_server(&topo.rs, &socket, &format!("[::]:{PORT}"), &["--uoa-opp", "deliver"]);
+    let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
+    let cases: [(SocketAddr, SocketAddr, SocketAddr); 3] = [
+        (sock(LB1, 50500), sock(RS, PORT), "198.51.100.97:9007".parse().unwrap()),
+        (sock(LB6, 50501), sock(RS6, PORT), "[2001:db8::98]:9008".parse().unwrap()),
+        (sock(LB1, 50502), sock(RS, PORT), "[2001:db8::99]:9009".parse().unwrap()),
+    ];
+    for (i, &(lb, rs, client)) in cases.iter().enumerate() {
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, format!("first {i}").as_bytes())).unwrap();
+        assert_eq!(received(&server), (client.to_string(), format!("first {i}")), "{lb}");
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, b"")).unwrap();
+        balancer.send_udp(lb, rs, format!("then {i}").as_bytes()).unwrap();
+        assert_eq!(received(&server), (client.to_string(), format!("then {i}")), "no empty datagram first: {lb}");
+    }
+    let replies = udp_destinations(&balancer.listen(Duration::from_millis(500), false).unwrap());
+    let lbs: Vec<SocketAddr> = cases.iter().flat_map(|c| [c.0, c.0]).collect();
+    assert_eq!(replies, lbs, "replies go to the balancer");
+    let s = stats(&topo.rs, &socket);
+    assert_eq!((n(&s["capture"]["uoa_delivered"]), n(&s["capture"]["uoa_deliver_failed"])), (3, 0), "{s}");
 }

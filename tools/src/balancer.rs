@@ -458,7 +458,8 @@ mod tests {
             assert_eq!(checksum::checksum(&out[..usize::from(out[0] & 0xf) * 4]), 0, "{form:?}: IPv4 header checksum");
             let got = inspect_network(0x0800, &out, &Default::default(), &Default::default());
             let key = capture::FlowKey { proto: Proto::Udp, lb, rs };
-            assert_eq!(got, Ok(Observation::Uoa { key, client: client.into(), carrier: false }), "{form:?}");
+            let opp_empty = (form == UdpAnnounce::Opp).then_some(false);
+            assert_eq!(got, Ok(Observation::Uoa { key, client: client.into(), carrier: false, opp_empty }), "{form:?}");
             let big = frames::udp_frame(&Link::default(), lb, rs, &[0; 1472]);
             assert!(with_uoa(frames::ip_packet(&big), 20, &option, form).is_none(), "{form:?}: no room");
         }

@@ -3,3 +3,4 @@
 
 pub mod netlink;
 pub mod packet_socket;
+pub mod raw;

@@ -107,6 +107,39 @@ pub fn parse_opp(payload: &[u8]) -> Result<(SocketAddr, &[u8]), Malformed> {
     Ok((client, &payload[len..]))
 }
 
+/// A packet of protocol 248 (`packet`, the whole IPv4 or IPv6 packet, `ipv6` saying which)
+/// rebuilt as the UDP datagram it carries, as DPVS's module leaves it for UDP: the same
+/// header with the next protocol UDP and the lengths (and the IPv4 header checksum) fixed,
+/// the opp header and its options gone. `None` if the packet is not such a packet, whole:
+/// over IPv6 the opp header must follow the fixed header directly (DPVS never puts
+/// extension headers before it).
+pub fn strip_opp(packet: &[u8], ipv6: bool) -> Option<Vec<u8>> {
+    let (header_len, end) = if ipv6 {
+        (40, 40 + usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?])))
+    } else {
+        (usize::from(packet.first()? & 0x0f) * 4, usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?])))
+    };
+    let protocol_at = if ipv6 { 6 } else { 9 };
+    if *packet.get(protocol_at)? != PROTO_OPP || end > packet.len() || header_len > end {
+        return None;
+    }
+    let (_, udp) = parse_opp(&packet[header_len..end]).ok()?;
+    let mut out = Vec::with_capacity(header_len + udp.len());
+    out.extend_from_slice(&packet[..header_len]);
+    out.extend_from_slice(udp);
+    out[protocol_at] = PROTO_UDP;
+    if ipv6 {
+        out[4..6].copy_from_slice(&(udp.len() as u16).to_be_bytes());
+    } else {
+        let total = out.len() as u16;
+        out[2..4].copy_from_slice(&total.to_be_bytes());
+        out[10..12].copy_from_slice(&[0, 0]);
+        let sum = super::checksum::checksum(&out[..header_len]);
+        out[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+    Some(out)
+}
+
 /// The option announcing `client` (tests and the lab's balancer).
 pub fn emit_uoa(client: SocketAddr) -> Vec<u8> {
     let mut option = vec![IPOPT_UOA, 0, 0, 0];
@@ -197,11 +230,40 @@ mod tests {
         assert_eq!(parse_opp(&good[..3]), Err(Malformed::BadOpp));
     }
 
+    #[test]
+    fn an_opp_packet_is_rebuilt_as_the_udp_datagram_it_carries() {
+        let v4: SocketAddr = "198.51.100.7:1111".parse().unwrap();
+        let udp = [0x9c, 0x41, 0, 53, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o'];
+        let mut inner = emit_opp(v4);
+        inner.extend_from_slice(&udp);
+        // IPv4: 20-byte header, protocol 248, total length, checksum.
+        let mut p = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, PROTO_OPP, 0, 0, 10, 1, 0, 5, 10, 1, 0, 9];
+        p.extend_from_slice(&inner);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        let sum = crate::wire::checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        let out = strip_opp(&p, false).unwrap();
+        assert_eq!((out.len(), out[9], u16::from_be_bytes([out[2], out[3]])), (33, 17, 33));
+        assert_eq!(crate::wire::checksum::checksum(&out[..20]), 0, "header checksum");
+        assert_eq!(out[20..], udp);
+        assert_eq!(strip_opp(&out, false), None, "plain UDP is left alone");
+        // IPv6: the next header and the payload length.
+        let mut p6 = vec![0x60, 0, 0, 0, 0, inner.len() as u8, PROTO_OPP, 64];
+        p6.extend_from_slice(&[0; 32]);
+        p6.extend_from_slice(&inner);
+        let out = strip_opp(&p6, true).unwrap();
+        assert_eq!((out[6], u16::from_be_bytes([out[4], out[5]]), &out[40..]), (17, 13, &udp[..]));
+        assert_eq!(strip_opp(&p6[..50], true), None, "cut short");
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = find_uoa(&bytes);
             let _ = parse_opp(&bytes);
+            let _ = strip_opp(&bytes, false);
+            let _ = strip_opp(&bytes, true);
         }
 
         /// Options that start as a UOA with any length byte: the case random bytes rarely

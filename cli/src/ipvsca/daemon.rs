@@ -43,7 +43,7 @@ pub fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     stop.thread_block().context("blocking the stop signals")?;
     abort_on_panic();
-    let learner = Arc::new(config.capture.learner()?);
+    let learner = Arc::new(config.capture.live_learner()?);
     let (table, trust) = (learner.table().clone(), learner.trust().clone());
     let capture = Arc::new(LiveCapture::open(&config.capture.ifaces, learner).context("opening the capture")?);
     config.capture.log_start(capture.learner());

@@ -37,6 +37,10 @@ pub struct CaptureCommand {
 /// Runs the subcommand.
 pub fn run(cmd: CaptureCommand) -> anyhow::Result<()> {
     let json = cmd.json;
+    // Watching never changes the host's traffic.
+    if cmd.capture.uoa_opp == crate::capture_args::UoaOpp::Deliver {
+        anyhow::bail!("--uoa-opp deliver is for ipvsca-run and ipvsca supervise: ipvsca capture only watches");
+    }
     // No service is served here: report what the module would have mapped.
     let learner = Arc::new(
         match &cmd.read {
