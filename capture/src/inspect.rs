@@ -188,6 +188,8 @@ pub fn inspect_network(
                     inspect_uoa(src, dst, client, ip.payload(), complete, meta, Form::Ipo)
                 }
                 PROTO_OPP => {
+                    // The outer header's own options, as the kernel would walk them.
+                    uoa::find_uoa(ip.header().options())?;
                     let (client, udp) = uoa::parse_opp(ip.payload())?;
                     inspect_uoa(src, dst, client, udp, complete, meta, Form::Opp)
                 }

@@ -39,7 +39,8 @@ counter_set! {
         /// Datagrams behind DPVS's protocol-248 header handed to this host's stack as plain
         /// UDP (`--uoa-opp deliver`).
         uoa_delivered,
-        /// ... that could not be (the raw socket refused them).
+        /// ... that could not be: a header ipvsca does not strip (IPv6 extension headers
+        /// before it), or the raw socket refused them.
         uoa_deliver_failed,
         /// Connection requests without TOA (they open a flow's handshake).
         connection_requests,
@@ -58,6 +59,12 @@ counter_set! {
         kernel_drops,
     }
 }
+
+/// How long a packet handed on is remembered, in milliseconds: copies of one packet from
+/// stacked interfaces come within microseconds; a retransmission later is a new packet.
+const SAME_PACKET_WINDOW: Millis = 10;
+/// The most packets remembered.
+const RECENT_MAX: usize = 64;
 
 /// A mapping that was created or whose client changed: one line of `ipvsca capture`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -100,6 +107,8 @@ pub struct Learner {
     confirm_at_once: bool,
     /// Where protocol-248 datagrams of trusted balancers go, stripped (`--uoa-opp deliver`).
     deliver_opp: Option<RawSender>,
+    /// The packets handed on lately (a hash of each, and when), not to hand one on twice.
+    recently_delivered: std::sync::Mutex<std::collections::VecDeque<(u64, Millis)>>,
     kinds: SharedToaKinds,
     trust: Trust,
     table: Arc<MappingTable>,
@@ -113,6 +122,7 @@ impl Learner {
         Learner {
             confirm_at_once: false,
             deliver_opp: None,
+            recently_delivered: Default::default(),
             kinds: SharedToaKinds::new(config.kinds),
             trust: config.trust,
             table,
@@ -251,8 +261,18 @@ impl Learner {
         }
         // Behind protocol 248: what the kernel dropped goes back to it as plain UDP. The
         // mapping is learned first, so the datagram finds it.
+        // Only to this host's own unicast addresses (the capture sees frames for this host,
+        // whatever their IP destination), and once however many interfaces it was seen on
+        // (a bridge and its port).
         let handed_on = match (&self.deliver_opp, packet) {
-            (Some(sender), Some((ethertype, bytes))) if deliver => Some((sender, ethertype, bytes)),
+            (Some(sender), Some((ethertype, bytes)))
+                if deliver
+                    && can_be_peer(key.rs)
+                    && self.trust.host().is_local(key.rs.ip())
+                    && self.first_sight(bytes, now) =>
+            {
+                Some((sender, ethertype, bytes))
+            }
             _ => None,
         };
         let learned = match self.table.learn(key, client, via, announced, now) {
@@ -268,10 +288,33 @@ impl Learner {
             let stripped = uoa::strip_opp(bytes, ethertype == ETHERTYPE_IPV6);
             match stripped.map(|p| sender.send(&p, key.rs.ip())) {
                 Some(Ok(())) => self.counters.uoa_delivered.inc(),
-                _ => self.counters.uoa_deliver_failed.inc(),
+                failed => {
+                    if self.counters.uoa_deliver_failed.get() == 0 {
+                        tracing::warn!(?failed, flow = ?key, "a datagram behind DPVS's protocol-248 header could not be delivered (uoa_deliver_failed counts them)");
+                    }
+                    self.counters.uoa_deliver_failed.inc();
+                }
             }
         }
         learned
+    }
+
+    /// Whether `packet` was not handed on within the last [`SAME_PACKET_WINDOW`]
+    /// milliseconds: one packet seen on a bridge and on its port (or a bond and its slave)
+    /// is captured twice, within microseconds. Remembers it.
+    fn first_sight(&self, packet: &[u8], now: Millis) -> bool {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(packet);
+        let mut recent = self.recently_delivered.lock().unwrap_or_else(|e| e.into_inner());
+        recent.retain(|&(_, at)| now.saturating_sub(at) <= SAME_PACKET_WINDOW);
+        if recent.iter().any(|&(h, _)| h == hash) {
+            return false;
+        }
+        if recent.len() == RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back((hash, now));
+        true
     }
 
     fn count_malformed(&self, reason: Malformed) {

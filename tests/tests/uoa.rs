@@ -187,6 +187,18 @@ fn with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with
         (sock(LB6, 50501), sock(RS6, PORT), "[2001:db8::98]:9008".parse().unwrap()),
         (sock(LB1, 50502), sock(RS, PORT), "[2001:db8::99]:9009".parse().unwrap()),
     ];
+    // Never handed on (a second reader found the first two delivered): to an address that
+    // is not this host's own unicast one, though the frame was for this host (loopback:
+    // a local-only service; multicast), or from a source outside --trust.
+    let forged: [(SocketAddr, SocketAddr); 3] = [
+        (sock(LB1, 50510), sock(Ipv4Addr::LOCALHOST, PORT)),
+        (sock(LB1, 50511), sock(Ipv4Addr::new(224, 0, 0, 251), PORT)),
+        (sock(Ipv4Addr::new(192, 0, 2, 77), 50512), sock(RS, PORT)),
+    ];
+    for (lb, rs) in forged {
+        let client = "198.51.100.7:7".parse().unwrap();
+        balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, b"forged")).unwrap();
+    }
     for (i, &(lb, rs, client)) in cases.iter().enumerate() {
         balancer.inject(&frames::uoa_frame(&topo.link, lb, rs, client, true, format!("first {i}").as_bytes())).unwrap();
         assert_eq!(received(&server), (client.to_string(), format!("first {i}")), "{lb}");

@@ -42,6 +42,11 @@ impl RawSender {
                 ) == 0
             }
         });
+        if v6.is_none() {
+            tracing::warn!(
+                "no raw IPv6 socket: IPv6 datagrams behind DPVS's protocol-248 header will not be delivered"
+            );
+        }
         Ok(RawSender { v4, v6 })
     }
 
@@ -61,7 +66,7 @@ impl RawSender {
                         self.v4.as_raw_fd(),
                         packet.as_ptr().cast(),
                         packet.len(),
-                        0,
+                        libc::MSG_DONTWAIT,
                         (&raw const sa).cast(),
                         std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
                     )
@@ -79,7 +84,7 @@ impl RawSender {
                         fd.as_raw_fd(),
                         packet.as_ptr().cast(),
                         packet.len(),
-                        0,
+                        libc::MSG_DONTWAIT,
                         (&raw const sa).cast(),
                         std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
                     )

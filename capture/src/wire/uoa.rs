@@ -114,11 +114,15 @@ pub fn parse_opp(payload: &[u8]) -> Result<(SocketAddr, &[u8]), Malformed> {
 /// over IPv6 the opp header must follow the fixed header directly (DPVS never puts
 /// extension headers before it).
 pub fn strip_opp(packet: &[u8], ipv6: bool) -> Option<Vec<u8>> {
+    let version = packet.first()? >> 4;
     let (header_len, end) = if ipv6 {
         (40, 40 + usize::from(u16::from_be_bytes([*packet.get(4)?, *packet.get(5)?])))
     } else {
         (usize::from(packet.first()? & 0x0f) * 4, usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?])))
     };
+    if version != if ipv6 { 6 } else { 4 } || header_len < 20 {
+        return None;
+    }
     let protocol_at = if ipv6 { 6 } else { 9 };
     if *packet.get(protocol_at)? != PROTO_OPP || end > packet.len() || header_len > end {
         return None;
@@ -255,6 +259,9 @@ mod tests {
         let out = strip_opp(&p6, true).unwrap();
         assert_eq!((out[6], u16::from_be_bytes([out[4], out[5]]), &out[40..]), (17, 13, &udp[..]));
         assert_eq!(strip_opp(&p6[..50], true), None, "cut short");
+        // A header shorter than 20 bytes, or of the other version (a second reader's panic).
+        assert_eq!(strip_opp(&[0x10, 17, 0, 12, 0x1f, 8, 0, 1, 10, 248, 0, 1], false), None);
+        assert_eq!(strip_opp(&p6, false), None);
     }
 
     proptest! {
