@@ -301,6 +301,12 @@ pub fn learn(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAdd
 }
 
 /// The operator's mapping (`ipvsca map add`): confirmed from the start and never expiring.
-pub fn add_static(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: SocketAddrV4) {
+pub fn add_static(
+    table: &MappingTable,
+    proto: Proto,
+    lb: SocketAddrV4,
+    rs: SocketAddrV4,
+    client: impl Into<std::net::SocketAddr>,
+) {
     table.add_static(FlowKey { proto, lb: lb.into(), rs: rs.into() }, client.into(), monotonic_millis());
 }

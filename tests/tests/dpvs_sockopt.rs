@@ -28,8 +28,7 @@ const ENOTCONN: i64 = libc::ENOTCONN as i64;
 const ENOPROTOOPT: i64 = libc::ENOPROTOOPT as i64;
 
 fn map(table: &MappingTable, proto: Proto, lb: SocketAddrV4, rs: SocketAddrV4, client: &str) {
-    let client: SocketAddr = client.parse().unwrap();
-    table.add_static(FlowKey { proto, lb: lb.into(), rs: rs.into() }, client, monotonic_millis());
+    supervised::add_static(table, proto, lb, rs, client.parse::<SocketAddr>().unwrap());
 }
 
 /// The program's next line, which must be case `name`.

@@ -19,14 +19,15 @@
 //! queue numbers are `ipvsca_tests::lab`'s.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use capture::Proto;
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
 use capture::wire::toa::emit_toa_v4;
+use capture::wire::uoa;
+use capture::{Proto, RawSender};
 use etherparse::checksum::Sum16BitWords;
 use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE, UOA_MAX_TRAIL, UdpAnnounce};
 use nfq::{Queue, Verdict};
@@ -130,7 +131,8 @@ pub fn run(config: &Config, stop: &AtomicBool, ready: impl FnOnce()) -> std::io:
         queue.set_fail_open(q, false)?;
         queue.set_queue_max_len(q, 8192)?;
     }
-    let raw = raw_socket()?;
+    // Whole packets: the announcements and UOA carriers.
+    let raw = RawSender::open()?;
     let mut counters = Counters::default();
     let mut flows = UdpFlows::default();
     ready();
@@ -236,7 +238,7 @@ fn nat_udp(
     packet: &[u8],
     config: &Config,
     flows: &mut UdpFlows,
-    raw: &RawIcmp,
+    raw: &RawSender,
     counters: &mut Counters,
 ) -> Option<Vec<u8>> {
     let ihl = ipv4(packet, 17)?;
@@ -253,7 +255,7 @@ fn nat_udp(
             counters.udp_flows += 1;
             if config.toa_on != ToaOn::Nothing && config.udp == UdpAnnounce::Icmp {
                 let a = Announcement { proto: Proto::Udp, lb_port: flow.local.port(), rs_port: dport, client };
-                raw.announce(*flow.local.ip(), config.rs, &a, config.kind)?;
+                announce(raw, *flow.local.ip(), config.rs, &a, config.kind)?;
                 counters.announcements += 1;
             }
         }
@@ -267,21 +269,20 @@ fn nat_udp(
                 f.uoa_sent += 1;
             }
             fix_checksums(&mut p, ihl, 17);
-            let option = capture::wire::uoa::emit_uoa(client.into());
-            return match with_uoa(&p, ihl, &option, config.udp) {
+            return match with_uoa(&p, ihl, client.into(), config.udp) {
                 Some(with) => {
                     counters.uoa_inserted += 1;
                     Some(with)
                 }
                 None => {
-                    let carrier = with_uoa(&p[..ihl + 8], ihl, &option, config.udp).map(|mut c| {
+                    let carrier = with_uoa(&p[..ihl + 8], ihl, client.into(), config.udp).map(|mut c| {
                         // An empty datagram: the UDP length 8; its checksum none.
                         let at = c.len() - 8;
                         c[at + 4..at + 6].copy_from_slice(&8u16.to_be_bytes());
                         c[at + 6..at + 8].copy_from_slice(&[0, 0]);
                         c
                     })?;
-                    raw.send(&carrier, config.rs).ok()?;
+                    raw.send(&carrier, config.rs.into()).ok()?;
                     counters.uoa_carriers += 1;
                     Some(p)
                 }
@@ -306,35 +307,35 @@ fn nat_udp(
 /// The largest packet the lab's links carry (their MTU).
 const MTU: usize = 1500;
 
-/// The IPv4 UDP datagram `p` (header of `ihl` bytes, checksums right) with DPVS's UOA
-/// `option` added as `form` says, DPVS's way (`src/ipvs/ip_vs_proto_udp.c`): as the first
+/// The IPv4 UDP datagram `p` (header of `ihl` bytes, checksums right) with DPVS's UOA for
+/// `client` added as `form` says, DPVS's way (`src/ipvs/ip_vs_proto_udp.c`): as the first
 /// IPv4 option (the header grows by 8), or behind an option-protocol header between the IP
 /// and UDP headers (protocol 248, the UDP checksum 0). `None` when it has no room: the
 /// header would pass 60 bytes, or the packet the MTU.
-fn with_uoa(p: &[u8], ihl: usize, option: &[u8], form: UdpAnnounce) -> Option<Vec<u8>> {
+fn with_uoa(p: &[u8], ihl: usize, client: SocketAddr, form: UdpAnnounce) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(p.len() + 12);
     match form {
         UdpAnnounce::Ipo => {
+            let option = uoa::emit_uoa(client);
             if ihl + option.len() > 60 || p.len() + option.len() > MTU {
                 return None;
             }
             out.extend_from_slice(&p[..20]);
-            out.extend_from_slice(option);
+            out.extend_from_slice(&option);
             out.extend_from_slice(&p[20..]);
             out[0] = 0x40 | ((ihl + option.len()) / 4) as u8;
             fix_checksums(&mut out, ihl + option.len(), 17);
         }
         UdpAnnounce::Opp => {
-            let opp = capture::wire::uoa::OPP_HEADER_LEN + option.len();
+            let header = uoa::emit_opp(client);
+            let opp = header.len();
             if p.len() + opp > MTU {
                 return None;
             }
             out.extend_from_slice(&p[..ihl]);
-            out.extend_from_slice(&[0x10, 17]);
-            out.extend_from_slice(&(opp as u16).to_be_bytes());
-            out.extend_from_slice(option);
+            out.extend_from_slice(&header);
             out.extend_from_slice(&p[ihl..]);
-            out[9] = capture::wire::uoa::PROTO_OPP;
+            out[9] = uoa::PROTO_OPP;
             out[ihl + opp + 6..ihl + opp + 8].copy_from_slice(&[0, 0]);
             let total = out.len() as u16;
             out[2..4].copy_from_slice(&total.to_be_bytes());
@@ -347,56 +348,18 @@ fn with_uoa(p: &[u8], ihl: usize, option: &[u8], form: UdpAnnounce) -> Option<Ve
     Some(out)
 }
 
-/// A raw IPv4 socket that sends whole packets (`IP_HDRINCL`): the announcements.
-struct RawIcmp(std::os::fd::OwnedFd);
-
-fn raw_socket() -> std::io::Result<RawIcmp> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: socket(2) with constant arguments; checked below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nothing else.
-    Ok(RawIcmp(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
-}
-
-impl RawIcmp {
-    fn announce(&self, from: Ipv4Addr, to: Ipv4Addr, a: &Announcement, kind: u8) -> Option<()> {
-        let message = announce::emit(a, kind, IdentifierOrder::LittleEndian);
-        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
-        p.extend_from_slice(&from.octets());
-        p.extend_from_slice(&to.octets());
-        p.extend_from_slice(&message);
-        let total = p.len() as u16;
-        p[2..4].copy_from_slice(&total.to_be_bytes());
-        let sum = checksum::checksum(&p[..20]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-        self.send(&p, to).ok()
-    }
-
-    /// Sends the whole IPv4 `packet` to `to`.
-    fn send(&self, packet: &[u8], to: Ipv4Addr) -> std::io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.octets()) },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: `packet` and `sa` are live for the call, with the lengths passed.
-        let n = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-    }
+/// Sends an ip_vs_ca announcement from `from` to `to` on `raw` (whole IPv4 packets).
+fn announce(raw: &RawSender, from: Ipv4Addr, to: Ipv4Addr, a: &Announcement, kind: u8) -> Option<()> {
+    let message = announce::emit(a, kind, IdentifierOrder::LittleEndian);
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    p.extend_from_slice(&from.octets());
+    p.extend_from_slice(&to.octets());
+    p.extend_from_slice(&message);
+    let total = p.len() as u16;
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    let sum = checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    raw.send(&p, to.into()).ok()
 }
 
 #[cfg(test)]
@@ -451,17 +414,16 @@ mod tests {
         use capture::inspect::{Observation, inspect_network};
         let (lb, rs) = ("10.1.0.5:20001".parse().unwrap(), "10.1.0.9:53".parse().unwrap());
         let client: SocketAddrV4 = "198.51.100.7:5555".parse().unwrap();
-        let option = capture::wire::uoa::emit_uoa(client.into());
         for form in [UdpAnnounce::Ipo, UdpAnnounce::Opp] {
             let frame = frames::udp_frame(&Link::default(), lb, rs, b"query");
-            let out = with_uoa(frames::ip_packet(&frame), 20, &option, form).unwrap();
+            let out = with_uoa(frames::ip_packet(&frame), 20, client.into(), form).unwrap();
             assert_eq!(checksum::checksum(&out[..usize::from(out[0] & 0xf) * 4]), 0, "{form:?}: IPv4 header checksum");
             let got = inspect_network(0x0800, &out, &Default::default(), &Default::default());
             let key = capture::FlowKey { proto: Proto::Udp, lb, rs };
             let opp_empty = (form == UdpAnnounce::Opp).then_some(false);
             assert_eq!(got, Ok(Observation::Uoa { key, client: client.into(), carrier: false, opp_empty }), "{form:?}");
             let big = frames::udp_frame(&Link::default(), lb, rs, &[0; 1472]);
-            assert!(with_uoa(frames::ip_packet(&big), 20, &option, form).is_none(), "{form:?}: no room");
+            assert!(with_uoa(frames::ip_packet(&big), 20, client.into(), form).is_none(), "{form:?}: no room");
         }
     }
 }

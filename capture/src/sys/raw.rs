@@ -1,8 +1,8 @@
 //! Raw IP sockets that hand a whole packet, headers written by ipvsca, to this host's own
 //! stack (`IPPROTO_RAW`: `IP_HDRINCL` implied for IPv4, `IPV6_HDRINCL` set for IPv6, Linux
 //! 4.5 and later): DPVS's protocol-248 datagrams, their option header stripped
-//! (`--uoa-opp deliver`, docs/wire-formats.md). Opened where the capture runs, while the
-//! process still holds `CAP_NET_RAW`.
+//! (`--uoa-opp deliver`, docs/wire-formats.md), and the lab balancer's announcements and
+//! carriers. Opened where the capture runs, while the process still holds `CAP_NET_RAW`.
 
 use std::io;
 use std::net::IpAddr;
