@@ -79,7 +79,8 @@ counter_set! {
         interrupted,
         /// Connections accepted for an interrupted call, kept for the next `accept`.
         stashed_connections,
-        /// Datagrams received for an interrupted call, kept for the next `recvfrom`.
+        /// Datagrams received for an interrupted call, or with a UOA carrier in one
+        /// `recvmmsg`, kept for the next receive.
         stashed_datagrams,
         /// Datagrams a `recvmmsg` had received past a message whose buffers faulted, dropped
         /// (the kernel would leave them queued; docs/design.md, The msg family).

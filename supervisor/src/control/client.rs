@@ -91,21 +91,31 @@ impl Connection {
         |error| ControlError::Io { path: self.path.clone(), error }
     }
 
+    /// The error for a request whose send failed with `error`. A supervisor that refuses a
+    /// connection (another user, too many connections) says why and closes it, perhaps
+    /// before the request is written: its words are still there to read, and they are the
+    /// error to show.
+    fn send_failed(&mut self, error: std::io::Error) -> ControlError {
+        let mut answer = String::new();
+        if refused_at_connect(&error)
+            && self.reader.read_line(&mut answer).is_ok()
+            && let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(&answer)
+            && let Some(Value::String(refusal)) = o.remove("error")
+        {
+            return ControlError::Refused(refusal);
+        }
+        self.io()(error)
+    }
+
     /// Sends `request` (with `fd` attached, for `attach`) and reads the answer.
     pub fn request(&mut self, request: &Request, fd: Option<BorrowedFd<'_>>) -> Result<Value, ControlError> {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
-        let mut answer = String::new();
         if let Err(error) = unix::send_with_fd(self.reader.get_ref(), &line, fd) {
-            // A supervisor that refuses a connection (another user, too many connections)
-            // says why and closes it, perhaps before the request is written: its words are
-            // still there to read, and they are the error to show.
-            if !refused_at_connect(&error) || !matches!(self.reader.read_line(&mut answer), Ok(1..)) {
-                return Err(self.io()(error));
-            }
-        } else {
-            self.reader.read_line(&mut answer).map_err(self.io())?;
+            return Err(self.send_failed(error));
         }
+        let mut answer = String::new();
+        self.reader.read_line(&mut answer).map_err(self.io())?;
         let garbled = || ControlError::Garbled { path: self.path.clone(), answer: answer.trim().to_owned() };
         let parsed: Value = serde_json::from_str(&answer).map_err(|_| garbled())?;
         match parsed {
@@ -130,16 +140,7 @@ impl Connection {
         let mut line = serde_json::to_vec(request).expect("requests serialise");
         line.push(b'\n');
         if let Err(error) = self.reader.get_mut().write_all(&line) {
-            // As in `request`: a refusal written at connect time is the error to show.
-            let mut answer = String::new();
-            if refused_at_connect(&error)
-                && self.reader.read_line(&mut answer).is_ok()
-                && let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(&answer)
-                && let Some(Value::String(refusal)) = o.remove("error")
-            {
-                return Err(ControlError::Refused(refusal));
-            }
-            return Err(self.io()(error));
+            return Err(self.send_failed(error));
         }
         let mut stopped = false;
         let answer = {

@@ -80,18 +80,19 @@ impl Emulator<'_> {
         } else {
             self.uoa_lookup(n, fd, proto, c, len as usize)
         };
-        let written = answer.and_then(|bytes| {
-            self.pending(n).map_err(|_| Errno::EINTR)?;
-            mem::write_pieces(n.tid, [(c.optval, &bytes[..])])?;
-            mem::write_pieces(n.tid, [(c.optlen, &(bytes.len() as u32).to_ne_bytes()[..])])
-        });
+        let written = match answer {
+            Ok(bytes) => {
+                self.pending(n)?;
+                mem::write_pieces(n.tid, [(c.optval, &bytes[..])])
+                    .and_then(|()| mem::write_pieces(n.tid, [(c.optlen, &(bytes.len() as u32).to_ne_bytes()[..])]))
+            }
+            Err(e) => Err(e),
+        };
         match written {
             Ok(()) => {
                 ok.inc();
                 Ok(self.reply(n, 0))
             }
-            // The call is gone (a signal): nothing to answer.
-            Err(Errno::EINTR) => Err(Handled::Done),
             Err(e) => {
                 // The TOA lookup's every failure; the UOA lookup's misses.
                 if toa || e == Errno::ENOENT {
