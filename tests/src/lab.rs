@@ -10,6 +10,12 @@
 //!                                       local addresses 10.1.0.5, 10.1.0.6
 //! ```
 //!
+//! In IPv6 ([`Family::V6`]) the same shape has clients 2001:db8:c::1..N, the VIP
+//! 2001:db8:f::10, local addresses 2001:db8:a::5 and ::6 and the real server 2001:db8:a::9;
+//! in NAT64 ([`Family::Nat64`], DPVS's NAT64: IPv6 clients, an IPv4 real server) the
+//! clients' side is IPv6 and the real server's IPv4. The kernel cannot translate between
+//! families, so in NAT64 every packet goes through the balancer's userspace half.
+//!
 //! The real server has no route to the clients: a reply that ipvsca failed to send to the
 //! balancer's local address fails, as behind a real FULLNAT balancer. Owns building, running
 //! and removing the lab, and the contract with the userspace half (queues, mark, where the
@@ -18,7 +24,7 @@
 //! server tests (`matrix.rs`, `udp_servers.rs`).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -35,6 +41,72 @@ pub const RS: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 9);
 pub const LOCALS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 1, 0, 6)];
 /// The balancer's address on the clients' network (their gateway).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+
+/// The IPv6 VIP (IPv6 and NAT64 labs).
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 0x10);
+/// The IPv6 real server.
+pub const RS6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 9);
+/// The balancer's IPv6 local addresses towards the real server.
+pub const LOCALS6: [Ipv6Addr; 2] =
+    [Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 5), Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 6)];
+/// The balancer's IPv6 address on the clients' network.
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 0xfe);
+
+/// The lab's address families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4 throughout.
+    V4,
+    /// IPv6 throughout.
+    V6,
+    /// IPv6 clients and VIP, an IPv4 real server and local addresses (DPVS's NAT64).
+    Nat64,
+}
+
+impl Family {
+    /// The name `ipvsca-lab --family` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "4",
+            Family::V6 => "6",
+            Family::Nat64 => "nat64",
+        }
+    }
+
+    /// The family named `s` (`4`, `6`, `nat64`).
+    pub fn parse(s: &str) -> Option<Family> {
+        [Family::V4, Family::V6, Family::Nat64].into_iter().find(|f| f.name() == s)
+    }
+
+    /// The VIP.
+    pub fn vip(self) -> IpAddr {
+        if self == Family::V4 { VIP.into() } else { VIP6.into() }
+    }
+
+    /// The real server's address.
+    pub fn rs(self) -> IpAddr {
+        if self == Family::V6 { RS6.into() } else { RS.into() }
+    }
+
+    /// The balancer's local addresses.
+    pub fn locals(self) -> Vec<IpAddr> {
+        if self == Family::V6 { LOCALS6.map(IpAddr::from).to_vec() } else { LOCALS.map(IpAddr::from).to_vec() }
+    }
+
+    /// The balancer's address on the clients' network.
+    fn gateway(self) -> IpAddr {
+        if self == Family::V4 { GATEWAY.into() } else { GATEWAY6.into() }
+    }
+
+    /// Client address `i` (1 and up).
+    pub fn client(self, i: u8) -> IpAddr {
+        if self == Family::V4 {
+            Ipv4Addr::new(198, 51, 100, i).into()
+        } else {
+            Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, u16::from(i)).into()
+        }
+    }
+}
 
 /// Queue of the TCP packets that get a TOA.
 pub const TCP_QUEUE: u16 = 0;
@@ -87,6 +159,8 @@ pub fn parse_udp(s: &str) -> Option<UdpAnnounce> {
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
+    /// The address families.
+    pub family: Family,
     /// Prefix of the namespaces' names: `PREFIX-client`, `PREFIX-lb`, `PREFIX-rs`. `None`:
     /// a unique name removed with the lab (tests).
     pub name: Option<String>,
@@ -102,7 +176,7 @@ pub struct LabConfig {
 
 impl Default for LabConfig {
     fn default() -> Self {
-        LabConfig { name: None, toa_on: ToaOn::Syn, kind: 254, udp: UdpAnnounce::Icmp, clients: 8 }
+        LabConfig { name: None, family: Family::V4, toa_on: ToaOn::Syn, kind: 254, udp: UdpAnnounce::Icmp, clients: 8 }
     }
 }
 
@@ -129,21 +203,43 @@ impl Lab {
             Some(prefix) => Netns::named(&format!("{prefix}-{role}")),
             None => Netns::new(&format!("lab-{role}")),
         };
+        let family = config.family;
+        if config.toa_on != ToaOn::Nothing {
+            match (family, config.udp) {
+                (Family::V6 | Family::Nat64, UdpAnnounce::Icmp) => {
+                    return Err(io::Error::other(
+                        "ip_vs_ca's ICMP announcement names IPv4 clients only: --udp ipo|opp",
+                    ));
+                }
+                (Family::V6, UdpAnnounce::Ipo) => {
+                    return Err(io::Error::other("an IPv6 datagram has no IPv4 options: --udp opp"));
+                }
+                _ => {}
+            }
+        }
         let (client, lb, rs) = (make("client")?, make("lb")?, make("rs")?);
         netns::veth(&client, "c0", &lb, "l0")?;
         netns::veth(&lb, "l1", &rs, "r0")?;
+        // `nodad`: an IPv6 address is usable at once, not after duplicate detection.
+        let add = |ns: &Netns, ip: IpAddr, dev: &str| match ip {
+            IpAddr::V4(_) => ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", dev]).map(drop),
+            IpAddr::V6(_) => ns.ip(&["-6", "addr", "add", &format!("{ip}/64"), "dev", dev, "nodad"]).map(drop),
+        };
         for i in 1..=config.clients {
-            client.ip(&["addr", "add", &format!("198.51.100.{i}/24"), "dev", "c0"])?;
+            add(&client, family.client(i), "c0")?;
         }
-        client.ip(&["route", "add", "default", "via", &GATEWAY.to_string()])?;
-        lb.ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", "l0"])?;
-        for local in LOCALS {
-            lb.ip(&["addr", "add", &format!("{local}/24"), "dev", "l1"])?;
+        let gateway = family.gateway();
+        let v = if gateway.is_ipv6() { "-6" } else { "-4" };
+        client.ip(&[v, "route", "add", "default", "via", &gateway.to_string()])?;
+        add(&lb, gateway, "l0")?;
+        for local in family.locals() {
+            add(&lb, local, "l1")?;
         }
-        rs.ip(&["addr", "add", &format!("{RS}/24"), "dev", "r0"])?;
+        add(&rs, family.rs(), "r0")?;
         lb.run(|| -> io::Result<()> {
             for (key, value) in [
                 ("net/ipv4/ip_forward", "1"),
+                ("net/ipv6/conf/all/forwarding", "1"),
                 ("net/ipv4/conf/all/rp_filter", "0"),
                 ("net/ipv4/conf/default/rp_filter", "0"),
                 ("net/netfilter/nf_conntrack_acct", "1"),
@@ -162,18 +258,19 @@ impl Lab {
             std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
         })?;
         rs.run(|| std::fs::write("/proc/sys/net/core/somaxconn", "65535"))?;
-        for rule in rules(config.toa_on) {
-            let out = lb.command("iptables-legacy").args(&rule).output()?;
+        for (tool, rule) in rules(family, config.toa_on) {
+            let out = lb.command(tool).args(&rule).output()?;
             if !out.status.success() {
                 return Err(io::Error::other(format!(
-                    "iptables-legacy {}: {} (needs Debian's iptables package and xtables NFQUEUE)",
+                    "{tool} {}: {} (needs Debian's iptables package and xtables NFQUEUE)",
                     rule.join(" "),
                     String::from_utf8_lossy(&out.stderr).trim()
                 )));
             }
         }
         let mut cmd = lb.command(balancer_program.to_str().ok_or_else(|| io::Error::other("path"))?);
-        cmd.args(["balancer", "--toa-on", toa_name(config.toa_on), "--kind", &config.kind.to_string()]);
+        cmd.args(["balancer", "--family", family.name()]);
+        cmd.args(["--toa-on", toa_name(config.toa_on), "--kind", &config.kind.to_string()]);
         cmd.args(["--udp", udp_name(config.udp)]);
         let balancer = match log {
             None => {
@@ -228,8 +325,28 @@ impl Lab {
     }
 
     /// The client addresses.
-    pub fn clients(&self) -> Vec<Ipv4Addr> {
-        (1..=self.config.clients).map(|i| Ipv4Addr::new(198, 51, 100, i)).collect()
+    pub fn clients(&self) -> Vec<IpAddr> {
+        (1..=self.config.clients).map(|i| self.config.family.client(i)).collect()
+    }
+
+    /// The address families.
+    pub fn family(&self) -> Family {
+        self.config.family
+    }
+
+    /// The VIP.
+    pub fn vip(&self) -> IpAddr {
+        self.config.family.vip()
+    }
+
+    /// The VIP and `port`: `http://{}/` gives a URL, IPv6 in brackets.
+    pub fn vip_port(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.vip(), port)
+    }
+
+    /// `http://VIP:PORT/`, IPv6 in brackets.
+    pub fn url(&self, port: u16) -> String {
+        format!("http://{}/", self.vip_port(port))
     }
 
     /// Stops the balancer; its counters (a JSON object).
@@ -251,7 +368,8 @@ impl Drop for Lab {
 /// Whether `ip` is one of the balancer's local addresses: what a server sees when nothing
 /// rewrote the peer.
 pub fn is_balancer(ip: &str) -> bool {
-    LOCALS.iter().any(|l| l.to_string() == ip)
+    let ip = ip.strip_prefix("::ffff:").unwrap_or(ip);
+    LOCALS.iter().any(|l| l.to_string() == ip) || LOCALS6.iter().any(|l| l.to_string() == ip)
 }
 
 /// The balancer's `--toa-on` value.
@@ -273,17 +391,38 @@ pub fn parse_toa_on(s: &str) -> Option<ToaOn> {
     }
 }
 
-/// The balancer's xtables rules (the balancer's module text in `ipvsca-tools` says why
-/// each is where it is).
-fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
-    let locals = format!("{}-{}", LOCALS[0], LOCALS[1]);
+/// The balancer's xtables rules, with the program that adds each (the balancer's module
+/// text in `ipvsca-tools` says why each is where it is).
+fn rules(family: Family, toa_on: ToaOn) -> Vec<(&'static str, Vec<String>)> {
+    let (vip, rs) = (family.vip(), family.rs());
+    let split = |tool: &'static str, rules: Vec<String>| {
+        rules.into_iter().map(move |r| (tool, r.split_whitespace().map(str::to_owned).collect())).collect::<Vec<_>>()
+    };
+    if family == Family::Nat64 {
+        // Every packet of the VIP, and every one of the real server's, goes to the balancer's
+        // userspace half, which translates it and sends it on itself: nothing is tracked.
+        let mut v6 =
+            vec![format!("-t raw -A PREROUTING -d {vip} -j CT --notrack"), "-t raw -A OUTPUT -j CT --notrack".into()];
+        let mut v4 = vec![
+            format!("-t raw -A PREROUTING -i l1 -s {rs} -j CT --notrack"),
+            "-t raw -A OUTPUT -j CT --notrack".into(),
+        ];
+        for (proto, queue) in [("tcp", TCP_QUEUE), ("udp", UDP_QUEUE)] {
+            v6.push(format!("-t mangle -A PREROUTING -d {vip} -p {proto} -j NFQUEUE --queue-num {queue}"));
+            v4.push(format!("-t mangle -A PREROUTING -i l1 -s {rs} -p {proto} -j NFQUEUE --queue-num {queue}"));
+        }
+        let mut all = split("ip6tables-legacy", v6);
+        all.extend(split("iptables-legacy", v4));
+        return all;
+    }
+    let locals = family.locals().iter().map(IpAddr::to_string).collect::<Vec<_>>().join("-");
     let mut rules = vec![
-        format!("-t nat -A PREROUTING -d {VIP} -p tcp -j DNAT --to-destination {RS}"),
+        format!("-t nat -A PREROUTING -d {vip} -p tcp -j DNAT --to-destination {rs}"),
         format!("-t nat -A POSTROUTING -o l1 -p tcp -j SNAT --to-source {locals} --random-fully"),
-        format!("-t raw -A PREROUTING -d {VIP} -p udp -j CT --notrack"),
+        format!("-t raw -A PREROUTING -d {vip} -p udp -j CT --notrack"),
         "-t raw -A PREROUTING -i l1 -p udp -j CT --notrack".to_owned(),
-        format!("-t mangle -A PREROUTING -d {VIP} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
-        format!("-t mangle -A PREROUTING -i l1 -s {RS} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
+        format!("-t mangle -A PREROUTING -d {vip} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
+        format!("-t mangle -A PREROUTING -i l1 -s {rs} -p udp -j NFQUEUE --queue-num {}", UDP_QUEUE),
     ];
     match toa_on {
         ToaOn::Syn => {
@@ -307,7 +446,7 @@ fn rules(toa_on: ToaOn) -> Vec<Vec<String>> {
         }
         ToaOn::Nothing => {}
     }
-    rules.into_iter().map(|r| r.split_whitespace().map(str::to_owned).collect()).collect()
+    split(if family == Family::V6 { "ip6tables-legacy" } else { "iptables-legacy" }, rules)
 }
 
 /// Starts `cmd` in its own session, logging to `log`, and waits for its ready line.

@@ -7,14 +7,15 @@
 //! proves the server's `sendmsg` went to the balancer (the real server has no route to the
 //! clients), and the server must report each real client. Without `--msg` the four calls
 //! are the kernel's: the server sees the balancer. The lab's DPVS UOA (`--udp ipo`, `opp`)
-//! is tried with Node and with a server written for DPVS's `uoa` module. A missing package
-//! fails the test: CI installs them.
+//! is tried with Node and with a server written for DPVS's `uoa` module, the latter also in
+//! the lab's NAT64 (IPv6 clients, the IPv4 real server). A missing package fails the test:
+//! CI installs them.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ipvsca_tests::lab::{Lab, LabConfig, RS, ToaOn, UdpAnnounce, VIP, is_balancer};
+use ipvsca_tests::lab::{Family, Lab, LabConfig, RS, ToaOn, UdpAnnounce, VIP, is_balancer};
 use ipvsca_tests::service::Service;
 use ipvsca_tests::{cbuild, gobuild, need, netns};
 use serde_json::Value;
@@ -30,7 +31,7 @@ const DNS_ANSWER: &str = "10.9.9.9";
 const UDP_CLIENT: &str = r#"
 import json, socket, sys
 src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((src, 0))
 s.settimeout(3)
 s.sendto(payload.encode(), (dst, port))
@@ -82,13 +83,13 @@ fn server_output(server: &Service) -> String {
 
 /// A datagram `payload` from client `from` to the VIP's `port`: the answer's data and the
 /// address it came from.
-fn ask(lab: &Lab, server: &Service, from: Ipv4Addr, port: u16, payload: &str) -> (String, String) {
+fn ask(lab: &Lab, server: &Service, from: IpAddr, port: u16, payload: &str) -> (String, String) {
     let v = python_client(lab, server, UDP_CLIENT, &[&from.to_string(), &VIP.to_string(), &port.to_string(), payload]);
     (v["data"].as_str().unwrap().to_owned(), v["from"].as_str().unwrap().to_owned())
 }
 
 /// The three clients each test uses.
-fn three(lab: &Lab) -> Vec<Ipv4Addr> {
+fn three(lab: &Lab) -> Vec<IpAddr> {
     lab.clients().into_iter().take(3).collect()
 }
 
@@ -144,7 +145,7 @@ fn node_dgram_sees_each_client_and_its_replies_reach_it_with_msg() {
     let server = node_echo(&lab, dir.path(), &["--msg"]);
     each_echo_comes_back_from_the_vip(&lab, &server);
     let seen = server.lines_until(3, WAIT, |_| true);
-    let want: Vec<String> = three(&lab).iter().map(Ipv4Addr::to_string).collect();
+    let want: Vec<String> = three(&lab).iter().map(IpAddr::to_string).collect();
     assert_eq!(seen, want, "rinfo.address of each request");
     assert_quiet(&server);
 }
@@ -239,7 +240,7 @@ fn dnsmasq_answers_and_logs_each_client(extra: &[&str]) {
         .iter()
         .map(|l| l.rsplit(' ').next().unwrap().to_owned())
         .collect();
-    let want: Vec<String> = three(&lab).iter().map(Ipv4Addr::to_string).collect();
+    let want: Vec<String> = three(&lab).iter().map(IpAddr::to_string).collect();
     assert_eq!(logged, want, "the clients in dnsmasq's query log");
     assert_quiet(&server);
 }
@@ -313,7 +314,7 @@ fn a_recvmmsg_and_sendmmsg_server_with_udp_segment_sees_each_client_with_msg() {
 const FLOW_CLIENT: &str = r#"
 import json, socket, sys, time
 src, dst, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s = socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((src, 0))
 for i in range(count):
     s.sendto(("datagram %d" % i).encode(), (dst, port))
@@ -389,31 +390,51 @@ fn lab_counters(mut lab: Lab) -> Value {
 }
 
 /// A server written for DPVS's `uoa` module (`tests/c/dpvs_lookup.c`: `recvfrom`, then
-/// `UOA_SO_GET_LOOKUP` with the source it saw) behind the lab balancer's `--udp ipo`: both
-/// give each client.
-#[test]
-fn a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup() {
-    if !netns::can_run("a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup") {
-        return;
-    }
+/// `UOA_SO_GET_LOOKUP` with the source it saw) on an IPv4 socket, behind the lab balancer's
+/// `--udp ipo` in a `family` lab: each lookup answers the client. Over IPv4 `recvfrom` shows
+/// it too; in NAT64 it shows the balancer (an IPv6 client has no place in an IPv4 address),
+/// and the lookup names the IPv6 client from DPVS's 20-byte option.
+fn a_dpvs_uoa_server_finds_each_client(family: Family) {
     let program = cbuild::build("dpvs_lookup", &[]);
-    let lab = Lab::for_test_with(LabConfig { udp: UdpAnnounce::Ipo, ..LabConfig::default() });
+    let lab = Lab::for_test_with(LabConfig { family, udp: UdpAnnounce::Ipo, ..LabConfig::default() });
     let dir = tempfile::tempdir().unwrap();
     let server = lab.serve(&[], dir.path(), &format!("{} udp 4 {RS} {PORT} 3", program.display()));
     let ready: Value = serde_json::from_str(&server.line(WAIT).unwrap_or_default()).unwrap_or_default();
     assert_eq!(ready["ready"], true, "{}", server.stderr_text());
+    let vip = lab.vip().to_string();
     for (i, c) in three(&lab).into_iter().enumerate() {
-        let sent =
-            python_client(&lab, &server, FLOW_CLIENT, &[&c.to_string(), &VIP.to_string(), &PORT.to_string(), "1"]);
+        let sent = python_client(&lab, &server, FLOW_CLIENT, &[&c.to_string(), &vip, &PORT.to_string(), "1"]);
         assert_eq!(sent["replies"], serde_json::json!([]), "the program answers nothing");
         let mut lines = server.lines_until(if i == 0 { 5 } else { 2 }, WAIT, |_| true).into_iter();
         let parse = |l: Option<String>| serde_json::from_str::<Value>(&l.unwrap_or_default()).unwrap_or_default();
         let (received, lookup) = (parse(lines.next()), parse(lines.next()));
         let from = received["recvfrom"].as_str().unwrap_or_default().to_owned();
-        assert_eq!(from.split(':').next(), Some(c.to_string().as_str()), "recvfrom: {received}");
-        assert_eq!((lookup["ret"].as_i64(), lookup["client"].as_str()), (Some(0), Some(from.as_str())), "{lookup}");
+        let host = from.rsplit_once(':').map(|(h, _)| h).unwrap_or_default();
+        assert_eq!(lookup["ret"].as_i64(), Some(0), "{lookup}");
+        let client = lookup["client"].as_str().unwrap_or_default();
+        if family == Family::V4 {
+            assert_eq!(host, c.to_string(), "recvfrom: {received}");
+            assert_eq!(client, from, "{lookup}");
+        } else {
+            assert!(is_balancer(host), "recvfrom: {received}");
+            assert!(client.starts_with(&format!("[{c}]:")), "{lookup}");
+        }
     }
     assert_quiet(&server);
+}
+
+#[test]
+fn a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup() {
+    if netns::can_run("a_dpvs_uoa_server_sees_each_client_from_recvfrom_and_its_lookup") {
+        a_dpvs_uoa_server_finds_each_client(Family::V4);
+    }
+}
+
+#[test]
+fn a_dpvs_uoa_server_finds_each_nat64_client_with_its_lookup() {
+    if netns::can_run("a_dpvs_uoa_server_finds_each_nat64_client_with_its_lookup") {
+        a_dpvs_uoa_server_finds_each_client(Family::Nat64);
+    }
 }
 
 /// The same behind `ipvsca-run --uoa-opp deliver`: every datagram of the flow is answered,

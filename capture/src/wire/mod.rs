@@ -89,8 +89,10 @@ pub enum Malformed {
     /// An ip_vs_ca announcement (identifier and magic match) that breaks another rule.
     #[error("ip_vs_ca announcement rejected: {0}")]
     BadAnnouncement(AnnounceDefect),
-    /// An IPv4 option list (of a UDP datagram) with a length below 2 or past the header.
-    #[error("IPv4 option with a length below 2 or past the header")]
+    /// An IPv4 option list (of a UDP datagram) the kernel drops the datagram for: a length
+    /// below 2 or past the header, a source route, CIPSO, or a broken record route,
+    /// timestamp or router alert (`wire::uoa::find_uoa`).
+    #[error("IPv4 option the kernel drops the datagram for")]
     BadIpOption,
     /// A UOA option whose length is neither 8 nor 20, or an opp header without one.
     #[error("UOA option of a length other than 8 or 20")]

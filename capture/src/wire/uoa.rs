@@ -38,13 +38,25 @@ pub const OPP_HEADER_LEN: usize = 4;
 const PROTO_UDP: u8 = 17;
 
 /// The client of the UOA option in an IPv4 option list, walked whole as the kernel walks IP
-/// options (`ip_options_compile`): EOL ends it, NOP is one byte, every other option has a
-/// length of at least 2 within the list, else `BadIpOption`; a source route (LSRR, SSRR),
-/// which the kernel drops by default (`accept_source_route` 0), is `BadIpOption` too. A UOA
-/// of a length other than 8 or 20 is `BadUoa`: DPVS's module copies it into a 20-byte field
-/// with no such check (a heap overflow), and ipvsca never takes it. The first UOA counts.
+/// options of a received packet (`__ip_options_compile`), so that a datagram the kernel
+/// drops teaches nothing; each failure is `BadIpOption`:
+/// - EOL ends the list, NOP is one byte, every other option has a length of at least 2
+///   within the list;
+/// - a source route (LSRR, SSRR), which the kernel drops by default (`accept_source_route`
+///   0), and CIPSO, which it drops unless a CIPSO domain is configured (none by default);
+/// - record route: a second one, a length below 3, a pointer below 4, or a pointer within
+///   the option with no room for an address after it;
+/// - timestamp: a second one, a length below 4, a pointer below 5, a pointer within the
+///   option with no room for a timestamp (or, with addresses, for an address and a
+///   timestamp), or a full option whose overflow counter is at 15;
+/// - router alert shorter than 4.
+///
+/// A UOA of a length other than 8 or 20 is `BadUoa`: DPVS's module copies it into a 20-byte
+/// field with no such check (a heap overflow), and ipvsca never takes it. The first UOA
+/// counts.
 pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
     let mut found = None;
+    let (mut rr, mut ts) = (false, false);
     let mut at = 0;
     while at < options.len() {
         match options[at] {
@@ -52,7 +64,17 @@ pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
             1 => at += 1,
             kind => {
                 let len = usize::from(*options.get(at + 1).ok_or(Malformed::BadIpOption)?);
-                if len < 2 || at + len > options.len() || matches!(kind, LSRR | SSRR) {
+                if len < 2 || at + len > options.len() || matches!(kind, LSRR | SSRR | CIPSO) {
+                    return Err(Malformed::BadIpOption);
+                }
+                let option = &options[at..at + len];
+                let valid = match kind {
+                    RR => !std::mem::replace(&mut rr, true) && record_route_holds(option),
+                    TIMESTAMP => !std::mem::replace(&mut ts, true) && timestamp_holds(option),
+                    ROUTER_ALERT => len >= 4,
+                    _ => true,
+                };
+                if !valid {
                     return Err(Malformed::BadIpOption);
                 }
                 if kind == IPOPT_UOA && found.is_none() {
@@ -68,9 +90,40 @@ pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
     Ok(found)
 }
 
-/// Loose and strict source routes: options the kernel drops a packet for by default.
+/// Loose and strict source routes, and CIPSO: options the kernel drops a packet for by
+/// default.
 const LSRR: u8 = 131;
 const SSRR: u8 = 137;
+const CIPSO: u8 = 134;
+/// Options whose contents the kernel checks (`__ip_options_compile`).
+const RR: u8 = 7;
+const TIMESTAMP: u8 = 68;
+const ROUTER_ALERT: u8 = 148;
+
+/// Whether a record-route option (type, length, pointer, addresses) passes the kernel's
+/// checks: a pointer of at least 4 and, while it points inside, room for an address.
+fn record_route_holds(option: &[u8]) -> bool {
+    let Some(&pointer) = option.get(2) else { return false };
+    let (pointer, len) = (usize::from(pointer), option.len());
+    pointer >= 4 && (pointer > len || pointer + 3 <= len)
+}
+
+/// Whether a timestamp option (type, length, pointer, overflow and flags, data) passes the
+/// kernel's checks: a pointer of at least 5; while it points inside, room for a timestamp,
+/// or for an address and a timestamp with flags 1 and 3; once full (and not flag 3), an
+/// overflow counter below 15.
+fn timestamp_holds(option: &[u8]) -> bool {
+    let (Some(&pointer), Some(&flags)) = (option.get(2), option.get(3)) else { return false };
+    let (pointer, len) = (usize::from(pointer), option.len());
+    if pointer < 5 {
+        return false;
+    }
+    if pointer <= len {
+        let room = if matches!(flags & 0x0f, 1 | 3) { 7 } else { 3 };
+        return pointer + room <= len;
+    }
+    flags & 0x0f == 3 || flags >> 4 != 15
+}
 
 /// The client one UOA option (type and length included, 8 or 20 bytes) names.
 fn client(option: &[u8]) -> SocketAddr {
@@ -206,6 +259,52 @@ mod tests {
         let mut routed = vec![131, 3, 4];
         routed.extend_from_slice(&emit_uoa(v4));
         assert_eq!(find_uoa(&routed), Err(Malformed::BadIpOption));
+    }
+
+    /// The options whose contents the kernel checks on a received packet: a UOA beside one
+    /// it would drop the packet for is never taken (`__ip_options_compile`).
+    #[test]
+    fn options_the_kernel_drops_a_packet_for_hide_the_uoa() {
+        let v4: SocketAddr = "198.51.100.7:1111".parse().unwrap();
+        let with = |before: &[u8]| {
+            let mut options = before.to_vec();
+            options.extend_from_slice(&emit_uoa(v4));
+            while options.len() % 4 != 0 {
+                options.push(0);
+            }
+            find_uoa(&options)
+        };
+        let taken = [
+            &[7, 7, 4, 0, 0, 0, 0][..],              // record route, room for one address
+            &[7, 3, 4],                              // full record route (pointer past the end)
+            &[7, 7, 8, 0, 0, 0, 0],                  // record route already filled
+            &[68, 8, 5, 0, 0, 0, 0, 0],              // timestamps only, room for one
+            &[68, 12, 5, 1, 0, 0, 0, 0, 0, 0, 0, 0], // address and timestamp, room for one
+            &[68, 4, 5, 0xe0],                       // full, overflow 14
+            &[68, 4, 5, 0xf3],                       // full, prespecified: no counter
+            &[148, 4, 0, 0],                         // router alert
+            &[130, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0],   // security: the kernel lets it by
+        ];
+        for before in taken {
+            assert_eq!(with(before), Ok(Some(v4)), "{before:?}");
+        }
+        let dropped = [
+            &[7, 2][..],                // record route without a pointer
+            &[7, 7, 3, 0, 0, 0, 0],     // pointer below 4
+            &[7, 6, 4, 0, 0, 0],        // no room for the address it points at
+            &[68, 3, 5],                // timestamp shorter than 4
+            &[68, 8, 4, 0, 0, 0, 0, 0], // pointer below 5
+            &[68, 7, 5, 0, 0, 0, 0],    // no room for a timestamp
+            &[68, 8, 5, 1, 0, 0, 0, 0], // no room for an address and a timestamp
+            &[68, 4, 5, 0xf0],          // full, overflow counter at 15
+            &[148, 2],                  // router alert shorter than 4
+            &[134, 6, 0, 0, 0, 1],      // CIPSO: no domain configured
+        ];
+        for before in dropped {
+            assert_eq!(with(before), Err(Malformed::BadIpOption), "{before:?}");
+        }
+        assert_eq!(with(&[7, 3, 4, 7, 3, 4]), Err(Malformed::BadIpOption), "two record routes");
+        assert_eq!(with(&[68, 4, 5, 0, 68, 4, 5, 0]), Err(Malformed::BadIpOption), "two timestamps");
     }
 
     #[test]

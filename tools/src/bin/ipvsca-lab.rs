@@ -2,7 +2,8 @@
 //! by hand and for benchmarks.
 //!
 //! ```text
-//! ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--udp icmp|ipo|opp] [--clients N]
+//! ipvsca-lab up [--name NAME] [--family 4|6|nat64] [--toa-on syn|ack|none] [--kind 200|254]
+//!               [--udp icmp|ipo|opp] [--clients N]
 //! ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
 //! ipvsca-lab down [--name NAME]
 //! ```
@@ -10,7 +11,8 @@
 //! `up` builds namespaces NAME-client, NAME-lb, NAME-rs (NAME defaults to `ipvsca-lab`) and
 //! starts the balancer detached (log and pid in /run/ipvsca-lab/); `down` stops it, prints
 //! its counters and removes everything. Clients reach the real server at 192.0.2.10 (the
-//! VIP), from 198.51.100.1 and up.
+//! VIP), from 198.51.100.1 and up; in IPv6 and NAT64 at 2001:db8:f::10 from 2001:db8:c::1
+//! and up.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -25,16 +27,22 @@ use ipvsca_tools::balancer;
 const RUN_DIR: &str = "/run/ipvsca-lab";
 
 const USAGE: &str = "\
-ipvsca-lab up [--name NAME] [--toa-on syn|ack|none] [--kind 200|254] [--udp icmp|ipo|opp] [--clients N]
+ipvsca-lab up [--name NAME] [--family 4|6|nat64] [--toa-on syn|ack|none] [--kind 200|254]
+              [--udp icmp|ipo|opp] [--clients N]
 ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
 ipvsca-lab down [--name NAME]
 
 Needs root (namespaces, xtables NFQUEUE). `up` builds namespaces NAME-client, NAME-lb and
-NAME-rs (NAME defaults to ipvsca-lab) and starts the balancer; clients 198.51.100.1 and up
-reach the real server 10.1.0.9 at the VIP 192.0.2.10. --udp says how UDP flows are
-announced: ip_vs_ca's ICMP echo (icmp, the default), or DPVS's UOA as an IPv4 option (ipo)
-or behind IP protocol 248 (opp), on a flow's first 3 datagrams. `down` prints the
-balancer's counters and removes everything.";
+NAME-rs (NAME defaults to ipvsca-lab) and starts the balancer. --family 4 (the default):
+clients 198.51.100.1 and up reach the real server 10.1.0.9 at the VIP 192.0.2.10, from the
+balancer's local addresses 10.1.0.5 and 10.1.0.6. --family 6: clients 2001:db8:c::1 and up,
+the VIP 2001:db8:f::10, the real server 2001:db8:a::9, local addresses 2001:db8:a::5 and
+::6. --family nat64 (DPVS's NAT64): the IPv6 clients and VIP, the IPv4 real server and
+local addresses; the TOA names the IPv6 client in DPVS's 20-byte form.
+--udp says how UDP flows are announced: ip_vs_ca's ICMP echo (icmp, the default with
+--family 4; IPv4 clients only), or DPVS's UOA as an IPv4 option (ipo; not with --family 6)
+or behind IP protocol 248 (opp, the default otherwise), on a flow's first 3 datagrams.
+`down` prints the balancer's counters and removes everything.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,24 +77,35 @@ fn paths(name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let family = lab::Family::parse(&opt("--family").unwrap_or_else(|| "4".into())).ok_or("--family 4|6|nat64")?;
     let toa_on = lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on syn|ack|none")?;
     let kind: u8 = opt("--kind").map_or(Ok(254), |k| k.parse())?;
     let clients: u8 = opt("--clients").map_or(Ok(8), |k| k.parse())?;
-    let udp = lab::parse_udp(&opt("--udp").unwrap_or_else(|| "icmp".into())).ok_or("--udp icmp|ipo|opp")?;
+    let udp =
+        lab::parse_udp(&opt("--udp").unwrap_or_else(|| default_udp(family).into())).ok_or("--udp icmp|ipo|opp")?;
     std::fs::create_dir_all(RUN_DIR)?;
     let (log, _) = paths(name);
-    let config = LabConfig { name: Some(name.to_owned()), toa_on, kind, udp, clients };
+    let config = LabConfig { name: Some(name.to_owned()), family, toa_on, kind, udp, clients };
     let lab = Lab::up(config, &std::env::current_exe()?, Some(&log))?;
     println!(
-        "lab {name} up: clients 198.51.100.1-{clients} in {}, VIP {} via {}, real server {} in {}; TOA {} kind {kind}",
+        "lab {name} up: clients {}-{} in {}, VIP {} via {}, real server {} in {}; TOA {} kind {kind}, UDP {}",
+        family.client(1),
+        family.client(clients),
         lab.client.name(),
-        lab::VIP,
+        family.vip(),
         lab.lb.name(),
-        lab::RS,
+        family.rs(),
         lab.rs.name(),
-        lab::toa_name(toa_on)
+        lab::toa_name(toa_on),
+        lab::udp_name(udp)
     );
     Ok(())
+}
+
+/// How UDP flows are announced unless `--udp` says: ip_vs_ca's way over IPv4, DPVS's default
+/// (protocol 248) when the clients are IPv6.
+fn default_udp(family: lab::Family) -> &'static str {
+    if family == lab::Family::V4 { "icmp" } else { "opp" }
 }
 
 fn down(name: &str) -> Result<()> {
@@ -127,13 +146,14 @@ fn exec(name: &str, args: &[String]) -> Result<()> {
 /// The balancer's userspace half, in the current (balancer) namespace, until SIGTERM.
 fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     stop_on_signals();
+    let family = lab::Family::parse(&opt("--family").unwrap_or_else(|| "4".into())).ok_or("--family 4|6|nat64")?;
     let config = balancer::Config {
-        vip: lab::VIP,
-        rs: lab::RS,
-        locals: lab::LOCALS.to_vec(),
+        vip: family.vip(),
+        rs: family.rs(),
+        locals: family.locals(),
         toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
         kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
-        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| "icmp".into())).ok_or("--udp icmp|ipo|opp")?,
+        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| default_udp(family).into())).ok_or("--udp icmp|ipo|opp")?,
     };
     let counters = balancer::run(&config, &STOP, || {
         println!("{{\"ready\":true}}");
