@@ -174,13 +174,45 @@ fn uoa_behind_an_option_protocol_header_is_learned_and_the_flows_later_datagrams
 /// (a carrier) is not handed on.
 #[test]
 fn with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with_their_client() {
-    if !netns::can_run("with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with_their_client") {
-        return;
+    if netns::can_run("with_uoa_opp_deliver_the_datagrams_behind_protocol_248_reach_the_service_with_their_client") {
+        deliver(false);
     }
+}
+
+/// The same with the daemon's capture: `ipvsca supervise --uoa-opp deliver`, the service
+/// under `ipvsca-run --supervisor`.
+#[test]
+fn the_daemon_delivers_the_datagrams_behind_protocol_248_with_uoa_opp_deliver() {
+    if netns::can_run("the_daemon_delivers_the_datagrams_behind_protocol_248_with_uoa_opp_deliver") {
+        deliver(true);
+    }
+}
+
+/// `--uoa-opp deliver`, in `ipvsca-run` or in the daemon: what the tests above check.
+fn deliver(daemon: bool) {
     let topo = LbRs::new("uoadeliver", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run.sock");
-    let server = udp_server(&topo.rs, &socket, &format!("[::]:{PORT}"), &["--uoa-opp", "deliver"]);
+    let listen = format!("[::]:{PORT}");
+    let (_daemon, server) = if daemon {
+        let mut cmd = topo.rs.command(bins::path("ipvsca").to_str().unwrap());
+        cmd.args(["supervise", "--uoa-opp", "deliver", "--control"]).arg(&socket).env("RUST_LOG", "warn");
+        let daemon = Service::start(cmd).unwrap();
+        let end = std::time::Instant::now() + WAIT;
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < end, "the daemon made no socket: {}", daemon.stderr_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
+        cmd.arg("--supervisor").arg(&socket).arg("--").arg(bins::path("ipvsca-probe"));
+        cmd.args(["udp-server", "--listen", &listen, "--reply"]).env("RUST_LOG", "warn");
+        let server = Service::start(cmd).expect("starting the probe");
+        let line = server.json(WAIT);
+        assert_eq!(line["ready"], true, "{line}");
+        (Some(daemon), server)
+    } else {
+        (None, udp_server(&topo.rs, &socket, &listen, &["--uoa-opp", "deliver"]))
+    };
     let balancer = topo.lb.run(|| Speaker::open(LB_DEV, topo.link, 254)).unwrap();
     let cases: [(SocketAddr, SocketAddr, SocketAddr); 3] = [
         (sock(LB1, 50500), sock(RS, PORT), "198.51.100.97:9007".parse().unwrap()),

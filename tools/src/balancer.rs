@@ -30,12 +30,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::nat64::{Nat64, Nat64Config};
+use crate::packet::{fix_checksums, ip, set_addrs, uoa_or_carrier};
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
 use capture::wire::toa::{emit_toa_v4, emit_toa_v6};
-use capture::wire::uoa;
 use capture::{Proto, RawSender};
-use etherparse::checksum::Sum16BitWords;
 use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE, UOA_MAX_TRAIL, UdpAnnounce};
 use nfq::{Queue, Verdict};
 use serde::Serialize;
@@ -227,96 +226,6 @@ fn translate(nat64: &mut Nat64, packet: &[u8], rs: IpAddr, raw: &RawSender, coun
     }
 }
 
-/// The IP header of a queued packet, IPv4 or IPv6 (the transport header directly after the
-/// fixed IPv6 header: the lab's clients and servers send no extension headers).
-#[derive(Debug, Clone, Copy)]
-struct Ip {
-    v6: bool,
-    /// Where the transport header starts.
-    len: usize,
-    src: IpAddr,
-    dst: IpAddr,
-}
-
-impl Ip {
-    /// Where the addresses are: source at `.0`, destination at `.1`, each `.2` bytes.
-    fn addr_at(self) -> (usize, usize, usize) {
-        if self.v6 { (8, 24, 16) } else { (12, 16, 4) }
-    }
-
-    /// Where the next-protocol byte is.
-    fn protocol_at(self) -> usize {
-        if self.v6 { 6 } else { 9 }
-    }
-}
-
-/// The IP header of `packet`, if it is IPv4 or IPv6 carrying `protocol`, whole.
-fn ip(packet: &[u8], protocol: u8) -> Option<Ip> {
-    match *packet.first()? >> 4 {
-        4 => {
-            let len = usize::from(packet[0] & 0x0f) * 4;
-            (packet.len() >= len && len >= 20 && packet[9] == protocol).then(|| Ip {
-                v6: false,
-                len,
-                src: IpAddr::from(<[u8; 4]>::try_from(&packet[12..16]).expect("4 bytes")),
-                dst: IpAddr::from(<[u8; 4]>::try_from(&packet[16..20]).expect("4 bytes")),
-            })
-        }
-        6 => (packet.len() >= 40 && packet[6] == protocol).then(|| Ip {
-            v6: true,
-            len: 40,
-            src: IpAddr::from(<[u8; 16]>::try_from(&packet[8..24]).expect("16 bytes")),
-            dst: IpAddr::from(<[u8; 16]>::try_from(&packet[24..40]).expect("16 bytes")),
-        }),
-        _ => None,
-    }
-}
-
-/// Writes `src` and `dst` into the header of `p` (of the family `ip` says).
-fn set_addrs(p: &mut [u8], ip: Ip, src: IpAddr, dst: IpAddr) {
-    let (s, d, n) = ip.addr_at();
-    let bytes = |a: IpAddr| match a {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    p[s..s + n].copy_from_slice(&bytes(src));
-    p[d..d + n].copy_from_slice(&bytes(dst));
-}
-
-/// Sets the IP lengths (and the IPv4 header checksum) of `p`, whose transport header starts
-/// at `ip.len`; with `transport`, also the TCP (checksum at 16) or UDP (at 6) checksum over
-/// the pseudo-header and segment.
-fn fix_checksums(p: &mut [u8], ip: Ip, protocol: u8, transport: bool) {
-    let segment_len = (p.len() - ip.len) as u16;
-    if ip.v6 {
-        p[4..6].copy_from_slice(&segment_len.to_be_bytes());
-    } else {
-        let total = p.len() as u16;
-        p[2..4].copy_from_slice(&total.to_be_bytes());
-        p[10..12].copy_from_slice(&[0, 0]);
-        let sum = checksum::checksum(&p[..ip.len]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-    }
-    if !transport {
-        return;
-    }
-    let at = ip.len + if protocol == 6 { 16 } else { 6 };
-    p[at..at + 2].copy_from_slice(&[0, 0]);
-    let (s, d, n) = ip.addr_at();
-    let mut sum = Sum16BitWords::new()
-        .add_slice(&p[s..s + n])
-        .add_slice(&p[d..d + n])
-        .add_4bytes(u32::from(segment_len).to_be_bytes())
-        .add_2bytes([0, protocol])
-        .add_slice(&p[ip.len..])
-        .ones_complement()
-        .to_be();
-    if protocol == 17 && sum == 0 {
-        sum = 0xffff; // UDP sends a zero checksum as all ones
-    }
-    p[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-}
-
 /// The TOA naming `client`: 8 bytes for an IPv4 client, DPVS's 20 for an IPv6 one.
 fn toa_for(kind: u8, client: SocketAddr) -> Vec<u8> {
     match client {
@@ -391,18 +300,16 @@ fn nat_udp(
             if let Some(f) = flows.by_local.get_mut(&flow.local) {
                 f.uoa_sent += 1;
             }
-            if let Some(with) = with_uoa(&p, ip, client, config.udp) {
-                counters.uoa_inserted += 1;
-                return Some(with);
+            match uoa_or_carrier(&p, ip, client, config.udp)? {
+                Ok(with) => {
+                    counters.uoa_inserted += 1;
+                    return Some(with);
+                }
+                Err(carrier) => {
+                    raw.send(&carrier, config.rs).ok()?;
+                    counters.uoa_carriers += 1;
+                }
             }
-            let mut carrier = with_uoa(&carrier(&p, ip), ip, client, config.udp)?;
-            if !ip.v6 {
-                // Its UDP header is its last 8 bytes; DPVS sends it without a checksum.
-                let at = carrier.len() - 2;
-                carrier[at..].copy_from_slice(&[0, 0]);
-            }
-            raw.send(&carrier, config.rs).ok()?;
-            counters.uoa_carriers += 1;
         }
         return Some(p);
     } else if ip.src == config.rs {
@@ -418,59 +325,6 @@ fn nat_udp(
     }
     fix_checksums(&mut p, ip, 17, true);
     Some(p)
-}
-
-/// An empty datagram of the flow of `p` (headers of `ip`): DPVS's carrier, before the UOA
-/// goes on.
-fn carrier(p: &[u8], ip: Ip) -> Vec<u8> {
-    let mut c = p[..ip.len + 8].to_vec();
-    c[ip.len + 4..ip.len + 6].copy_from_slice(&8u16.to_be_bytes());
-    fix_checksums(&mut c, ip, 17, true);
-    c
-}
-
-/// The largest packet the lab's links carry (their MTU).
-const MTU: usize = 1500;
-
-/// The UDP datagram `p` (headers of `ip`, checksums right) with DPVS's UOA for `client`
-/// added as `form` says, DPVS's way (`src/ipvs/ip_vs_proto_udp.c`): as the first IPv4
-/// option (IPv4 only; the header grows by the option), or behind an option-protocol header
-/// between the IP and UDP headers (protocol 248; over IPv4 the UDP checksum 0, over IPv6 the
-/// datagram's own). `None` when it has no room: the header would pass 60 bytes, or the
-/// packet the MTU.
-fn with_uoa(p: &[u8], ip: Ip, client: SocketAddr, form: UdpAnnounce) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(p.len() + 24);
-    match form {
-        UdpAnnounce::Ipo if !ip.v6 => {
-            let option = uoa::emit_uoa(client);
-            if ip.len + option.len() > 60 || p.len() + option.len() > MTU {
-                return None;
-            }
-            out.extend_from_slice(&p[..20]);
-            out.extend_from_slice(&option);
-            out.extend_from_slice(&p[20..]);
-            out[0] = 0x40 | ((ip.len + option.len()) / 4) as u8;
-            let grown = Ip { len: ip.len + option.len(), ..ip };
-            fix_checksums(&mut out, grown, 17, true);
-        }
-        UdpAnnounce::Opp => {
-            let header = uoa::emit_opp(client);
-            let opp = header.len();
-            if p.len() + opp > MTU {
-                return None;
-            }
-            out.extend_from_slice(&p[..ip.len]);
-            out.extend_from_slice(&header);
-            out.extend_from_slice(&p[ip.len..]);
-            out[ip.protocol_at()] = uoa::PROTO_OPP;
-            if !ip.v6 {
-                out[ip.len + opp + 6..ip.len + opp + 8].copy_from_slice(&[0, 0]);
-            }
-            fix_checksums(&mut out, ip, uoa::PROTO_OPP, false);
-        }
-        UdpAnnounce::Ipo | UdpAnnounce::Icmp => return None,
-    }
-    Some(out)
 }
 
 /// Sends an ip_vs_ca announcement from `from` to `to` on `raw` (whole IPv4 packets).
@@ -548,63 +402,5 @@ mod tests {
                 .frame(&Link::default());
             assert!(insert_toa(frames::ip_packet(&frame), &config(ToaOn::Syn)).is_none(), "{client}");
         }
-    }
-
-    /// DPVS's UOA, as it sends it, in both forms over IPv4 and behind protocol 248 over
-    /// IPv6: the capture reads back the flow and the client; a datagram without room gets
-    /// none (the balancer then sends a carrier).
-    #[test]
-    fn uoa_goes_on_the_datagram_in_either_form_while_there_is_room() {
-        let cases = [
-            ("10.1.0.5:20001", "10.1.0.9:53", "198.51.100.7:5555", UdpAnnounce::Ipo),
-            ("10.1.0.5:20001", "10.1.0.9:53", "198.51.100.7:5555", UdpAnnounce::Opp),
-            ("[2001:db8:a::5]:20001", "[2001:db8:a::9]:53", "[2001:db8:c::7]:5555", UdpAnnounce::Opp),
-        ];
-        for (lb, rs, client, form) in cases {
-            let (lb, rs, client): (SocketAddr, SocketAddr, SocketAddr) =
-                (lb.parse().unwrap(), rs.parse().unwrap(), client.parse().unwrap());
-            let frame = frames::udp_frame(&Link::default(), lb, rs, b"query");
-            let packet = frames::ip_packet(&frame);
-            let out = with_uoa(packet, ip(packet, 17).unwrap(), client, form).unwrap();
-            if lb.is_ipv4() {
-                let ihl = usize::from(out[0] & 0xf) * 4;
-                assert_eq!(checksum::checksum(&out[..ihl]), 0, "{form:?}: IPv4 header checksum");
-            }
-            let got = inspect_network(ethertype(&out), &out, &Default::default(), &Default::default());
-            let key = capture::FlowKey { proto: Proto::Udp, lb, rs };
-            let opp_empty = (form == UdpAnnounce::Opp).then_some(false);
-            assert_eq!(got, Ok(Observation::Uoa { key, client, carrier: false, opp_empty }), "{form:?} {client}");
-            if form == UdpAnnounce::Opp {
-                let plain = uoa::strip_opp(&out, lb.is_ipv6()).unwrap();
-                if lb.is_ipv6() {
-                    assert_eq!(plain, packet, "over IPv6 the datagram behind the header is unchanged");
-                }
-            }
-            let room = if lb.is_ipv4() { 1472 } else { 1452 };
-            let big = frames::udp_frame(&Link::default(), lb, rs, &vec![0; room]);
-            let packet = frames::ip_packet(&big);
-            assert!(with_uoa(packet, ip(packet, 17).unwrap(), client, form).is_none(), "{form:?}: no room");
-        }
-    }
-
-    /// A carrier is an empty datagram of the flow whose checksum holds over IPv6; the
-    /// capture sees a carrier.
-    #[test]
-    fn an_ipv6_carrier_is_an_empty_datagram_with_its_checksum() {
-        let (lb, rs, client): (SocketAddr, SocketAddr, SocketAddr) = (
-            "[2001:db8:a::5]:20001".parse().unwrap(),
-            "[2001:db8:a::9]:53".parse().unwrap(),
-            "[2001:db8:c::7]:5555".parse().unwrap(),
-        );
-        let frame = frames::udp_frame(&Link::default(), lb, rs, &[7; 1452]);
-        let packet = frames::ip_packet(&frame);
-        let ip = ip(packet, 17).unwrap();
-        let empty = carrier(packet, ip);
-        assert_eq!(empty.len(), 48);
-        assert!(checksum::transport_verifies(ip.src, ip.dst, 17, &empty[40..]));
-        let out = with_uoa(&empty, ip, client, UdpAnnounce::Opp).unwrap();
-        let got = inspect_network(0x86dd, &out, &Default::default(), &Default::default());
-        let key = capture::FlowKey { proto: Proto::Udp, lb, rs };
-        assert_eq!(got, Ok(Observation::Uoa { key, client, carrier: false, opp_empty: Some(true) }));
     }
 }

@@ -6,3 +6,4 @@
 
 pub mod balancer;
 pub mod nat64;
+mod packet;

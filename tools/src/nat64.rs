@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use capture::wire::checksum::{self, transport_verifies};
 use capture::wire::toa::{TOA_V6_LEN, emit_toa_v6};
+#[cfg(test)]
 use capture::wire::uoa;
-use etherparse::checksum::Sum16BitWords;
 use ipvsca_tests::lab::{ToaOn, UOA_MAX_TRAIL, UdpAnnounce};
 
 use crate::balancer::Counters;
+use crate::packet::{self, MTU, set_transport_checksum};
 
 /// Flows kept per protocol at most.
 const MAX_FLOWS: usize = 65_536;
@@ -39,10 +40,8 @@ const ENDED_IDLE: Duration = Duration::from_secs(10);
 /// The local ports flows get, on every local address.
 const FIRST_PORT: u16 = 20_000;
 const PORTS_PER_LOCAL: usize = (u16::MAX - FIRST_PORT) as usize + 1;
-/// The largest packet the lab's links carry (their MTU).
-const MTU: usize = 1500;
-/// The largest IPv4 header.
-const MAX_IPV4_HEADER: usize = 60;
+/// The largest TCP header (its data offset is 4 bits of 32-bit words).
+const MAX_TCP_HEADER: usize = 60;
 /// The largest IPv4 packet (its total length field).
 const IPV4_MAX: usize = u16::MAX as usize;
 
@@ -189,7 +188,7 @@ impl Nat64 {
         flow.ended |= flags & RST != 0;
         flow.last = now;
         self.tcp.note_deadline(local);
-        let room = header_len + TOA_V6_LEN <= MAX_IPV4_HEADER && 20 + segment.len() + TOA_V6_LEN <= IPV4_MAX;
+        let room = header_len + TOA_V6_LEN <= MAX_TCP_HEADER && 20 + segment.len() + TOA_V6_LEN <= IPV4_MAX;
         if toa && !room {
             counters.toa_no_room += 1;
         }
@@ -260,18 +259,12 @@ impl Nat64 {
         let out = if announce {
             // DPVS's UOA on the flow's first datagrams: on the datagram, or on a carrier ahead.
             let client = SocketAddr::V6(SocketAddrV6::new(ip.src, client_port, 0, 0));
-            let form = self.config.udp;
-            match with_uoa(&plain[20..], local, rs, ttl, client, form) {
-                Some(with) => {
+            match packet::uoa_or_carrier(&plain, packet::ip(&plain, PROTO_UDP)?, client, self.config.udp)? {
+                Ok(with) => {
                     counters.uoa_inserted += 1;
                     vec![with]
                 }
-                None => {
-                    // The flow's addresses and ports, UDP length 8, no data, no checksum.
-                    let mut empty = [0u8; 8];
-                    empty[..4].copy_from_slice(&plain[20..24]);
-                    empty[4..6].copy_from_slice(&8u16.to_be_bytes());
-                    let carrier = with_uoa(&empty, local, rs, ttl, client, form)?;
+                Err(carrier) => {
                     counters.uoa_carriers += 1;
                     vec![carrier, plain]
                 }
@@ -549,31 +542,9 @@ fn start_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, options: &[u8
 /// Sets the total length and header checksum of an IPv4 packet begun by [`start_ipv4`]
 /// (at most 65,535 bytes: the callers check).
 fn finish_ipv4(p: &mut [u8]) {
-    let header_len = usize::from(p[0] & 0x0f) * 4;
-    let total = p.len() as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p[10..12].copy_from_slice(&[0, 0]);
-    let sum = checksum::checksum(&p[..header_len]);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// Sets the checksum of the TCP or UDP `segment` (header onward) between `src` and `dst`,
-/// pseudo-header included (RFC 793; RFC 768; RFC 8200, 8.1). UDP sends a computed zero as
-/// all ones.
-fn set_transport_checksum(segment: &mut [u8], src: IpAddr, dst: IpAddr, protocol: u8) {
-    let at = if protocol == PROTO_TCP { 16 } else { 6 };
-    segment[at..at + 2].copy_from_slice(&[0, 0]);
-    let mut sum = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => Sum16BitWords::new().add_4bytes(s.octets()).add_4bytes(d.octets()),
-        (IpAddr::V6(s), IpAddr::V6(d)) => Sum16BitWords::new().add_16bytes(s.octets()).add_16bytes(d.octets()),
-        _ => Sum16BitWords::new(),
-    };
-    sum = sum.add_4bytes((segment.len() as u32).to_be_bytes()).add_2bytes([0, protocol]).add_slice(segment);
-    let mut value = sum.ones_complement().to_be();
-    if protocol == PROTO_UDP && value == 0 {
-        value = 0xffff;
+    if let Some(ip) = packet::ip(p, p[9]) {
+        packet::fix_checksums(p, ip, p[9], false);
     }
-    segment[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
 /// The IPv6 packet from `vip` carrying the real server's `segment` (TCP or UDP, header
@@ -591,49 +562,6 @@ fn ipv6_to_client(vip: Ipv6Addr, client: ClientKey, protocol: u8, hop_limit: u8,
     p[42..44].copy_from_slice(&client.port.to_be_bytes());
     set_transport_checksum(&mut p[40..], IpAddr::V6(vip), IpAddr::V6(client.ip), protocol);
     p
-}
-
-/// The IPv4 packet from `local` to `rs` carrying the UDP datagram `udp` (its checksum right
-/// for those addresses, or zero) with DPVS's UOA for `client`, DPVS's way
-/// (`src/ipvs/ip_vs_proto_udp.c`), as the lab's IPv4 balancer sends it: as the first IPv4
-/// option, or behind an option-protocol header between the IP and UDP headers (protocol
-/// 248, the UDP checksum 0). `None` when it has no room: the header would pass 60 bytes, or
-/// the packet the MTU.
-fn with_uoa(
-    udp: &[u8],
-    local: SocketAddrV4,
-    rs: Ipv4Addr,
-    ttl: u8,
-    client: SocketAddr,
-    form: UdpAnnounce,
-) -> Option<Vec<u8>> {
-    let mut p = match form {
-        UdpAnnounce::Ipo => {
-            let mut option = uoa::emit_uoa(client);
-            option.resize(option.len().div_ceil(4) * 4, 0);
-            if 20 + option.len() > MAX_IPV4_HEADER || 20 + option.len() + udp.len() > MTU {
-                return None;
-            }
-            let mut p = start_ipv4(*local.ip(), rs, PROTO_UDP, ttl, &option);
-            p.extend_from_slice(udp);
-            p
-        }
-        UdpAnnounce::Opp => {
-            let header = uoa::emit_opp(client);
-            if 20 + header.len() + udp.len() > MTU {
-                return None;
-            }
-            let mut p = start_ipv4(*local.ip(), rs, uoa::PROTO_OPP, ttl, &[]);
-            p.extend_from_slice(&header);
-            let at = p.len();
-            p.extend_from_slice(udp);
-            p[at + 6..at + 8].copy_from_slice(&[0, 0]);
-            p
-        }
-        UdpAnnounce::Icmp => return None,
-    };
-    finish_ipv4(&mut p);
-    Some(p)
 }
 
 #[cfg(test)]
