@@ -14,7 +14,8 @@
  *       from QUERY_ADDR:QUERY_PORT if given.
  *   dpvs_lookup udp-mmsg FAMILY ADDR PORT COUNT
  *       reads COUNT datagrams with recvmmsg (4 at most a call of 64 bytes each,
- *       MSG_WAITFORONE) and prints each one's source, length and whether it was cut.
+ *       MSG_WAITFORONE, a 30 s timeout) and prints each one's source, length, whether it
+ *       was cut, and the time the call left in its timeout (microseconds).
  *   dpvs_lookup udp-peek0 FAMILY ADDR PORT COUNT
  *       for each of COUNT datagrams, peeks its source with recvmsg into no room (no
  *       MSG_TRUNC asked), then reads it with recvfrom: both lengths and the peek's flags.
@@ -30,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define TOA_SO_GET_LOOKUP 4096
@@ -220,7 +222,8 @@ static void udp_mmsg(int family, const char *addr, int port, int count) {
             msgs[i].msg_hdr = (struct msghdr){.msg_name = &names[i], .msg_namelen = sizeof names[i],
                                               .msg_iov = &iovs[i], .msg_iovlen = 1};
         }
-        int n = recvmmsg(fd, msgs, 4, MSG_WAITFORONE, NULL);
+        struct timespec timeout = {30, 0};
+        int n = recvmmsg(fd, msgs, 4, MSG_WAITFORONE, &timeout);
         if (n < 0) {
             printf("{\"error\":\"recvmmsg: %s\"}\n", strerror(errno));
             exit(1);
@@ -228,8 +231,9 @@ static void udp_mmsg(int family, const char *addr, int port, int count) {
         for (int i = 0; i < n; i++, seen++) {
             char from[80];
             show_sockaddr(from, sizeof from, &names[i]);
-            printf("{\"recvfrom\":\"%s\",\"len\":%u,\"cut\":%d}\n", from, msgs[i].msg_len,
-                   !!(msgs[i].msg_hdr.msg_flags & MSG_TRUNC));
+            printf("{\"recvfrom\":\"%s\",\"len\":%u,\"cut\":%d,\"left_us\":%lld}\n", from, msgs[i].msg_len,
+                   !!(msgs[i].msg_hdr.msg_flags & MSG_TRUNC),
+                   (long long)timeout.tv_sec * 1000000 + timeout.tv_nsec / 1000);
         }
     }
     printf("{\"done\":true}\n");

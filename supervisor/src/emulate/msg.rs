@@ -264,7 +264,7 @@ impl Emulator<'_> {
         let sfd = socket.as_fd();
         let local = self.or_continue(n, udp_local(sfd))?;
         let status = self.or_continue(n, net::status_flags(sfd).ok())?;
-        if let Some(answered) = self.answer_from_stash(n, sfd, &local, (&messages, &headers), batch, c) {
+        if let Some(answered) = self.answer_from_stash(n, sfd, &local, (&messages, &headers), batch, timeout, c) {
             return Ok(answered);
         }
         let blocking = place == Place::Ready || (c.flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0);
@@ -344,7 +344,8 @@ impl Emulator<'_> {
                 Outcome::Waits => return Ok(self.wait_for_datagram(socket)),
                 // What came with the carriers is answered as kept; nothing did: again.
                 Outcome::Carriers => {
-                    if let Some(answered) = self.answer_from_stash(n, sfd, &local, (messages, &headers), batch, c) {
+                    let stashed = (messages, &headers);
+                    if let Some(answered) = self.answer_from_stash(n, sfd, &local, stashed, batch, timeout, c) {
                         return Ok(answered);
                     }
                 }
@@ -353,7 +354,9 @@ impl Emulator<'_> {
     }
 
     /// Answers from the datagrams kept for this socket (taken for a call a signal
-    /// interrupted), first. `None` when nothing is kept.
+    /// interrupted, or received beside a carrier), first; `timeout` is recvmmsg's time left.
+    /// `None` when nothing is kept.
+    #[allow(clippy::too_many_arguments)]
     fn answer_from_stash(
         &self,
         n: &Notification,
@@ -361,6 +364,7 @@ impl Emulator<'_> {
         local: &RawSockAddr,
         (messages, headers): (&[Message], &Headers),
         batch: bool,
+        timeout: Option<libc::timespec>,
         c: Mmsg,
     ) -> Option<Handled> {
         if self.stash.is_empty() {
@@ -401,7 +405,7 @@ impl Emulator<'_> {
             .zip(&kept)
             .map(|((m, r), d)| (m, r, &d.data[..d.data.len().min(m.data_room())], &d.control[..r.control_len]))
             .collect();
-        Some(self.deliver_messages(n, sfd, local, (&filled, headers), batch, None, c).err().unwrap_or(Handled::Done))
+        Some(self.deliver_messages(n, sfd, local, (&filled, headers), batch, timeout, c).err().unwrap_or(Handled::Done))
     }
 
     /// Leaves each received message in the caller's memory, in the kernel's order, and
