@@ -116,8 +116,8 @@ fn nginx_remote_addr_is_the_client_with_toa_on_the_handshake_ack() {
     }
 }
 
-/// IPv6 throughout, DPVS's IPv6 TOA (kind 254, 20 bytes) on the handshake's ACK, as DPVS
-/// sends it: nginx on `[::]:80` logs each IPv6 client.
+/// IPv6 throughout, DPVS's IPv6 TOA (kind 254, 20 bytes) on the handshake's ACK: nginx on
+/// `[::]:80` logs each IPv6 client.
 #[test]
 fn nginx_remote_addr_is_the_ipv6_client_over_ipv6() {
     if netns::can_run("nginx_remote_addr_is_the_ipv6_client_over_ipv6") {

@@ -390,15 +390,21 @@ fn lab_counters(mut lab: Lab) -> Value {
 }
 
 /// A server written for DPVS's `uoa` module (`tests/c/dpvs_lookup.c`: `recvfrom`, then
-/// `UOA_SO_GET_LOOKUP` with the source it saw) on an IPv4 socket, behind the lab balancer's
-/// `--udp ipo` in a `family` lab: each lookup answers the client. Over IPv4 `recvfrom` shows
-/// it too; in NAT64 it shows the balancer (an IPv6 client has no place in an IPv4 address),
-/// and the lookup names the IPv6 client from DPVS's 20-byte option.
+/// `UOA_SO_GET_LOOKUP` with the source it saw) on an IPv4 socket, behind the lab balancer
+/// announcing UDP clients as DPVS does for `family`: each lookup answers the client. Over
+/// IPv4 (the UOA as an IPv4 option) `recvfrom` shows it too. In NAT64 DPVS sends the IPv6
+/// client behind protocol 248 (version 2) only, which the server receives under
+/// `--uoa-opp deliver`; `recvfrom` shows the balancer (an IPv6 client has no place in an
+/// IPv4 address), and the lookup names the IPv6 client.
 fn a_dpvs_uoa_server_finds_each_client(family: Family) {
     let program = cbuild::build("dpvs_lookup", &[]);
-    let lab = Lab::for_test_with(LabConfig { family, udp: UdpAnnounce::Ipo, ..LabConfig::default() });
+    let (udp, run_flags): (_, &[&str]) = match family {
+        Family::Nat64 => (UdpAnnounce::Opp, &["--uoa-opp", "deliver"]),
+        _ => (UdpAnnounce::Ipo, &[]),
+    };
+    let lab = Lab::for_test_with(LabConfig { family, udp, ..LabConfig::default() });
     let dir = tempfile::tempdir().unwrap();
-    let server = lab.serve(&[], dir.path(), &format!("{} udp 4 {RS} {PORT} 3", program.display()));
+    let server = lab.serve(run_flags, dir.path(), &format!("{} udp 4 {RS} {PORT} 3", program.display()));
     let ready: Value = serde_json::from_str(&server.line(WAIT).unwrap_or_default()).unwrap_or_default();
     assert_eq!(ready["ready"], true, "{}", server.stderr_text());
     let vip = lab.vip().to_string();

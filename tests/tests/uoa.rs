@@ -24,8 +24,14 @@ const PORT: u16 = 5353;
 /// `ipvsca-probe udp-server --listen LISTEN --reply` in `ns` under `ipvsca-run FLAGS
 /// --control SOCKET`: one line per datagram, `from` and `data`, each answered to its source.
 fn udp_server(ns: &Netns, socket: &Path, listen: &str, flags: &[&str]) -> Service {
+    let control = ["--control", socket.to_str().unwrap()];
+    probe_under(ns, &[flags, &control].concat(), listen)
+}
+
+/// The same probe under `ipvsca-run RUN_ARGS`.
+fn probe_under(ns: &Netns, run_args: &[&str], listen: &str) -> Service {
     let mut cmd = ns.command(bins::path("ipvsca-run").to_str().unwrap());
-    cmd.args(flags).arg("--control").arg(socket).arg("--").arg(bins::path("ipvsca-probe"));
+    cmd.args(run_args).arg("--").arg(bins::path("ipvsca-probe"));
     cmd.args(["udp-server", "--listen", listen, "--reply"]).env("RUST_LOG", "warn");
     let server = Service::start(cmd).expect("starting the probe");
     let line = server.json(WAIT);
@@ -203,12 +209,7 @@ fn deliver(daemon: bool) {
             assert!(std::time::Instant::now() < end, "the daemon made no socket: {}", daemon.stderr_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut cmd = topo.rs.command(bins::path("ipvsca-run").to_str().unwrap());
-        cmd.arg("--supervisor").arg(&socket).arg("--").arg(bins::path("ipvsca-probe"));
-        cmd.args(["udp-server", "--listen", &listen, "--reply"]).env("RUST_LOG", "warn");
-        let server = Service::start(cmd).expect("starting the probe");
-        let line = server.json(WAIT);
-        assert_eq!(line["ready"], true, "{line}");
+        let server = probe_under(&topo.rs, &["--supervisor", socket.to_str().unwrap()], &listen);
         (Some(daemon), server)
     } else {
         (None, udp_server(&topo.rs, &socket, &listen, &["--uoa-opp", "deliver"]))

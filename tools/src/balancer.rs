@@ -96,25 +96,41 @@ struct UdpFlow {
     uoa_sent: u8,
 }
 
-/// The UDP flow table: client -> local, and local -> flow.
+/// UDP flows at most: the local ports one address offers (20000 and up).
+const MAX_UDP_FLOWS: usize = 45_000;
+
+/// The UDP flow table: (client, VIP port) -> local, and local -> flow; bounded, idle flows
+/// reclaimed when it is full.
 #[derive(Debug, Default)]
 struct UdpFlows {
-    by_client: HashMap<SocketAddr, SocketAddr>,
+    by_client: HashMap<(SocketAddr, u16), SocketAddr>,
     by_local: HashMap<SocketAddr, UdpFlow>,
     next_port: u16,
 }
 
 impl UdpFlows {
-    fn get_or_create(&mut self, client: SocketAddr, vip_port: u16, locals: &[IpAddr]) -> (UdpFlow, bool) {
-        if let Some(local) = self.by_client.get(&client).copied() {
+    /// The flow of `client` to the VIP's `vip_port`, made if new (`true`); `None` when the
+    /// table is full of live flows.
+    fn get_or_create(&mut self, client: SocketAddr, vip_port: u16, locals: &[IpAddr]) -> Option<(UdpFlow, bool)> {
+        let key = (client, vip_port);
+        if let Some(local) = self.by_client.get(&key).copied() {
             if let Some(flow) = self.by_local.get_mut(&local).filter(|f| f.last.elapsed() < UDP_IDLE) {
                 flow.last = Instant::now();
-                return (*flow, false);
+                return Some((*flow, false));
             }
-            self.by_client.remove(&client);
+            self.by_client.remove(&key);
             self.by_local.remove(&local);
         }
-        // A FULLNAT balancer picks a local address and port of its own for every flow.
+        if self.by_local.len() >= MAX_UDP_FLOWS {
+            self.by_local.retain(|_, f| f.last.elapsed() < UDP_IDLE);
+            let by_local = &self.by_local;
+            self.by_client.retain(|_, local| by_local.contains_key(local));
+            if self.by_local.len() >= MAX_UDP_FLOWS {
+                return None;
+            }
+        }
+        // A FULLNAT balancer picks a local address and port of its own for every flow; the
+        // table never holds every candidate, so one is free.
         let local = loop {
             self.next_port =
                 if self.next_port < 20000 || self.next_port == u16::MAX { 20000 } else { self.next_port + 1 };
@@ -125,9 +141,9 @@ impl UdpFlows {
             }
         };
         let flow = UdpFlow { client, vip_port, local, last: Instant::now(), uoa_sent: 0 };
-        self.by_client.insert(client, local);
+        self.by_client.insert(key, local);
         self.by_local.insert(local, flow);
-        (flow, true)
+        Some((flow, true))
     }
 }
 
@@ -275,7 +291,7 @@ fn nat_udp(
     let (sport, dport) = (u16::from_be_bytes([p[hl], p[hl + 1]]), u16::from_be_bytes([p[hl + 2], p[hl + 3]]));
     if ip.dst == config.vip {
         let client = SocketAddr::new(ip.src, sport);
-        let (flow, new) = flows.get_or_create(client, dport, &config.locals);
+        let (flow, new) = flows.get_or_create(client, dport, &config.locals)?;
         if new {
             counters.udp_flows += 1;
             if let (
@@ -344,6 +360,7 @@ fn announce(raw: &RawSender, from: Ipv4Addr, to: Ipv4Addr, a: &Announcement, kin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::ethertype;
     use capture::inspect::{Observation, inspect_network};
     use ipvsca_tests::frames::{self, Link, SYN, Segment};
 
@@ -356,10 +373,6 @@ mod tests {
             kind: 254,
             udp: UdpAnnounce::Icmp,
         }
-    }
-
-    fn ethertype(packet: &[u8]) -> u16 {
-        if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 }
     }
 
     /// The TOA goes first, in the client's family: 8 bytes for IPv4, DPVS's 20 for IPv6;
@@ -383,13 +396,38 @@ mod tests {
                 matches!(got, Observation::Toa { client: c, connection_request: true, .. } if c == client),
                 "{got:?}"
             );
-            let parsed = etherparse::SlicedPacket::from_ip(&out).unwrap();
-            let Some(etherparse::TransportSlice::Tcp(tcp)) = parsed.transport else { panic!() };
             let ip = ip(&out, 6).unwrap();
             let segment = &out[ip.len..];
             assert!(checksum::transport_verifies(ip.src, ip.dst, 6, segment), "{client}: TCP checksum");
-            assert_eq!(tcp.payload().len(), 0);
         }
+    }
+
+    /// A client's flows to two VIP ports are two flows; the table stops at its bound (no
+    /// endless search for a free port) until flows go idle.
+    #[test]
+    fn udp_flows_are_per_vip_port_and_bounded() {
+        let mut flows = UdpFlows::default();
+        let locals: Vec<IpAddr> = vec!["10.1.0.5".parse().unwrap(), "10.1.0.6".parse().unwrap()];
+        let client: SocketAddr = "198.51.100.7:5555".parse().unwrap();
+        let (dns, new) = flows.get_or_create(client, 53, &locals).unwrap();
+        assert!(new);
+        let (other, new) = flows.get_or_create(client, 5353, &locals).unwrap();
+        assert!(new && other.local != dns.local, "another VIP port, another flow");
+        assert_eq!(flows.get_or_create(client, 53, &locals).map(|(f, new)| (f.local, new)), Some((dns.local, false)));
+        for port in 0..MAX_UDP_FLOWS as u32 {
+            let many =
+                SocketAddr::new(IpAddr::from((0xc633_6400u32 + port / 60000).to_be_bytes()), (port % 60000) as u16 + 1);
+            if flows.get_or_create(many, 53, &locals).is_none() {
+                break;
+            }
+        }
+        assert_eq!(flows.by_local.len(), MAX_UDP_FLOWS);
+        assert!(flows.get_or_create("203.0.113.1:1".parse().unwrap(), 53, &locals).is_none(), "full of live flows");
+        for flow in flows.by_local.values_mut() {
+            flow.last -= UDP_IDLE;
+        }
+        assert!(flows.get_or_create("203.0.113.1:1".parse().unwrap(), 53, &locals).is_some(), "idle ones reclaimed");
+        assert_eq!(flows.by_local.len(), 1);
     }
 
     #[test]

@@ -23,8 +23,6 @@ use std::time::{Duration, Instant};
 
 use capture::wire::checksum::{self, transport_verifies};
 use capture::wire::toa::{TOA_V6_LEN, emit_toa_v6};
-#[cfg(test)]
-use capture::wire::uoa;
 use ipvsca_tests::lab::{ToaOn, UOA_MAX_TRAIL, UdpAnnounce};
 
 use crate::balancer::Counters;
@@ -81,22 +79,30 @@ pub struct Nat64 {
     udp: Flows,
 }
 
+/// Why a NAT64 configuration cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum Nat64Error {
+    /// No local address to connect to the real server from.
+    #[error("NAT64 needs at least one IPv4 local address")]
+    NoLocals,
+    /// ip_vs_ca's announcement holds an IPv4 client only.
+    #[error("NAT64 cannot announce IPv6 clients with ip_vs_ca's ICMP announcement (IPv4 only): use ipo or opp")]
+    IcmpAnnouncesIpv4Only,
+}
+
 impl Nat64 {
     /// A translator with empty flow tables; an error names what is wrong with `config`.
-    pub fn new(config: Nat64Config) -> Result<Nat64, String> {
+    pub fn new(config: Nat64Config) -> Result<Nat64, Nat64Error> {
         Nat64::with_capacity(config, MAX_FLOWS)
     }
 
     /// [`Nat64::new`] with at most `capacity` flows per protocol (tests lower it).
-    fn with_capacity(config: Nat64Config, capacity: usize) -> Result<Nat64, String> {
+    fn with_capacity(config: Nat64Config, capacity: usize) -> Result<Nat64, Nat64Error> {
         if config.locals.is_empty() {
-            return Err("NAT64 needs at least one IPv4 local address".to_owned());
+            return Err(Nat64Error::NoLocals);
         }
         if config.toa_on != ToaOn::Nothing && config.udp == UdpAnnounce::Icmp {
-            return Err(
-                "NAT64 cannot announce IPv6 clients with ip_vs_ca's ICMP announcement (IPv4 only): use ipo or opp"
-                    .to_owned(),
-            );
+            return Err(Nat64Error::IcmpAnnouncesIpv4Only);
         }
         Ok(Nat64 { config, tcp: Flows::new(capacity), udp: Flows::new(capacity) })
     }
@@ -568,6 +574,7 @@ fn ipv6_to_client(vip: Ipv6Addr, client: ClientKey, protocol: u8, hop_limit: u8,
 mod tests {
     use super::*;
     use capture::inspect::{Observation, inspect_network};
+    use capture::wire::uoa;
     use ipvsca_tests::frames::{self, Link, Segment};
     use proptest::prelude::*;
 

@@ -121,6 +121,13 @@ pub(crate) fn set_transport_checksum(segment: &mut [u8], src: IpAddr, dst: IpAdd
     }
     segment[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
+
+/// The Ethernet type of an IP packet's version (tests inspect packets as frames' payloads).
+#[cfg(test)]
+pub(crate) fn ethertype(packet: &[u8]) -> u16 {
+    if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 }
+}
+
 /// The address in `bytes` (4 or 16 of them).
 fn address(bytes: &[u8]) -> IpAddr {
     match <[u8; 4]>::try_from(bytes) {
@@ -210,10 +217,6 @@ mod tests {
     use capture::Proto;
     use capture::inspect::{Observation, inspect_network};
     use ipvsca_tests::frames::{self, Link};
-
-    fn ethertype(packet: &[u8]) -> u16 {
-        if packet[0] >> 4 == 6 { 0x86dd } else { 0x0800 }
-    }
 
     /// DPVS's UOA, as it sends it, in both forms over IPv4 and behind protocol 248 over
     /// IPv6: the capture reads back the flow and the client; a datagram without room gets

@@ -78,16 +78,18 @@ pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
                     return Err(Malformed::BadIpOption);
                 }
                 if kind == IPOPT_UOA && found.is_none() {
-                    if !matches!(len, UOA_V4_LEN | UOA_V6_LEN) {
-                        return Err(Malformed::BadUoa);
-                    }
-                    found = Some(client(&options[at..at + len]));
+                    found = Some(match len {
+                        UOA_V4_LEN | UOA_V6_LEN => Ok(client(option)),
+                        // Reported once the whole list is walked: an option the kernel drops
+                        // the datagram for, later on, comes first.
+                        _ => Err(Malformed::BadUoa),
+                    });
                 }
                 at += len;
             }
         }
     }
-    Ok(found)
+    found.transpose()
 }
 
 /// Loose and strict source routes, and CIPSO: options the kernel drops a packet for by
@@ -304,6 +306,10 @@ mod tests {
             assert_eq!(with(before), Err(Malformed::BadIpOption), "{before:?}");
         }
         assert_eq!(with(&[7, 3, 4, 7, 3, 4]), Err(Malformed::BadIpOption), "two record routes");
+        // A UOA of a bad length before an option the kernel drops the datagram for: the
+        // drop is what counts (a second reader's comparison with the kernel).
+        assert_eq!(find_uoa(&[0x1f, 4, 0, 0, 7, 2, 0, 0]), Err(Malformed::BadIpOption));
+        assert_eq!(find_uoa(&[0x1f, 4, 0, 0, 1, 1, 1, 0]), Err(Malformed::BadUoa));
         assert_eq!(with(&[68, 4, 5, 0, 68, 4, 5, 0]), Err(Malformed::BadIpOption), "two timestamps");
     }
 
