@@ -74,18 +74,6 @@ pub struct Dropped {
     pub datagrams: Vec<Datagram>,
 }
 
-/// What a handler's frame says of its thread's answer in flight.
-#[derive(Debug)]
-pub enum Settled {
-    /// Dropped by the kernel: to recover.
-    Dropped(Dropped),
-    /// Maybe dropped, maybe the same call made again and interrupted unseen: left alone
-    /// (counted: its datagram may be lost, its send made twice).
-    Unsure,
-    /// Taken, no answer in flight, or a frame of another moment.
-    Nothing,
-}
-
 /// Registers of a signal frame that matter here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Saved {
@@ -222,19 +210,10 @@ impl InFlight {
             && self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&tid).is_some_and(|s| s.live)
     }
 
-    /// Thread `tid` returns from a signal handler whose frame saved `saved`: what that says
-    /// of the answer in flight ([`Settled`]).
-    pub fn settle(&self, tid: u32, saved: Saved) -> Settled {
-        match self.settle_inner(tid, saved) {
-            Some(Ok(dropped)) => Settled::Dropped(dropped),
-            Some(Err(())) => Settled::Unsure,
-            None => Settled::Nothing,
-        }
-    }
-
-    /// The answer, if the frame shows it dropped (`Err` if it may have been, with a gap);
-    /// `None` if it was taken, or if the frame is another one's.
-    fn settle_inner(&self, tid: u32, saved: Saved) -> Option<Result<Dropped, ()>> {
+    /// Thread `tid` returns from a signal handler whose frame saved `saved`: the answer in
+    /// flight if the frame shows it dropped, taken out; `None` if it was taken, or if the
+    /// frame is another one's (a nested handler's, a later signal's: the answer stays).
+    pub fn settle(&self, tid: u32, saved: Saved) -> Option<Dropped> {
         let unseen = self.unseen.load(Ordering::Acquire);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.get_mut(&tid).filter(|s| s.live)?;
@@ -256,10 +235,10 @@ impl InFlight {
         slot.live = false;
         if slot.unseen != unseen {
             // A notification went unseen meanwhile: this may be the same call made again.
-            return Some(Err(()));
+            return None;
         }
         let datagrams = slot.datagrams[..slot.count].to_vec();
-        Some(Ok(Dropped { call, value: slot.value, kind: slot.kind, datagrams }))
+        Some(Dropped { call, value: slot.value, kind: slot.kind, datagrams })
     }
 
     fn with_slot(&self, tid: u32, f: impl FnOnce(&mut Slot)) {
@@ -307,11 +286,11 @@ mod tests {
             f.received(100);
             note(&f, &call(100, 7), b"hello");
             assert!(f.holds(7));
-            assert!(matches!(f.settle(8, frame(ax, ip)), Settled::Nothing), "another thread");
-            let Settled::Dropped(dropped) = f.settle(7, frame(ax, ip)) else { panic!("dropped") };
+            assert!(f.settle(8, frame(ax, ip)).is_none(), "another thread");
+            let dropped = f.settle(7, frame(ax, ip)).expect("dropped");
             assert_eq!((dropped.value, dropped.datagrams.len()), (5, 1));
             assert_eq!(dropped.datagrams[0].data, b"hello");
-            assert!(matches!(f.settle(7, frame(ax, ip)), Settled::Nothing), "once");
+            assert!(f.settle(7, frame(ax, ip)).is_none(), "once");
             assert!(!f.holds(7));
         }
     }
@@ -320,14 +299,13 @@ mod tests {
     fn a_frame_after_the_answer_taken_settles_it_and_other_frames_leave_it() {
         let f = InFlight::default();
         note(&f, &call(1, 7), b"hello");
-        assert!(matches!(f.settle(7, frame(0, 0x5555)), Settled::Nothing), "a nested handler's frame");
+        assert!(f.settle(7, frame(0, 0x5555)).is_none(), "a nested handler's frame");
         assert!(f.holds(7), "still in flight");
         let mut other_args = frame(i64::from(RECVFROM), IP - 2);
         other_args.args[4] = 0;
-        let other = f.settle(7, other_args);
-        assert!(matches!(other, Settled::Nothing), "the same place with other arguments: another call");
+        assert!(f.settle(7, other_args).is_none(), "the same place with other arguments: another call");
         assert!(f.holds(7));
-        assert!(matches!(f.settle(7, frame(5, IP)), Settled::Nothing), "taken: rax holds the answer");
+        assert!(f.settle(7, frame(5, IP)).is_none(), "taken: rax holds the answer");
         assert!(!f.holds(7));
     }
 
@@ -338,8 +316,7 @@ mod tests {
         note(&f, &call(100, 7), b"hello");
         f.received(101);
         f.received(103); // 102 was interrupted before the supervisor got it
-        let unsure = f.settle(7, frame(i64::from(RECVFROM), IP - 2));
-        assert!(matches!(unsure, Settled::Unsure), "maybe the same call made again");
+        assert!(f.settle(7, frame(i64::from(RECVFROM), IP - 2)).is_none(), "maybe the same call made again");
         assert!(!f.holds(7), "and it is forgotten");
     }
 

@@ -33,7 +33,7 @@ use tracing::{debug, warn};
 use crate::abi::{self, Call, Decoded, Syscall, SyscallTable};
 use crate::connected::{Accepted, Connected};
 use crate::emulate::{Emulator, Handled, Options, Place};
-use crate::inflight::{Dropped, InFlight, Kind, Settled};
+use crate::inflight::{Dropped, InFlight, Kind};
 use crate::park::{Event, Parker, Refused};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
@@ -390,10 +390,8 @@ fn sigreturn(shared: &Shared, n: &Notification) {
         // Read, then validated: the frame read was this waiting thread's (seccomp spec,
         // rule 4).
         let saved = crate::sigframe::saved(n.tid).filter(|_| shared.listener.id_valid(n.id).is_ok());
-        match saved.map(|saved| shared.inflight.settle(n.tid, saved)) {
-            Some(Settled::Dropped(dropped)) => recover(shared, dropped),
-            Some(Settled::Unsure) => shared.counters.answers_unsure.inc(),
-            Some(Settled::Nothing) | None => {}
+        if let Some(dropped) = saved.and_then(|saved| shared.inflight.settle(n.tid, saved)) {
+            recover(shared, dropped);
         }
     }
     match shared.listener.reply_continue(n.id) {

@@ -83,10 +83,6 @@ counter_set! {
         /// Answers the kernel accepted and then dropped for a signal, recovered: their
         /// datagrams kept for the next receive, their sends not made again.
         answers_recovered,
-        /// Answers a handler's frame shows maybe dropped, left as taken because a
-        /// notification went unseen meanwhile (the same call may have been made again): a
-        /// datagram possibly lost, a send possibly made twice.
-        answers_unsure,
         /// Connections accepted for an interrupted call, kept for the next `accept`.
         stashed_connections,
         /// Datagrams received for an interrupted call, or with a UOA carrier in one
