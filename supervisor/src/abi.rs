@@ -352,10 +352,8 @@ pub enum Decoded {
     /// A msg-family call of an i386 or x32 program, whose `msghdr` has 32-bit pointers:
     /// not emulated, let run unchanged (counted, docs/design.md).
     OtherAbi(Syscall),
-    /// An x86-64 `rt_sigreturn`: a signal handler returns (`inflight`).
-    SigReturn,
     /// Something the filter should not have trapped (a `socketcall` sub-call ipvsca does
-    /// not emulate, a 32-bit `rt_sigreturn`): let it run.
+    /// not emulate): let it run.
     Other,
 }
 
@@ -407,9 +405,6 @@ impl SyscallTable {
 
     /// Decodes a notification's call number and arguments.
     pub fn decode(&self, arch: u32, nr: i32, args: [u64; 6]) -> Decoded {
-        if arch == AUDIT_ARCH_X86_64 && nr == libc::SYS_rt_sigreturn as i32 {
-            return Decoded::SigReturn;
-        }
         if arch == AUDIT_ARCH_I386 && nr == self.socketcall_i386 {
             return match Syscall::from_socketcall(args[0]) {
                 Some(syscall) if syscall.is_msg() => Decoded::OtherAbi(syscall),

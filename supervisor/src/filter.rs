@@ -17,9 +17,6 @@
 //!   address is in a `msghdr` in memory, so BPF cannot tell which need the supervisor, and
 //!   every call of the four pays a round trip (docs/design.md, "The msg family").
 //!
-//! - `rt_sigreturn`, always: a signal handler returning says whether the answer to the
-//!   call its signal interrupted was taken (`inflight`, docs/design.md, Signals).
-//!
 //! `io_uring_setup` fails with `ENOSYS` unless allowed: io_uring's accept, connect and
 //! send/recv bypass seccomp (rule 8), and runtimes that probe it fall back to plain calls.
 //! x86-64, x32 and i386 are all in the filter, so the bad-architecture action (a kill) can
@@ -151,9 +148,6 @@ fn context(rules: Rules) -> Result<ScmpFilterContext, FilterError> {
         // it through, counted, as every 32-bit msg call).
         ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name("recvmmsg_time64")?)?;
     }
-    // A signal handler's return: tells whether an answer a signal raced was taken
-    // (`inflight`). Only x86-64's is read; the other ABIs' are let run at once.
-    ctx.add_rule(ScmpAction::Notify, ScmpSyscall::from_name("rt_sigreturn")?)?;
     if rules.io_uring == IoUring::Deny {
         ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), ScmpSyscall::from_name("io_uring_setup")?)?;
     }
@@ -206,17 +200,6 @@ mod tests {
             let rule = format!("if ($syscall == {nr})\n    action 0x7fc00000;");
             assert!(trap.contains(&rule), "syscall {nr} not trapped:\n{trap}");
             assert!(!pass.contains(&format!("if ($syscall == {nr})")), "syscall {nr} trapped without --msg");
-        }
-    }
-
-    /// Signal handlers' returns are trapped on x86-64, unconditionally (`inflight`).
-    #[test]
-    fn rt_sigreturn_is_trapped() {
-        for rules in [Rules::default(), Rules { msg: Msg::Trap, io_uring: IoUring::Allow }] {
-            let pfc = pseudo_code(rules).unwrap();
-            let x86_64 =
-                pfc.split("# filter for arch x86_64").nth(1).unwrap().split("# filter for arch").next().unwrap();
-            assert!(x86_64.contains("if ($syscall == 15)\n    action 0x7fc00000;"), "{x86_64}");
         }
     }
 

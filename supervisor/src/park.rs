@@ -551,7 +551,7 @@ mod tests {
     }
 
     fn job(tid: u32, id: u64) -> Job {
-        let n = Notification { id, tid, nr: 45, arch: 0, args: [3, 0, 0, 0, 0, 0], ip: 0 };
+        let n = Notification { id, tid, nr: 45, arch: 0, args: [3, 0, 0, 0, 0, 0] };
         let call = Call::RecvFrom(RecvFrom { fd: 3, buf: 0, len: 0, flags: 0, addr: 0, addrlen: 0 });
         Job { n, call, registers: 6, received: Instant::now() }
     }

@@ -11,9 +11,9 @@
 //! One answer per thread, matched on call number and the argument registers the call uses,
 //! for [`MAX_AGE`]; another call of the thread (from a signal handler) leaves it in place.
 //!
-//! The kernel can also accept an answer (`SEND` succeeds) and still restart the call, when
-//! the signal woke the caller just before the answer arrived: `inflight` finds those from
-//! the signal handler's return and keeps their result here the same way.
+//! What this cannot catch: the kernel can accept an answer (`SEND` succeeds) and still
+//! restart the call, when the signal woke the caller just before the answer arrived. A send
+//! then happens twice; docs/design.md (Signals) says so.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -88,7 +88,7 @@ mod tests {
     use super::*;
 
     fn call(tid: u32, nr: i32, a0: u64) -> Notification {
-        Notification { id: 1, tid, nr, arch: 0, args: [a0, 0, 0, 0, 0, 0], ip: 0 }
+        Notification { id: 1, tid, nr, arch: 0, args: [a0, 0, 0, 0, 0, 0] }
     }
 
     #[test]

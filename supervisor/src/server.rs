@@ -33,7 +33,6 @@ use tracing::{debug, warn};
 use crate::abi::{self, Call, Decoded, Syscall, SyscallTable};
 use crate::connected::{Accepted, Connected};
 use crate::emulate::{Emulator, Handled, Options, Place};
-use crate::inflight::{Dropped, InFlight, Kind};
 use crate::park::{Event, Parker, Refused};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
@@ -134,7 +133,6 @@ struct Shared {
     connected: Connected,
     accepted: Accepted,
     restarts: Restarts,
-    inflight: InFlight,
     counters: Arc<SupervisorCounters>,
     options: Options,
     workers: Mutex<HashMap<u32, Arc<Worker>>>,
@@ -151,7 +149,6 @@ impl Shared {
             connected: &self.connected,
             accepted: &self.accepted,
             restarts: &self.restarts,
-            inflight: &self.inflight,
             counters: &self.counters,
             options: self.options,
             parker: &self.parker,
@@ -200,7 +197,6 @@ impl Supervisor {
             connected: Connected::default(),
             accepted: Accepted::default(),
             restarts: Restarts::default(),
-            inflight: InFlight::default(),
             counters,
             options,
             workers: Mutex::new(HashMap::new()),
@@ -260,7 +256,6 @@ impl Supervisor {
             match shared.listener.recv() {
                 Ok(n) => {
                     failures = 0;
-                    shared.inflight.received(n.id);
                     dispatch(shared, n)
                 }
                 Err(Errno::EINTR) => {}
@@ -315,13 +310,7 @@ fn count(counters: &SupervisorCounters, call: &Call, via_socketcall: bool) {
 
 fn dispatch(shared: &Arc<Shared>, n: Notification) {
     let emulator = shared.emulator();
-    let decoded = shared.syscalls.decode(n.arch, n.nr, n.args);
-    if let Decoded::SigReturn = decoded {
-        sigreturn(shared, &n);
-        return;
-    }
-    shared.inflight.next_call(&n);
-    let (call, registers) = match decoded {
+    let (call, registers) = match shared.syscalls.decode(n.arch, n.nr, n.args) {
         Decoded::Call(call) => {
             count(&shared.counters, &call, false);
             (call, call.registers())
@@ -353,7 +342,7 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
             emulator.cont(&n);
             return;
         }
-        Decoded::Other | Decoded::SigReturn => {
+        Decoded::Other => {
             shared.counters.notifications.inc();
             emulator.cont(&n);
             return;
@@ -379,45 +368,6 @@ fn dispatch(shared: &Arc<Shared>, n: Notification) {
     }
     let handled = emulator.handle(&n, &call, Place::Receiver);
     follow(shared, job, handled);
-}
-
-/// A signal handler returns (x86-64 `rt_sigreturn`): if its thread has an answer in flight,
-/// the registers its frame saved say whether the kernel dropped that answer, and a dropped
-/// one is recovered (`inflight`). Then the call runs.
-fn sigreturn(shared: &Shared, n: &Notification) {
-    shared.counters.sigreturns.inc();
-    if shared.inflight.holds(n.tid) {
-        // Read, then validated: the frame read was this waiting thread's (seccomp spec,
-        // rule 4).
-        let saved = crate::sigframe::saved(n.tid).filter(|_| shared.listener.id_valid(n.id).is_ok());
-        if let Some(dropped) = saved.and_then(|saved| shared.inflight.settle(n.tid, saved)) {
-            recover(shared, dropped);
-        }
-    }
-    match shared.listener.reply_continue(n.id) {
-        Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => warn!(error = %e, "letting rt_sigreturn run failed"),
-    }
-}
-
-/// An answer the kernel dropped: its datagrams back to the front of their socket's stash,
-/// for the restarted call or the next receive; a send's or connect's result kept for the
-/// restart, so that it is not done again.
-fn recover(shared: &Shared, dropped: Dropped) {
-    let tid = dropped.call.tid;
-    match dropped.kind {
-        Kind::Received { fd } => {
-            let Ok(copy) = shared.targets.fd(tid, fd) else { return };
-            let Ok(inode) = crate::sys::net::inode(copy.as_fd()) else { return };
-            let owner = crate::target::thread_group(tid).unwrap_or(tid);
-            let count = dropped.datagrams.len() as u64;
-            shared.stash.return_datagrams(inode, owner, dropped.datagrams);
-            shared.counters.stashed_datagrams.add(count);
-            shared.parker.poke(inode);
-        }
-        Kind::Performed => shared.restarts.keep(&dropped.call, Ok(dropped.value)),
-    }
-    shared.counters.answers_recovered.inc();
 }
 
 /// Gives a call that could not be answered yet to whoever answers it.

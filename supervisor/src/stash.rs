@@ -101,19 +101,6 @@ impl Stash {
         self.count.fetch_add(1, Ordering::Release);
     }
 
-    /// Gives back `datagrams`, in order, ahead of what is kept for socket `inode` of
-    /// process `owner`: received for an answer the kernel dropped (`inflight`), they come
-    /// before anything received after them.
-    pub fn return_datagrams(&self, inode: u64, owner: u32, datagrams: Vec<Datagram>) {
-        let mut map = self.datagrams.lock().unwrap_or_else(|e| e.into_inner());
-        let queue = map.entry(inode).or_default();
-        let count = datagrams.len();
-        for datagram in datagrams.into_iter().rev() {
-            queue.push_front(Kept { item: datagram, at: Instant::now(), owner });
-        }
-        self.count.fetch_add(count, Ordering::Release);
-    }
-
     /// The oldest datagram kept for socket `inode`; with `peek` it stays kept.
     pub fn take_datagram(&self, inode: u64, peek: bool) -> Option<Datagram> {
         let mut map = self.datagrams.lock().unwrap_or_else(|e| e.into_inner());

@@ -77,12 +77,6 @@ counter_set! {
         unrepresentable,
         /// Answers the kernel refused because the caller was interrupted by a signal.
         interrupted,
-        /// Signal handlers' returns (x86-64 `rt_sigreturn`), trapped to learn whether an
-        /// answer a signal raced was taken.
-        sigreturns,
-        /// Answers the kernel accepted and then dropped for a signal, recovered: their
-        /// datagrams kept for the next receive, their sends not made again.
-        answers_recovered,
         /// Connections accepted for an interrupted call, kept for the next `accept`.
         stashed_connections,
         /// Datagrams received for an interrupted call, or with a UOA carrier in one

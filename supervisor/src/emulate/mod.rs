@@ -36,7 +36,6 @@ use tracing::warn;
 
 use crate::abi::{Call, Syscall};
 use crate::connected::{Accepted, Connected};
-use crate::inflight::{InFlight, Kind};
 use crate::resolve::Resolver;
 use crate::restart::Restarts;
 use crate::sockaddr;
@@ -140,8 +139,6 @@ pub(crate) struct Emulator<'a> {
     pub accepted: &'a Accepted,
     /// Answers kept for interrupted calls.
     pub restarts: &'a Restarts,
-    /// Answers a signal may have raced, until their thread shows they were taken.
-    pub inflight: &'a InFlight,
     /// Counters.
     pub counters: &'a SupervisorCounters,
     /// Switches.
@@ -216,15 +213,10 @@ impl Emulator<'_> {
     /// interrupted meanwhile, keeps the answer for its restart instead of acting again.
     fn answer_once(&self, n: &Notification, result: Result<i64, Errno>) -> Handled {
         let sent = match result {
-            Ok(val) => {
-                // Taken, or dropped by a signal after the kernel accepted it: `inflight`.
-                self.inflight.note(n, val, Kind::Performed, []);
-                self.listener.reply(n.id, val)
-            }
+            Ok(val) => self.listener.reply(n.id, val),
             Err(e) => self.listener.reply_error(n.id, e),
         };
         if sent == Err(Errno::ENOENT) {
-            self.inflight.unnote(n);
             self.restarts.keep(n, result);
         }
         self.answered(sent);

@@ -23,7 +23,6 @@ use nix::errno::Errno;
 
 use super::{Emulator, Handled, Place, Step, inet_local, socket_proto, stash_owner};
 use crate::abi::{Mmsg, Msg, Syscall};
-use crate::inflight::Kind;
 use crate::sockaddr;
 use crate::stash::Datagram;
 use crate::sys::mem;
@@ -68,13 +67,6 @@ enum Outcome {
 /// A received message ready to be left in the caller's memory: the caller's message, what
 /// was received, its data and its control messages (as far as the caller has room).
 type Filled<'a> = (&'a Message, &'a Received, &'a [u8], &'a [u8]);
-
-/// The length to keep with a datagram received as far as the caller's buffers held it
-/// (`data`): its whole length if the receive asked for it (`MSG_TRUNC`), else at least one
-/// byte more than kept, so that it is cut again.
-fn kept_len(r: &Received, data: &[u8]) -> usize {
-    if r.flags & libc::MSG_TRUNC != 0 { r.len.max(data.len() + 1) } else { data.len() }
-}
 
 /// A caller's `struct msghdr`, as read from its memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -463,16 +455,7 @@ impl Emulator<'_> {
             (false, _) => Ok(received[0].1.len as i64),
         };
         let sent = match answer {
-            Ok(v) => {
-                if c.flags & libc::MSG_PEEK == 0 {
-                    // Taken, or dropped by a signal after the kernel accepted it: `inflight`.
-                    let datagrams = received[..delivered].iter().map(|(_, r, data, control)| {
-                        (*data, &r.from, *control, kept_len(r, data), r.flags & libc::MSG_CTRUNC != 0)
-                    });
-                    self.inflight.note(n, v, Kind::Received { fd: c.fd }, datagrams);
-                }
-                self.listener.reply(n.id, v)
-            }
+            Ok(v) => self.listener.reply(n.id, v),
             Err(e) => self.listener.reply_error(n.id, e),
         };
         match sent {
@@ -482,7 +465,6 @@ impl Emulator<'_> {
             }
             Err(Errno::ENOENT) => {
                 self.counters.interrupted.inc();
-                self.inflight.unnote(n);
                 self.keep_messages(n, socket, received, c.flags);
             }
             Err(e) => self.supervisor_error("answering recvmsg", e),
@@ -502,7 +484,9 @@ impl Emulator<'_> {
                 data: data.to_vec(),
                 from: r.from,
                 control: control.to_vec(),
-                len: kept_len(r, data),
+                // Cut to the caller's buffer: the whole length if the receive asked for it
+                // (MSG_TRUNC), else at least one byte more than kept.
+                len: if r.flags & libc::MSG_TRUNC != 0 { r.len.max(data.len() + 1) } else { data.len() },
                 control_cut: r.flags & libc::MSG_CTRUNC != 0,
             };
             self.stash.put_datagram(inode, stash_owner(n), kept);

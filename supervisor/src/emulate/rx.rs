@@ -16,7 +16,6 @@ use nix::errno::Errno;
 use super::addr::write_addr;
 use super::{Emulator, Handled, Place, Step, is_inet, socket_proto, stash_owner};
 use crate::abi::{Accept, GetPeerName, RecvFrom, Syscall};
-use crate::inflight::Kind;
 use crate::sockaddr;
 use crate::stash::Datagram;
 use crate::sys::net::{self, RawSockAddr};
@@ -401,11 +400,6 @@ impl Emulator<'_> {
         let data_piece = Some((call.buf, &data[..copied]));
         self.or_fail(n, write_addr(n.tid, data_piece, call.addr, call.addrlen, ulen, address))?;
         let ret = if call.flags & libc::MSG_TRUNC != 0 { data.len() } else { copied };
-        if !peek {
-            // Taken, or dropped by a signal after the kernel accepted it: `inflight`.
-            let datagram = (data, from, &[][..], data.len(), false);
-            self.inflight.note(n, ret as i64, Kind::Received { fd: call.fd }, [datagram]);
-        }
         match self.listener.reply(n.id, ret as i64) {
             Ok(()) => {
                 if shown.is_some() {
@@ -414,7 +408,6 @@ impl Emulator<'_> {
             }
             Err(Errno::ENOENT) => {
                 self.counters.interrupted.inc();
-                self.inflight.unnote(n);
                 keep();
             }
             Err(e) => self.supervisor_error("answering recvfrom", e),

@@ -68,8 +68,6 @@ pub struct Notification {
     pub arch: u32,
     /// The six argument registers.
     pub args: [u64; 6],
-    /// The caller's instruction pointer: the instruction after its `syscall`.
-    pub ip: u64,
 }
 
 /// The listener descriptor returned by `seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER)`.
@@ -114,8 +112,7 @@ impl Listener {
         // SAFETY: `buf` holds an initialised seccomp_notif at its start (plain integers, any
         // bit pattern valid), aligned as the type needs.
         let n = unsafe { (&raw const buf).cast::<libc::seccomp_notif>().read() };
-        let (nr, arch, args, ip) = (n.data.nr, n.data.arch, n.data.args, n.data.instruction_pointer);
-        Ok(Notification { id: n.id, tid: n.pid, nr, arch, args, ip })
+        Ok(Notification { id: n.id, tid: n.pid, nr: n.data.nr, arch: n.data.arch, args: n.data.args })
     }
 
     /// `Ok` if notification `id` is still pending: its caller is still blocked in the call.
