@@ -80,7 +80,8 @@ pub struct Counters {
     pub uoa_inserted: u64,
     /// UOA carriers sent (empty datagrams with the option, ahead of one without room).
     pub uoa_carriers: u64,
-    /// Packets dropped: unparsable, or a server datagram for no flow.
+    /// Packets dropped: unparsable, a server datagram for no flow, or a client datagram
+    /// of a new flow when the UDP flow table is full of live flows.
     pub dropped: u64,
     /// Packets the raw socket failed to send (NAT64's translations).
     pub send_failed: u64,
@@ -96,7 +97,9 @@ struct UdpFlow {
     uoa_sent: u8,
 }
 
-/// UDP flows at most: the local ports one address offers (20000 and up).
+/// UDP flows at most: below the 45,536 local address and port pairs the balancer picks
+/// from (ports 20000 and up, each on one local address), so a free one is always found.
+/// A full table sweeps its idle flows at each new flow (the lab's UDP volume is low).
 const MAX_UDP_FLOWS: usize = 45_000;
 
 /// The UDP flow table: (client, VIP port) -> local, and local -> flow; bounded, idle flows
@@ -427,7 +430,9 @@ mod tests {
             flow.last -= UDP_IDLE;
         }
         assert!(flows.get_or_create("203.0.113.1:1".parse().unwrap(), 53, &locals).is_some(), "idle ones reclaimed");
-        assert_eq!(flows.by_local.len(), 1);
+        assert_eq!((flows.by_local.len(), flows.by_client.len()), (1, 1), "both maps swept");
+        let (again, new) = flows.get_or_create(client, 53, &locals).unwrap();
+        assert!(new, "a client whose flow was reclaimed gets a new one: {again:?}");
     }
 
     #[test]

@@ -310,6 +310,11 @@ mod tests {
         // drop is what counts (a second reader's comparison with the kernel).
         assert_eq!(find_uoa(&[0x1f, 4, 0, 0, 7, 2, 0, 0]), Err(Malformed::BadIpOption));
         assert_eq!(find_uoa(&[0x1f, 4, 0, 0, 1, 1, 1, 0]), Err(Malformed::BadUoa));
+        // The first UOA counts (DPVS's uoa_parse_ipopt returns at it): a later one of a bad
+        // length changes nothing.
+        let mut good_then_bad = emit_uoa(v4);
+        good_then_bad.extend_from_slice(&[0x1f, 4, 0, 0]);
+        assert_eq!(find_uoa(&good_then_bad), Ok(Some(v4)));
         assert_eq!(with(&[68, 4, 5, 0, 68, 4, 5, 0]), Err(Malformed::BadIpOption), "two timestamps");
     }
 
