@@ -3,11 +3,27 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::bins;
 use crate::netns::Netns;
+use crate::service::Service;
+
+/// `ipvsca supervise FLAGS --control SOCKET` in `ns` (warnings logged), once it answers
+/// `ipvsca stats`; fails after 20 s with its standard error.
+pub fn daemon(ns: &Netns, socket: &Path, flags: &[&str]) -> Service {
+    let mut cmd = ns.command(bins::path("ipvsca").to_str().unwrap());
+    cmd.arg("supervise").args(flags).arg("--control").arg(socket).env("RUST_LOG", "warn");
+    let daemon = Service::start(cmd).expect("starting ipvsca supervise");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !ipvsca(ns, socket, &["stats"]).status.success() {
+        assert!(Instant::now() < end, "the daemon never answered: {}", daemon.stderr_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    daemon
+}
 
 /// `ipvsca ARGS --control SOCKET` in `ns`.
 pub fn ipvsca(ns: &Netns, socket: &Path, args: &[&str]) -> Output {

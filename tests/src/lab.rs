@@ -78,6 +78,12 @@ impl Family {
         [Family::V4, Family::V6, Family::Nat64].into_iter().find(|f| f.name() == s)
     }
 
+    /// How UDP clients are announced unless said otherwise: ip_vs_ca's way over IPv4,
+    /// DPVS's default (protocol 248) when the clients are IPv6.
+    pub fn default_udp(self) -> UdpAnnounce {
+        if self == Family::V4 { UdpAnnounce::Icmp } else { UdpAnnounce::Opp }
+    }
+
     /// The VIP.
     pub fn vip(self) -> IpAddr {
         if self == Family::V4 { VIP.into() } else { VIP6.into() }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ipvsca_tests::lab::{Family, Lab, LabConfig, ToaOn, UdpAnnounce, VIP, is_balancer};
+use ipvsca_tests::lab::{Family, Lab, LabConfig, ToaOn, VIP, is_balancer};
 use ipvsca_tests::service::Service;
 use ipvsca_tests::{cbuild, gobuild, need, netns};
 use serde_json::Value;
@@ -83,8 +83,7 @@ fn access_log(dir: &Path) -> Vec<String> {
 
 /// A lab of `family` with the TOA on `toa_on`, of `kind`.
 fn lab(family: Family, toa_on: ToaOn, kind: u8) -> Lab {
-    let udp = if family == Family::V4 { UdpAnnounce::Icmp } else { UdpAnnounce::Opp };
-    Lab::for_test_with(LabConfig { family, toa_on, kind, udp, ..LabConfig::default() })
+    Lab::for_test_with(LabConfig { family, toa_on, kind, udp: family.default_udp(), ..LabConfig::default() })
 }
 
 fn nginx_sees_clients(family: Family, toa_on: ToaOn, kind: u8) {
@@ -392,31 +391,27 @@ fn a_dpvs_toa_server_finds_each_nat64_client_with_its_lookup() {
     let lab = lab(Family::Nat64, ToaOn::Ack, 254);
     let dir = tempfile::tempdir().unwrap();
     let server = lab.serve(&[], dir.path(), &format!("{} tcp 4 0.0.0.0 8000 3", program.display()));
-    let json = |what: &str| -> Value {
-        let line = server.line(WAIT).unwrap_or_else(|| panic!("no {what} line: {}", server.stderr_text()));
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
-    };
-    assert_eq!(json("ready")["ready"], true);
-    assert_eq!(json("listener")["case"], "listener");
+    assert_eq!(server.json(WAIT)["ready"], true);
+    assert_eq!(server.json(WAIT)["case"], "listener");
     for c in lab.clients().into_iter().take(3) {
         let out = lab.client("python3", &["-c", TCP_CLIENT, &c.to_string(), &lab.vip().to_string(), "8000"]);
         assert!(out.status.success(), "client {c}: {}", String::from_utf8_lossy(&out.stderr));
         let port = serde_json::from_slice::<Value>(&out.stdout).unwrap()["port"].as_u64().unwrap();
-        let shown = json("accept");
+        let shown = server.json(WAIT);
         let accepted = shown["accept"].as_str().unwrap().rsplit_once(':').unwrap().0.to_owned();
         assert!(is_balancer(&accepted), "accept showed {shown} for {c}");
         assert_eq!(shown["accept"], shown["getpeername"], "{shown}");
-        let lookup = json("lookup");
+        let lookup = server.json(WAIT);
         assert_eq!(
             (lookup["case"].as_str(), lookup["ret"].as_i64(), lookup["client"].as_str()),
             (Some("lookup"), Some(0), Some(format!("[{c}]:{port}").as_str())),
             "{lookup}"
         );
         // The edge cases of the same connection, checked in dpvs_sockopt.rs.
-        let cases: Vec<Value> = (0..5).map(|_| json("case")).collect();
+        let cases: Vec<Value> = (0..5).map(|_| server.json(WAIT)).collect();
         assert!(cases.iter().all(|v| v["case"].is_string()), "{cases:?}");
     }
-    assert_eq!(json("done")["done"], true);
+    assert_eq!(server.json(WAIT)["done"], true);
 }
 
 /// Capacity is measured and printed, not asserted (a loaded machine is slower): the test

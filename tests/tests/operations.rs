@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use capture::Proto;
 use ipvsca_tests::bins;
 use ipvsca_tests::corpus::{LB1, LB2, RS};
-use ipvsca_tests::ctl::{ipvsca, mappings, n, ok, refused, stats};
+use ipvsca_tests::ctl::{daemon, ipvsca, mappings, n, ok, refused, stats};
 use ipvsca_tests::netns::{self, Netns};
 use ipvsca_tests::service::{self, Service};
 use ipvsca_tests::speaker::{Flow, Speaker, ToaOn};
@@ -457,15 +457,6 @@ fn a_control_connection_is_served_for_at_most_a_minute() {
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
 }
 
-/// `ipvsca supervise` in `ns` with its control socket at `sock`, once it answers.
-fn supervise(ns: &Netns, sock: &Path) -> Service {
-    let mut cmd = ns.command(bins::path("ipvsca").to_str().unwrap());
-    cmd.args(["supervise", "--control", sock.to_str().unwrap()]).env("RUST_LOG", "warn");
-    let daemon = Service::start(cmd).unwrap();
-    eventually("the daemon answers", || ipvsca(ns, sock, &["stats"]).status.success());
-    daemon
-}
-
 /// The high-water mark of a process's resident memory, in kB.
 fn peak_rss_kb(pid: u32) -> u64 {
     let status = status_lines(pid);
@@ -480,7 +471,7 @@ fn max_entries_is_a_live_setting_and_map_add_refuses_addresses_no_peer_can_have(
     let ns = Netns::new("bounds").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("daemon.sock");
-    let daemon = supervise(&ns, &sock);
+    let daemon = daemon(&ns, &sock, &[]);
 
     assert_eq!(ok(ipvsca(&ns, &sock, &["get", "max_entries"])).trim(), "1000000");
     assert_eq!(ok(ipvsca(&ns, &sock, &["set", "max_entries", "20"])).trim(), "20");
@@ -526,7 +517,7 @@ fn mappings_can_be_limited_and_filtered_by_address() {
     let ns = Netns::new("listing").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("daemon.sock");
-    let daemon = supervise(&ns, &sock);
+    let daemon = daemon(&ns, &sock, &[]);
     let flows = [
         ("10.1.0.5:40001", "198.51.100.1:1111"),
         ("10.1.0.5:40002", "198.51.100.2:2222"),
@@ -591,7 +582,7 @@ fn mappings_are_streamed_without_growing_the_supervisor_and_a_stalled_reader_is_
     let ns = Netns::new("stream").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("daemon.sock");
-    let daemon = supervise(&ns, &sock);
+    let daemon = daemon(&ns, &sock, &[]);
 
     // 20,000 static mappings, pipelined on one connection: the answers are read while the
     // requests are written.

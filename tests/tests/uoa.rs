@@ -10,7 +10,7 @@ use std::time::Duration;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use ipvsca_tests::bins;
 use ipvsca_tests::corpus::{LB1, LB6, RS, RS6};
-use ipvsca_tests::ctl::{mappings, n, stats};
+use ipvsca_tests::ctl::{daemon, mappings, n, stats};
 use ipvsca_tests::frames;
 use ipvsca_tests::netns::{self, Netns};
 use ipvsca_tests::service::Service;
@@ -195,20 +195,13 @@ fn the_daemon_delivers_the_datagrams_behind_protocol_248_with_uoa_opp_deliver() 
 }
 
 /// `--uoa-opp deliver`, in `ipvsca-run` or in the daemon: what the tests above check.
-fn deliver(daemon: bool) {
+fn deliver(by_daemon: bool) {
     let topo = LbRs::new("uoadeliver", &[]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run.sock");
     let listen = format!("[::]:{PORT}");
-    let (_daemon, server) = if daemon {
-        let mut cmd = topo.rs.command(bins::path("ipvsca").to_str().unwrap());
-        cmd.args(["supervise", "--uoa-opp", "deliver", "--control"]).arg(&socket).env("RUST_LOG", "warn");
-        let daemon = Service::start(cmd).unwrap();
-        let end = std::time::Instant::now() + WAIT;
-        while !socket.exists() {
-            assert!(std::time::Instant::now() < end, "the daemon made no socket: {}", daemon.stderr_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let (_daemon, server) = if by_daemon {
+        let daemon = daemon(&topo.rs, &socket, &["--uoa-opp", "deliver"]);
         let server = probe_under(&topo.rs, &["--supervisor", socket.to_str().unwrap()], &listen);
         (Some(daemon), server)
     } else {

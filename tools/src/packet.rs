@@ -57,15 +57,15 @@ pub(crate) fn ip(packet: &[u8], protocol: u8) -> Option<Ip> {
             (packet.len() >= len && len >= 20 && packet[9] == protocol).then(|| Ip {
                 v6: false,
                 len,
-                src: IpAddr::from(<[u8; 4]>::try_from(&packet[12..16]).expect("4 bytes")),
-                dst: IpAddr::from(<[u8; 4]>::try_from(&packet[16..20]).expect("4 bytes")),
+                src: address(&packet[12..16]),
+                dst: address(&packet[16..20]),
             })
         }
         6 => (packet.len() >= 40 && packet[6] == protocol).then(|| Ip {
             v6: true,
             len: 40,
-            src: IpAddr::from(<[u8; 16]>::try_from(&packet[8..24]).expect("16 bytes")),
-            dst: IpAddr::from(<[u8; 16]>::try_from(&packet[24..40]).expect("16 bytes")),
+            src: address(&packet[8..24]),
+            dst: address(&packet[24..40]),
         }),
         _ => None,
     }

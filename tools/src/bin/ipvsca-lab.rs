@@ -81,8 +81,8 @@ fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     let toa_on = lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on syn|ack|none")?;
     let kind: u8 = opt("--kind").map_or(Ok(254), |k| k.parse())?;
     let clients: u8 = opt("--clients").map_or(Ok(8), |k| k.parse())?;
-    let udp =
-        lab::parse_udp(&opt("--udp").unwrap_or_else(|| default_udp(family).into())).ok_or("--udp icmp|ipo|opp")?;
+    let udp = lab::parse_udp(&opt("--udp").unwrap_or_else(|| lab::udp_name(family.default_udp()).into()))
+        .ok_or("--udp icmp|ipo|opp")?;
     std::fs::create_dir_all(RUN_DIR)?;
     let (log, _) = paths(name);
     let config = LabConfig { name: Some(name.to_owned()), family, toa_on, kind, udp, clients };
@@ -100,12 +100,6 @@ fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         lab::udp_name(udp)
     );
     Ok(())
-}
-
-/// How UDP flows are announced unless `--udp` says: ip_vs_ca's way over IPv4, DPVS's default
-/// (protocol 248) when the clients are IPv6.
-fn default_udp(family: lab::Family) -> &'static str {
-    if family == lab::Family::V4 { "icmp" } else { "opp" }
 }
 
 fn down(name: &str) -> Result<()> {
@@ -153,7 +147,8 @@ fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         locals: family.locals(),
         toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
         kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
-        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| default_udp(family).into())).ok_or("--udp icmp|ipo|opp")?,
+        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| lab::udp_name(family.default_udp()).into()))
+            .ok_or("--udp icmp|ipo|opp")?,
     };
     let counters = balancer::run(&config, &STOP, || {
         println!("{{\"ready\":true}}");
