@@ -57,6 +57,15 @@ impl Netns {
         run(Command::new("ip").args(["netns", "add", name]))?;
         let ns = Netns { name: name.to_owned(), kept: false.into() };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection on the interfaces made here later: while a new
+        // interface's link-local address is tentative the kernel sends no neighbour
+        // solicitation from it, so the first packet forwarded to a new neighbour waits a
+        // second (a client's SYN is then sent again and a lab's handshake ACK is no longer
+        // the second packet). Without IPv6 the file is absent, and nothing needs it.
+        match ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         Ok(ns)
     }
 

@@ -12,7 +12,7 @@
 //! starts the balancer detached (log and pid in /run/ipvsca-lab/); `down` stops it, prints
 //! its counters and removes everything. Clients reach the real server at 192.0.2.10 (the
 //! VIP), from 198.51.100.1 and up; in IPv6 and NAT64 at 2001:db8:f::10 from 2001:db8:c::1
-//! and up.
+//! and up. `--help` after any command describes its flags; an unknown flag is an error.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -20,44 +20,112 @@ use std::process::ExitCode;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use ipvsca_tests::lab::{self, Lab, LabConfig};
+use clap::{Args, Parser, Subcommand};
+use ipvsca_tests::lab::{self, Family, Lab, LabConfig, ToaOn, UdpAnnounce};
 use ipvsca_tests::netns::Netns;
 use ipvsca_tools::balancer;
 
 const RUN_DIR: &str = "/run/ipvsca-lab";
 
-const USAGE: &str = "\
-ipvsca-lab up [--name NAME] [--family 4|6|nat64] [--toa-on syn|ack|none] [--kind 200|254]
-              [--udp icmp|ipo|opp] [--clients N]
-ipvsca-lab exec client|lb|rs [--name NAME] -- CMD [ARGS]...
-ipvsca-lab down [--name NAME]
+/// A FULLNAT deployment on one machine: a client, a balancer and a real-server network
+/// namespace, the balancer adding the TOA (and announcing UDP flows) as LVS or DPVS does.
+///
+/// Needs root (namespaces, xtables NFQUEUE). --family 4 (the default): clients 198.51.100.1
+/// and up reach the real server 10.1.0.9 at the VIP 192.0.2.10, from the balancer's local
+/// addresses 10.1.0.5 and 10.1.0.6. --family 6: clients 2001:db8:c::1 and up, the VIP
+/// 2001:db8:f::10, the real server 2001:db8:a::9, local addresses 2001:db8:a::5 and ::6.
+/// --family nat64 (DPVS's NAT64): the IPv6 clients and VIP, the IPv4 real server and local
+/// addresses; the TOA names the IPv6 client in DPVS's 20-byte form. docs/lab.md has more.
+#[derive(Debug, Parser)]
+#[command(name = "ipvsca-lab", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-Needs root (namespaces, xtables NFQUEUE). `up` builds namespaces NAME-client, NAME-lb and
-NAME-rs (NAME defaults to ipvsca-lab) and starts the balancer. --family 4 (the default):
-clients 198.51.100.1 and up reach the real server 10.1.0.9 at the VIP 192.0.2.10, from the
-balancer's local addresses 10.1.0.5 and 10.1.0.6. --family 6: clients 2001:db8:c::1 and up,
-the VIP 2001:db8:f::10, the real server 2001:db8:a::9, local addresses 2001:db8:a::5 and
-::6. --family nat64 (DPVS's NAT64): the IPv6 clients and VIP, the IPv4 real server and
-local addresses; the TOA names the IPv6 client in DPVS's 20-byte form.
---udp says how UDP flows are announced: ip_vs_ca's ICMP echo (icmp, the default with
---family 4; IPv4 clients only), or DPVS's UOA as an IPv4 option (ipo; not with --family 6)
-or behind IP protocol 248 (opp, the default otherwise), on a flow's first 3 datagrams.
-`down` prints the balancer's counters and removes everything.";
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Builds namespaces NAME-client, NAME-lb and NAME-rs and starts the balancer, detached
+    /// (its log and pid in /run/ipvsca-lab/).
+    Up {
+        /// Prefix of the namespaces' names.
+        #[arg(long, default_value = "ipvsca-lab")]
+        name: String,
+        #[command(flatten)]
+        setup: Setup,
+        /// How many client addresses (1 to 254).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=254))]
+        clients: u8,
+    },
+    /// Runs CMD in a namespace of the lab.
+    Exec {
+        #[arg(value_parser = ["client", "lb", "rs"])]
+        role: String,
+        /// Prefix of the namespaces' names.
+        #[arg(long, default_value = "ipvsca-lab")]
+        name: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Stops the balancer, prints its counters and removes the namespaces.
+    Down {
+        /// Prefix of the namespaces' names.
+        #[arg(long, default_value = "ipvsca-lab")]
+        name: String,
+    },
+    /// The balancer's userspace half, in the current (balancer) namespace, until SIGTERM
+    /// (`up` starts it).
+    #[command(hide = true)]
+    Balancer {
+        #[command(flatten)]
+        setup: Setup,
+    },
+}
+
+/// What the balancer does.
+#[derive(Debug, Args)]
+struct Setup {
+    /// Address families: 4, 6 or nat64 (IPv6 clients, an IPv4 real server).
+    #[arg(long, default_value = "4", value_parser = parse_family)]
+    family: Family,
+    /// The packet that carries the TOA: the SYN, the handshake's ACK, or none (nothing is
+    /// announced, UDP included).
+    #[arg(long, default_value = "syn", value_parser = parse_toa_on)]
+    toa_on: ToaOn,
+    /// The TOA's option kind (ip_vs_ca: 254; some balancers: 200).
+    #[arg(long, default_value_t = 254)]
+    kind: u8,
+    /// How UDP flows are announced: ip_vs_ca's ICMP echo (icmp, the default with --family 4;
+    /// IPv4 clients only), or DPVS's UOA on a flow's first 3 datagrams, as an IPv4 option
+    /// (ipo; not with --family 6) or behind IP protocol 248 (opp, the default otherwise).
+    #[arg(long, value_parser = parse_udp)]
+    udp: Option<UdpAnnounce>,
+}
+
+impl Setup {
+    fn udp(&self) -> UdpAnnounce {
+        self.udp.unwrap_or(self.family.default_udp())
+    }
+}
+
+fn parse_family(s: &str) -> std::result::Result<Family, String> {
+    Family::parse(s).ok_or_else(|| "4, 6 or nat64".to_owned())
+}
+
+fn parse_toa_on(s: &str) -> std::result::Result<ToaOn, String> {
+    lab::parse_toa_on(s).ok_or_else(|| "syn, ack or none".to_owned())
+}
+
+fn parse_udp(s: &str) -> std::result::Result<UdpAnnounce, String> {
+    lab::parse_udp(s).ok_or_else(|| "icmp, ipo or opp".to_owned())
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opt = |key: &str| args.iter().position(|a| a == key).and_then(|i| args.get(i + 1)).cloned();
-    let name = opt("--name").unwrap_or_else(|| "ipvsca-lab".to_owned());
-    let result = match args.first().map(String::as_str) {
-        Some("up") => up(&name, &opt),
-        Some("down") => down(&name),
-        Some("exec") => exec(&name, &args),
-        Some("balancer") => run_balancer(&opt),
-        Some("--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        _ => Err(format!("usage:\n{USAGE}").into()),
+    let result = match Cli::parse().command {
+        Command::Up { name, setup, clients } => up(&name, &setup, clients),
+        Command::Down { name } => down(&name),
+        Command::Exec { role, name, cmd } => exec(&name, &role, &cmd),
+        Command::Balancer { setup } => run_balancer(&setup),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,13 +144,8 @@ fn paths(name: &str) -> (PathBuf, PathBuf) {
     (log, pid)
 }
 
-fn up(name: &str, opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    let family = lab::Family::parse(&opt("--family").unwrap_or_else(|| "4".into())).ok_or("--family 4|6|nat64")?;
-    let toa_on = lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on syn|ack|none")?;
-    let kind: u8 = opt("--kind").map_or(Ok(254), |k| k.parse())?;
-    let clients: u8 = opt("--clients").map_or(Ok(8), |k| k.parse())?;
-    let udp = lab::parse_udp(&opt("--udp").unwrap_or_else(|| lab::udp_name(family.default_udp()).into()))
-        .ok_or("--udp icmp|ipo|opp")?;
+fn up(name: &str, setup: &Setup, clients: u8) -> Result<()> {
+    let (family, toa_on, kind, udp) = (setup.family, setup.toa_on, setup.kind, setup.udp());
     std::fs::create_dir_all(RUN_DIR)?;
     let (log, _) = paths(name);
     let config = LabConfig { name: Some(name.to_owned()), family, toa_on, kind, udp, clients };
@@ -129,26 +192,22 @@ fn down(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn exec(name: &str, args: &[String]) -> Result<()> {
-    let role = args.get(1).ok_or("exec client|lb|rs -- CMD")?;
-    let dash = args.iter().position(|a| a == "--").ok_or("exec ROLE -- CMD")?;
-    let cmd = args.get(dash + 1..).filter(|c| !c.is_empty()).ok_or("exec ROLE -- CMD")?;
+fn exec(name: &str, role: &str, cmd: &[String]) -> Result<()> {
     let err = std::process::Command::new("ip").args(["netns", "exec", &format!("{name}-{role}")]).args(cmd).exec();
     Err(err.into())
 }
 
 /// The balancer's userspace half, in the current (balancer) namespace, until SIGTERM.
-fn run_balancer(opt: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+fn run_balancer(setup: &Setup) -> Result<()> {
     stop_on_signals();
-    let family = lab::Family::parse(&opt("--family").unwrap_or_else(|| "4".into())).ok_or("--family 4|6|nat64")?;
+    let family = setup.family;
     let config = balancer::Config {
         vip: family.vip(),
         rs: family.rs(),
         locals: family.locals(),
-        toa_on: lab::parse_toa_on(&opt("--toa-on").unwrap_or_else(|| "syn".into())).ok_or("--toa-on")?,
-        kind: opt("--kind").map_or(Ok(254), |k| k.parse())?,
-        udp: lab::parse_udp(&opt("--udp").unwrap_or_else(|| lab::udp_name(family.default_udp()).into()))
-            .ok_or("--udp icmp|ipo|opp")?,
+        toa_on: setup.toa_on,
+        kind: setup.kind,
+        udp: setup.udp(),
     };
     let counters = balancer::run(&config, &STOP, || {
         println!("{{\"ready\":true}}");
