@@ -58,13 +58,47 @@ Nothing is asserted: the figures are printed.";
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--help" | "-h") => println!("{USAGE}"),
+        // What the bench runs as its own children, never typed by hand.
         Some("--workload") => workload::run(&args[2..]),
         Some("--under") => supervise::under(&args[2], &args[3..]),
-        Some("table") => table::figures(&args[2..]),
-        Some("nginx") => nginx::compare(&args[2..]),
-        _ => compare::compare(&args[1..]),
+        Some("table") => table::figures(&checked(&args[2..], &["--n"], &["--v6"])),
+        Some("nginx") => nginx::compare(&checked(&args[2..], &["--duration", "--rounds", "--connections"], &[])),
+        _ => compare::compare(&checked(
+            &args[1..],
+            &["--calls", "--connections", "--datagrams", "--chunks", "--rounds"],
+            &[],
+        )),
     }
+}
+
+/// `args` if each is one of the flags `numbered` followed by a number or one of `bare`;
+/// otherwise (`--help` included) the usage is printed and the bench exits, before anything
+/// runs: a mistyped flag never starts minutes of measuring with the defaults.
+fn checked(args: &[String], numbered: &[&str], bare: &[&str]) -> Vec<String> {
+    let mut rest = args.iter();
+    let mut problem = None;
+    while let Some(a) = rest.next() {
+        if a == "--help" || a == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        if bare.contains(&a.as_str()) {
+            continue;
+        }
+        if !numbered.contains(&a.as_str()) {
+            problem = Some(format!("unexpected argument {a:?}"));
+            break;
+        }
+        if !rest.next().is_some_and(|v| v.parse::<usize>().is_ok_and(|n| n > 0)) {
+            problem = Some(format!("{a} needs a positive number"));
+            break;
+        }
+    }
+    if let Some(problem) = problem {
+        eprintln!("ipvsca-bench: {problem}\n\n{USAGE}");
+        std::process::exit(2);
+    }
+    args.to_vec()
 }
 
 /// The address after `key` (`--from`, `--listen`), which `compare` always passes.
