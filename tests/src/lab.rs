@@ -162,6 +162,9 @@ pub fn parse_udp(s: &str) -> Option<UdpAnnounce> {
     [UdpAnnounce::Icmp, UdpAnnounce::Ipo, UdpAnnounce::Opp].into_iter().find(|&u| udp_name(u) == s)
 }
 
+/// The most clients a lab has: the next address, `.254` (`::fe`), is the balancer's.
+pub const MAX_CLIENTS: u8 = 253;
+
 /// How to build a lab.
 #[derive(Debug, Clone)]
 pub struct LabConfig {
@@ -176,7 +179,7 @@ pub struct LabConfig {
     pub kind: u8,
     /// How UDP flows are announced.
     pub udp: UdpAnnounce,
-    /// How many client addresses: 198.51.100.1 and up.
+    /// How many client addresses: 198.51.100.1 and up, at most [`MAX_CLIENTS`].
     pub clients: u8,
 }
 
@@ -210,6 +213,9 @@ impl Lab {
             None => Netns::new(&format!("lab-{role}")),
         };
         let family = config.family;
+        if !(1..=MAX_CLIENTS).contains(&config.clients) {
+            return Err(io::Error::other(format!("from 1 to {MAX_CLIENTS} clients")));
+        }
         if config.toa_on != ToaOn::Nothing {
             match (family, config.udp) {
                 (Family::V6 | Family::Nat64, UdpAnnounce::Icmp) => {

@@ -62,7 +62,15 @@ impl Netns {
         // solicitation from it, so the first packet forwarded to a new neighbour waits a
         // second (a client's SYN is then sent again and a lab's handshake ACK is no longer
         // the second packet). Without IPv6 the file is absent, and nothing needs it.
-        match ns.run(|| std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0")) {
+        // `all` too: the kernel skips detection only when both are below 1, and `all` is
+        // copied from the host's where net.core.devconf_inherit_init_net says so.
+        let no_dad = || -> io::Result<()> {
+            for conf in ["all", "default"] {
+                std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0")?;
+            }
+            Ok(())
+        };
+        match ns.run(no_dad) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }

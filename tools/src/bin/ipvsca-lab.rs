@@ -53,17 +53,19 @@ enum Command {
         name: String,
         #[command(flatten)]
         setup: Setup,
-        /// How many client addresses (1 to 254).
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=254))]
+        /// How many client addresses (1 to 253: .254 is the balancer's).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=lab::MAX_CLIENTS as i64))]
         clients: u8,
     },
     /// Runs CMD in a namespace of the lab.
     Exec {
+        /// The namespace: the clients', the balancer's or the real server's.
         #[arg(value_parser = ["client", "lb", "rs"])]
         role: String,
         /// Prefix of the namespaces' names.
         #[arg(long, default_value = "ipvsca-lab")]
         name: String,
+        /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
@@ -92,8 +94,8 @@ struct Setup {
     /// announced, UDP included).
     #[arg(long, default_value = "syn", value_parser = parse_toa_on)]
     toa_on: ToaOn,
-    /// The TOA's option kind (ip_vs_ca: 254; some balancers: 200).
-    #[arg(long, default_value_t = 254)]
+    /// The TOA's option kind (ip_vs_ca: 254; some balancers: 200; 0 and 1 are not options).
+    #[arg(long, default_value_t = 254, value_parser = clap::value_parser!(u8).range(2..))]
     kind: u8,
     /// How UDP flows are announced: ip_vs_ca's ICMP echo (icmp, the default with --family 4;
     /// IPv4 clients only), or DPVS's UOA on a flow's first 3 datagrams, as an IPv4 option
