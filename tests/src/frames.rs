@@ -8,7 +8,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
-use capture::wire::toa::{emit_toa_v4, emit_toa_v6};
 use etherparse::{IpHeaders, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder, TcpHeader};
 
 /// TCP flag FIN.
@@ -138,14 +137,8 @@ fn ip_headers(protocol: etherparse::IpNumber, src: IpAddr, dst: IpAddr, ip_optio
     }
 }
 
-/// The TOA option of `kind` for `client`, in the client's form: 8 bytes for an IPv4 client,
-/// 20 (DPVS) for an IPv6 one, IPv4-mapped addresses included.
-pub fn toa(kind: u8, client: SocketAddr) -> Vec<u8> {
-    match client {
-        SocketAddr::V4(v4) => emit_toa_v4(kind, v4).to_vec(),
-        SocketAddr::V6(v6) => emit_toa_v6(kind, v6).to_vec(),
-    }
-}
+/// The TOA option of `kind` for `client`, in the client's form (8 or 20 bytes).
+pub use capture::wire::toa::emit_toa as toa;
 
 /// Options a Linux client puts on a SYN: MSS, SACK permitted, timestamps, NOP, window scale.
 pub fn syn_options() -> Vec<u8> {

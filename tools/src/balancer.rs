@@ -33,7 +33,7 @@ use crate::nat64::{Nat64, Nat64Config};
 use crate::packet::{fix_checksums, ip, set_addrs, uoa_or_carrier};
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
 use capture::wire::checksum;
-use capture::wire::toa::{emit_toa_v4, emit_toa_v6};
+use capture::wire::toa::emit_toa;
 use capture::{Proto, RawSender};
 use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE, UOA_MAX_TRAIL, UdpAnnounce};
 use nfq::{Queue, Verdict};
@@ -245,14 +245,6 @@ fn translate(nat64: &mut Nat64, packet: &[u8], rs: IpAddr, raw: &RawSender, coun
     }
 }
 
-/// The TOA naming `client`: 8 bytes for an IPv4 client, DPVS's 20 for an IPv6 one.
-fn toa_for(kind: u8, client: SocketAddr) -> Vec<u8> {
-    match client {
-        SocketAddr::V4(v4) => emit_toa_v4(kind, v4).to_vec(),
-        SocketAddr::V6(v6) => emit_toa_v6(kind, v6).to_vec(),
-    }
-}
-
 /// The packet with a TOA naming its source (still the client: the packet is queued before
 /// SNAT) inserted at the start of its TCP options; `None` if it is not the packet the TOA
 /// goes on or there is no room.
@@ -264,7 +256,7 @@ fn insert_toa(packet: &[u8], config: &Config) -> Option<Vec<u8>> {
     }
     let data_offset = usize::from(tcp[12] >> 4) * 4;
     let client = SocketAddr::new(ip.src, u16::from_be_bytes([tcp[0], tcp[1]]));
-    let toa = toa_for(config.kind, client);
+    let toa = emit_toa(config.kind, client);
     if data_offset + toa.len() > 60 || tcp.len() < data_offset {
         return None;
     }

@@ -128,25 +128,29 @@ pub fn find_toa(options: &[u8], kinds: &ToaKinds) -> Result<Option<SocketAddr>, 
         if !kinds.contains(option.kind) {
             continue;
         }
-        let d = option.data;
-        match d.len() + 2 {
-            TOA_V4_LEN => {
-                let port = u16::from_be_bytes([d[0], d[1]]);
-                let ip = Ipv4Addr::new(d[2], d[3], d[4], d[5]);
-                return Ok(Some(SocketAddr::V4(SocketAddrV4::new(ip, port))));
-            }
-            TOA_V6_LEN => {
-                let port = u16::from_be_bytes([d[0], d[1]]);
-                let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&d[2..18]).expect("16 bytes"));
-                return Ok(Some(match ip.to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-                }));
-            }
-            _ => {}
+        if let Some(client) = address_of(option.data) {
+            return Ok(Some(client));
         }
     }
     Ok(None)
+}
+
+/// The address an option's data (after kind and length) names, in the layout TOA and DPVS's
+/// UOA share: port, network order, then 4 address bytes (option length 8) or 16 (length
+/// 20); an IPv4-mapped IPv6 address is the IPv4 address it maps. `None` for another length.
+pub(crate) fn address_of(data: &[u8]) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes([*data.first()?, *data.get(1)?]);
+    match data.len() + 2 {
+        TOA_V4_LEN => Some(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(data[2], data[3], data[4], data[5]), port))),
+        TOA_V6_LEN => {
+            let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&data[2..18]).expect("16 bytes"));
+            Some(match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The 8 bytes of an IPv4 TOA option announcing `client`.
@@ -157,6 +161,15 @@ pub fn emit_toa_v4(kind: u8, client: SocketAddrV4) -> [u8; TOA_V4_LEN] {
     option[2..4].copy_from_slice(&client.port().to_be_bytes());
     option[4..8].copy_from_slice(&client.ip().octets());
     option
+}
+
+/// The TOA option of `kind` announcing `client`, in the client's form: 8 bytes for an IPv4
+/// client, DPVS's 20 for an IPv6 one (an IPv4-mapped address included, written as it is).
+pub fn emit_toa(kind: u8, client: SocketAddr) -> Vec<u8> {
+    match client {
+        SocketAddr::V4(v4) => emit_toa_v4(kind, v4).to_vec(),
+        SocketAddr::V6(v6) => emit_toa_v6(kind, v6).to_vec(),
+    }
 }
 
 /// The 20 bytes of an IPv6 TOA option announcing `client` (DPVS's form).

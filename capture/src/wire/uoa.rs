@@ -20,9 +20,10 @@
 //! When a datagram has no room, DPVS sends the option on a datagram of its own, ahead, with
 //! no UDP payload. Owns recognising the option and the header; never allocates.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 
 use super::Malformed;
+use super::toa::{address_of, emit_toa};
 
 /// The UOA option type (`IPOPT_UOA`: 31, not copied, control class).
 pub const IPOPT_UOA: u8 = 0x1f;
@@ -78,12 +79,10 @@ pub fn find_uoa(options: &[u8]) -> Result<Option<SocketAddr>, Malformed> {
                     return Err(Malformed::BadIpOption);
                 }
                 if kind == IPOPT_UOA && found.is_none() {
-                    found = Some(match len {
-                        UOA_V4_LEN | UOA_V6_LEN => Ok(client(option)),
-                        // Reported once the whole list is walked: an option the kernel drops
-                        // the datagram for, later on, comes first.
-                        _ => Err(Malformed::BadUoa),
-                    });
+                    // A length other than 8 or 20 is reported once the whole list is
+                    // walked: an option the kernel drops the datagram for, later on, comes
+                    // first.
+                    found = Some(address_of(&option[2..]).ok_or(Malformed::BadUoa));
                 }
                 at += len;
             }
@@ -125,19 +124,6 @@ fn timestamp_holds(option: &[u8]) -> bool {
         return pointer + room <= len;
     }
     flags & 0x0f == 3 || flags >> 4 != 15
-}
-
-/// The client one UOA option (type and length included, 8 or 20 bytes) names.
-fn client(option: &[u8]) -> SocketAddr {
-    let port = u16::from_be_bytes([option[2], option[3]]);
-    if option.len() == UOA_V4_LEN {
-        return SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(option[4], option[5], option[6], option[7]), port));
-    }
-    let ip = Ipv6Addr::from(<[u8; 16]>::try_from(&option[4..20]).expect("16 bytes"));
-    match ip.to_ipv4_mapped() {
-        Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-        None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-    }
 }
 
 /// An opp header at the start of `payload` (the IP payload of protocol 248): the client its
@@ -199,16 +185,10 @@ pub fn strip_opp(packet: &[u8], ipv6: bool) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The option announcing `client` (tests and the lab's balancer).
+/// The option announcing `client` (tests and the lab's balancer): the TOA's layout with
+/// type `IPOPT_UOA`.
 pub fn emit_uoa(client: SocketAddr) -> Vec<u8> {
-    let mut option = vec![IPOPT_UOA, 0, 0, 0];
-    option[2..4].copy_from_slice(&client.port().to_be_bytes());
-    match client {
-        SocketAddr::V4(v4) => option.extend_from_slice(&v4.ip().octets()),
-        SocketAddr::V6(v6) => option.extend_from_slice(&v6.ip().octets()),
-    }
-    option[1] = option.len() as u8;
-    option
+    emit_toa(IPOPT_UOA, client)
 }
 
 /// The opp header with its UOA for `client`, to put before a UDP header.
