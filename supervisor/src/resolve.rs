@@ -39,23 +39,22 @@ impl Resolver {
     /// rx: the client behind `peer`, seen on a socket whose local address is `local`, as
     /// the service met the flow (`seen`: a provisional entry may be confirmed here).
     pub fn client(&self, proto: Proto, peer: SocketAddr, local: SocketAddr, seen: Seen) -> Option<SocketAddr> {
-        // Only a trusted source's flows are worth a drain (judged only when one is due).
-        let capture = || self.capture.as_ref().filter(|_| self.trust.allows(peer.ip()));
         if let Some(client) = self.table.client_for_local(proto, peer, local, seen, monotonic_millis()) {
             // A datagram has no connection to tell a flow's new client from its old one: an
             // announcement still queued may be for this very datagram (a balancer port
             // reused for a new client). Read it if that is cheap, then look again.
-            if let (Seen::Datagram, Some(capture)) = (seen, capture()) {
-                if capture.drain_if_pending() {
-                    self.counters.drains.inc();
-                    return self.table.client_for_local(proto, peer, local, seen, monotonic_millis()).or(Some(client));
-                }
+            if matches!(seen, Seen::Datagram)
+                && let Some(capture) = self.trusted_capture(peer)
+                && capture.drain_if_pending()
+            {
+                self.counters.drains.inc();
+                return self.table.client_for_local(proto, peer, local, seen, monotonic_millis()).or(Some(client));
             }
             return Some(client);
         }
-        let capture = capture()?;
-        capture.drain_for_lookup();
-        self.counters.drains.inc();
+        if !self.drain_for(peer) {
+            return None;
+        }
         let found = self.table.client_for_local(proto, peer, local, seen, monotonic_millis());
         if found.is_none() {
             self.counters.unmapped.inc();
@@ -68,13 +67,23 @@ impl Resolver {
     /// on the capture socket before UDP sees it: for a trusted source without a note, the
     /// capture is drained first, as for an rx miss (empty datagrams are rare).
     pub fn carrier(&self, proto: Proto, peer: SocketAddr, local: SocketAddr) -> bool {
-        if self.table.take_carrier(proto, peer, local, monotonic_millis()) {
-            return true;
-        }
-        let Some(capture) = self.capture.as_ref().filter(|_| self.trust.allows(peer.ip())) else { return false };
+        self.table.take_carrier(proto, peer, local, monotonic_millis())
+            || (self.drain_for(peer) && self.table.take_carrier(proto, peer, local, monotonic_millis()))
+    }
+
+    /// The capture, if `peer` is a source it trusts: only a trusted source's flows are
+    /// worth a drain (judged only when one is due).
+    fn trusted_capture(&self, peer: SocketAddr) -> Option<&LiveCapture> {
+        self.capture.as_deref().filter(|_| self.trust.allows(peer.ip()))
+    }
+
+    /// Drains the capture for a lookup about `peer` if [`Resolver::trusted_capture`] gives
+    /// one: whether it did.
+    fn drain_for(&self, peer: SocketAddr) -> bool {
+        let Some(capture) = self.trusted_capture(peer) else { return false };
         capture.drain_for_lookup();
         self.counters.drains.inc();
-        self.table.take_carrier(proto, peer, local, monotonic_millis())
+        true
     }
 
     /// tx: the balancer address standing for `client`, for a socket whose local address is

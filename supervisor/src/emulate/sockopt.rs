@@ -70,15 +70,18 @@ impl Emulator<'_> {
             return Ok(self.reply_error(n, Errno::EINVAL));
         }
         let toa = c.optname == TOA_SO_GET_LOOKUP;
-        let (ok, failed) = if toa {
-            (&self.counters.toa_lookup_ok, &self.counters.toa_lookup_failed)
+        let (answer, ok, failed) = if toa {
+            (
+                self.toa_lookup(fd, proto, c, len as usize),
+                &self.counters.toa_lookup_ok,
+                &self.counters.toa_lookup_failed,
+            )
         } else {
-            (&self.counters.uoa_lookup_ok, &self.counters.uoa_lookup_miss)
-        };
-        let answer = if toa {
-            self.toa_lookup(fd, proto, c, len as usize)
-        } else {
-            self.uoa_lookup(n, fd, proto, c, len as usize)
+            (
+                self.uoa_lookup(n, fd, proto, c, len as usize),
+                &self.counters.uoa_lookup_ok,
+                &self.counters.uoa_lookup_miss,
+            )
         };
         let written = match answer {
             Ok(bytes) => {
