@@ -30,9 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::nat64::{Nat64, Nat64Config};
-use crate::packet::{fix_checksums, ip, set_addrs, uoa_or_carrier};
+use crate::packet::{finish_ipv4, fix_checksums, ip, set_addrs, start_ipv4, uoa_or_carrier};
 use capture::wire::announce::{self, Announcement, IdentifierOrder};
-use capture::wire::checksum;
 use capture::wire::toa::emit_toa;
 use capture::{Proto, RawSender};
 use ipvsca_tests::lab::{TCP_QUEUE, TOA_MARK, ToaOn, UDP_QUEUE, UOA_MAX_TRAIL, UdpAnnounce};
@@ -340,15 +339,9 @@ fn nat_udp(
 
 /// Sends an ip_vs_ca announcement from `from` to `to` on `raw` (whole IPv4 packets).
 fn announce(raw: &RawSender, from: Ipv4Addr, to: Ipv4Addr, a: &Announcement, kind: u8) -> Option<()> {
-    let message = announce::emit(a, kind, IdentifierOrder::LittleEndian);
-    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
-    p.extend_from_slice(&from.octets());
-    p.extend_from_slice(&to.octets());
-    p.extend_from_slice(&message);
-    let total = p.len() as u16;
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    let sum = checksum::checksum(&p[..20]);
-    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut p = start_ipv4(from, to, 1, 64, &[]);
+    p.extend_from_slice(&announce::emit(a, kind, IdentifierOrder::LittleEndian));
+    finish_ipv4(&mut p);
     raw.send(&p, to.into()).ok()
 }
 
@@ -357,6 +350,7 @@ mod tests {
     use super::*;
     use crate::packet::ethertype;
     use capture::inspect::{Observation, inspect_network};
+    use capture::wire::checksum;
     use ipvsca_tests::frames::{self, Link, SYN, Segment};
 
     fn config(toa_on: ToaOn) -> Config {

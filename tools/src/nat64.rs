@@ -26,7 +26,7 @@ use capture::wire::toa::{TOA_V6_LEN, emit_toa_v6};
 use ipvsca_tests::lab::{ToaOn, UOA_MAX_TRAIL, UdpAnnounce};
 
 use crate::balancer::Counters;
-use crate::packet::{self, MTU, set_transport_checksum};
+use crate::packet::{self, finish_ipv4, set_transport_checksum, start_ipv4};
 
 /// Flows kept per protocol at most.
 const MAX_FLOWS: usize = 65_536;
@@ -532,27 +532,6 @@ fn ports(transport: &[u8]) -> (u16, u16) {
     (u16::from_be_bytes([transport[0], transport[1]]), u16::from_be_bytes([transport[2], transport[3]]))
 }
 
-/// An IPv4 header from `src` to `dst` with `options` (a multiple of 4 bytes, at most 40):
-/// DF set, identification 0 (an atomic datagram, RFC 6864); [`finish_ipv4`] fills its lengths
-/// and checksum once the payload follows.
-fn start_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, options: &[u8]) -> Vec<u8> {
-    let header_len = 20 + options.len();
-    let mut p = Vec::with_capacity(MTU + 64);
-    p.extend_from_slice(&[0x40 | (header_len / 4) as u8, 0, 0, 0, 0, 0, 0x40, 0, ttl, protocol, 0, 0]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(options);
-    p
-}
-
-/// Sets the total length and header checksum of an IPv4 packet begun by [`start_ipv4`]
-/// (at most 65,535 bytes: the callers check).
-fn finish_ipv4(p: &mut [u8]) {
-    if let Some(ip) = packet::ip(p, p[9]) {
-        packet::fix_checksums(p, ip, p[9], false);
-    }
-}
-
 /// The IPv6 packet from `vip` carrying the real server's `segment` (TCP or UDP, header
 /// onward) to `client`: the destination port becomes the client's, the source port (the
 /// service's, the VIP's) stays.
@@ -573,6 +552,7 @@ fn ipv6_to_client(vip: Ipv6Addr, client: ClientKey, protocol: u8, hop_limit: u8,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::MTU;
     use capture::inspect::{Observation, inspect_network};
     use capture::wire::uoa;
     use ipvsca_tests::frames::{self, Link, Segment};

@@ -4,7 +4,7 @@
 //! headers), rewriting addresses, recomputing lengths and checksums, and putting DPVS's UOA
 //! on a datagram, or on a carrier ahead of it, as DPVS does. Owns no state.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use capture::wire::checksum;
 use capture::wire::uoa;
@@ -101,6 +101,27 @@ pub(crate) fn fix_checksums(p: &mut [u8], ip: Ip, protocol: u8, transport: bool)
     }
     let (src, dst) = (ip.src_in(p), ip.dst_in(p));
     set_transport_checksum(&mut p[ip.len..], src, dst, protocol);
+}
+
+/// An IPv4 header from `src` to `dst` with `options` (a multiple of 4 bytes, at most 40):
+/// DF set, identification 0 (an atomic datagram, RFC 6864); [`finish_ipv4`] fills its lengths
+/// and checksum once the payload follows.
+pub(crate) fn start_ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, options: &[u8]) -> Vec<u8> {
+    let header_len = 20 + options.len();
+    let mut p = Vec::with_capacity(MTU + 64);
+    p.extend_from_slice(&[0x40 | (header_len / 4) as u8, 0, 0, 0, 0, 0, 0x40, 0, ttl, protocol, 0, 0]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(options);
+    p
+}
+
+/// Sets the total length and header checksum of an IPv4 packet begun by [`start_ipv4`]
+/// (at most 65,535 bytes: the callers check).
+pub(crate) fn finish_ipv4(p: &mut [u8]) {
+    if let Some(ip) = ip(p, p[9]) {
+        fix_checksums(p, ip, p[9], false);
+    }
 }
 
 /// Sets the checksum of the TCP or UDP `segment` (header onward) between `src` and `dst`,
