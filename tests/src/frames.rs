@@ -184,10 +184,7 @@ pub fn icmp_frame(link: &Link, src: Ipv4Addr, dst: Ipv4Addr, message: &[u8], ip_
 
 /// A UDP datagram from `src` to `dst` (both IPv4 or both IPv6).
 pub fn udp_frame(link: &Link, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let ip = ip_headers(etherparse::IpNumber::UDP, src.ip(), dst.ip(), &[]);
-    with_ip(link, ip).udp(src.port(), dst.port()).write(&mut out, payload).expect("frame fits");
-    out
+    udp_frame_with_ip_options(link, src, dst, &[], payload)
 }
 
 /// A UDP datagram from `src` to `dst` carrying DPVS's UOA for `client`: as an IPv4 option
@@ -222,7 +219,8 @@ pub fn uoa_frame(
     out
 }
 
-/// An IPv4 UDP datagram from `src` to `dst` with raw IP options (a multiple of 4 bytes).
+/// A UDP datagram from `src` to `dst` with raw IPv4 options (a multiple of 4 bytes; ignored
+/// over IPv6).
 pub fn udp_frame_with_ip_options(
     link: &Link,
     src: SocketAddr,
